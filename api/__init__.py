@@ -1,0 +1,1 @@
+"""tnllm HTTP API (FastAPI). Never imports torch."""

@@ -1,0 +1,1 @@
+"""tnllm GPU/CPU worker side: model, engine and Celery tasks."""

@@ -1,0 +1,28 @@
+"""Names and messages shared by the API (producer) and the workers (consumers).
+
+Imports pydantic only: the API imports this module and must stay torch-free.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+#: Celery task that runs one job; its only argument is the job id (the Redis record is the truth).
+GENERATE_TASK = "tnllm.generate"
+#: Celery task that delivers one webhook event of a job.
+WEBHOOK_TASK = "tnllm.webhook.deliver"
+#: Trivial task used by the queue-overhead benchmark as the plain Celery baseline.
+ECHO_TASK = "tnllm.echo"
+
+GENERATE_QUEUE = "generate"
+WEBHOOK_QUEUE = "webhooks"
+
+#: Job priorities accepted by the API (higher runs first).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+
+class GenerateMessage(BaseModel):
+    """Body of a GENERATE_TASK message."""
+
+    job_id: str
