@@ -36,7 +36,8 @@ class AsyncJobStore:
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         ops.check_decoded(client)
-        self.client = client
+        # Any: redis-py types answers as bytes | str; ours are str (decode_responses=True).
+        self.client: Any = client
         self.ttl = int(settings.result_ttl)
         self._scripts = {name: client.register_script(src) for name, src in scripts.ALL.items()}
 

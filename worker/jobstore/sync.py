@@ -44,7 +44,8 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         ops.check_decoded(client)
-        self.client = client
+        # Any: redis-py types answers as bytes | str; ours are str (decode_responses=True).
+        self.client: Any = client
         self.ttl = int(settings.result_ttl)
         self.lease_ttl = float(settings.lease_ttl)
         self.max_attempts = int(settings.max_attempts)
