@@ -35,7 +35,9 @@ MAX_WORKER_RESTARTS = 5
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -129,7 +131,6 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """Run the HTTP API under uvicorn."""
     import uvicorn
-
     from api.main import create_app
 
     host = args.host or settings.host
@@ -215,8 +216,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         env["TNLLM_MODEL"] = model_path
         print(f"model:   {model_path}", flush=True)
         workers = [
-            Child(f"worker-{i}", tnllm_argv("worker", "--hostname", f"gpu{i}@%h"), env=env,
-                  log_path=logs / f"worker-{i}.log", stop_timeout=WORKER_STOP_TIMEOUT)  # fmt: skip
+            Child(
+                f"worker-{i}",
+                tnllm_argv("worker", "--hostname", f"gpu{i}@%h"),
+                env=env,
+                log_path=logs / f"worker-{i}.log",
+                stop_timeout=WORKER_STOP_TIMEOUT,
+            )
             for i in range(settings.workers)
         ]
         others = [

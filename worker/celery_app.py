@@ -15,23 +15,17 @@ from kombu import Queue
 
 from infra.settings import Settings
 from worker.protocol import (
+    BROKER_PRIORITY_STEPS,
     ECHO_TASK,
     GENERATE_QUEUE,
     GENERATE_TASK,
-    MAX_PRIORITY,
-    MIN_PRIORITY,
     WEBHOOK_QUEUE,
     WEBHOOK_TASK,
+    broker_priority,
 )
 
 #: Modules whose tasks a worker registers (imported by the worker at startup, never by producers).
 TASK_MODULES = ["worker.tasks"]
-
-
-def broker_priority(priority: int) -> int:
-    """Map a job priority (0..9, higher runs first) to the Redis transport's (0 is served first)."""
-    clamped = min(MAX_PRIORITY, max(MIN_PRIORITY, int(priority)))
-    return MAX_PRIORITY - clamped
 
 
 def broker_url(settings: Settings) -> str:
@@ -49,7 +43,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout,
         # One Redis list per priority; the worker pops from the lowest-numbered list first.
         "queue_order_strategy": "priority",
-        "priority_steps": list(range(MIN_PRIORITY, MAX_PRIORITY + 1)),
+        "priority_steps": BROKER_PRIORITY_STEPS,
         "sep": ":",
         "fanout_prefix": True,
         "fanout_patterns": True,

@@ -35,7 +35,9 @@ def faults_for(metadata: dict[str, Any], enabled: bool) -> Faults:
     if not isinstance(spec, dict):
         return Faults()
     delay = spec.get("delay", 0.0)
-    return Faults(crash=bool(spec.get("crash")), delay=float(delay) if isinstance(delay, int | float) else 0.0)
+    return Faults(
+        crash=bool(spec.get("crash")), delay=float(delay) if isinstance(delay, int | float) else 0.0
+    )
 
 
 def crash_now(job_id: str) -> None:

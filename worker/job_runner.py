@@ -8,6 +8,7 @@ the job, so a job taken over by another worker (after this one stalled) is never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -115,8 +116,9 @@ def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
 def run_job(rt: WorkerRuntime, job_id: str) -> str:
     """Run one delivery of ``job_id``; returns what happened (for logs and tests)."""
     store = rt.store
-    claim = retry_transient(lambda: store.claim(job_id, rt.worker_id), what=f"claim {job_id}",
-                            deadline_s=rt.settings.lease_ttl)  # fmt: skip
+    claim = retry_transient(
+        lambda: store.claim(job_id, rt.worker_id), what=f"claim {job_id}", deadline_s=rt.settings.lease_ttl
+    )
     if not claim.won:
         # A duplicate delivery (visibility timeout, reaper requeue racing a slow worker...) of a job
         # that is running elsewhere, already terminal, cancelled while queued, or expired.
@@ -193,7 +195,9 @@ def _wait(
             pass
         except EngineError as exc:
             log.exception("job %s: engine failed", record.id)
-            return _finish(rt, record, JobStatus.FAILED, error=JobError(type="engine_error", message=str(exc)))
+            return _finish(
+                rt, record, JobStatus.FAILED, error=JobError(type="engine_error", message=str(exc))
+            )
         polls += 1
         try:
             writer.flush()
@@ -227,10 +231,8 @@ def _cancel_requested(rt: WorkerRuntime, job_id: str, active: ActiveJob) -> bool
 
 
 def _drain(handle: Any, timeout: float = 10.0) -> None:
-    try:
+    with contextlib.suppress(TimeoutError, EngineError):
         handle.result(timeout=timeout)
-    except (TimeoutError, EngineError):
-        pass
 
 
 def _finish(
@@ -257,8 +259,11 @@ def _finish(
 
 def _release(rt: WorkerRuntime, record: JobRecord) -> str:
     """Warm shutdown ran out of grace: put the job back on the queue for another worker."""
-    outcome = retry_transient(lambda: rt.store.release(record.id, rt.worker_id), what=f"release {record.id}",
-                              deadline_s=rt.finish_retry_s)  # fmt: skip
+    outcome = retry_transient(
+        lambda: rt.store.release(record.id, rt.worker_id),
+        what=f"release {record.id}",
+        deadline_s=rt.finish_retry_s,
+    )
     if outcome.action == "requeued":
         rt.send_generate(record.id, record.priority)
         log.info("job %s: released back to the queue on shutdown", record.id)

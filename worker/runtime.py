@@ -10,6 +10,7 @@ lease expired back on the queue or fails them with ``worker_lost`` after ``max_a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -83,13 +84,17 @@ class WorkerRuntime:
     # --- model ---------------------------------------------------------------------------------
     def load(self) -> None:
         """Load model + tokenizer + engine once and start its step loop."""
-        from worker.engine import build_engine
+        from worker.engine.factory import build_engine
 
         started = time.monotonic()
         self.engine = build_engine(self.settings)
         self.engine.start()
-        log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots,
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "worker %s: engine ready (%d slots) in %.1fs",
+            self.worker_id,
+            self.engine.slots,
+            time.monotonic() - started,
+        )
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
@@ -132,7 +137,9 @@ class WorkerRuntime:
             ("heartbeat", self.settings.lease_renew_interval, self.heartbeat_once),
             ("reaper", self.settings.reaper_interval, self.reap_once),
         ):
-            thread = threading.Thread(target=self._every, args=(interval, fn), name=f"tnllm-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._every, args=(interval, fn), name=f"tnllm-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -189,7 +196,7 @@ class WorkerRuntime:
         lock_ms = max(100, int(self.settings.reaper_interval * 900))
         if not self.store.client.set(REAPER_LOCK, self.worker_id, nx=True, px=lock_ms):
             return []
-        done = []
+        done: list[tuple[str, str]] = []
         for job_id in self.store.expired_leases():
             outcome = self.store.reap(job_id)
             done.append((job_id, outcome.action))
@@ -198,7 +205,9 @@ class WorkerRuntime:
                 self.send_generate(job_id, record.priority if record else 0)
                 log.warning("reaper: job %s lost its worker; requeued (attempt %s)", job_id, outcome.attempt)
             elif outcome.action == "failed":
-                log.warning("reaper: job %s failed with worker_lost after %s attempts", job_id, outcome.attempt)
+                log.warning(
+                    "reaper: job %s failed with worker_lost after %s attempts", job_id, outcome.attempt
+                )
                 notify_transition(self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
                 notify_transition(self.store.get(job_id), "job.cancelled")
@@ -211,10 +220,8 @@ class WorkerRuntime:
             thread.join(timeout=5)
         if self.engine is not None:
             self.engine.stop()
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.store.remove_worker(self.worker_id)
-        except redis.RedisError:
-            pass
         self.store.client.close()
 
 
@@ -232,7 +239,9 @@ def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: str | None = None) -> int:
     """Load the model, then consume the generate queue until a warm shutdown. Returns an exit code."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     runtime = WorkerRuntime(settings, hostname=hostname)
     try:
         runtime.load()
