@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,13 +49,22 @@ def derive_slots(model: Any, device: torch.device) -> int:
     return max(1, min(CPU_DEFAULT_SLOTS, int(avail * STATE_MEMORY_FRACTION) // per_seq))
 
 
+def model_path(settings: Any) -> Path:
+    """The checkpoint folder: ``settings.model`` itself when it is one, else resolved (demo, download)."""
+    local = Path(settings.model).expanduser()
+    if local.is_dir():
+        return local
+    from worker.model.download import resolve_model_path
+
+    return Path(resolve_model_path(settings))
+
+
 def build_engine(settings: Any) -> Engine:
     """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
     from worker.model import load_pretrained
-    from worker.model.download import resolve_model_path
     from worker.tokenization import load_tokenizer
 
-    path = resolve_model_path(settings)
+    path = model_path(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     model = load_pretrained(path, device=device, dtype=dtype)

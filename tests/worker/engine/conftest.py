@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +13,43 @@ from worker.engine import Engine, EngineRequest, SamplingParams
 
 
 @pytest.fixture(scope="session")
-def tiny_model(demo_model_dir: Path) -> Any:
-    from worker.model import load_pretrained
+def engine_model_dir(demo_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random checkpoint in the official format with the demo sentencepiece tokenizer beside it."""
+    from tests.fixtures.model import write_tiny_checkpoint
+    from worker.tokenization import load_tokenizer
 
-    return load_pretrained(demo_model_dir, device="cpu", dtype=torch.float32).eval()
+    out = tmp_path_factory.mktemp("engine-ckpt")
+    for f in demo_tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    tok = load_tokenizer(out)
+    assert tok is not None
+    return write_tiny_checkpoint(out, vocab_size=tok.vocab_size)
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(demo_model_dir: Path) -> Any:
+def engine_model(engine_model_dir: Path) -> Any:
+    from worker.model import load_pretrained
+
+    return load_pretrained(engine_model_dir, device="cpu", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def engine_tokenizer(engine_model_dir: Path) -> Any:
     from worker.tokenization import load_tokenizer
 
-    tok = load_tokenizer(demo_model_dir)
+    tok = load_tokenizer(engine_model_dir)
     assert tok is not None, "the demo checkpoint ships a tokenizer"
     return tok
 
 
 @pytest.fixture
-def make_engine(tiny_model: Any, tiny_tokenizer: Any) -> Any:
+def make_engine(engine_model: Any, engine_tokenizer: Any) -> Any:
     """Factory: a fresh engine (fresh slot pool) over the shared tiny model."""
 
     def make(slots: int = 8, budget: int = 64, max_context: int = 4096, tokenizer: bool = True) -> Engine:
         return Engine(
-            tiny_model,
-            tiny_tokenizer if tokenizer else None,
+            engine_model,
+            engine_tokenizer if tokenizer else None,
             slots=slots,
             prefill_token_budget=budget,
             max_context=max_context,

@@ -14,19 +14,19 @@ def run_alone(make_engine: Any, req: EngineRequest) -> list[int]:
     return make_engine(slots=1, budget=4096).generate([req])[0].token_ids
 
 
-def test_engine_greedy_matches_full_forward(make_engine: Any, tiny_model: Any) -> None:
-    prompt = prompts(1, tiny_model.config.vocab_size, seed=5, min_len=9, max_len=9)[0]
+def test_engine_greedy_matches_full_forward(make_engine: Any, engine_model: Any) -> None:
+    prompt = prompts(1, engine_model.config.vocab_size, seed=5, min_len=9, max_len=9)[0]
     got = make_engine(slots=2).generate([greedy(prompt, 12)])[0].token_ids
     ids = list(prompt)
     with torch.inference_mode():
         for _ in range(12):  # the slow way: re-run the whole sequence from scratch every token
-            ids.append(int(tiny_model(torch.tensor([ids]))[0, -1].argmax()))
+            ids.append(int(engine_model(torch.tensor([ids]))[0, -1].argmax()))
     assert got == ids[len(prompt) :]
 
 
-def test_staggered_arrivals_and_departures_equal_runs_alone(make_engine: Any, tiny_model: Any) -> None:
+def test_staggered_arrivals_and_departures_equal_runs_alone(make_engine: Any, engine_model: Any) -> None:
     """48 requests, 16 slots, 4 arriving per step, varied lengths: slots are reused mid-generation."""
-    vocab = tiny_model.config.vocab_size
+    vocab = engine_model.config.vocab_size
     ps = prompts(48, vocab, seed=1, max_len=48)
     lengths = [3 + (7 * i) % 29 for i in range(48)]
     reqs = [greedy(p, n, rid=f"q{i}") for i, (p, n) in enumerate(zip(ps, lengths, strict=True))]
@@ -47,9 +47,9 @@ def test_staggered_arrivals_and_departures_equal_runs_alone(make_engine: Any, ti
         assert res.finish_reason == "length" and res.completion_tokens == len(res.token_ids)
 
 
-def test_chunked_prefill_equals_unchunked(make_engine: Any, tiny_model: Any) -> None:
+def test_chunked_prefill_equals_unchunked(make_engine: Any, engine_model: Any) -> None:
     # 300 tokens crosses the model's 256-token prefill block; budget 7 makes 43 uneven chunks
-    prompt = prompts(1, tiny_model.config.vocab_size, seed=3, min_len=300, max_len=300)[0]
+    prompt = prompts(1, engine_model.config.vocab_size, seed=3, min_len=300, max_len=300)[0]
     whole = make_engine(slots=1, budget=4096).generate([greedy(prompt, 16)])[0].token_ids
     engine = make_engine(slots=2, budget=7)
     other = engine.submit(greedy([5, 6, 7], 40, rid="decoding-meanwhile"))
@@ -58,8 +58,8 @@ def test_chunked_prefill_equals_unchunked(make_engine: Any, tiny_model: Any) -> 
     assert other.done()  # the short request kept decoding while the long prompt was chunked in
 
 
-def test_more_requests_than_slots_wait_then_run(make_engine: Any, tiny_model: Any) -> None:
-    ps = prompts(10, tiny_model.config.vocab_size, seed=7, max_len=12)
+def test_more_requests_than_slots_wait_then_run(make_engine: Any, engine_model: Any) -> None:
+    ps = prompts(10, engine_model.config.vocab_size, seed=7, max_len=12)
     reqs = [greedy(p, 6, rid=f"c{i}") for i, p in enumerate(ps)]
     engine = make_engine(slots=4)
     handles = [engine.submit(r) for r in reqs]
@@ -75,8 +75,8 @@ def test_more_requests_than_slots_wait_then_run(make_engine: Any, tiny_model: An
     assert (s.active, s.waiting, s.finished_requests, s.generated_tokens) == (0, 0, 10, 60)
 
 
-def test_seeded_sampling_is_reproducible_in_a_crowd(make_engine: Any, tiny_model: Any) -> None:
-    vocab = tiny_model.config.vocab_size
+def test_seeded_sampling_is_reproducible_in_a_crowd(make_engine: Any, engine_model: Any) -> None:
+    vocab = engine_model.config.vocab_size
     params = dict(max_new_tokens=24, temperature=1.0, top_p=0.95, top_k=50, ignore_eos=True)
     target = EngineRequest("target", [11, 12, 13, 14], SamplingParams(seed=1234, **params))  # type: ignore[arg-type]
     alone = run_alone(make_engine, target)

@@ -27,9 +27,9 @@ def test_refusals_happen_before_a_slot_is_taken(make_engine: Any) -> None:
     assert (s.active, s.waiting) == (0, 0)
 
 
-def test_eos_stops_unless_ignored(make_engine: Any, tiny_model: Any) -> None:
+def test_eos_stops_unless_ignored(make_engine: Any, engine_model: Any) -> None:
     """Near-uniform seeded draws hit EOS somewhere; the same seeds without ignore_eos stop right there."""
-    eos = int(tiny_model.config.eos_token_id)
+    eos = int(engine_model.config.eos_token_id)
 
     def draws(ignore_eos: bool) -> list[Any]:
         params = dict(max_new_tokens=64, temperature=1e6, ignore_eos=ignore_eos)
@@ -55,9 +55,11 @@ def collect(engine: Any, req: EngineRequest) -> tuple[Any, list[TokenEvent]]:
     return handle.result(0), events
 
 
-def test_stop_string_across_a_token_boundary_is_never_emitted(make_engine: Any, tiny_tokenizer: Any) -> None:
+def test_stop_string_across_a_token_boundary_is_never_emitted(
+    make_engine: Any, engine_tokenizer: Any
+) -> None:
     engine = make_engine()
-    prompt = tiny_tokenizer.encode("The quick brown fox")
+    prompt = engine_tokenizer.encode("The quick brown fox")
     params = dict(max_new_tokens=40, temperature=1.0, seed=77, ignore_eos=True)
     full, events = collect(engine, EngineRequest("full", prompt, SamplingParams(**params)))  # type: ignore[arg-type]
     assert "".join(e.text for e in events) == full.text
@@ -81,22 +83,22 @@ def test_stop_string_across_a_token_boundary_is_never_emitted(make_engine: Any, 
 
 
 @pytest.mark.parametrize("text", ["你好", "你好，世界！😀 emoji 👍🏽 and ascii"])
-def test_streaming_text_of_chinese_and_emoji(tiny_tokenizer: Any, text: str) -> None:
-    ids = tiny_tokenizer.encode(text)
-    stream = TextStream(tiny_tokenizer.decode, ())
+def test_streaming_text_of_chinese_and_emoji(engine_tokenizer: Any, text: str) -> None:
+    ids = engine_tokenizer.encode(text)
+    stream = TextStream(engine_tokenizer.decode, ())
     deltas = [stream.push([i]) for i in ids] + [stream.finish()]
-    assert "".join(deltas) == tiny_tokenizer.decode(ids) and text in "".join(deltas)
+    assert "".join(deltas) == engine_tokenizer.decode(ids) and text in "".join(deltas)
     assert not any("\ufffd" in d for d in deltas)
     assert len(ids) > len([d for d in deltas if d])  # some bytes were held back until complete
 
 
-def test_sampled_streams_concatenate_to_the_final_text(make_engine: Any, tiny_tokenizer: Any) -> None:
+def test_sampled_streams_concatenate_to_the_final_text(make_engine: Any, engine_tokenizer: Any) -> None:
     engine = make_engine(slots=16)
     got: dict[str, list[str]] = {}
     handles = []
     for i, p in enumerate(["你好", "😀", "hello", "世界和平"] * 4):
         req = EngineRequest(
-            f"u{i}", tiny_tokenizer.encode(p), SamplingParams(max_new_tokens=30, temperature=1.5, seed=i)
+            f"u{i}", engine_tokenizer.encode(p), SamplingParams(max_new_tokens=30, temperature=1.5, seed=i)
         )
         got[req.request_id] = []
         handles.append(engine.submit(req, on_token=lambda e: got[e.request_id].append(e.text)))
@@ -106,7 +108,7 @@ def test_sampled_streams_concatenate_to_the_final_text(make_engine: Any, tiny_to
         res = h.result(0)
         assert "".join(got[h.request_id]) == res.text
         if res.finish_reason == "length":  # nothing cut: the stream is exactly the decoded ids
-            assert res.text == tiny_tokenizer.decode(res.token_ids).rstrip("\ufffd")
+            assert res.text == engine_tokenizer.decode(res.token_ids).rstrip("\ufffd")
 
 
 def test_cancel_frees_the_slot_within_one_step(make_engine: Any) -> None:
@@ -127,11 +129,11 @@ def test_cancel_frees_the_slot_within_one_step(make_engine: Any) -> None:
     assert b.result(0).finish_reason == "cancelled" and engine.stats().active == 0
 
 
-def test_background_loop_streams_and_cancels(make_engine: Any, tiny_model: Any) -> None:
+def test_background_loop_streams_and_cancels(make_engine: Any, engine_model: Any) -> None:
     engine = make_engine(slots=4)
     engine.start()
     try:
-        ps = prompts(6, tiny_model.config.vocab_size, seed=11, max_len=10)
+        ps = prompts(6, engine_model.config.vocab_size, seed=11, max_len=10)
         results = engine.generate([greedy(p, 8, rid=f"b{i}") for i, p in enumerate(ps)], timeout=60)
         assert [len(r.token_ids) for r in results] == [8] * 6
         first = threading.Event()

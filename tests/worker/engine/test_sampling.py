@@ -26,9 +26,9 @@ def first_tokens(make_engine: Any, **params: Any) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def next_logits(tiny_model: Any) -> torch.Tensor:
+def next_logits(engine_model: Any) -> torch.Tensor:
     with torch.inference_mode():
-        return tiny_model(torch.tensor([PROMPT]))[0, -1].double()
+        return engine_model(torch.tensor([PROMPT]))[0, -1].double()
 
 
 def test_temperature_moves_samples_between_greedy_and_flat(
