@@ -30,7 +30,9 @@ class FakeModelScope:
         self.source, self.error = source, error
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, model_id: str, revision: str | None = None, local_dir: str | None = None, **kw: Any) -> str:
+    def __call__(
+        self, model_id: str, revision: str | None = None, local_dir: str | None = None, **kw: Any
+    ) -> str:
         self.calls.append({"model_id": model_id, "revision": revision, "local_dir": local_dir, **kw})
         if self.error is not None:
             raise self.error
@@ -124,9 +126,11 @@ def test_resolve_demo_writes_once(data_dir: Path) -> None:
     assert (folder / "pytorch_model.bin").stat().st_mtime_ns == stamp
 
 
-def test_resolve_existing_folder_and_missing_path(demo_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_resolve_existing_folder_and_missing_path(
+    demo_model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
     assert resolve_model_path(Settings(model=str(demo_model_dir))) == demo_model_dir
-    with pytest.raises(ModelResolutionError, match="does not exist.*--model demo"):
+    with pytest.raises(ModelResolutionError, match=r"does not exist.*--model demo"):
         resolve_model_path(Settings(model=str(tmp_path / "no" / "such" / "dir")))
     with pytest.raises(ModelResolutionError, match="is a file"):
         resolve_model_path(Settings(model=str(demo_model_dir / "config.json")))
