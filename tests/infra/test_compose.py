@@ -190,8 +190,17 @@ def test_images_and_dockerfiles(services: dict[str, Any]) -> None:
                     assert (ROOT / src).exists(), f"COPY of a missing path: {src}"
 
 
-def test_model_volume_shared(services: dict[str, Any]) -> None:
-    assert services["model-download"]["command"][:2] == ["tnllm", "download"]
+def test_model_volume_shared(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    script = services["model-download"]["command"][2]
+    assert "exec tnllm download ;;" in script  # ModelScope ids
+    # demo: written exactly where resolve_model_path (workers, API) then finds it
+    assert "demo) exec tnllm demo-model /data/demo-model ;;" in script
+    import worker.model.demo
+    from worker.model.download import resolve_model_path
+
+    # (a present checkpoint: only the folder rule is under test here, not the writer)
+    monkeypatch.setattr(worker.model.demo, "is_demo_checkpoint", lambda folder: True)
+    assert resolve_model_path(Settings(model="demo", data_dir="/data")) == Path("/data/demo-model")
     for name in ["model-download", "api", *GPU_WORKERS]:
         assert any(v.startswith("tnllm-data:/data") for v in services[name]["volumes"]), name
         assert _settings_of(services[name]).data_dir == Path("/data")
