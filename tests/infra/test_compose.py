@@ -247,3 +247,26 @@ def test_grafana_provisioning_and_dashboard_metrics() -> None:
     used = dashboard_metric_names()
     assert used and used <= _defined_metric_names(), used - _defined_metric_names()
     assert {"tnllm_queue_depth", "tnllm_jobs_finished", "tnllm_engine_active_sequences"} <= used
+
+
+def test_gpu_host_file_joins_a_central_redis() -> None:
+    gpu_host = yaml.safe_load((ROOT / "infra/docker-compose.gpu-host.yml").read_text())["services"]
+    main_file = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert set(gpu_host) == {"model-download", *GPU_WORKERS}
+    assert gpu_host["model-download"]["command"] == main_file["model-download"]["command"]
+    published: set[str] = set()
+    for name in GPU_WORKERS:
+        worker = gpu_host[name]
+        for key in _env(worker):
+            assert not key.startswith("TNLLM_") or key in SETTINGS_ENV, f"{name}: {key}"
+        assert "TNLLM_REDIS_URL:?" in _env(worker)["TNLLM_REDIS_URL"]  # no silent local default
+        settings = _settings_of(worker)
+        assert settings.metrics_host == "0.0.0.0"
+        assert all(_container_port(p) == settings.metrics_port for p in worker["ports"])
+        published.update(p.rsplit(":", 1)[0] for p in worker["ports"])
+        mine = main_file[name]
+        assert worker["deploy"] == mine["deploy"] and worker["command"] == mine["command"]
+        assert worker["healthcheck"]["test"] == mine["healthcheck"]["test"]
+        assert worker.get("profiles") == mine.get("profiles")
+        assert worker["build"]["context"] == ".."  # the file lives in infra/
+    assert len(published) == len(GPU_WORKERS)  # one host port per worker
