@@ -78,3 +78,17 @@ def test_slot_table_follows_the_engine_sizing_rule() -> None:
             checked += 1
     assert checked == 6
     assert f"min({factory.MAX_DERIVED_SLOTS}, floor({factory.STATE_MEMORY_FRACTION} ×" in text
+
+
+def test_operations_lists_exactly_the_metrics_the_code_defines() -> None:
+    root = DEPLOYMENT.parent.parent
+    defined: set[str] = set()
+    for path in ("api/metrics.py", "worker/metrics.py"):
+        defined.update(re.findall(r'"(tnllm_[a-z_]+)"', (root / path).read_text()))
+    counters = {"tnllm_http_requests", "tnllm_api_jobs_submitted", "tnllm_api_jobs_rejected"}
+    counters |= {"tnllm_jobs_finished", "tnllm_jobs_failed", "tnllm_tokens", "tnllm_webhook_deliveries"}
+    counters |= {"tnllm_engine_steps", "tnllm_engine_generated_tokens", "tnllm_engine_finished_requests"}
+    exposed = {f"{m}_total" if m in counters else m for m in defined}
+    ops = (root / "docs" / "OPERATIONS.md").read_text()
+    documented = set(re.findall(r"^\| `(tnllm_[a-z_]+)` \|", ops, flags=re.M))
+    assert documented == exposed, (documented - exposed, exposed - documented)
