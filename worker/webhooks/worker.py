@@ -1,0 +1,99 @@
+"""The CPU webhook worker: a Celery worker on the ``webhooks`` queue (thread pool) plus the pump.
+
+``tnllm webhook-worker`` runs ``cmd_webhook_worker``. It never imports torch and never consumes the
+``generate`` queue, so deliveries, however slow the receivers, cannot hold up generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+import redis
+from celery import Celery
+
+from infra.settings import Settings
+from worker.protocol import WEBHOOK_QUEUE, WEBHOOK_TASK
+from worker.webhooks.pump import SchedulePump
+from worker.webhooks.runner import WebhookContext, run_delivery
+
+log = logging.getLogger(__name__)
+
+#: a dispatched message not picked up within this long is dispatched again (its lease expired)
+MIN_DISPATCH_LEASE_MS = 60_000
+
+
+def make_webhook_celery(settings: Settings) -> Celery:
+    """The Celery app of the webhook worker: JSON only, late acks, one message per thread at a time."""
+    app = Celery("tnllm-webhooks", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_routes={WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}},
+        task_default_queue=WEBHOOK_QUEUE,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def register_webhook_task(app: Celery, get_ctx: Callable[[], WebhookContext]) -> None:
+    """Register WEBHOOK_TASK (args: schedule member, lease token) on ``app``."""
+
+    @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    def deliver(value: str, token: int) -> str:
+        return run_delivery(get_ctx(), value, int(token))
+
+
+def _lazy_context(settings: Settings) -> Callable[[], WebhookContext]:
+    lock = threading.Lock()
+    holder: list[WebhookContext] = []
+
+    def get() -> WebhookContext:
+        with lock:
+            if not holder:
+                client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+                holder.append(WebhookContext.build(settings, client))
+            return holder[0]
+
+    return get
+
+
+def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """``tnllm webhook-worker``: serve the ``webhooks`` queue and pump the delivery schedule."""
+    if not settings.redis_url:
+        log.error("tnllm webhook-worker needs TNLLM_REDIS_URL (or run `tnllm up`)")
+        return 2
+    get_ctx = _lazy_context(settings)
+    ctx = get_ctx()
+    if ctx.signer is None:
+        log.warning("webhooks cannot be signed: %s; deliveries will fail", ctx.signer_error)
+    app = make_webhook_celery(settings)
+    register_webhook_task(app, get_ctx)
+    lease = max(MIN_DISPATCH_LEASE_MS, 5 * ctx.attempt_lease_ms)
+
+    def dispatch(value: str, token: int) -> None:
+        app.send_task(WEBHOOK_TASK, args=[value, token], queue=WEBHOOK_QUEUE)
+
+    backlog_cap = max(10, 4 * settings.webhook_concurrency)
+    pump = SchedulePump(ctx.store, dispatch, lease, lambda: int(ctx.redis.llen(WEBHOOK_QUEUE)), backlog_cap)
+    pump.start()
+    hostname = getattr(args, "hostname", None) or f"webhooks-{os.getpid()}@{socket.gethostname()}"
+    try:
+        app.worker_main([
+            "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads", "-c", str(settings.webhook_concurrency),
+            "-n", hostname, "-l", settings.log_level, "--without-gossip", "--without-mingle",
+        ])  # fmt: skip
+    finally:
+        pump.stop()
+    return 0
