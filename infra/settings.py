@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (redis://, rediss://, sentinel://). Unset: `tnllm up` starts an embedded Redis.",
     )
+    redis_sentinel_master: str = Field(
+        default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
+    )
     data_dir: Path = Field(
         default=Path(".tnllm"),
         description="Holds the embedded Redis data (AOF), the demo checkpoint, downloads and logs.",
@@ -91,6 +94,16 @@ class Settings(BaseSettings):
         default_factory=lambda: ["generate"], description="Celery queues a GPU worker consumes."
     )
     workers: int = Field(default=1, ge=1, description="GPU worker processes `tnllm up` starts.")
+    worker_shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="On warm shutdown, seconds running jobs get to finish before going back to the queue.",
+    )
+    debug_faults: bool = Field(
+        default=False,
+        description="Test only: workers honour `metadata.tnllm_debug` of a job (`crash`, `delay`); "
+        "see worker/faults.py. Never enable in production.",
+    )
 
     # --- engine -----------------------------------------------------------------------------
     engine_slots: int = Field(
