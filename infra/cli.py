@@ -16,7 +16,7 @@ HANDLERS: dict[str, str] = {
     "up": "infra.launcher:cmd_up",
     "api": "infra.launcher:cmd_api",
     "worker": "infra.launcher:cmd_worker",
-    "webhook-worker": "worker.webhooks.worker:cmd_webhook_worker",
+    "webhook-worker": "infra.launcher:cmd_webhook_worker",
     "flower": "infra.launcher:cmd_flower",
     "redis": "infra.launcher:cmd_redis",
     "download": "worker.model.download:cmd_download",

@@ -192,3 +192,40 @@ def webhook_worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProce
     yield make
     for proc in made:
         proc.stop()
+
+
+def run_job(
+    store: Any, job_id: str, url: str | None, *, status: str = "succeeded", events: list[str] | None = None
+) -> Any:
+    """A real job record through the job store: create (with a webhook), claim, finish with
+    ``status``; each transition reports to ``notify_transition`` as the GPU worker does."""
+    from worker.events import notify_transition
+    from worker.jobstore.records import GenerationParams, JobError, JobResult, JobStatus, Usage
+
+    webhook = None if url is None else {"url": url, "events": events or list(DEFAULT_EVENTS)}
+    created = store.create(
+        job_id=job_id, owner="tester", params=GenerationParams(prompt="hi"), webhook=webhook
+    )
+    assert created.kind == "created"
+    assert store.claim(job_id, "w1").won
+    notify_transition(store, store.get(job_id), "job.running")
+    final = JobStatus(status)
+    result = JobResult(text="hello", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1))
+    error = JobError(type="internal", message="boom") if final is JobStatus.FAILED else None
+    assert store.finish(job_id, "w1", final, result=None if error else result, error=error)
+    notify_transition(store, store.get(job_id), f"job.{status}")
+    return store.get(job_id)
+
+
+DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
+
+
+@pytest.fixture
+def job_store(redis_url: str) -> Iterator[Any]:
+    """The real job store on the (flushed) session Redis."""
+    from infra.settings import Settings
+    from worker.jobstore.sync import JobStore, redis_client
+
+    client = redis_client(redis_url)
+    yield JobStore(client, Settings(redis_url=redis_url))
+    client.close()

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 from standardwebhooks import Webhook
 
-from infra.settings import Settings
-from tests.webhooks.conftest import SECRET, Receiver, WorkerProcess
+from tests.webhooks.conftest import SECRET, Receiver, WorkerProcess, run_job
+from worker.jobstore.sync import JobStore
 from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
 
 pytestmark = pytest.mark.slow
@@ -29,17 +28,13 @@ def wait_state(store: WebhookStore, job_id: str, state: str, timeout: float = 20
 
 
 @pytest.fixture
-def store(redis_url: str) -> WebhookStore:
-    return WebhookStore(redis.Redis.from_url(redis_url), Settings().result_ttl)
-
-
-def enqueue(store: WebhookStore, job_id: str, url: str, event: str = "job.succeeded") -> None:
-    store.save_config(job_id, url, ["job.succeeded", "job.failed", "job.cancelled"])
-    assert store.enqueue(job_id, event, {"id": job_id, "status": event.split(".")[1]}) is not None
+def store(job_store: JobStore) -> WebhookStore:
+    return WebhookStore(job_store.client, job_store.ttl)
 
 
 def test_worker_delivers_retries_and_gives_up(
     redis_url: str,
+    job_store: JobStore,
     store: WebhookStore,
     receiver_factory: Callable[..., Receiver],
     webhook_worker_factory: Callable[..., WorkerProcess],
@@ -52,9 +47,9 @@ def test_worker_delivers_retries_and_gives_up(
     down.server.shutdown()
     down.server.server_close()  # nothing listens there any more: connection refused
     worker = webhook_worker_factory(redis_url)
-    enqueue(store, "flaky", flaky.url)
-    enqueue(store, "good", good.url)
-    enqueue(store, "down", down_url)
+    run_job(job_store, "flaky", flaky.url)
+    run_job(job_store, "good", good.url)
+    run_job(job_store, "down", down_url)
 
     delivered = wait_state(store, "good", "delivered")
     hit = good.wait_hits(1)[0]
@@ -75,11 +70,15 @@ def test_worker_delivers_retries_and_gives_up(
     assert len(failed["attempts"]) == 4  # the first try and the three configured retries
     assert all(a["status_code"] is None and "ConnectError" in a["error"] for a in failed["attempts"])
     assert store.redis.zcard(SCHEDULE_KEY) == 0
+    down_job = job_store.get("down")
+    assert down_job is not None and down_job.status.value == "succeeded"  # the job is unaffected
+    assert down_job.to_public().model_dump(mode="json")["webhook"]["deliveries"][0]["state"] == "failed"
     assert worker.proc is not None and worker.proc.poll() is None, worker.log()
 
 
 def test_sigkill_mid_retry_loses_nothing(
     redis_url: str,
+    job_store: JobStore,
     store: WebhookStore,
     receiver_factory: Callable[..., Receiver],
     webhook_worker_factory: Callable[..., WorkerProcess],
@@ -88,7 +87,7 @@ def test_sigkill_mid_retry_loses_nothing(
     receiver = receiver_factory(script=[500, ("hang", 30.0)], default=200)
     env = {"TNLLM_WEBHOOK_RETRY_DELAYS": "1.5,0.1,0.1", "TNLLM_WEBHOOK_TIMEOUT": "2"}
     first = webhook_worker_factory(redis_url, **env)
-    enqueue(store, "job-k", receiver.url)
+    run_job(job_store, "job-k", receiver.url)
     receiver.wait_hits(1)  # attempt 1 answered 500: the retry now waits in the schedule
     time.sleep(0.3)
     first.kill()

@@ -1,12 +1,15 @@
-"""Webhook state in Redis: each job's delivery log and the schedule of due attempts.
+"""Webhook state in Redis: each job's delivery log (in the job record) and the schedule of attempts.
 
 Keys (prefix ``tnllm:``):
 
-* ``webhook:{job_id}`` (hash, TTL ``result_ttl`` from the last write, so it outlives the job record):
-  ``config`` = ``{"url", "events"}``; ``n`` = number of deliveries; ``d:{i}`` = delivery ``i``
-  ``{"event", "webhook_id", "state", "attempts", "next_attempt_at"}`` (public); ``body:{i}`` = the
-  exact JSON body, fixed when the event happened so every retry sends the same bytes;
-  ``once:{event}`` marks a terminal event already enqueued (a job ends once).
+* ``job:{id}`` (the job store's hash): ``webhook`` = ``{"url", "events"}`` written when the job is
+  created; this module adds ``wh:n`` (number of deliveries), ``wh:d:{i}`` = delivery ``i``
+  ``{"event", "webhook_id", "state", "attempts", "next_attempt_at"}`` and ``wh:once:{event}`` (a
+  terminal event is enqueued once). Each write is one field under one script, so it never races the
+  job store's own writes, and the log lives and expires with the job.
+* ``webhook:body:{id}`` (hash ``i`` -> body, TTL ``result_ttl``): the exact JSON body of delivery
+  ``i``, fixed when the event happened so every retry sends the same bytes (kept out of the job hash:
+  reading a job should not read every body again).
 * ``webhooks:schedule`` (sorted set): member ``{job_id}|{i}`` for every delivery still pending,
   scored with the epoch-milliseconds at which something must next happen to it. Nothing is removed
   from it before the delivery is final, so a killed worker loses nothing: the pump (any webhook
@@ -16,24 +19,23 @@ Keys (prefix ``tnllm:``):
   to write the log, so a stale or duplicate Celery message (a dead worker's, redelivered after the
   broker's visibility timeout) can neither send nor log anything.
 * ``webhooks:wake`` (list of at most one element): pokes the pump when an event is enqueued.
-
-The delivery log is a sibling of the job record rather than a field of it: each attempt writes one
-hash field under the fence, and a job-store change cannot race a delivery update.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from worker.webhooks.events import TERMINAL_EVENTS
+from worker.webhooks.log import DELIVERY_PREFIX, build_body, iso, new_entry, render_webhook
+
+__all__ = ["AsyncWebhookStore", "Delivery", "WebhookStore", "iso", "now_ms", "split_member"]
 
 PREFIX = "tnllm:"
 SCHEDULE_KEY = PREFIX + "webhooks:schedule"
@@ -42,8 +44,13 @@ TOKEN_KEY = PREFIX + "webhooks:token"
 WAKE_KEY = PREFIX + "webhooks:wake"
 
 
-def log_key(job_id: str) -> str:
-    return f"{PREFIX}webhook:{job_id}"
+def job_key(job_id: str) -> str:
+    """The job store's record hash (``worker.jobstore.keys.job``)."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def body_key(job_id: str) -> str:
+    return f"{PREFIX}webhook:body:{job_id}"
 
 
 def member(job_id: str, index: int) -> str:
@@ -59,45 +66,46 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def iso(ms: int | float) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # ---------------------------------------------------------------------------------------------
 # Lua: every step that touches the schedule is one atomic script.
 
+# KEYS: job, bodies, schedule, wake; ARGV: event, entry, body, now_ms, ttl, once (1|0), job_id
 _ENQUEUE = """
-local cfg = redis.call('HGET', KEYS[1], 'config')
-if not cfg then return -1 end
+local cfg = redis.call('HGET', KEYS[1], 'webhook')
+if not cfg or cfg == '' then return -1 end
 local subscribed = false
-for _, e in ipairs(cjson.decode(cfg)['events']) do if e == ARGV[1] then subscribed = true end end
+for _, e in ipairs(cjson.decode(cfg)['events'] or {}) do if e == ARGV[1] then subscribed = true end end
 if not subscribed then return -2 end
-if ARGV[6] == '1' and redis.call('HSETNX', KEYS[1], 'once:' .. ARGV[1], '1') == 0 then return -3 end
-local i = redis.call('HINCRBY', KEYS[1], 'n', 1) - 1
-redis.call('HSET', KEYS[1], 'd:' .. i, ARGV[2], 'body:' .. i, ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[7] .. '|' .. i)
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
+if ARGV[6] == '1' and redis.call('HSETNX', KEYS[1], 'wh:once:' .. ARGV[1], '1') == 0 then return -3 end
+local i = redis.call('HINCRBY', KEYS[1], 'wh:n', 1) - 1
+redis.call('HSET', KEYS[1], 'wh:d:' .. i, ARGV[2])
+redis.call('HSET', KEYS[2], tostring(i), ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[7] .. '|' .. i)
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
 return i
 """
 
+# KEYS: job, bodies, schedule, wake; ARGV: now_ms, ttl, job_id
 _REDELIVER = """
-local cfg = redis.call('HGET', KEYS[1], 'config')
-if not cfg then return -1 end
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local cfg = redis.call('HGET', KEYS[1], 'webhook')
+if not cfg or cfg == '' then return -1 end
+local n = tonumber(redis.call('HGET', KEYS[1], 'wh:n') or '0')
 if n == 0 then return -2 end
-local last = cjson.decode(redis.call('HGET', KEYS[1], 'd:' .. (n - 1)))
-local body = redis.call('HGET', KEYS[1], 'body:' .. (n - 1))
+local body = redis.call('HGET', KEYS[2], tostring(n - 1))
+if not body then return -4 end
+local last = cjson.decode(redis.call('HGET', KEYS[1], 'wh:d:' .. (n - 1)))
 local entry = '{"event":' .. cjson.encode(last['event'])
   .. ',"webhook_id":' .. cjson.encode(last['webhook_id'])
   .. ',"state":"pending","attempts":[],"next_attempt_at":null}'
-redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('HSET', KEYS[1], 'd:' .. n, entry, 'body:' .. n, body)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3] .. '|' .. n)
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
+redis.call('HINCRBY', KEYS[1], 'wh:n', 1)
+redis.call('HSET', KEYS[1], 'wh:d:' .. n, entry)
+redis.call('HSET', KEYS[2], tostring(n), body)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3] .. '|' .. n)
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
 return n
 """
 
@@ -130,57 +138,26 @@ if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) return -1 end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
 if ARGV[5] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
 else redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1]) end
 return 1
 """
 
 
-# ---------------------------------------------------------------------------------------------
-# pure helpers shared by the sync (worker) and async (API) stores
-
-
-def new_entry(event: str) -> dict[str, Any]:
-    """A fresh pending delivery with its own ``webhook_id`` (kept by every retry and redelivery)."""
-    return {
-        "event": event,
-        "webhook_id": f"msg_{uuid.uuid4().hex}",
-        "state": "pending",
-        "attempts": [],
-        "next_attempt_at": None,
-    }
-
-
-def build_body(event: str, data: dict[str, Any], at_ms: int) -> str:
-    """The signed JSON body: ``{"type", "timestamp", "data"}``.
-
-    ``data`` is the job object; its own ``webhook.deliveries`` is left out, since it changes with
-    every attempt and would make the event describe its own delivery.
-    """
-    data = dict(data)
-    if isinstance(data.get("webhook"), dict):
-        data["webhook"] = {k: v for k, v in data["webhook"].items() if k != "deliveries"}
-    return json.dumps(
-        {"type": event, "timestamp": iso(at_ms), "data": data}, separators=(",", ":"), ensure_ascii=False
-    )
-
-
-def render(fields: dict[str, str]) -> dict[str, Any] | None:
-    """A job's ``"webhook"`` object (``{"url", "events", "deliveries"}``) from its log hash."""
-    if "config" not in fields:
-        return None
-    out: dict[str, Any] = json.loads(fields["config"])
-    count = int(fields.get("n", "0"))
-    out["deliveries"] = [json.loads(fields[f"d:{i}"]) for i in range(count) if f"d:{i}" in fields]
-    return out
-
-
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _enqueue_call(job_id: str, event: str, data: Mapping[str, Any], ttl: int) -> tuple[list[str], list[Any]]:
+    at = now_ms()
+    once = "1" if event in TERMINAL_EVENTS else "0"
+    keys = [job_key(job_id), body_key(job_id), SCHEDULE_KEY, WAKE_KEY]
+    args = [event, json.dumps(new_entry(event)), build_body(event, data, at), at, ttl, once, job_id]
+    return keys, args
 
 
 @dataclass(frozen=True)
@@ -195,46 +172,34 @@ class Delivery:
 
 
 class WebhookStore:
-    """Synchronous access (webhook worker, GPU worker tasks)."""
+    """Synchronous access (webhook worker, GPU worker transitions). Any redis-py client works."""
 
     def __init__(self, redis: Redis, ttl: int) -> None:
         self.redis = redis
         self.ttl = ttl
         self._enqueue = redis.register_script(_ENQUEUE)
-        self._redeliver = redis.register_script(_REDELIVER)
         self._claim_due = redis.register_script(_CLAIM_DUE)
         self._claim_attempt = redis.register_script(_CLAIM_ATTEMPT)
         self._finish = redis.register_script(_FINISH)
 
-    def save_config(self, job_id: str, url: str, events: list[str]) -> None:
-        key = log_key(job_id)
-        pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={"config": json.dumps({"url": url, "events": events}), "n": 0})
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+    def enqueue(self, job_id: str, event: str, data: Mapping[str, Any]) -> int | None:
+        """Schedule ``event`` for delivery now; the delivery index, or None when the job has no
+        webhook, is not subscribed to ``event``, or already enqueued this terminal event.
 
-    def enqueue(self, job_id: str, event: str, data: dict[str, Any]) -> int | None:
-        """Schedule ``event`` of a job for delivery now; the delivery index, or None if not subscribed."""
-        at = now_ms()
-        once = "1" if event in TERMINAL_EVENTS else "0"
-        keys = [log_key(job_id), SCHEDULE_KEY, WAKE_KEY]
-        args: list[str | int] = [
-            event,
-            json.dumps(new_entry(event)),
-            build_body(event, data, at),
-            at,
-            self.ttl,
-            once,
-            job_id,
-        ]
+        ``data`` is the job object (``JobPublic`` as JSON) after the transition.
+        """
+        keys, args = _enqueue_call(job_id, event, data, self.ttl)
         index = int(self._enqueue(keys=keys, args=args))
         return index if index >= 0 else None
 
     def load(self, job_id: str) -> dict[str, Any] | None:
-        return render(_decode(self.redis.hgetall(log_key(job_id))))
+        """The job's ``"webhook"`` object (None: no such job or no webhook)."""
+        return render_webhook(_decode(self.redis.hgetall(job_key(job_id))))
 
     def claim_due(self, lease_ms: int, limit: int) -> list[tuple[str, int]]:
-        flat = self._claim_due(keys=[SCHEDULE_KEY, TOKEN_KEY, LEASES_KEY], args=[now_ms(), lease_ms, limit])
+        """Lease up to ``limit`` due deliveries for ``lease_ms``: ``[(member, token)]``."""
+        keys = [SCHEDULE_KEY, TOKEN_KEY, LEASES_KEY]
+        flat = self._claim_due(keys=keys, args=[now_ms(), lease_ms, limit])
         return [(_s(flat[k]), int(_s(flat[k + 1]))) for k in range(0, len(flat), 2)]
 
     def next_due_ms(self) -> int | None:
@@ -242,23 +207,25 @@ class WebhookStore:
         return int(head[0][1]) if head else None
 
     def claim_attempt(self, value: str, token: int, lease_ms: int) -> int | None:
+        """Take over a dispatched delivery for one attempt; its new token, or None if ``token`` is stale."""
         keys = [SCHEDULE_KEY, LEASES_KEY, TOKEN_KEY]
         got = self._claim_attempt(keys=keys, args=[value, token, now_ms() + lease_ms])
         return int(_s(got)) if got else None
 
     def read(self, job_id: str, index: int) -> Delivery | None:
-        raw = self.redis.hmget(log_key(job_id), ["config", f"d:{index}", f"body:{index}"])
-        config, entry, body = (_s(v) if v is not None else None for v in raw)
-        if config is None or entry is None or body is None:
+        config, entry = self.redis.hmget(job_key(job_id), ["webhook", f"{DELIVERY_PREFIX}{index}"])
+        body = self.redis.hget(body_key(job_id), str(index))
+        if not config or not entry or body is None:
             return None
-        return Delivery(job_id, index, json.loads(config)["url"], json.loads(entry), body)
+        return Delivery(job_id, index, json.loads(_s(config))["url"], json.loads(_s(entry)), _s(body))
 
     def finish(self, value: str, token: int, entry: dict[str, Any], next_due_ms: int | None) -> int:
-        """Write ``entry`` and reschedule/remove it if ``token`` still holds the lease (1), else 0."""
+        """Write ``entry`` and reschedule it (``next_due_ms``) or retire it (None), if ``token`` still
+        holds the lease: 1; 0 when it does not; -1 when the job is gone."""
         job_id, index = split_member(value)
         due: str | int = "" if next_due_ms is None else next_due_ms
-        args: list[str | int] = [value, token, f"d:{index}", json.dumps(entry), due, self.ttl]
-        return int(self._finish(keys=[SCHEDULE_KEY, log_key(job_id), LEASES_KEY], args=args))
+        args: list[str | int] = [value, token, f"{DELIVERY_PREFIX}{index}", json.dumps(entry), due]
+        return int(self._finish(keys=[SCHEDULE_KEY, job_key(job_id), LEASES_KEY], args=args))
 
     def drop(self, value: str) -> None:
         pipe = self.redis.pipeline()
@@ -268,7 +235,7 @@ class WebhookStore:
 
 
 class AsyncWebhookStore:
-    """The API's side: save a job's webhook, enqueue (a queued job cancelled), redeliver, read."""
+    """The API's side: enqueue (a queued job cancelled), redeliver, read."""
 
     def __init__(self, redis: AsyncRedis, ttl: int) -> None:
         self.redis = redis
@@ -276,45 +243,26 @@ class AsyncWebhookStore:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._redeliver = redis.register_script(_REDELIVER)
 
-    async def save_config(self, job_id: str, url: str, events: list[str]) -> None:
-        key = log_key(job_id)
-        pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={"config": json.dumps({"url": url, "events": events}), "n": 0})
-        pipe.expire(key, self.ttl)
-        await pipe.execute()
-
-    async def enqueue(self, job_id: str, event: str, data: dict[str, Any]) -> int | None:
-        at = now_ms()
-        once = "1" if event in TERMINAL_EVENTS else "0"
-        keys = [log_key(job_id), SCHEDULE_KEY, WAKE_KEY]
-        args: list[str | int] = [
-            event,
-            json.dumps(new_entry(event)),
-            build_body(event, data, at),
-            at,
-            self.ttl,
-            once,
-            job_id,
-        ]
+    async def enqueue(self, job_id: str, event: str, data: Mapping[str, Any]) -> int | None:
+        """``WebhookStore.enqueue`` for async callers."""
+        keys, args = _enqueue_call(job_id, event, data, self.ttl)
         index = int(await self._enqueue(keys=keys, args=args))
         return index if index >= 0 else None
 
     async def redeliver(self, job_id: str) -> int:
-        """Send the job's last event again (same webhook-id and body): the new delivery's index.
+        """Send the job's last event again (same webhook-id and body) as a new delivery; its index.
 
-        Raises ``LookupError`` when the job has no webhook or no event happened yet.
+        Raises ``LookupError`` (-> 409) when the job has no webhook or no event was enqueued yet.
         """
-        keys = [log_key(job_id), SCHEDULE_KEY, WAKE_KEY]
+        keys = [job_key(job_id), body_key(job_id), SCHEDULE_KEY, WAKE_KEY]
         index = int(await self._redeliver(keys=keys, args=[now_ms(), self.ttl, job_id]))
         if index == -1:
             raise LookupError("this job has no webhook")
         if index == -2:
             raise LookupError("this job has no webhook event to redeliver yet")
+        if index == -4:
+            raise LookupError("the last webhook event of this job has expired")
         return index
 
     async def load(self, job_id: str) -> dict[str, Any] | None:
-        return render(_decode(await self.redis.hgetall(log_key(job_id))))
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return render_webhook(_decode(await self.redis.hgetall(job_key(job_id))))

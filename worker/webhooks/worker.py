@@ -1,12 +1,12 @@
 """The CPU webhook worker: a Celery worker on the ``webhooks`` queue (thread pool) plus the pump.
 
-``tnllm webhook-worker`` runs ``cmd_webhook_worker``. It never imports torch and never consumes the
-``generate`` queue, so deliveries, however slow the receivers, cannot hold up generation.
+``tnllm webhook-worker`` (``infra.launcher.cmd_webhook_worker``) runs ``run_webhook_worker``. It never
+imports torch and never consumes the ``generate`` queue, so deliveries, however slow the receivers,
+cannot hold up generation.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 from infra.settings import Settings
+from worker.celery_app import make_celery
 from worker.protocol import WEBHOOK_QUEUE, WEBHOOK_TASK
 from worker.webhooks.pump import SchedulePump
 from worker.webhooks.runner import WebhookContext, run_delivery
@@ -28,22 +29,10 @@ MIN_DISPATCH_LEASE_MS = 60_000
 
 
 def make_webhook_celery(settings: Settings) -> Celery:
-    """The Celery app of the webhook worker: JSON only, late acks, one message per thread at a time."""
-    app = Celery("tnllm-webhooks", broker=settings.redis_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_routes={WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}},
-        task_default_queue=WEBHOOK_QUEUE,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        worker_hijack_root_logger=False,
-    )
+    """The project's Celery app (``make_celery``: JSON only, late acks) with WEBHOOK_TASK registered
+    lazily; its default queue is ``webhooks``."""
+    app = make_celery(settings)
+    app.conf.update(task_default_queue=WEBHOOK_QUEUE, worker_hijack_root_logger=False)
     return app
 
 
@@ -69,10 +58,10 @@ def _lazy_context(settings: Settings) -> Callable[[], WebhookContext]:
     return get
 
 
-def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """``tnllm webhook-worker``: serve the ``webhooks`` queue and pump the delivery schedule."""
+def run_webhook_worker(settings: Settings, hostname: str | None = None) -> int:
+    """Serve the ``webhooks`` queue (thread pool) and pump the delivery schedule until shut down."""
     if not settings.redis_url:
-        log.error("tnllm webhook-worker needs TNLLM_REDIS_URL (or run `tnllm up`)")
+        log.error("the webhook worker needs TNLLM_REDIS_URL (or run `tnllm up`)")
         return 2
     get_ctx = _lazy_context(settings)
     ctx = get_ctx()
@@ -83,16 +72,16 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     lease = max(MIN_DISPATCH_LEASE_MS, 5 * ctx.attempt_lease_ms)
 
     def dispatch(value: str, token: int) -> None:
-        app.send_task(WEBHOOK_TASK, args=[value, token], queue=WEBHOOK_QUEUE)
+        app.send_task(WEBHOOK_TASK, args=[value, token], queue=WEBHOOK_QUEUE, ignore_result=True)
 
     backlog_cap = max(10, 4 * settings.webhook_concurrency)
     pump = SchedulePump(ctx.store, dispatch, lease, lambda: int(ctx.redis.llen(WEBHOOK_QUEUE)), backlog_cap)
     pump.start()
-    hostname = getattr(args, "hostname", None) or f"webhooks-{os.getpid()}@{socket.gethostname()}"
+    name = hostname or f"webhooks-{os.getpid()}@{socket.gethostname()}"
     try:
         app.worker_main([
             "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads", "-c", str(settings.webhook_concurrency),
-            "-n", hostname, "-l", settings.log_level, "--without-gossip", "--without-mingle",
+            "-n", name, "-l", settings.log_level.upper(), "--without-gossip", "--without-mingle",
         ])  # fmt: skip
     finally:
         pump.stop()
