@@ -10,6 +10,7 @@ import pytest
 import redis
 from standardwebhooks import Webhook
 
+from infra import jobstats
 from infra.settings import Settings
 from tests.webhooks.conftest import SECRET, SECRET_NEXT, Receiver, run_job
 from worker.jobstore.sync import JobStore
@@ -115,6 +116,8 @@ def test_redirect_is_not_followed(
     assert target.hits == []
     attempts = ctx.store.load("job-1")["deliveries"][0]["attempts"]  # type: ignore[index]
     assert attempts[0]["status_code"] == 302 and "redirect not followed" in attempts[0]["error"]
+    counters = ctx.redis.hgetall(jobstats.KEY)
+    assert counters[b"webhook:retrying"] == b"1" and counters[b"webhook:delivered"] == b"1"
     assert len({h.headers["webhook-id"] for h in bouncer.hits}) == 1
 
 

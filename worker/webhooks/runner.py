@@ -10,6 +10,7 @@ from typing import Any
 
 from redis import Redis
 
+from infra import jobstats
 from infra.settings import Settings
 from worker.webhooks.delivery import AttemptResult, attempt, next_delay
 from worker.webhooks.signing import Signer, WebhookSecretError
@@ -75,9 +76,11 @@ def run_delivery(ctx: WebhookContext, value: str, token: int) -> str:
     result = _attempt(ctx, delivery.url, delivery.body, entry["webhook_id"])
     entry["attempts"].append(result.log_row())
     next_due = _apply(ctx, entry, result)
-    if ctx.store.finish(value, held, entry, next_due) == 0:
+    written = ctx.store.finish(value, held, entry, next_due)
+    if written == 0:
         log.warning("webhook %s of job %s: lease lost before the log write", entry["webhook_id"], job_id)
         return "superseded"
+    _count(ctx, entry["state"])
     log.info(
         "webhook %s (%s) of job %s attempt %d: %s",
         entry["webhook_id"],
@@ -112,3 +115,13 @@ def _apply(ctx: WebhookContext, entry: dict[str, Any], result: AttemptResult) ->
     due = now_ms() + int(delay * 1000)
     entry["next_attempt_at"] = iso(due)
     return due
+
+
+def _count(ctx: WebhookContext, state: str) -> None:
+    """Cluster-wide delivery counters for /metrics (never fails the delivery)."""
+    try:
+        pipe = ctx.redis.pipeline(transaction=False)
+        jobstats.add_webhook_delivery(pipe, {"pending": "retrying"}.get(state, state))
+        pipe.execute()
+    except Exception:
+        log.warning("webhook delivery counters not updated", exc_info=True)
