@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware, PromptCounter
-from api.metrics import make_metrics
+from api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from api.notify import FinishWatcher
 from api.producer import JobProducer
 from api.routes import compat, health, jobs
@@ -34,7 +34,7 @@ jobs belong to the key that made them.
 """
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
     """The per-process services (no I/O happens until they are used)."""
     if not settings.redis_url:
         raise ValueError("the API needs TNLLM_REDIS_URL (or start everything with `tnllm up`)")
@@ -45,16 +45,17 @@ def build_services(settings: Settings) -> Services:
         watcher=FinishWatcher(client),
         producer=JobProducer(settings),
         counter=PromptCounter(settings),
-        metrics=make_metrics(),
+        metrics=metrics,
     )
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The API application; ``settings`` is the process's one Settings object."""
+    metrics = make_metrics(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = build_services(settings, metrics)
         app.state.services = services
         services.watcher.start()
         try:
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(compat.router)

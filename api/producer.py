@@ -9,6 +9,7 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
+from infra.flower import task_display
 from infra.settings import Settings
 from worker.protocol import (
     BROKER_PRIORITY_STEPS,
@@ -45,7 +46,7 @@ class JobProducer:
     def __init__(self, settings: Settings) -> None:
         self.celery = make_producer(settings)
 
-    def send_generate_blocking(self, job_id: str, priority: int) -> None:
+    def send_generate_blocking(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
         """Enqueue ``GENERATE_TASK(job_id)``; raises on broker errors."""
         self.celery.send_task(
             GENERATE_TASK,
@@ -54,11 +55,12 @@ class JobProducer:
             routing_key=GENERATE_QUEUE,
             priority=broker_priority(priority),
             task_id=job_id,
+            **task_display(job_id, prompt_tokens, priority),
         )
 
-    async def send_generate(self, job_id: str, priority: int) -> None:
+    async def send_generate(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
         """``send_generate_blocking`` in a worker thread (kombu's client is synchronous)."""
-        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority)
+        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens)
 
     def close(self) -> None:
         """Release the broker connections."""

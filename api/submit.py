@@ -121,7 +121,7 @@ async def submit_job(
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
-    await check_prompt_size(services, params)
+    prompt_tokens = await check_prompt_size(services, params)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
     outcome = await store.create(
@@ -157,7 +157,7 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return original, True
-    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint)
+    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
     services.metrics.jobs_submitted.inc()
     record = await store.get(job_id)
     assert record is not None, "job vanished right after it was stored"
@@ -165,10 +165,16 @@ async def submit_job(
 
 
 async def _enqueue(
-    services: Services, job_id: str, owner: str, priority: int, idem: str | None, fingerprint: str
+    services: Services,
+    job_id: str,
+    owner: str,
+    priority: int,
+    idem: str | None,
+    fingerprint: str,
+    prompt_tokens: int,
 ) -> None:
     try:
-        await services.producer.send_generate(job_id, priority)
+        await services.producer.send_generate(job_id, priority, prompt_tokens)
     except Exception as exc:  # kombu/redis errors vary by transport; the job must not stay orphaned
         log.warning("could not enqueue job %s: %s", job_id, exc)
         with contextlib.suppress(RedisError, OSError):

@@ -6,10 +6,10 @@ import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from api.deps import ServicesDep
+from api.metrics import CONTENT_TYPE, render
 from api.schemas import HealthStatus
 
 router = APIRouter(tags=["health"])
@@ -56,5 +56,5 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text exposition of this process's registry."""
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text: this process's metrics plus the cluster-wide job counters and queue depths."""
+    return Response(await render(services.metrics, services.store.client), media_type=CONTENT_TYPE)
