@@ -91,14 +91,19 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 def local_model_folder(settings: Settings) -> Path | None:
     """Where the model's files are on this machine, without downloading anything (None if absent).
 
-    Mirrors ``worker.model.download.resolve_model_path`` (which may download and import torch).
+    Mirrors ``worker.model.download.resolve_model_path``, which may write or download a model.
     """
-    if settings.model == "demo":
+    from worker.model.download import is_model_id, model_dir_for  # stdlib-only module
+
+    model = settings.model.strip()
+    if model == "demo":
         candidate = settings.data_dir / "demo-model"
-    elif Path(settings.model).expanduser().is_dir():
-        candidate = Path(settings.model).expanduser()
+    elif Path(model).expanduser().is_dir():
+        candidate = Path(model).expanduser()
+    elif is_model_id(model):
+        candidate = model_dir_for(model, settings.data_dir)
     else:
-        candidate = settings.data_dir / "models" / settings.model
+        return None
     return candidate if candidate.is_dir() else None
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import FastAPI
 
 from api.deps import Services
@@ -58,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         services.watcher.start()
+        # Load the tokenizer off the event loop now rather than inside the first request.
+        await anyio.to_thread.run_sync(services.counter.tokenizer)
         try:
             yield
         finally:

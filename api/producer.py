@@ -1,7 +1,9 @@
 """The API's Celery producer: sends ``GENERATE_TASK`` messages by name (no worker code imported).
 
-JSON only; the job priority becomes the broker priority (``worker.protocol.broker_priority``). Sending
-is blocking network I/O, so async code calls ``send_generate`` through a worker thread.
+It uses the workers' own app configuration (``worker.celery_app.make_celery``: JSON only, the same
+priority lists and separator), so the broker lists the API fills are the ones workers pop. The job
+priority becomes the broker priority (``worker.protocol.broker_priority``). Sending is blocking
+network I/O, so async code calls it through a worker thread.
 """
 
 from __future__ import annotations
@@ -11,31 +13,16 @@ from celery import Celery
 
 from infra.flower import task_display
 from infra.settings import Settings
-from worker.protocol import (
-    BROKER_PRIORITY_STEPS,
-    GENERATE_QUEUE,
-    GENERATE_TASK,
-    broker_priority,
-)
+from worker.celery_app import make_celery
+from worker.protocol import GENERATE_QUEUE, GENERATE_TASK, broker_priority
 
 
 def make_producer(settings: Settings) -> Celery:
-    """A Celery app configured only for publishing to the Redis broker at ``settings.redis_url``."""
-    app = Celery("tnllm-api", broker=settings.redis_url, set_as_current=False)
+    """The workers' Celery app, tuned to publish fast-or-fail (a request answers 503, not hang)."""
+    app = make_celery(settings)
     app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,
         broker_connection_timeout=3,
-        broker_connection_retry_on_startup=False,
-        # Fail fast while Redis is down: the request answers 503 instead of hanging.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-        broker_transport_options={
-            "priority_steps": BROKER_PRIORITY_STEPS,
-            "queue_order_strategy": "priority",
-            "visibility_timeout": settings.visibility_timeout,
-        },
     )
     return app
 
@@ -52,8 +39,8 @@ class JobProducer:
             GENERATE_TASK,
             args=[job_id],
             queue=GENERATE_QUEUE,
-            routing_key=GENERATE_QUEUE,
             priority=broker_priority(priority),
+            ignore_result=True,
             task_id=job_id,
             **task_display(job_id, prompt_tokens, priority),
         )
@@ -61,6 +48,11 @@ class JobProducer:
     async def send_generate(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
         """``send_generate_blocking`` in a worker thread (kombu's client is synchronous)."""
         await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens)
+
+    def broker_sep(self) -> str:
+        """Separator of kombu's per-priority list names (``generate`` + sep + step)."""
+        options = self.celery.conf.broker_transport_options or {}
+        return str(options.get("sep", "\x06\x16"))
 
     def close(self) -> None:
         """Release the broker connections."""

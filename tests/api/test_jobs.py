@@ -16,6 +16,7 @@ import redis
 from api.main import create_app
 from infra.settings import Settings
 from tests.api.conftest import API_KEY_A, API_KEY_B, FakeWorkerRun
+from worker.celery_app import transport_options
 from worker.jobstore import JobStatus, JobStore
 from worker.protocol import GENERATE_QUEUE
 
@@ -229,14 +230,17 @@ async def test_queue_limit_429(make_settings: Callable[..., Settings]) -> None:
             assert len((await c.get("/v1/jobs")).json()["data"]) == 3  # nothing stored for the refusal
 
 
-async def test_priority_reaches_the_broker(client: httpx.AsyncClient, worker_store: JobStore) -> None:
+async def test_priority_reaches_the_broker(
+    client: httpx.AsyncClient, worker_store: JobStore, settings: Settings
+) -> None:
     await submit(client, priority=9)
     await submit(client, priority=0)
     await submit(client, priority=0)
     r = worker_store.client
+    sep = transport_options(settings)["sep"]  # the workers' configuration: they pop these lists
     # kombu's Redis transport: one list per priority step, lower number popped first
     assert r.llen(GENERATE_QUEUE) == 1  # job priority 9 -> broker priority 0
-    assert r.llen(GENERATE_QUEUE + "\x06\x169") == 2  # job priority 0 -> broker priority 9
+    assert r.llen(GENERATE_QUEUE + sep + "9") == 2  # job priority 0 -> broker priority 9
     high, *_ = (await client.get("/v1/jobs", params={"status": "queued"})).json()["data"][::-1]
     assert high["priority"] == 9 and high["queue_position"] == 0
 
