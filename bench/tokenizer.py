@@ -16,13 +16,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.model.demo import SIZES  # noqa: E402
-from worker.model.demo_tokenizer import corpus_lines, write_tokenizer_files  # noqa: E402
-from worker.tokenization import IncrementalDecoder, Tokenizer  # noqa: E402
+from worker.model.demo import SIZES
+from worker.model.demo_tokenizer import corpus_lines, write_tokenizer_files
+from worker.tokenization import IncrementalDecoder, Tokenizer
 
 
 def _best(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -240,7 +240,8 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``. Ids outside the tokenizer's vocabulary have no text and are dropped.
 
-        With ``skip_special_tokens=False`` special tokens appear as their literal strings.
+        With ``skip_special_tokens=False`` special tokens appear as their literal strings (the
+        official class would also insert a space before each one: a display quirk not copied).
         """
         size = self.vocab_size
         kept = [int(i) for i in ids if 0 <= int(i) < size]
