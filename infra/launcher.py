@@ -8,7 +8,6 @@ imports torch; the worker child does.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
@@ -35,18 +34,9 @@ MAX_WORKER_RESTARTS = 5
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from infra.logging import configure_logging
 
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    configure_logging(settings)
 
 
 def _wait_for_signal() -> threading.Event:
@@ -92,6 +82,7 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.celery_app import make_celery
     from worker.protocol import WEBHOOK_QUEUE
 
+    _setup_logging(settings)
     app = make_celery(settings)
     app.worker_main(
         [
@@ -106,26 +97,16 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def flower_argv(settings: Settings, port: int | None = None) -> list[str]:
-    """Arguments of `celery flower`; refuses a non-loopback address without basic auth."""
-    if not _is_loopback(settings.flower_address) and not settings.flower_basic_auth:
-        raise SystemExit(
-            f"refusing to serve Flower on {settings.flower_address} without TNLLM_FLOWER_BASIC_AUTH "
-            "(user:password); bind 127.0.0.1 or set it"
-        )
-    argv = ["flower", f"--port={port or settings.flower_port}", f"--address={settings.flower_address}"]
-    if settings.flower_basic_auth:
-        argv.append(f"--basic-auth={settings.flower_basic_auth}")
-    return argv
-
-
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the Flower dashboard against the broker."""
+    """Run the Flower dashboard against the broker (auth rules in ``infra.flower``)."""
+    from infra.flower import FlowerConfigError, run_flower
     from worker.celery_app import make_celery
 
-    argv = flower_argv(settings, args.port)
-    make_celery(settings).start(argv)
-    return 0
+    _setup_logging(settings)
+    try:
+        return run_flower(settings, make_celery(settings), args.port)
+    except FlowerConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -135,10 +116,12 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
+    _setup_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        log_config=None,  # keep our handler (JSON lines when log_format=json)
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )

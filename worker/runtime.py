@@ -23,11 +23,13 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from infra.logging import configure_logging
 from infra.settings import Settings
 from worker.celery_app import make_celery, send_generate
 from worker.events import notify_transition
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class WorkerRuntime:
         self.app = app or make_celery(settings)
         self.engine: Any = None
         self.model_name = settings.model
+        self.metrics = WorkerMetrics()
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
@@ -89,12 +92,16 @@ class WorkerRuntime:
         started = time.monotonic()
         self.engine = build_engine(self.settings)
         self.engine.start()
-        log.info(
-            "worker %s: engine ready (%d slots) in %.1fs",
-            self.worker_id,
-            self.engine.slots,
-            time.monotonic() - started,
+        elapsed = time.monotonic() - started
+        log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots, elapsed)
+        param = next(self.engine.model.parameters())
+        self.metrics.observe_model_load(
+            elapsed,
+            model=self.model_name,
+            device=str(param.device),
+            dtype=str(param.dtype).removeprefix("torch."),
         )
+        self.metrics.set_engine(self.engine, param.device)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
@@ -189,6 +196,7 @@ class WorkerRuntime:
             free_slots=max(0, slots - len(self.active_jobs())),
             tokens_per_s=tokens_per_s,
             queues=list(self.settings.worker_queues),
+            metrics_port=self.metrics.port or 0,
         )
 
     def reap_once(self) -> list[tuple[str, str]]:
@@ -239,9 +247,7 @@ def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: str | None = None) -> int:
     """Load the model, then consume the generate queue until a warm shutdown. Returns an exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     runtime = WorkerRuntime(settings, hostname=hostname)
     try:
         runtime.load()
@@ -249,6 +255,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
         log.exception("worker %s: the model failed to load; exiting", runtime.worker_id)
         return EXIT_MODEL_LOAD_FAILED
     set_runtime(runtime)
+    runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime.start_background()
     slots = int(runtime.engine.slots)
     threads = concurrency or settings.worker_concurrency or slots
@@ -268,5 +275,6 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
     finally:
         signals.worker_shutting_down.disconnect(on_shutdown)
         runtime.close()
+        runtime.metrics.close()
         set_runtime(None)
     return 0
