@@ -12,6 +12,16 @@ import torch
 from worker.engine import Engine, EngineRequest, SamplingParams
 
 
+@pytest.fixture(autouse=True, scope="package")
+def one_torch_thread() -> Any:
+    """The tiny model gains nothing from threads, and on a shared 2-core machine an OpenMP barrier
+    waiting for a descheduled thread makes every small op slow: run this package on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def engine_model_dir(demo_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random checkpoint in the official format with the demo sentencepiece tokenizer beside it."""
