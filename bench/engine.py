@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,9 +28,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.engine import Engine, EngineRequest, SamplingParams  # noqa: E402
+from worker.engine import Engine, EngineRequest, SamplingParams
 
 
 @dataclass
@@ -86,11 +83,10 @@ class _FirstTokenClock:
 
 
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
-    import worker.model.hf as hf  # registers our classes with transformers' Auto* factories
-
-    if hasattr(hf, "register"):
-        hf.register()
     from transformers import AutoModelForCausalLM
+    from worker.model.hf import register_with_transformers
+
+    register_with_transformers()
 
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
 
@@ -150,7 +146,8 @@ def warm_up(model: Any, hf_model: Any | None, device: torch.device) -> None:
 
 
 def table(rows: list[Row], baseline: Row | None) -> str:
-    head = f"{'run':<28} {'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'p99':>7} {'lat p50':>8} {'p99':>7} {'s':>6}"
+    cols = f"{'tok/s':>8} {'x base':>7} {'TTFT p50':>9} {'p99':>7} {'lat p50':>8} {'p99':>7} {'s':>6}"
+    head = f"{'run':<28} {cols}"
     lines = [head, "-" * len(head)]
     for r in rows:
         speed = f"{r.tokens_per_s / baseline.tokens_per_s:.2f}" if baseline else "-"
