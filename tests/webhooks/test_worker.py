@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.webhooks.conftest import SECRET, Receiver, WorkerProcess, run_job
+from tests.webhooks.conftest import REPO, SECRET, Receiver, WorkerProcess, run_job
 from worker.jobstore.sync import JobStore
 from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
 
@@ -103,3 +105,14 @@ def test_sigkill_mid_retry_loses_nothing(
     # the killed attempt never reached the log; the ones that finished did
     assert [a["status_code"] for a in delivered["attempts"]] == [500, 200]
     assert third.proc is not None and third.proc.poll() is None
+
+
+def test_webhook_worker_and_api_side_never_import_torch() -> None:
+    code = (
+        "import sys; from infra.settings import Settings; import worker.webhooks.worker as w;"
+        "import worker.webhooks.submit, worker.events;"
+        "app = w.make_webhook_celery(Settings(redis_url='redis://127.0.0.1:1/0'));"
+        "w.register_webhook_task(app, lambda: None); app.loader.import_default_modules();"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
