@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
+from infra.healthcheck import check_celery
 from tests.webhooks.conftest import REPO, SECRET, Receiver, WorkerProcess, run_job
 from worker.jobstore.sync import JobStore
 from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
@@ -35,6 +36,7 @@ def store(job_store: JobStore) -> WebhookStore:
 
 
 def test_worker_delivers_retries_and_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
     redis_url: str,
     job_store: JobStore,
     store: WebhookStore,
@@ -76,6 +78,8 @@ def test_worker_delivers_retries_and_gives_up(
     assert down_job is not None and down_job.status.value == "succeeded"  # the job is unaffected
     assert down_job.to_public().model_dump(mode="json")["webhook"]["deliveries"][0]["state"] == "failed"
     assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+    monkeypatch.setenv("TNLLM_REDIS_URL", redis_url)
+    assert check_celery("webhooks@%h") is None  # the compose health check finds the node
 
 
 def test_sigkill_mid_retry_loses_nothing(

@@ -8,8 +8,6 @@ cannot hold up generation.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -77,7 +75,7 @@ def run_webhook_worker(settings: Settings, hostname: str | None = None) -> int:
     backlog_cap = max(10, 4 * settings.webhook_concurrency)
     pump = SchedulePump(ctx.store, dispatch, lease, lambda: int(ctx.redis.llen(WEBHOOK_QUEUE)), backlog_cap)
     pump.start()
-    name = hostname or f"webhooks-{os.getpid()}@{socket.gethostname()}"
+    name = hostname or "webhooks@%h"  # the node name health checks ping (docker-compose.yml)
     try:
         app.worker_main([
             "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads", "-c", str(settings.webhook_concurrency),
