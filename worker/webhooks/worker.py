@@ -8,8 +8,6 @@ cannot hold up generation.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -25,6 +23,8 @@ from worker.webhooks.runner import WebhookContext, run_delivery
 
 log = logging.getLogger(__name__)
 
+#: Celery node name of the webhook worker (docker-compose's health check pings it; %h = host name)
+NODE_NAME = "webhooks@%h"
 #: a dispatched message not picked up within this long is dispatched again (its lease expired)
 MIN_DISPATCH_LEASE_MS = 60_000
 
@@ -78,7 +78,7 @@ def run_webhook_worker(settings: Settings, hostname: str | None = None) -> int:
     backlog_cap = max(10, 4 * settings.webhook_concurrency)
     pump = SchedulePump(ctx.store, dispatch, lease, lambda: int(ctx.redis.llen(WEBHOOK_QUEUE)), backlog_cap)
     pump.start()
-    name = hostname or f"webhooks-{os.getpid()}@{socket.gethostname()}"
+    name = hostname or NODE_NAME
     try:
         app.worker_main([
             *quiet_celery_argv(settings),
