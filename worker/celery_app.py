@@ -44,7 +44,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # One Redis list per priority; the worker pops from the lowest-numbered list first.
         "queue_order_strategy": "priority",
         "priority_steps": BROKER_PRIORITY_STEPS,
-        "sep": ":",
+        # kombu's default list separator ("\x06\x16") is kept on purpose: every producer (the API's
+        # included) must name the same per-priority lists, and the default needs no coordination.
         "fanout_prefix": True,
         "fanout_patterns": True,
         "health_check_interval": 25,
