@@ -135,7 +135,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one object per line.")
     log_level: str = Field(default="INFO", description="Root log level.")
     log_content: bool = Field(default=False, description="Debug only: log prompts and outputs.")
-    metrics_port: int = Field(default=0, ge=0, description="Worker Prometheus port; 0 picks none/auto.")
+    metrics_port: int = Field(
+        default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client's own variable: set it (an empty folder) when the API runs "
+        "several processes, so /metrics sums them.",
+    )
 
     @field_validator("api_keys", "worker_queues", "webhook_secret", "webhook_allowlist", mode="before")
     @classmethod
