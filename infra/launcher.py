@@ -8,7 +8,6 @@ imports torch; the worker child does.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ import time
 
 import httpx
 
+from infra.logging import configure_logging
 from infra.redis_server import RedisServer
 from infra.settings import Settings
 from infra.supervisor import Child, child_env, stop_all, tnllm_argv
@@ -32,21 +32,6 @@ READY_TIMEOUT = 900.0
 WORKER_STOP_TIMEOUT = 120.0
 #: Restarts of a crashed worker before `up` gives up.
 MAX_WORKER_RESTARTS = 5
-
-
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _wait_for_signal() -> threading.Event:
@@ -67,7 +52,7 @@ def _wait_for_signal() -> threading.Event:
 
 def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
     """Run the embedded Redis (AOF in <data_dir>/redis) in the foreground until Ctrl-C/SIGTERM."""
-    _setup_logging(settings)
+    configure_logging(settings)
     server = RedisServer(settings.data_dir / "redis", port=args.port, die_with_parent=True)
     stop = _wait_for_signal()
     server.start()
@@ -92,7 +77,9 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.celery_app import make_celery
     from worker.protocol import WEBHOOK_QUEUE
 
+    configure_logging(settings)
     app = make_celery(settings)
+    app.conf.worker_hijack_root_logger = False  # keep configure_logging's format (json/text)
     app.worker_main(
         [
             "worker",
@@ -106,26 +93,13 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def flower_argv(settings: Settings, port: int | None = None) -> list[str]:
-    """Arguments of `celery flower`; refuses a non-loopback address without basic auth."""
-    if not _is_loopback(settings.flower_address) and not settings.flower_basic_auth:
-        raise SystemExit(
-            f"refusing to serve Flower on {settings.flower_address} without TNLLM_FLOWER_BASIC_AUTH "
-            "(user:password); bind 127.0.0.1 or set it"
-        )
-    argv = ["flower", f"--port={port or settings.flower_port}", f"--address={settings.flower_address}"]
-    if settings.flower_basic_auth:
-        argv.append(f"--basic-auth={settings.flower_basic_auth}")
-    return argv
-
-
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the Flower dashboard against the broker."""
+    """Run the Flower dashboard against the broker (see infra/flower.py for its safety rules)."""
+    from infra.flower import run_flower
     from worker.celery_app import make_celery
 
-    argv = flower_argv(settings, args.port)
-    make_celery(settings).start(argv)
-    return 0
+    configure_logging(settings)
+    return run_flower(settings, make_celery(settings), args.port)
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -140,6 +114,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # configure_logging owns the handlers
         timeout_graceful_shutdown=5,
     )
     return 0
@@ -191,7 +166,7 @@ def _up_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Start Redis (embedded unless a URL is given), the model, worker(s), webhooks, API and Flower."""
-    _setup_logging(settings)
+    configure_logging(settings)
     settings = _up_settings(settings, args)
     stop = _wait_for_signal()
     logs = settings.data_dir / "logs"

@@ -34,9 +34,13 @@ _HANDLER_MARK = "_tnllm_handler"
 
 
 class _LogSettings(Protocol):
-    log_format: str
-    log_level: str
-    log_content: bool
+    # read-only members, so Settings' narrower Literal type for log_format matches
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def log_content(self) -> bool: ...
 
 
 @contextlib.contextmanager

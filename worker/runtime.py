@@ -23,9 +23,11 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
+from infra.logging import configure_logging
 from infra.settings import Settings
 from worker.celery_app import make_celery, send_generate
 from worker.events import notify_transition
+from worker.jobstore import keys
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
 
@@ -74,6 +76,8 @@ class WorkerRuntime:
         self.store = JobStore.from_settings(settings)
         self.app = app or make_celery(settings)
         self.engine: Any = None
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
         self.model_name = settings.model
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
         self._active: dict[str, ActiveJob] = {}
@@ -87,14 +91,33 @@ class WorkerRuntime:
         from worker.engine.factory import build_engine
 
         started = time.monotonic()
-        self.engine = build_engine(self.settings)
-        self.engine.start()
+        engine = build_engine(self.settings)
+        engine.start()
+        self.engine = engine
+        self._start_metrics(time.monotonic() - started)
         log.info(
             "worker %s: engine ready (%d slots) in %.1fs",
             self.worker_id,
             self.engine.slots,
             time.monotonic() - started,
         )
+
+    def _start_metrics(self, load_seconds: float) -> None:
+        """Prometheus endpoint of this process (best effort: metrics never stop a worker)."""
+        try:
+            from worker.metrics import WorkerMetrics
+
+            metrics = WorkerMetrics()
+            device = getattr(self.engine, "device", None)
+            dtype = next(self.engine.model.parameters()).dtype
+            metrics.observe_model_load(
+                load_seconds, model=self.model_name, device=str(device), dtype=str(dtype)
+            )
+            metrics.set_engine(self.engine, device)
+            self.metrics_port = metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics = metrics
+        except Exception:
+            log.exception("worker metrics unavailable")
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
@@ -163,6 +186,8 @@ class WorkerRuntime:
             if status.cancel_requested:
                 job.cancel.set()
         self.store.heartbeat_worker(self.worker_info(), ttl=self.heartbeat_ttl)
+        if self.metrics_port:
+            self.store.client.hset(keys.worker(self.worker_id), "metrics_port", self.metrics_port)
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -220,6 +245,8 @@ class WorkerRuntime:
             thread.join(timeout=5)
         if self.engine is not None:
             self.engine.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         with contextlib.suppress(redis.RedisError):
             self.store.remove_worker(self.worker_id)
         self.store.client.close()
@@ -239,9 +266,7 @@ def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -
 
 def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: str | None = None) -> int:
     """Load the model, then consume the generate queue until a warm shutdown. Returns an exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings)
     runtime = WorkerRuntime(settings, hostname=hostname)
     try:
         runtime.load()
@@ -250,6 +275,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
         return EXIT_MODEL_LOAD_FAILED
     set_runtime(runtime)
     runtime.start_background()
+    runtime.app.conf.worker_hijack_root_logger = False  # keep configure_logging's format (json/text)
     slots = int(runtime.engine.slots)
     threads = concurrency or settings.worker_concurrency or slots
 
