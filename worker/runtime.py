@@ -261,6 +261,7 @@ def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -
         f"--hostname={runtime.hostname}",
         f"--loglevel={settings.log_level.upper()}",
         "--without-gossip",  # many workers on one Redis: gossip is chatter we do not use
+        "--without-mingle",  # no revoked-task sync to wait for at startup (we never revoke)
     ]
 
 
