@@ -5,7 +5,8 @@
 ``threads`` pool with one thread per engine slot, so one model copy serves every task. A background
 thread renews the leases of the jobs running here and publishes the worker's heartbeat; another
 runs the reaper (guarded by a short Redis lock so one worker acts per round), which puts jobs whose
-lease expired back on the queue or fails them with ``worker_lost`` after ``max_attempts``.
+lease expired back on the queue or fails them with ``worker_lost`` after ``max_attempts``, and
+re-sends the messages a dead worker had received but not started (``worker/orphans.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from worker.events import notify_transition
 from worker.jobstore import keys
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
+from worker.orphans import rescue_orphans
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +238,8 @@ class WorkerRuntime:
                 notify_transition(self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
                 notify_transition(self.store.get(job_id), "job.cancelled")
+        for job_id in rescue_orphans(self.store, self.send_generate, min_age=self.settings.lease_ttl):
+            done.append((job_id, "resent"))
         return done
 
     def close(self) -> None:

@@ -69,9 +69,9 @@ def test_sigkilled_worker_jobs_finish_on_another_worker_once(
         time.sleep(0.05)
     owners = [(r.lease_owner or "") if (r := jobs.store.get(i)) else "" for i in ids]
     assert all(owner.startswith("w1@test") for owner in owners), owners
-    stack.start_worker("w2")
     killed_at = time.monotonic()
     w1.signal(signal.SIGKILL)  # as the OOM killer would: no ack, no cleanup, leases left to expire
+    stack.start_worker("w2")  # the replacement (a restarted or second worker)
     records = jobs.wait_all(ids, timeout=60)
     assert time.monotonic() - killed_at < 60
     for record in records:
@@ -96,6 +96,7 @@ def test_time_limit_and_crash_loop(
     def revive() -> None:  # what a supervisor (`tnllm up`, systemd, k8s) does for dead workers
         for i, child in enumerate(workers):
             if not child.alive:
+                child.stop(0)  # reap it and close its log
                 stack.children.remove(child)
                 workers[i] = stack.start_worker(child.name, wait=False)
 
