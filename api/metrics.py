@@ -30,6 +30,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra import jobstats
+from infra.settings import Settings
 from worker.jobstore import keys
 from worker.protocol import (
     BROKER_PRIORITY_STEPS,
@@ -83,6 +84,13 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.jobs_submitted = Counter(
+            "tnllm_api_jobs_submitted", "Jobs stored and queued by this API process.", registry=self.registry
+        )
+        self.jobs_rejected = Counter(
+            "tnllm_api_jobs_rejected", "Submissions refused, by reason.", ["reason"], registry=self.registry
+        )
+
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request."""
         method = method if method in _METHODS else "OTHER"
@@ -100,6 +108,11 @@ class ApiMetrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self.multiproc_dir))
         return generate_latest(registry)
+
+
+def make_metrics(settings: Settings | None = None) -> ApiMetrics:
+    """The API's metrics for one app (multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+    return ApiMetrics(multiproc_dir=settings.prometheus_multiproc_dir if settings else None)
 
 
 def route_template(scope: Scope) -> str:
@@ -140,14 +153,19 @@ class MetricsMiddleware:
 # --- scrape-time values read from Redis -------------------------------------------------------
 
 
-def broker_lists(queue: str, steps: Sequence[int] = BROKER_PRIORITY_STEPS) -> dict[int, str]:
-    """Broker list name of each priority step of ``queue`` (kombu's Redis transport naming)."""
-    return {step: queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in steps}
+def broker_lists(
+    queue: str, steps: Sequence[int] = BROKER_PRIORITY_STEPS, sep: str = KOMBU_PRIORITY_SEP
+) -> dict[int, str]:
+    """Broker list name of each priority step of ``queue`` (kombu's Redis transport naming;
+    ``sep`` is the transport option of that name)."""
+    return {step: queue if step == 0 else f"{queue}{sep}{step}" for step in steps}
 
 
-async def read_broker_depths(redis: Any, queues: Sequence[str]) -> dict[tuple[str, int], int]:
+async def read_broker_depths(
+    redis: Any, queues: Sequence[str], sep: str = KOMBU_PRIORITY_SEP
+) -> dict[tuple[str, int], int]:
     """``LLEN`` of every broker list: ``{(queue, job priority): messages waiting}``."""
-    names = [(q, step, name) for q in queues for step, name in broker_lists(q).items()]
+    names = [(q, step, name) for q in queues for step, name in broker_lists(q, sep=sep).items()]
     async with redis.pipeline(transaction=False) as pipe:
         for _, _, name in names:
             pipe.llen(name)
@@ -227,11 +245,18 @@ class _Static(Collector):
 
 
 async def render(
-    metrics: ApiMetrics, redis: Any, *, queues: Sequence[str] = (GENERATE_QUEUE, WEBHOOK_QUEUE)
+    metrics: ApiMetrics,
+    redis: Any,
+    *,
+    queues: Sequence[str] = (GENERATE_QUEUE, WEBHOOK_QUEUE),
+    broker_sep: str = KOMBU_PRIORITY_SEP,
 ) -> bytes:
-    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view."""
+    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view.
+
+    ``broker_sep``: the producer's ``broker_transport_options["sep"]`` when it sets one.
+    """
     queued = await read_queued_jobs(redis)
-    broker = await read_broker_depths(redis, queues)
+    broker = await read_broker_depths(redis, queues, broker_sep)
     stats = jobstats.parse(await redis.hgetall(jobstats.KEY))
     cluster = CollectorRegistry()
     cluster.register(_Static(_cluster_families(stats, queued, broker)))

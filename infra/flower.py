@@ -30,9 +30,12 @@ class FlowerConfigError(ValueError):
 
 
 class _FlowerSettings(Protocol):
-    flower_address: str
-    flower_port: int
-    flower_basic_auth: str | None
+    @property
+    def flower_address(self) -> str: ...
+    @property
+    def flower_port(self) -> int: ...
+    @property
+    def flower_basic_auth(self) -> str | None: ...
 
 
 def is_loopback(address: str) -> bool:

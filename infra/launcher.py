@@ -18,7 +18,6 @@ import time
 
 import httpx
 
-from infra.logging import configure_logging
 from infra.redis_server import RedisServer
 from infra.settings import Settings
 from infra.supervisor import Child, child_env, stop_all, tnllm_argv
@@ -32,6 +31,12 @@ READY_TIMEOUT = 900.0
 WORKER_STOP_TIMEOUT = 120.0
 #: Restarts of a crashed worker before `up` gives up.
 MAX_WORKER_RESTARTS = 5
+
+
+def _setup_logging(settings: Settings) -> None:
+    from infra.logging import configure_logging
+
+    configure_logging(settings)
 
 
 def _wait_for_signal() -> threading.Event:
@@ -52,7 +57,7 @@ def _wait_for_signal() -> threading.Event:
 
 def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
     """Run the embedded Redis (AOF in <data_dir>/redis) in the foreground until Ctrl-C/SIGTERM."""
-    configure_logging(settings)
+    _setup_logging(settings)
     server = RedisServer(settings.data_dir / "redis", port=args.port, die_with_parent=True)
     stop = _wait_for_signal()
     server.start()
@@ -77,9 +82,8 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.celery_app import make_celery
     from worker.protocol import WEBHOOK_QUEUE
 
-    configure_logging(settings)
+    _setup_logging(settings)
     app = make_celery(settings)
-    app.conf.worker_hijack_root_logger = False  # keep configure_logging's format (json/text)
     app.worker_main(
         [
             "worker",
@@ -94,12 +98,15 @@ def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the Flower dashboard against the broker (see infra/flower.py for its safety rules)."""
-    from infra.flower import run_flower
+    """Run the Flower dashboard against the broker (auth rules in ``infra.flower``)."""
+    from infra.flower import FlowerConfigError, run_flower
     from worker.celery_app import make_celery
 
-    configure_logging(settings)
-    return run_flower(settings, make_celery(settings), args.port)
+    _setup_logging(settings)
+    try:
+        return run_flower(settings, make_celery(settings), args.port)
+    except FlowerConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
@@ -109,12 +116,13 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
+    _setup_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
+        log_config=None,  # keep our handler (JSON lines when log_format=json)
         log_level=settings.log_level.lower(),
-        log_config=None,  # configure_logging owns the handlers
         timeout_graceful_shutdown=5,
     )
     return 0
@@ -166,7 +174,7 @@ def _up_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Start Redis (embedded unless a URL is given), the model, worker(s), webhooks, API and Flower."""
-    configure_logging(settings)
+    _setup_logging(settings)
     settings = _up_settings(settings, args)
     stop = _wait_for_signal()
     logs = settings.data_dir / "logs"

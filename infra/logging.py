@@ -34,7 +34,6 @@ _HANDLER_MARK = "_tnllm_handler"
 
 
 class _LogSettings(Protocol):
-    # read-only members, so Settings' narrower Literal type for log_format matches
     @property
     def log_format(self) -> str: ...
     @property
@@ -142,9 +141,22 @@ def configure_logging(settings: _LogSettings, stream: IO[str] | None = None) -> 
     handler = make_handler(settings, stream)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    _claim_celery_logging()
     # uvicorn and celery log through their own loggers; let them reach our root handler only once.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
         lg = logging.getLogger(name)
         lg.handlers = [h for h in lg.handlers if not isinstance(h, logging.StreamHandler)]
         lg.propagate = True
     return handler
+
+
+def _celery_logging_is_ours(**_: Any) -> None:
+    """A ``setup_logging`` receiver: its presence tells Celery not to replace the root handlers."""
+
+
+def _claim_celery_logging() -> None:
+    try:
+        from celery import signals
+    except ImportError:  # a process without Celery has nothing to claim
+        return
+    signals.setup_logging.connect(_celery_logging_is_ours, weak=False, dispatch_uid="tnllm.logging")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
-from infra.logging import job_context
 from worker.engine.types import EngineError, EngineRequest, EngineResult, SamplingParams, TokenEvent
 from worker.events import notify_transition
 from worker.faults import crash_now, faults_for
@@ -116,11 +115,6 @@ def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
 
 def run_job(rt: WorkerRuntime, job_id: str) -> str:
     """Run one delivery of ``job_id``; returns what happened (for logs and tests)."""
-    with job_context(job_id):
-        return _run_delivery(rt, job_id)
-
-
-def _run_delivery(rt: WorkerRuntime, job_id: str) -> str:
     store = rt.store
     claim = retry_transient(
         lambda: store.claim(job_id, rt.worker_id), what=f"claim {job_id}", deadline_s=rt.settings.lease_ttl

@@ -28,9 +28,9 @@ from infra.logging import configure_logging
 from infra.settings import Settings
 from worker.celery_app import make_celery, send_generate
 from worker.events import notify_transition
-from worker.jobstore import keys
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
+from worker.metrics import WorkerMetrics
 from worker.orphans import rescue_orphans
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,8 @@ class WorkerRuntime:
         self.store = JobStore.from_settings(settings)
         self.app = app or make_celery(settings)
         self.engine: Any = None
-        self.metrics: Any = None
-        self.metrics_port: int | None = None
         self.model_name = settings.model
+        self.metrics = WorkerMetrics()
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
@@ -93,33 +92,18 @@ class WorkerRuntime:
         from worker.engine.factory import build_engine
 
         started = time.monotonic()
-        engine = build_engine(self.settings)
-        engine.start()
-        self.engine = engine
-        self._start_metrics(time.monotonic() - started)
-        log.info(
-            "worker %s: engine ready (%d slots) in %.1fs",
-            self.worker_id,
-            self.engine.slots,
-            time.monotonic() - started,
+        self.engine = build_engine(self.settings)
+        self.engine.start()
+        elapsed = time.monotonic() - started
+        log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots, elapsed)
+        param = next(self.engine.model.parameters())
+        self.metrics.observe_model_load(
+            elapsed,
+            model=self.model_name,
+            device=str(param.device),
+            dtype=str(param.dtype).removeprefix("torch."),
         )
-
-    def _start_metrics(self, load_seconds: float) -> None:
-        """Prometheus endpoint of this process (best effort: metrics never stop a worker)."""
-        try:
-            from worker.metrics import WorkerMetrics
-
-            metrics = WorkerMetrics()
-            device = getattr(self.engine, "device", None)
-            dtype = next(self.engine.model.parameters()).dtype
-            metrics.observe_model_load(
-                load_seconds, model=self.model_name, device=str(device), dtype=str(dtype)
-            )
-            metrics.set_engine(self.engine, device)
-            self.metrics_port = metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
-            self.metrics = metrics
-        except Exception:
-            log.exception("worker metrics unavailable")
+        self.metrics.set_engine(self.engine, param.device)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
@@ -188,8 +172,6 @@ class WorkerRuntime:
             if status.cancel_requested:
                 job.cancel.set()
         self.store.heartbeat_worker(self.worker_info(), ttl=self.heartbeat_ttl)
-        if self.metrics_port:
-            self.store.client.hset(keys.worker(self.worker_id), "metrics_port", self.metrics_port)
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -216,6 +198,7 @@ class WorkerRuntime:
             free_slots=max(0, slots - len(self.active_jobs())),
             tokens_per_s=tokens_per_s,
             queues=list(self.settings.worker_queues),
+            metrics_port=self.metrics.port or 0,
         )
 
     def reap_once(self) -> list[tuple[str, str]]:
@@ -249,8 +232,6 @@ class WorkerRuntime:
             thread.join(timeout=5)
         if self.engine is not None:
             self.engine.stop()
-        if self.metrics is not None:
-            self.metrics.close()
         with contextlib.suppress(redis.RedisError):
             self.store.remove_worker(self.worker_id)
         self.store.client.close()
@@ -279,8 +260,8 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
         log.exception("worker %s: the model failed to load; exiting", runtime.worker_id)
         return EXIT_MODEL_LOAD_FAILED
     set_runtime(runtime)
+    runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime.start_background()
-    runtime.app.conf.worker_hijack_root_logger = False  # keep configure_logging's format (json/text)
     slots = int(runtime.engine.slots)
     threads = concurrency or settings.worker_concurrency or slots
 
@@ -299,5 +280,6 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
     finally:
         signals.worker_shutting_down.disconnect(on_shutdown)
         runtime.close()
+        runtime.metrics.close()
         set_runtime(None)
     return 0

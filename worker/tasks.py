@@ -19,10 +19,12 @@ ECHO_REPLY_TTL = 300
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True)
 def generate(job_id: str) -> str:
     """Run job ``job_id``; returns what happened (``succeeded``, ``skipped:running``, ...)."""
+    from infra.logging import job_context
     from worker.job_runner import run_job
     from worker.runtime import get_runtime
 
-    return run_job(get_runtime(), job_id)
+    with job_context(job_id):  # every log line of this job carries its id
+        return run_job(get_runtime(), job_id)
 
 
 @shared_task(name=ECHO_TASK, ignore_result=True, acks_late=True)
