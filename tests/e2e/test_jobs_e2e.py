@@ -25,6 +25,8 @@ from worker.jobstore import keys
 from worker.protocol import GENERATE_QUEUE, GENERATE_TASK, broker_priority
 
 pytestmark = pytest.mark.slow
+# The HTTP API lands separately; until it is on the branch these tests cannot start a server.
+pytest.importorskip("api.main", reason="api.main (the HTTP API) is not on this branch yet")
 
 
 @pytest.fixture(scope="module")
