@@ -31,7 +31,7 @@ from worker.events import notify_transition
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
 from worker.metrics import WorkerMetrics
-from worker.orphans import rescue_orphans
+from worker.orphans import rescue_orphans, resend_messageless
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,10 @@ class WorkerRuntime:
                 notify_transition(self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
                 notify_transition(self.store.get(job_id), "job.cancelled")
-        for job_id in rescue_orphans(self.store, self.send_generate, min_age=self.settings.lease_ttl):
+        min_age = self.settings.lease_ttl
+        for job_id in rescue_orphans(self.store, self.send_generate, min_age=min_age):
+            done.append((job_id, "resent"))
+        for job_id in resend_messageless(self.store, self.send_generate, min_age=min_age):
             done.append((job_id, "resent"))
         return done
 

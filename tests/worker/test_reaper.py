@@ -10,7 +10,7 @@ import pytest
 
 from infra.settings import Settings
 from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
-from worker.orphans import UNACKED, UNACKED_INDEX, generate_job_id
+from worker.orphans import UNACKED, UNACKED_INDEX, generate_job_id, resend_messageless
 from worker.runtime import REAPER_LOCK, WorkerRuntime
 
 
@@ -109,3 +109,14 @@ def test_reaper_resends_messages_parked_with_a_dead_worker(runtime: WorkerRuntim
     assert store.client.hlen(UNACKED) == 0 and store.client.zcard(UNACKED_INDEX) == 0
     store.client.delete(REAPER_LOCK)
     assert runtime.reap_once() == []  # once only
+
+
+def test_reaper_sends_a_message_for_queued_jobs_that_have_none(runtime: WorkerRuntime) -> None:
+    store = runtime.store
+    _create(store, "with-message", priority=9)
+    runtime.send_generate("with-message", 9)
+    _create(store, "lost", priority=9)  # its message vanished with a worker killed mid-BRPOP
+    assert resend_messageless(store, runtime.send_generate, min_age=60) == []  # too young to judge
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == ["lost"]
+    assert sorted(_messages(store, "generate")) == ["['lost']", "['with-message']"]
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == []
