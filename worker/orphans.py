@@ -67,12 +67,18 @@ def message_job_id(message: Any) -> str | None:
 
 
 def rescue_orphans(
-    store: JobStore, send: Callable[[str, int], None], *, min_age: float, limit: int = 500
+    store: JobStore,
+    send: Callable[[str, int], None],
+    *,
+    min_age: float,
+    already_sent: frozenset[str] = frozenset(),
+    limit: int = 500,
 ) -> list[str]:
     """Re-send the messages of queued jobs parked in ``unacked`` for over ``min_age`` seconds.
 
     Parked messages of jobs that are terminal or gone are dropped too (they could only be fenced
-    out an hour from now). Running jobs are left alone: their leases cover them. Returns the ids
+    out an hour from now), and so are those of jobs in ``already_sent`` (requeued by the reaper
+    this round). Running jobs are left alone: their leases cover them. Returns the ids
     of the jobs that got a new message.
     """
     client: Any = store.client
@@ -88,7 +94,7 @@ def rescue_orphans(
         record = store.get(job_id)
         if record is not None and record.status is JobStatus.RUNNING:
             continue
-        if record is not None and record.status is JobStatus.QUEUED:
+        if record is not None and record.status is JobStatus.QUEUED and job_id not in already_sent:
             send(job_id, record.priority)  # first the new message, so a crash here loses nothing
             rescued.append(job_id)
             log.warning("reaper: job %s was parked with a dead worker; sent again", job_id)

@@ -222,7 +222,8 @@ class WorkerRuntime:
             elif outcome.action == "cancelled":
                 notify_transition(self.store.get(job_id), "job.cancelled")
         min_age = self.settings.lease_ttl
-        for job_id in rescue_orphans(self.store, self.send_generate, min_age=min_age):
+        requeued = frozenset(job_id for job_id, action in done if action == "requeued")
+        for job_id in rescue_orphans(self.store, self.send_generate, min_age=min_age, already_sent=requeued):
             done.append((job_id, "resent"))
         for job_id in resend_messageless(self.store, self.send_generate, min_age=min_age):
             done.append((job_id, "resent"))
