@@ -218,9 +218,9 @@ class WorkerRuntime:
                 log.warning(
                     "reaper: job %s failed with worker_lost after %s attempts", job_id, outcome.attempt
                 )
-                notify_transition(self.store.get(job_id), "job.failed")
+                notify_transition(self.store, self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
-                notify_transition(self.store.get(job_id), "job.cancelled")
+                notify_transition(self.store, self.store.get(job_id), "job.cancelled")
         min_age = self.settings.lease_ttl
         requeued = frozenset(job_id for job_id, action in done if action == "requeued")
         for job_id in rescue_orphans(self.store, self.send_generate, min_age=min_age, already_sent=requeued):

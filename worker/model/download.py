@@ -108,7 +108,10 @@ def _marker_matches(marker: Path, model_id: str, revision: str | None) -> bool:
 
 
 def _download_failure(model_id: str, exc: BaseException) -> str:
-    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    # one short line: urllib3's "(Caused by NewConnectionError(...))" tail adds nothing for a person
+    reason = " ".join(str(exc).split()).split(" (Caused by ")[0] or type(exc).__name__
+    if len(reason) > 200:
+        reason = reason[:199] + "…"
     if isinstance(exc, OSError):  # ConnectionError, timeouts, modelscope's NetworkError
         return f"cannot download {model_id} from ModelScope (offline or unreachable: {reason}); {_HINT}"
     return f"cannot download {model_id} from ModelScope ({reason}); {_HINT}"
@@ -142,5 +145,8 @@ def cmd_download(settings: Any, args: argparse.Namespace) -> int:
     except ModelResolutionError as exc:
         print(f"tnllm download: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("tnllm download: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     print(folder.resolve())
     return 0

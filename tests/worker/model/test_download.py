@@ -103,6 +103,14 @@ def test_offline_is_one_clear_line(
     assert "offline or unreachable" in err and "--model demo" in err and MODEL_ID in err
 
 
+def test_interrupted_download_says_how_to_resume(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _install(monkeypatch, FakeModelScope(None, KeyboardInterrupt()))
+    assert main(["download"]) == 130
+    assert "again to resume" in capsys.readouterr().err
+
+
 def test_a_folder_that_is_not_a_checkpoint_is_refused(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
