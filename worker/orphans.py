@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kombu.transport.redis import Channel
-
+from worker.celery_app import BROKER_SEP
 from worker.jobstore import JobStatus, JobStore, keys
 from worker.protocol import BROKER_PRIORITY_STEPS, GENERATE_QUEUE, GENERATE_TASK
 
@@ -39,7 +38,7 @@ UNACKED_INDEX = "unacked_index"
 def broker_lists() -> list[str]:
     """The Redis lists kombu keeps the generate queue in (one per priority step)."""
     return [
-        GENERATE_QUEUE if step == 0 else f"{GENERATE_QUEUE}{Channel.sep}{step}"
+        GENERATE_QUEUE if step == 0 else f"{GENERATE_QUEUE}{BROKER_SEP}{step}"
         for step in BROKER_PRIORITY_STEPS
     ]
 
