@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Queue
 
 from infra import redis_urls
+from infra.flower import task_display
 from infra.settings import Settings
 from worker.protocol import (
     BROKER_PRIORITY_STEPS,
@@ -112,12 +113,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_generate(app: Celery, job_id: str, priority: int) -> None:
-    """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first)."""
+def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
+
+    Flower and Celery's logs show it as ``job=<id> prompt_tokens=N priority=P`` (never the prompt).
+    """
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
         queue=GENERATE_QUEUE,
         priority=broker_priority(priority),
         ignore_result=True,
+        **task_display(job_id, prompt_tokens, priority),
     )

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from infra.logging import configure_logging
+from infra.logging import configure_logging, quiet_celery_argv
 from infra.settings import Settings
 from worker.celery_app import make_celery, send_generate
 from worker.events import notify_transition
@@ -235,6 +235,7 @@ class WorkerRuntime:
 
 def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -> list[str]:
     return [
+        *quiet_celery_argv(settings),
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",

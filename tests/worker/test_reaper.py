@@ -48,7 +48,7 @@ def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> 
             record = store.get("j1")
             assert record is not None and record.status is JobStatus.QUEUED
             # a new Celery message at the job's priority: broker priority 9 - 7 = 2
-            assert _messages(store, "generate:2") == ["['j1']"]
+            assert _messages(store, "generate:2") == ["job=j1 prompt_tokens=? priority=7"]
     assert done == [("j1", "failed")]
     record = store.get("j1")
     assert record is not None and record.status is JobStatus.FAILED
