@@ -25,6 +25,8 @@ from worker.protocol import (
     broker_priority,
 )
 
+#: Separator of kombu's per-priority list names (``generate`` + sep + step).
+BROKER_SEP = ":"
 #: Modules whose tasks a worker registers (imported by the worker at startup, never by producers).
 TASK_MODULES = ["worker.tasks"]
 
@@ -45,7 +47,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # One Redis list per priority; the worker pops from the lowest-numbered list first.
         "queue_order_strategy": "priority",
         "priority_steps": BROKER_PRIORITY_STEPS,
-        "sep": ":",
+        # Lists are named generate, generate:1 ... generate:9. Every producer must use this app's
+        # options (the API does, through make_celery) or it fills lists no worker pops.
+        "sep": BROKER_SEP,
         "fanout_prefix": True,
         "fanout_patterns": True,
         "health_check_interval": 25,
