@@ -235,7 +235,7 @@ class Engine:
         live: _Live = seq.payload
         p = live.params
         if self.tokenizer is not None:
-            live.stream = TextStream(self.tokenizer.decode, p.stop)
+            live.stream = TextStream(self.tokenizer, p.stop)
         if p.temperature > 0:
             live.generator = make_generator(p.seed, self.device)
 
