@@ -26,3 +26,13 @@ class GenerateMessage(BaseModel):
     """Body of a GENERATE_TASK message."""
 
     job_id: str
+
+
+#: kombu's Redis transport keeps one list per priority step and pops LOWER numbers first; with every
+#: step listed, each of the ten job priorities gets its own list. Producer and workers must agree.
+BROKER_PRIORITY_STEPS = list(range(MAX_PRIORITY + 1))
+
+
+def broker_priority(priority: int) -> int:
+    """Celery message priority for a job priority (job: higher runs first; Redis broker: lower)."""
+    return MAX_PRIORITY - max(MIN_PRIORITY, min(MAX_PRIORITY, priority))

@@ -1,0 +1,256 @@
+"""The job store against a real redis-server: every transition, its fences and its TTLs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from infra.settings import Settings
+from worker.jobstore import (
+    GenerationParams,
+    JobError,
+    JobResult,
+    JobStatus,
+    JobStore,
+    Usage,
+    WorkerInfo,
+    keys,
+    redis_client,
+)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url, result_ttl=600, lease_ttl=2.0, lease_renew_interval=0.5, max_attempts=2
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[JobStore]:
+    s = JobStore.from_settings(settings)
+    yield s
+    s.client.close()
+
+
+def _create(store: JobStore, job_id: str, owner: str = "o", priority: int = 0, **kw: object) -> None:
+    outcome = store.create(
+        job_id=job_id, owner=owner, params=GenerationParams(prompt=f"p-{job_id}"), priority=priority, **kw
+    )
+    assert outcome.kind == "created", outcome
+
+
+def test_create_get_and_ttls(store: JobStore) -> None:
+    _create(store, "j1", metadata={"k": [1, 2]})
+    rec = store.get("j1")
+    assert rec is not None
+    assert rec.status is JobStatus.QUEUED and rec.owner == "o" and rec.metadata == {"k": [1, 2]}
+    assert rec.params.prompt == "p-j1" and rec.attempt == 0 and rec.started_at is None
+    for key in (keys.job("j1"), keys.owner_jobs("o"), keys.QUEUE):
+        assert 0 < store.client.ttl(key) <= 600
+    assert store.get("nope") is None
+
+
+def test_claim_is_a_fence(store: JobStore) -> None:
+    _create(store, "j1")
+    results: list[bool] = []
+
+    def claim(worker: str) -> None:
+        results.append(store.claim("j1", worker).won)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    rec = store.get("j1")
+    assert rec is not None and rec.status is JobStatus.RUNNING and rec.attempt == 1
+    assert rec.started_at is not None and rec.lease_owner is not None
+    assert store.lease_alive("j1") and store.queue_position("j1") is None
+    lost = store.claim("j1", "late")
+    assert not lost.won and lost.status is JobStatus.RUNNING
+    assert store.claim("missing", "w").status is None
+
+
+def test_stream_append_finish_and_duplicate_delivery(store: JobStore) -> None:
+    _create(store, "j1")
+    assert store.claim("j1", "w1").won
+    ids = store.append("j1", "w1", "Hel", "lo")
+    assert len(ids) == 2
+    assert store.append("j1", "intruder", "x") == []  # only the lease owner writes
+    result = JobResult(text="Hello", finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=2))
+    assert not store.finish("j1", "intruder", JobStatus.SUCCEEDED, result=result)
+    assert store.finish("j1", "w1", JobStatus.SUCCEEDED, result=result)
+    assert not store.finish("j1", "w1", JobStatus.FAILED)  # terminal is final
+    assert not store.claim("j1", "w2").won  # a redelivered message finds it terminal
+    rec = store.get("j1")
+    assert rec is not None and rec.status is JobStatus.SUCCEEDED and rec.result == result
+    assert rec.finished_at is not None and not store.lease_alive("j1")
+    entries = store.read_stream("j1")
+    assert [(e.type, e.text) for e in entries] == [("token", "Hel"), ("token", "lo"), ("done", "")]
+    assert entries[-1].status is JobStatus.SUCCEEDED
+    assert store.read_stream("j1", after=entries[0].id)[0].text == "lo"
+    assert 0 < store.client.ttl(keys.stream("j1")) <= 600
+
+
+def test_finish_publishes(store: JobStore, settings: Settings) -> None:
+    _create(store, "j1")
+    store.claim("j1", "w")
+    sub = redis_client(settings.redis_url or "").pubsub(ignore_subscribe_messages=True)
+    sub.subscribe(keys.FINISHED_CHANNEL)
+    store.finish("j1", "w", JobStatus.FAILED, error=JobError(type="timeout", message="too slow"))
+    deadline = time.monotonic() + 5
+    msg = None
+    while msg is None and time.monotonic() < deadline:
+        msg = sub.get_message(timeout=1)
+    sub.close()
+    assert msg is not None and msg["data"] == "j1"
+    rec = store.get("j1")
+    assert rec is not None and rec.error is not None and rec.error.type == "timeout"
+
+
+def test_cancel_queued_running_terminal(store: JobStore) -> None:
+    _create(store, "q")
+    out = store.cancel("q")
+    assert out.kind == "cancelled"
+    rec = store.get("q")
+    assert rec is not None and rec.status is JobStatus.CANCELLED and rec.finished_at is not None
+    assert not store.claim("q", "w").won  # the task arriving later skips it
+    assert store.read_stream("q")[-1].type == "done"
+
+    _create(store, "r")
+    store.claim("r", "w")
+    assert store.cancel("r").kind == "requested"
+    assert store.cancel_requested("r")
+    assert store.renew_lease("r", "w").cancel_requested
+    partial = JobResult(text="par", finish_reason="cancelled")
+    assert store.finish("r", "w", JobStatus.CANCELLED, result=partial)
+    out = store.cancel("r")
+    assert out.kind == "terminal" and out.status is JobStatus.CANCELLED
+    assert store.cancel("missing").kind == "missing"
+
+
+def test_lease_renew_and_reap(store: JobStore) -> None:
+    _create(store, "j1")
+    store.claim("j1", "w1")
+    assert store.renew_lease("j1", "w1").owned
+    assert not store.renew_lease("j1", "other").owned
+    assert store.expired_leases() == []
+    assert store.reap("j1").action == "alive"
+    store.client.delete(keys.lease("j1"))  # the worker died: its lease is gone
+    assert store.expired_leases() == ["j1"]
+    out = store.reap("j1")
+    assert out.action == "requeued" and out.attempt == 1
+    rec = store.get("j1")
+    assert rec is not None and rec.status is JobStatus.QUEUED and rec.started_at is None
+    assert store.queue_position("j1") == 0
+    assert not store.finish("j1", "w1", JobStatus.SUCCEEDED)  # the old owner lost it
+    assert store.append("j1", "w1", "x") == []
+    assert store.read_stream("j1")[-1].type == "reset"
+    # second attempt dies too: max_attempts=2 -> failed with worker_lost
+    assert store.claim("j1", "w2").attempt == 2
+    store.client.delete(keys.lease("j1"))
+    assert store.reap("j1").action == "failed"
+    rec = store.get("j1")
+    assert rec is not None and rec.status is JobStatus.FAILED
+    assert rec.error is not None and rec.error.type == "worker_lost"
+    assert store.reap("j1").action == "skipped" and store.expired_leases() == []
+
+
+def test_lease_expires_by_ttl(store: JobStore) -> None:
+    _create(store, "j1")
+    store.claim("j1", "w1")
+    assert 0 < store.client.pttl(keys.lease("j1")) <= 2000
+    store.client.pexpire(keys.lease("j1"), 50)
+    time.sleep(0.15)
+    assert store.expired_leases() == ["j1"]
+
+
+def test_reap_cancel_requested_and_release(store: JobStore) -> None:
+    _create(store, "c")
+    store.claim("c", "w")
+    store.cancel("c")
+    store.client.delete(keys.lease("c"))
+    assert store.reap("c").action == "cancelled"
+    _create(store, "r")
+    store.claim("r", "w")
+    assert store.release("r", "other").action == "not_owner"
+    assert store.release("r", "w").action == "requeued"
+    rec = store.get("r")
+    assert rec is not None and rec.status is JobStatus.QUEUED and rec.attempt == 0
+
+
+def test_queue_order_priority_then_fifo(store: JobStore) -> None:
+    _create(store, "low1", priority=0)
+    time.sleep(0.002)
+    _create(store, "low2", priority=0)
+    _create(store, "high", priority=9)
+    assert [store.queue_position(j) for j in ("high", "low1", "low2")] == [0, 1, 2]
+    assert store.queue_depth() == 3
+    store.claim("high", "w")
+    assert store.queue_position("low1") == 0 and store.queue_depth() == 2
+
+
+def test_queue_limit(store: JobStore) -> None:
+    for i in range(3):
+        out = store.create(job_id=f"j{i}", owner="o", params=GenerationParams(prompt="x"), max_queued=3)
+        assert out.kind == "created"
+    out = store.create(job_id="j9", owner="o", params=GenerationParams(prompt="x"), max_queued=3)
+    assert out.kind == "full" and out.queue_depth == 3 and store.get("j9") is None
+
+
+def test_idempotency_replay_and_conflict(store: JobStore) -> None:
+    kw = {"owner": "o", "params": GenerationParams(prompt="x"), "idempotency_key": "k1"}
+    assert store.create(job_id="a", body_hash="h1", **kw).kind == "created"  # type: ignore[arg-type]
+    again = store.create(job_id="b", body_hash="h1", **kw)  # type: ignore[arg-type]
+    assert again.kind == "replayed" and again.job_id == "a" and store.get("b") is None
+    assert store.create(job_id="c", body_hash="h2", **kw).kind == "conflict"  # type: ignore[arg-type]
+    other = store.create(job_id="d", owner="p", params=GenerationParams(prompt="x"), idempotency_key="k1")
+    assert other.kind == "created"  # scoped per owner
+    assert 0 < store.client.ttl(keys.idempotency("o", "k1")) <= 600  # min(24 h, result_ttl)
+
+
+def test_list_jobs_pagination_and_filter(store: JobStore) -> None:
+    for i in range(7):
+        _create(store, f"j{i}")
+    _create(store, "other", owner="p")
+    store.claim("j3", "w")
+    store.claim("j5", "w")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_jobs("o", limit=3, cursor=cursor)
+        seen += [r.id for r in page.records]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [f"j{i}" for i in reversed(range(7))]
+    running = store.list_jobs("o", status=JobStatus.RUNNING)
+    assert [r.id for r in running.records] == ["j5", "j3"] and running.next_cursor is None
+    store.client.delete(keys.job("j6"))  # expired record: skipped and pruned from the index
+    assert [r.id for r in store.list_jobs("o", limit=1).records] == ["j5"]
+    assert store.client.zscore(keys.owner_jobs("o"), "j6") is None
+    with pytest.raises(ValueError, match="cursor"):
+        store.list_jobs("o", cursor="!!bad")
+
+
+def test_worker_heartbeat(store: JobStore) -> None:
+    assert store.workers() == []
+    store.heartbeat_worker(WorkerInfo(id="w1", model="demo", model_loaded=True, slots=4), ttl=5)
+    (w,) = store.workers()
+    assert w.id == "w1" and w.model_loaded and w.slots == 4
+    assert 0 < store.client.ttl(keys.worker("w1")) <= 5
+    store.remove_worker("w1")
+    assert store.workers() == []
+
+
+def test_store_requires_decoded_client(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url or "")
+    with pytest.raises(ValueError, match="decode_responses"):
+        JobStore(client, settings)
+    client.close()

@@ -1,0 +1,1 @@
+"""The demo corpus (package data): lines written for the tnllm demo tokenizer."""
