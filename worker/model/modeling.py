@@ -201,6 +201,9 @@ class TransnormerLM(nn.Module):
         t = int(input_ids.shape[0])
         if t == 0:
             raise ValueError("prefill needs at least one token")
+        fast = self._fast()
+        if fast is not None:
+            return fast.prefill(input_ids, start_pos, pool, slot, last_only)
         states = [layer_state[slot : slot + 1] for layer_state in pool]
         positions = torch.arange(start_pos, start_pos + t, device=self.device).unsqueeze(0)  # [1, T]
         logits, new_states = self.run(
@@ -213,6 +216,9 @@ class TransnormerLM(nn.Module):
     @torch.no_grad()
     def decode(self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor) -> Tensor:
         """One token for each of B sequences (``[B]`` ids, positions, slots) -> logits ``[B, V]``."""
+        fast = self._fast()
+        if fast is not None:
+            return fast.decode(input_ids, positions, pool, slots)
         slots = slots.to(device=pool[0].device, dtype=torch.long)
         states = [layer_state.index_select(0, slots) for layer_state in pool]
         logits, new_states = self.run(
@@ -244,6 +250,14 @@ class TransnormerLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self._head(self.model.final_norm(x)), new_states
+
+    def _fast(self):  # type: ignore[no-untyped-def]
+        """The CUDA fast path (worker/model/kernels) for GPU weights, else None (reference path)."""
+        if self.device.type != "cuda":
+            return None
+        from worker.model.kernels.binding import fast_path_for
+
+        return fast_path_for(self)
 
     def _layers(self) -> list[DecoderLayer]:
         return cast(list[DecoderLayer], list(self.model.layers))

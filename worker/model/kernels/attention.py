@@ -243,6 +243,21 @@ def prefill_attention(
     q, k: ``[T, H, DK]``; v: ``[T, H, D]`` (activated, rotated, contiguous); g_gamma: fp32 ``-λ`` ``[H]``;
     state_row: the slot's fp32 ``[H, DK, D]`` view into the pool. Returns o ``[T, H, D]`` in q's dtype.
     """
+    if min(q.shape[-1], v.shape[-1]) < 16:
+        # fla's tensor-core tiles need head widths >= 16; tiny test models take the reference ops
+        from worker.model import ops
+
+        lam = -g_gamma
+        out, new = ops.prefill_attention(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            lam,
+            state_row[None].float(),
+        )
+        state_row.copy_(new[0])
+        return out[0].transpose(0, 1).to(q.dtype)
+
     from fla.ops.simple_gla import chunk_simple_gla
 
     init = state_row.unsqueeze(0)

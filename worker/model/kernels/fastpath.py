@@ -87,12 +87,66 @@ class FastTransnormer:
     """Prefill/decode of one model on one CUDA device; state pools as in ``TransnormerLM``."""
 
     def __init__(
-        self, spec: FastSpec, embed: torch.Tensor, layers: list[FastLayer], gemv_batch1: bool = False
+        self,
+        spec: FastSpec,
+        embed: torch.Tensor,
+        layers: list[FastLayer],
+        head: torch.Tensor | None = None,
+        gemv_batch1: bool = False,
     ):
         self.spec = spec
-        self.embed = embed  # [V, D], tied with the output head
+        self.embed = embed  # [V, D]
+        self.head = embed if head is None else head  # tied unless the checkpoint says otherwise
         self.layers = layers
         self.gemv_batch1 = gemv_batch1
+
+    @staticmethod
+    def supports(model) -> bool:  # type: ignore[no-untyped-def]
+        """Whether ``model`` (a ``TransnormerLM``) fits the fast path: CUDA weights, SRMS norms, SiLU."""
+        cfg = model.config
+        return (
+            model.device.type == "cuda"
+            and cfg.uses_srms
+            and cfg.linear_act_fun in ("silu", "swish")
+            and model.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        )
+
+    @classmethod
+    def from_model(cls, model) -> FastTransnormer:  # type: ignore[no-untyped-def]
+        """Build from a ``TransnormerLM`` on CUDA, sharing its weights.
+
+        The l1/l2 weights are concatenated once and the module's parameters re-pointed at views of
+        the result, so the model keeps working and no weight is stored twice.
+        """
+        cfg = model.config
+        decay = model._decay()  # [L, H] fp32 λ on the model's device
+        layers = []
+        for i, layer in enumerate(model._layers()):
+            tm, cm = layer.token_mixer, layer.channel_mixer
+            biases = (
+                tuple(m.bias for m in (tm.qkvu_proj, tm.out_proj, cm.l1, cm.l2, cm.l3))
+                if cfg.bias
+                else (None,) * 5
+            )
+            fl, l12 = cls.make_layer(
+                tm.qkvu_proj.weight.data,
+                tm.out_proj.weight.data,
+                cm.l1.weight.data,
+                cm.l2.weight.data,
+                cm.l3.weight.data,
+                decay[i],
+                tm.lrpe.theta.data if tm.lrpe is not None else None,
+                biases,
+            )
+            f = cfg.ffn_dim
+            cm.l1.weight.data = l12[:f]
+            cm.l2.weight.data = l12[f:]
+            layers.append(fl)
+        spec = FastSpec(
+            cfg.decoder_embed_dim, cfg.hidden_dim, cfg.num_heads, cfg.ffn_dim, cfg.vocab_size, cfg.embed_scale
+        )
+        head = model.lm_head.weight.data if model.lm_head is not None else None
+        return cls(spec, model.model.embed_tokens.weight.data, layers, head=head)
 
     # -- construction -----------------------------------------------------------------------------
     @staticmethod
@@ -200,6 +254,7 @@ class FastTransnormer:
 
     def _run(self, ids: torch.Tensor, attend) -> torch.Tensor:  # type: ignore[no-untyped-def]
         rows = ids.shape[0]
+        ids = ids.to(self.embed.device)
         x = torch.empty((rows, self.spec.d_model), device=ids.device, dtype=torch.float32)
         a = torch.empty((rows, self.spec.d_model), device=ids.device, dtype=self.embed.dtype)
         embed_rms(ids, self.embed, self.spec.embed_scale, x, a, self.spec.eps)
@@ -215,6 +270,8 @@ class FastTransnormer:
         ``slots`` may hold -1 for padding rows (their state is untouched, their logits meaningless).
         """
         e = self.spec.d_attn
+        dev = self.embed.device
+        positions, slots = positions.to(dev), slots.to(dev)
 
         def attend(z: torch.Tensor, lw: FastLayer, i: int) -> torch.Tensor:
             return decode_attention(
@@ -229,7 +286,7 @@ class FastTransnormer:
             )
 
         a = self._run(input_ids, attend)
-        return self._linear(a, self.embed, None).float()
+        return self._linear(a, self.head, None).float()
 
     def prefill(
         self,
@@ -254,8 +311,8 @@ class FastTransnormer:
 
         a = self._run(input_ids, attend)
         if last_only:
-            return self._linear(a[-1:], self.embed, None).float()[0]
-        return F.linear(a, self.embed).float()
+            return self._linear(a[-1:], self.head, None).float()[0]
+        return F.linear(a, self.head).float()
 
     def warmup(self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1)) -> None:
         """Compile and autotune every prefill/decode kernel variant once (fla's first chunk call tunes
