@@ -92,7 +92,7 @@ class FastTransnormer:
         embed: torch.Tensor,
         layers: list[FastLayer],
         head: torch.Tensor | None = None,
-        gemv_batch1: bool = False,
+        gemv_batch1: bool = True,
     ):
         self.spec = spec
         self.embed = embed  # [V, D]
@@ -235,10 +235,6 @@ class FastTransnormer:
 
     # -- compute ----------------------------------------------------------------------------------
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        if self.gemv_batch1 and b is None and x.shape[0] == 1:
-            from worker.model.kernels.gemv import gemv
-
-            return gemv(x, w)
         return F.linear(x, w, b)
 
     def _mixers(self, x: torch.Tensor, a: torch.Tensor, i: int, attend) -> None:  # type: ignore[no-untyped-def]
@@ -262,6 +258,32 @@ class FastTransnormer:
             self._mixers(x, a, i, attend)
         return a  # SRMS of the final residual (the model's final norm)
 
+    def _decode_row(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, pool: list[torch.Tensor], slots: torch.Tensor
+    ) -> torch.Tensor:
+        """Batch-1 decode with the row ops fused into the GEMVs (5 launches per layer)."""
+        from worker.model.kernels.gemv import gemv_fused
+
+        sp = self.spec
+        e, f, eps, dt = sp.d_attn, sp.d_ffn, sp.eps, self.embed.dtype
+        x = torch.empty((1, sp.d_model), device=input_ids.device, dtype=torch.float32)
+        a = torch.empty((1, sp.d_model), device=input_ids.device, dtype=self.embed.dtype)
+        embed_rms(input_ids, self.embed, sp.embed_scale, x, a, eps)
+        for i, lw in enumerate(self.layers):
+            z = gemv_fused(x, lw.qkvu_w, pro=1, eps=eps, out_dtype=dt)
+            assert z is not None
+            o = decode_attention(
+                z[:, :e], z[:, e : 2 * e], z[:, 2 * e : 3 * e], pool[i], slots, lw.decay,
+                positions=positions, theta=lw.theta,
+            )  # fmt: skip
+            gemv_fused(o, lw.out_w, pro=2, x2=z[:, 3 * e :], residual=x, eps=eps)
+            h = gemv_fused(x, lw.l12_w, pro=1, eps=eps, out_dtype=dt)
+            assert h is not None
+            gemv_fused(h[:, :f], lw.l3_w, pro=3, x2=h[:, f:], residual=x, eps=eps)
+        logits = gemv_fused(x, self.head, pro=1, eps=eps, out_dtype=dt)
+        assert logits is not None
+        return logits.float()
+
     def decode(
         self, input_ids: torch.Tensor, positions: torch.Tensor, pool: list[torch.Tensor], slots: torch.Tensor
     ) -> torch.Tensor:
@@ -272,6 +294,8 @@ class FastTransnormer:
         e = self.spec.d_attn
         dev = self.embed.device
         positions, slots = positions.to(dev), slots.to(dev)
+        if self.gemv_batch1 and input_ids.shape[0] == 1 and self.layers[0].qkvu_b is None:
+            return self._decode_row(input_ids.to(dev), positions, pool, slots)
 
         def attend(z: torch.Tensor, lw: FastLayer, i: int) -> torch.Tensor:
             return decode_attention(

@@ -63,3 +63,100 @@ def gemv(
         x, w, out, n, k, w.stride(0), BN=bn, BK=bk, EVEN_K=(k % bk == 0), num_warps=warps, num_stages=stages
     )
     return out
+
+
+# ---- batch-1 GEMV with the neighbouring row ops fused in ------------------------------------------
+# PRO (prologue, how the input row is formed on the fly):
+#   1: SRMS(x) of the fp32 residual row x   2: SRMS(x) ⊙ x2 (norm + gate)   3: x ⊙ x2 (GLU product)
+# ADD (epilogue): res[n] += y (the fp32 residual stream, in place) instead of storing y.
+# Each layer of a batch-1 decode step is then 4 GEMVs + the attention kernel (5 launches, not 9).
+@triton.autotune(
+    configs=[
+        triton.Config({"BN": bn, "BK": bk}, num_warps=w)
+        for bn, bk, w in [(4, 1024, 4), (2, 2048, 4), (8, 512, 4), (8, 1024, 8), (4, 512, 2), (16, 256, 4)]
+    ],
+    key=["N", "K", "PRO", "ADD"],
+    restore_value=["res_ptr"],
+)
+@triton.jit
+def _gemv_fused_kernel(
+    x_ptr,
+    x2_ptr,
+    w_ptr,
+    res_ptr,
+    y_ptr,
+    N,
+    stride_w,
+    eps,
+    K: tl.constexpr,
+    PRO: tl.constexpr,
+    ADD: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_n = pid * BN + tl.arange(0, BN)
+    m_n = offs_n < N
+    offs_k = tl.arange(0, BK)
+    r = 1.0
+    if PRO == 1 or PRO == 2:
+        ss = tl.zeros([BK], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + offs_k
+            xv = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            ss += xv * xv
+        r = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_w
+    acc = tl.zeros([BN, BK], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + offs_k
+        m_k = kk < K
+        xv = tl.load(x_ptr + kk, mask=m_k, other=0.0).to(tl.float32)
+        if PRO == 1:
+            xv = xv * r
+        if PRO == 2:
+            xv = xv * r * tl.load(x2_ptr + kk, mask=m_k, other=0.0).to(tl.float32)
+        if PRO == 3:
+            xv = xv * tl.load(x2_ptr + kk, mask=m_k, other=0.0).to(tl.float32)
+        w = tl.load(w_rows + kk[None, :], mask=m_n[:, None] & m_k[None, :], other=0.0)
+        acc += w.to(tl.float32) * xv[None, :]
+    y = tl.sum(acc, axis=1)
+    if ADD:
+        y += tl.load(res_ptr + offs_n, mask=m_n, other=0.0)
+        tl.store(res_ptr + offs_n, y, mask=m_n)
+    else:
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=m_n)
+
+
+def gemv_fused(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    pro: int,
+    x2: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+    eps: float = 1e-6,
+) -> torch.Tensor | None:
+    """One row through ``w [N, K]`` with a fused prologue (see ``PRO`` above) and optional residual add.
+
+    x, x2: ``[1, K]`` rows (feature stride 1); residual: fp32 ``[1, N]`` updated in place (then None is
+    returned), else a new ``[1, N]`` row in ``out_dtype``.
+    """
+    n, k = w.shape
+    assert x.shape[-1] == k and x.stride(-1) == 1 and w.stride(1) == 1
+    out = None if residual is not None else torch.empty((1, n), device=x.device, dtype=out_dtype)
+    _gemv_fused_kernel[lambda meta: (triton.cdiv(n, meta["BN"]),)](
+        x,
+        x2 if x2 is not None else x,
+        w,
+        residual if residual is not None else x,
+        out if out is not None else x,
+        n,
+        w.stride(0),
+        eps,
+        K=k,
+        PRO=pro,
+        ADD=residual is not None,
+    )
+    return out
