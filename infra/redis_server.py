@@ -157,8 +157,13 @@ class RedisServer:
                     f"{err.strip() or self._log_tail()}"
                 )
             if self.ping():
-                log.info("redis-server %s ready at %s:%s (data %s)", self.process.pid, self.host,
-                         self.port, self.data_dir)  # fmt: skip
+                log.info(
+                    "redis-server %s ready at %s:%s (data %s)",
+                    self.process.pid,
+                    self.host,
+                    self.port,
+                    self.data_dir,
+                )
                 return self
             time.sleep(0.05)
         self.kill()

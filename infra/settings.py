@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL (redis://, rediss://, sentinel://). Unset: `tnllm up` starts an embedded Redis.",
     )
+    redis_sentinel_master: str = Field(
+        default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
+    )
     data_dir: Path = Field(
         default=Path(".tnllm"),
         description="Holds the embedded Redis data (AOF), the demo checkpoint, downloads and logs.",
@@ -91,6 +94,16 @@ class Settings(BaseSettings):
         default_factory=lambda: ["generate"], description="Celery queues a GPU worker consumes."
     )
     workers: int = Field(default=1, ge=1, description="GPU worker processes `tnllm up` starts.")
+    worker_shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="On warm shutdown, seconds running jobs get to finish before going back to the queue.",
+    )
+    debug_faults: bool = Field(
+        default=False,
+        description="Test only: workers honour `metadata.tnllm_debug` of a job (`crash`, `delay`); "
+        "see worker/faults.py. Never enable in production.",
+    )
 
     # --- engine -----------------------------------------------------------------------------
     engine_slots: int = Field(
@@ -122,7 +135,16 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one object per line.")
     log_level: str = Field(default="INFO", description="Root log level.")
     log_content: bool = Field(default=False, description="Debug only: log prompts and outputs.")
-    metrics_port: int = Field(default=0, ge=0, description="Worker Prometheus port; 0 picks none/auto.")
+    metrics_port: int = Field(
+        default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client's own variable: set it (an empty folder) when the API runs "
+        "several processes, so /metrics sums them.",
+    )
 
     @field_validator("api_keys", "worker_queues", "webhook_secret", "webhook_allowlist", mode="before")
     @classmethod

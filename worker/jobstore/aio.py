@@ -13,6 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from infra import jobstats
 from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
@@ -104,7 +105,10 @@ class AsyncJobStore:
 
     async def cancel(self, job_id: str) -> CancelOutcome:
         """Queued → cancelled at once; running → ``cancel_requested`` (the worker stops it)."""
-        return ops.parse_cancel(await self._run(ops.cancel_call(job_id, self.ttl, time.time())))
+        outcome = ops.parse_cancel(await self._run(ops.cancel_call(job_id, self.ttl, time.time())))
+        if outcome.kind == "cancelled":
+            await jobstats.arecord_finished(self.client, "cancelled")
+        return outcome
 
     async def read_stream(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None

@@ -97,6 +97,7 @@ class WorkerInfo:
     tokens_per_s: float = 0.0
     queues: list[str] = field(default_factory=list)
     updated_at: float = 0.0
+    metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
 
     def to_hash(self) -> dict[str, str]:
         """Hash fields (strings) as stored."""
@@ -111,6 +112,7 @@ class WorkerInfo:
             "tokens_per_s": repr(float(self.tokens_per_s)),
             "queues": ",".join(self.queues),
             "updated_at": repr(float(self.updated_at or time.time())),
+            "metrics_port": str(self.metrics_port),
         }
 
     @classmethod
@@ -127,6 +129,7 @@ class WorkerInfo:
             tokens_per_s=float(h.get("tokens_per_s") or 0.0),
             queues=[q for q in (h.get("queues") or "").split(",") if q],
             updated_at=float(h.get("updated_at") or 0.0),
+            metrics_port=int(h.get("metrics_port") or 0),
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from infra import jobstats
 from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
@@ -150,8 +151,11 @@ class JobStore:
 
         Only one caller ever wins; a duplicate delivery of a running or terminal job loses.
         """
-        call = ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, time.time())
-        return ops.parse_claim(self._run(call))
+        now = time.time()
+        outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
+        if outcome.won:
+            jobstats.record_started(self.client, keys.job(job_id), now)
+        return outcome
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
         """Extend the lease of a job this worker runs; says whether it still owns it and if a
@@ -180,17 +184,30 @@ class JobStore:
     ) -> bool:
         """Write the terminal state if ``worker_id`` still owns the running job; False otherwise
         (another worker took it over, or it was reaped): then nothing is written."""
-        call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, time.time())
-        return bool(int(self._run(call)[0]))
+        now = time.time()
+        call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
+        done = bool(int(self._run(call)[0]))
+        if done:
+            reason = error.type if error else None
+            jobstats.record_finished(self.client, keys.job(job_id), status.value, now, reason)
+        return done
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Queued → cancelled at once; running → ``cancel_requested`` (and a notification)."""
-        return ops.parse_cancel(self._run(ops.cancel_call(job_id, self.ttl, time.time())))
+        now = time.time()
+        outcome = ops.parse_cancel(self._run(ops.cancel_call(job_id, self.ttl, now)))
+        if outcome.kind == "cancelled":
+            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        return outcome
 
     def release(self, job_id: str, worker_id: str) -> ReapOutcome:
         """Hand a running job back to the queue on a clean shutdown (the attempt is not counted).
         ``requeued``: the caller must send a new Celery message."""
-        return ops.parse_reap(self._run(ops.release_call(job_id, worker_id, self.ttl, time.time())))
+        now = time.time()
+        outcome = ops.parse_reap(self._run(ops.release_call(job_id, worker_id, self.ttl, now)))
+        if outcome.action == "cancelled":
+            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        return outcome
 
     # --- reaper --------------------------------------------------------------------------------
     def expired_leases(self, limit: int = 1000) -> list[str]:
@@ -206,8 +223,12 @@ class JobStore:
     def reap(self, job_id: str) -> ReapOutcome:
         """For a running job whose lease expired: requeue it, or fail it with ``worker_lost`` once
         it used ``max_attempts``. ``requeued``: the caller must send a new Celery message."""
-        call = ops.reap_call(job_id, self.max_attempts, self.ttl, time.time())
-        return ops.parse_reap(self._run(call))
+        now = time.time()
+        outcome = ops.parse_reap(self._run(ops.reap_call(job_id, self.max_attempts, self.ttl, now)))
+        if outcome.action in ("failed", "cancelled"):
+            reason = "worker_lost" if outcome.action == "failed" else None
+            jobstats.record_finished(self.client, keys.job(job_id), outcome.action, now, reason)
+        return outcome
 
     # --- workers -------------------------------------------------------------------------------
     def heartbeat_worker(self, info: WorkerInfo, ttl: float) -> None:

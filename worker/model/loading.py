@@ -63,7 +63,8 @@ def load_pretrained(
                     continue  # HF-style tied storage, nothing to check
                 head = (tensor, file)
                 continue
-            _check_tensor(name, tensor, expected, loaded, file, origin)
+            if not _check_tensor(name, tensor, expected, loaded, file, origin):
+                continue
             if name == EMBED_KEY:
                 embed_ptr = (
                     tensor.untyped_storage().data_ptr(),
@@ -170,10 +171,11 @@ def _check_tensor(
     loaded: dict[str, Path],
     file: Path,
     origin: Path,
-) -> None:
+) -> bool:
+    """Validate one tensor against the config; False for a key to skip silently."""
     if name not in expected:
         if _IGNORED.match(name):
-            return
+            return False
         raise CheckpointError(
             f"{file}: unexpected tensor {name!r} (not part of this config's model, {origin})"
         )
@@ -189,6 +191,7 @@ def _check_tensor(
         raise CheckpointError(
             f"{file}: tensor {name!r} has dtype {tensor.dtype}, expected a floating-point tensor"
         )
+    return True
 
 
 def _same_storage(tensor: Tensor, ref: tuple[int, int, tuple[int, ...]]) -> bool:

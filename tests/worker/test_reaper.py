@@ -1,0 +1,89 @@
+"""Heartbeat and reaper of a worker runtime against a real Redis (no model needed for these)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from infra.settings import Settings
+from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
+from worker.runtime import REAPER_LOCK, WorkerRuntime
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings(
+        redis_url=redis_url, lease_ttl=1.0, lease_renew_interval=0.2, reaper_interval=0.2, max_attempts=2
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[WorkerRuntime]:
+    rt = WorkerRuntime(settings, hostname="test@host")
+    yield rt
+    rt.close()
+
+
+def _create(store: JobStore, job_id: str, priority: int = 0) -> None:
+    out = store.create(job_id=job_id, owner="o", params=GenerationParams(prompt="hi"), priority=priority)
+    assert out.kind == "created"
+
+
+def _messages(store: JobStore, list_key: str) -> list[str]:
+    return [json.loads(m)["headers"]["argsrepr"] for m in store.client.lrange(list_key, 0, -1)]
+
+
+def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> None:
+    store = runtime.store
+    _create(store, "j1", priority=7)
+    for attempt in (1, 2):
+        assert store.claim("j1", "dead-worker").won
+        store.client.delete(keys.lease("j1"))  # the worker died: its lease is gone
+        store.client.delete(REAPER_LOCK)
+        done = runtime.reap_once()
+        if attempt == 1:
+            assert done == [("j1", "requeued")]
+            record = store.get("j1")
+            assert record is not None and record.status is JobStatus.QUEUED
+            # a new Celery message at the job's priority: broker priority 9 - 7 = 2
+            assert _messages(store, "generate:2") == ["['j1']"]
+    assert done == [("j1", "failed")]
+    record = store.get("j1")
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None and record.error.type == "worker_lost"
+
+
+def test_reaper_leaves_live_leases_and_takes_turns(runtime: WorkerRuntime, settings: Settings) -> None:
+    store = runtime.store
+    _create(store, "j2")
+    assert store.claim("j2", "alive-worker").won
+    assert runtime.reap_once() == []
+    other = WorkerRuntime(settings, hostname="other@host")
+    try:
+        store.client.delete(keys.lease("j2"))
+        # the first runtime holds this round's lock: the other one does nothing
+        assert other.reap_once() == []
+        store.client.delete(REAPER_LOCK)
+        assert other.reap_once() == [("j2", "requeued")]
+    finally:
+        other.close()
+
+
+def test_heartbeat_renews_leases_and_reports_lost_and_cancel(runtime: WorkerRuntime) -> None:
+    store = runtime.store
+    for job_id in ("a", "b"):
+        _create(store, job_id)
+        assert store.claim(job_id, runtime.worker_id).won
+    a, b = runtime.track("a"), runtime.track("b")
+    store.client.pexpire(keys.lease("a"), 200)
+    store.cancel("a")
+    store.client.hset(keys.job("b"), "lease_owner", "someone-else")
+    runtime.heartbeat_once()
+    assert store.client.pttl(keys.lease("a")) > 500
+    assert a.cancel.is_set() and not a.lost.is_set()
+    assert b.lost.is_set()
+    workers = store.workers()
+    assert [w.id for w in workers] == [runtime.worker_id]
+    assert workers[0].model_loaded is False and workers[0].slots == 0

@@ -1,0 +1,336 @@
+"""The continuous-batching engine: one model, a pool of recurrent-state slots, a step loop.
+
+Each ``step()``: take new submissions and cancellations → schedule (retire cancelled, admit,
+plan prefill chunks under the token budget) → prefill chunks → one batched decode over every
+decoding slot → sample → detokenize incrementally → emit deltas → retire finished sequences.
+``submit``/``cancel`` are thread-safe; ``start()`` runs the step loop on a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from worker.engine.sampling import RowSampling, make_generator, sample
+from worker.engine.scheduler import PrefillChunk, Scheduler, Sequence
+from worker.engine.stats import StatsTracker
+from worker.engine.stop import TextStream
+from worker.engine.types import (
+    EngineError,
+    EngineRequest,
+    EngineResult,
+    EngineStats,
+    FinishReason,
+    RequestRejected,
+    SamplingParams,
+    TokenEvent,
+)
+
+log = logging.getLogger(__name__)
+
+OnToken = Callable[[TokenEvent], None]
+
+
+class RequestHandle:
+    """The caller's side of one submitted request."""
+
+    def __init__(self, engine: Engine, request_id: str) -> None:
+        self.request_id = request_id
+        self._engine = engine
+        self._done = threading.Event()
+        self._result: EngineResult | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """The request has finished (or failed)."""
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> EngineResult:
+        """Wait for the final result; raises TimeoutError, or EngineError if the engine failed."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} still running after {timeout} s")
+        if self._error is not None:
+            raise EngineError(f"request {self.request_id} failed: {self._error}") from self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        """Cancel this request (it leaves the batch within one step)."""
+        self._engine.cancel(self.request_id)
+
+    def _set(self, result: EngineResult | None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+
+class _Live:
+    """Engine-side objects of one sequence (kept in ``Sequence.payload``)."""
+
+    def __init__(self, params: SamplingParams, handle: RequestHandle, on_token: OnToken | None) -> None:
+        self.params = params
+        self.handle = handle
+        self.on_token = on_token
+        self.stream: TextStream | None = None
+        self.generator: torch.Generator | None = None
+        self.text_parts: list[str] = []
+
+
+def _eos_ids(model: Any, tokenizer: Any | None) -> frozenset[int]:
+    """End-of-sequence ids: the checkpoint config's (an int or a list), else the tokenizer's."""
+    eos = getattr(model.config, "eos_token_id", None)
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_id
+    if eos is None:
+        return frozenset()
+    return frozenset([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+
+
+class Engine:
+    """Continuous batching over a fixed pool of per-sequence recurrent states."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any | None,
+        *,
+        slots: int,
+        prefill_token_budget: int = 512,
+        max_context: int = 16384,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.slots = slots
+        self.max_context = max_context
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.config.vocab_size)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pool = model.new_state_pool(slots, device=self.device)
+        self.sched = Scheduler(slots, prefill_token_budget)
+        self._stats = StatsTracker()
+        self._lock = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._cancels: list[str] = []
+        self._live_ids: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- caller side (any thread) ---------------------------------------------------------------
+    def submit(self, req: EngineRequest, on_token: OnToken | None = None) -> RequestHandle:
+        """Queue a request; raises RequestRejected for a bad one before it takes a slot."""
+        self._validate(req)
+        handle = RequestHandle(self, req.request_id)
+        seq = Sequence(req.request_id, list(req.prompt_ids), req.params.max_new_tokens)
+        seq.payload = _Live(req.params, handle, on_token)
+        with self._lock:
+            if self._stopping:
+                raise EngineError("the engine is stopping")
+            if req.request_id in self._live_ids:
+                raise RequestRejected(f"request id {req.request_id!r} is already running")
+            self._live_ids.add(req.request_id)
+            self._inbox.append(seq)
+            self._lock.notify_all()
+        return handle
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel a queued or running request; it is retired at the start of the next step."""
+        with self._lock:
+            self._cancels.append(request_id)
+            self._lock.notify_all()
+
+    def generate(self, reqs: Iterable[EngineRequest], timeout: float | None = None) -> list[EngineResult]:
+        """Submit all requests together and return their results in order (all are checked first)."""
+        reqs = list(reqs)
+        for r in reqs:
+            self._validate(r)
+        handles = [self.submit(r) for r in reqs]
+        if self._thread is None:
+            while not all(h.done() for h in handles):
+                self.step()
+        return [h.result(timeout) for h in handles]
+
+    def stats(self) -> EngineStats:
+        """Active and waiting sequences, tokens/s, step time, slot occupancy."""
+        with self._lock:
+            inbox = len(self._inbox)
+        return self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+
+    # --- background loop ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the step loop on a daemon thread until ``stop()``."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="tnllm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the loop; requests still in the engine fail with EngineError."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._fail_all(EngineError("the engine was stopped"))
+        with self._lock:
+            self._stopping = False
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._stopping or self._inbox or self._cancels or self.sched.has_work):
+                    self._lock.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as err:  # keep serving: fail what was running, log, go on
+                log.exception("engine step failed; failing %d requests", self.sched.num_active)
+                self._fail_all(err)
+
+    def _fail_all(self, err: BaseException) -> None:
+        with self._lock:
+            pending, self._inbox = self._inbox, []
+        for seq in [*pending, *self.sched.drain()]:
+            self._release(seq.request_id)
+            seq.payload.handle._set(None, err)
+
+    # --- the step -------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One round: admit, prefill chunks, one batched decode, sample, emit, retire."""
+        self._take_inbox()
+        plan = self.sched.schedule()
+        for seq in plan.cancelled:
+            self._complete(seq, "cancelled")
+        if plan.empty:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            rows, logits = self._run_prefill(plan.prefill)
+            if plan.decode:
+                rows += plan.decode
+                logits.append(self._run_decode(plan.decode))
+            tokens = sample(torch.cat(logits), [self._row_sampling(s) for s in rows]) if rows else []
+        for seq, tok in zip(rows, tokens, strict=True):
+            self._append(seq, tok)
+        self._stats.record_step(time.perf_counter() - t0, len(tokens))
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            new, self._inbox = self._inbox, []
+            cancels, self._cancels = self._cancels, []
+        for seq in new:
+            self._start_sequence(seq)
+            self.sched.add(seq)
+        for rid in cancels:
+            self.sched.cancel(rid)
+
+    def _start_sequence(self, seq: Sequence) -> None:
+        live: _Live = seq.payload
+        p = live.params
+        if self.tokenizer is not None:
+            live.stream = TextStream(self.tokenizer.decode, p.stop)
+        if p.temperature > 0:
+            live.generator = make_generator(p.seed, self.device)
+
+    def _run_prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], list[torch.Tensor]]:
+        """Consume prompt chunks; returns the sequences whose prompt completed and their last logits."""
+        rows: list[Sequence] = []
+        logits: list[torch.Tensor] = []
+        for ch in chunks:
+            seq = ch.seq
+            if ch.start == 0:
+                self.model.reset_slot(self.pool, seq.slot)
+            ids = torch.tensor(seq.prompt_ids[ch.start : ch.start + ch.length], device=self.device)
+            out = self.model.prefill(ids, ch.start, self.pool, seq.slot, last_only=True)
+            seq.prefilled += ch.length
+            if ch.completes_prompt:
+                rows.append(seq)
+                logits.append(out.reshape(1, -1).float())
+        return rows, logits
+
+    def _run_decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One batched decode step: each sequence feeds its last token at its own position."""
+        dev = self.device
+        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long, device=dev)
+        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long, device=dev)
+        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
+        return self.model.decode(ids, pos, self.pool, slots).float()  # [B, V]
+
+    def _row_sampling(self, seq: Sequence) -> RowSampling:
+        live: _Live = seq.payload
+        p = live.params
+        seen = [*seq.prompt_ids, *seq.output_ids] if p.repetition_penalty != 1.0 else ()
+        return RowSampling(p.temperature, p.top_k, p.top_p, p.repetition_penalty, seen, live.generator)
+
+    def _append(self, seq: Sequence, tok: int) -> None:
+        """Record a sampled token, stream its text, and retire the sequence if it is done."""
+        live: _Live = seq.payload
+        seq.output_ids.append(tok)
+        reason: FinishReason | None = None
+        if tok in self.eos_ids and not live.params.ignore_eos:
+            reason = "stop"
+        elif len(seq.output_ids) >= seq.max_new_tokens:
+            reason = "length"
+        delta = ""
+        if live.stream is not None:
+            delta = live.stream.push([tok])
+            if live.stream.stopped:
+                reason = "stop"
+            elif reason is not None:
+                delta += live.stream.finish()
+        self._emit(seq, delta, [tok])
+        if reason is not None:
+            self._complete(seq, reason)
+
+    def _emit(self, seq: Sequence, text: str, ids: list[int]) -> None:
+        live: _Live = seq.payload
+        live.text_parts.append(text)
+        if live.on_token is not None:
+            try:
+                live.on_token(TokenEvent(seq.request_id, text, ids))
+            except Exception:  # a consumer's bug must not stop the batch
+                log.exception("on_token callback of %s raised", seq.request_id)
+
+    def _complete(self, seq: Sequence, reason: FinishReason) -> None:
+        self.sched.finish(seq)
+        live: _Live = seq.payload
+        result = EngineResult(
+            request_id=seq.request_id,
+            text="".join(live.text_parts),
+            token_ids=list(seq.output_ids),
+            finish_reason=reason,
+            prompt_tokens=len(seq.prompt_ids),
+            completion_tokens=len(seq.output_ids),
+        )
+        self._stats.record_finished()
+        self._release(seq.request_id)
+        live.handle._set(result)
+
+    def _release(self, request_id: str) -> None:
+        with self._lock:
+            self._live_ids.discard(request_id)
+
+    def _validate(self, req: EngineRequest) -> None:
+        p = req.params
+        p.validate()
+        if not req.prompt_ids:
+            raise RequestRejected("the prompt is empty (at least one token is needed)")
+        bad = [t for t in req.prompt_ids if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise RequestRejected(
+                f"prompt token id {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}"
+            )
+        total = len(req.prompt_ids) + p.max_new_tokens
+        if total > self.max_context:
+            raise RequestRejected(
+                f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({p.max_new_tokens}) = {total} "
+                f"exceeds the context limit of {self.max_context} tokens"
+            )
+        if p.stop and self.tokenizer is None:
+            raise RequestRejected("stop strings need a tokenizer, and this model has none")

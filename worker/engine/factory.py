@@ -1,0 +1,88 @@
+"""build_engine(settings): resolve the checkpoint, load model and tokenizer, size the slot pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+CPU_DEFAULT_SLOTS = 64
+MAX_DERIVED_SLOTS = 256
+# Share of free memory the state pool may take; the rest is for weights' activations and prefill.
+STATE_MEMORY_FRACTION = 0.4
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA, float32 elsewhere; else the named dtype."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r} (expected one of auto, {', '.join(dtypes)})")
+    return dtypes[name]
+
+
+def derive_slots(model: Any, device: torch.device) -> int:
+    """How many sequences fit: a share of free device memory over the per-sequence state size."""
+    per_seq = int(model.state_bytes_per_sequence())
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(1, min(MAX_DERIVED_SLOTS, int(free * STATE_MEMORY_FRACTION) // per_seq))
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return CPU_DEFAULT_SLOTS
+    return max(1, min(CPU_DEFAULT_SLOTS, int(avail * STATE_MEMORY_FRACTION) // per_seq))
+
+
+def model_path(settings: Any) -> Path:
+    """The checkpoint folder: ``settings.model`` itself when it is one, else resolved (demo, download)."""
+    local = Path(settings.model).expanduser()
+    if local.is_dir():
+        return local
+    from worker.model.download import resolve_model_path
+
+    return Path(resolve_model_path(settings))
+
+
+def build_engine(settings: Any) -> Engine:
+    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
+    from worker.model import load_pretrained
+    from worker.tokenization import load_tokenizer
+
+    path = model_path(settings)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    model = load_pretrained(path, device=device, dtype=dtype)
+    model.eval()
+    tokenizer = load_tokenizer(path, settings)
+    slots = settings.engine_slots or derive_slots(model, device)
+    log.info(
+        "engine: model %s on %s/%s, %d slots, prefill budget %d tokens",
+        path,
+        device,
+        dtype,
+        slots,
+        settings.prefill_token_budget,
+    )
+    return Engine(
+        model,
+        tokenizer,
+        slots=slots,
+        prefill_token_budget=settings.prefill_token_budget,
+        max_context=settings.max_context,
+    )

@@ -1,0 +1,157 @@
+"""Which sequences run in the next engine step (pure Python, no tensors).
+
+Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
+waiting ones into free slots (FIFO), hands out prompt chunks up to the per-step prefill token
+budget, and lists the sequences that decode one token this step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's progress. ``payload`` carries the engine's per-request objects."""
+
+    request_id: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    payload: Any = None
+    slot: int = -1
+    prefilled: int = 0  # prompt tokens already consumed into the slot's state
+    output_ids: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    finished: bool = False
+
+    @property
+    def prefill_done(self) -> bool:
+        """All prompt tokens are in the state."""
+        return self.prefilled >= len(self.prompt_ids)
+
+    @property
+    def next_position(self) -> int:
+        """Position of the token fed next in a decode step (the last sampled one)."""
+        return self.prefilled + len(self.output_ids) - 1
+
+
+@dataclass
+class PrefillChunk:
+    """Prompt tokens ``seq.prompt_ids[start:start+length]`` to consume into ``seq.slot``."""
+
+    seq: Sequence
+    start: int
+    length: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        """After this chunk the prompt is fully consumed, so its last logits give token one."""
+        return self.start + self.length >= len(self.seq.prompt_ids)
+
+
+@dataclass
+class StepPlan:
+    """The work of one engine step."""
+
+    cancelled: list[Sequence] = field(default_factory=list)
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to run (cancellations are still reported)."""
+        return not self.prefill and not self.decode
+
+
+class Scheduler:
+    """Waiting queue + slot pool + chunked-prefill budget."""
+
+    def __init__(self, slots: int, prefill_token_budget: int) -> None:
+        if slots < 1 or prefill_token_budget < 1:
+            raise ValueError("slots and prefill_token_budget must be >= 1")
+        self.num_slots = slots
+        self.budget = prefill_token_budget
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[int, Sequence] = {}  # slot -> sequence, in admission order
+        self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
+        self._by_id: dict[str, Sequence] = {}
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence (request ids must be unique among live sequences)."""
+        if seq.request_id in self._by_id:
+            raise ValueError(f"request id {seq.request_id!r} is already in the engine")
+        self._by_id[seq.request_id] = seq
+        self.waiting.append(seq)
+
+    def get(self, request_id: str) -> Sequence | None:
+        """The live sequence with this id, if any."""
+        return self._by_id.get(request_id)
+
+    def cancel(self, request_id: str) -> bool:
+        """Mark a live sequence cancelled; it is retired by the next ``schedule()``."""
+        seq = self._by_id.get(request_id)
+        if seq is None or seq.finished:
+            return False
+        seq.cancelled = True
+        return True
+
+    def finish(self, seq: Sequence) -> None:
+        """Retire a sequence now and free its slot."""
+        if seq.finished:
+            return
+        seq.finished = True
+        self._by_id.pop(seq.request_id, None)
+        if seq.slot >= 0:
+            del self.running[seq.slot]
+            self._free.append(seq.slot)
+            seq.slot = -1
+        else:
+            self.waiting.remove(seq)
+
+    def drain(self) -> list[Sequence]:
+        """Retire every live sequence (engine failure or shutdown); returns them."""
+        live = [*self.running.values(), *self.waiting]
+        for seq in live:
+            self.finish(seq)
+        return live
+
+    # --- planning -------------------------------------------------------------------------------
+    @property
+    def num_active(self) -> int:
+        """Sequences holding a slot."""
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences waiting for a slot."""
+        return len(self.waiting)
+
+    @property
+    def has_work(self) -> bool:
+        """Anything to run or retire."""
+        return bool(self.running or self.waiting)
+
+    def schedule(self) -> StepPlan:
+        """Retire cancelled sequences, admit waiting ones, and plan prefill chunks and decodes."""
+        plan = StepPlan()
+        for seq in [s for s in (*self.running.values(), *self.waiting) if s.cancelled]:
+            self.finish(seq)
+            plan.cancelled.append(seq)
+        while self.waiting and self._free:
+            seq = self.waiting.popleft()
+            seq.slot = self._free.pop()
+            self.running[seq.slot] = seq
+        budget = self.budget
+        for seq in self.running.values():
+            if not seq.prefill_done:
+                if budget <= 0:
+                    continue
+                n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+                plan.prefill.append(PrefillChunk(seq, seq.prefilled, n))
+                budget -= n
+            elif seq.output_ids:
+                plan.decode.append(seq)
+        return plan
