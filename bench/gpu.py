@@ -1,14 +1,17 @@
-"""TransNormerLLM-7B on one GPU: the CUDA fast path against its floors and the HF-generate baseline.
+"""TransNormerLLM-7B on one GPU: the engine on the CUDA fast path against its floors and a baseline.
 
-    python bench/gpu.py [--micro] [--skip-baseline] [--json out.json]
+    python bench/gpu.py [--micro] [--skip-baseline] [--profile FILE] [--json FILE]
 
-Random bf16 weights with the real 7B shapes (MODEL_SPEC §2.1), built directly on the GPU, so no
-checkpoint is needed. Reports (medians; wall-clock figures include the one host sync per step that
-hands token ids out):
-- copy bandwidth and the floors derived from it (weights at batch 1; weights + state round trip at
-  batch 64/256);
-- batch-1 decode tokens/s and ms/step; aggregate decode tokens/s at 64 and 256 sequences;
-- time to first token for a 2,048-token prompt on an idle model; decode step at 1k vs 32k context;
+Random bf16 weights with the real 7B shapes (MODEL_SPEC §2.1) are built directly on the GPU (no
+checkpoint needed) inside our ``TransnormerLM``; everything else is the production code path:
+``Engine`` (continuous batching, tokenizer-less so no detokenisation cost is measured) with the
+fast path's CUDA-graph decode prepared as ``build_engine`` does. Reports (medians):
+- copy bandwidth and the floors derived from it (all weights per step at batch 1; weights + one
+  state round trip per sequence at batch 64/256);
+- engine decode tokens/s at 1, 64 and 256 concurrent sequences (full-batch steps only), beside the
+  GPU time of one graph replay;
+- time to first token of a 2,048-token prompt on an idle engine (submit -> first token on the host);
+- batch-1 decode step at 1k vs 32k tokens of context;
 - baseline: HF ``generate`` with our model class (worker/model/hf.py), one request at a time.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import platform
 import subprocess
@@ -30,7 +34,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_micro import copy_bandwidth, run_all, time_events
 
-CFG_7B = dict(d_model=4096, n_layers=30, n_heads=32, d_ffn=11008, vocab=64000)
+CONFIG_7B = {
+    "vocab_size": 64000,
+    "decoder_embed_dim": 4096,
+    "hidden_dim": 4096,
+    "decoder_layers": 30,
+    "decoder_attention_heads": 32,
+    "glu_dim": 11008,
+    "linear_use_lrpe_list": [1] + [0] * 29,
+    "no_scale_embedding": False,
+    "linear_act_fun": "silu",
+    "norm_type": "simplermsnorm",
+}
 
 
 def env_info() -> dict:
@@ -41,144 +56,172 @@ def env_info() -> dict:
         "cuda": torch.version.cuda,
         "gpu": torch.cuda.get_device_name(0),
     }
-    try:
-        import triton
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["triton"] = triton.__version__
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import version
-
-        info["fla_core"] = version("fla-core")
-        info["transformers"] = version("transformers")
-    except Exception:
-        pass
+    for pkg in ("triton", "fla-core", "transformers"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = None
     try:
         q = "--query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem"
         info["nvidia_smi"] = subprocess.run(
             ["nvidia-smi", q, "--format=csv,noheader"], capture_output=True, text=True, timeout=30
         ).stdout.strip()
-    except Exception:
+    except (OSError, subprocess.SubprocessError):
         pass
     return info
 
 
-def build_fast(state_dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
-    from worker.model.kernels.fastpath import FastTransnormer
+def random_model(seed: int = 0):  # type: ignore[no-untyped-def]
+    """Our TransnormerLM with random bf16 7B-shaped weights, materialised directly on the GPU."""
+    from worker.model.checkpoint_io import lrpe_theta_init
+    from worker.model.config import TransnormerConfig
+    from worker.model.modeling import TransnormerLM
 
-    return FastTransnormer.random(**CFG_7B, device="cuda", dtype=torch.bfloat16, std=0.02)
-
-
-def decode_loop(runner, ids: list[int], pos: list[int], slots: list[int], steps: int) -> float:  # type: ignore[no-untyped-def]
-    """Engine-like loop: stage inputs, replay, hand the token ids to the host. Returns s/step."""
-    batch = len(ids)
-    bs = runner.bucket(batch)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        runner.load_inputs(ids, pos, slots, bs)
-        _, top = runner.replay(batch)
-        ids = top.tolist()  # the one host sync per step
-        pos = [p + 1 for p in pos]
-    return (time.perf_counter() - t0) / steps
-
-
-def prefill_all(fast, pool, slots: list[int], prompt_len: int, start: int = 0) -> list[int]:  # type: ignore[no-untyped-def]
-    g = torch.Generator(device="cuda").manual_seed(1)
-    first = []
-    for s in slots:
-        ids = torch.randint(3, CFG_7B["vocab"], (prompt_len,), device="cuda", generator=g)
-        first.append(fast.prefill(ids, start, pool, s).argmax())
-    return torch.stack(first).tolist()
+    cfg = TransnormerConfig.from_dict(CONFIG_7B, source="bench 7B config")
+    with torch.device("meta"):
+        model = TransnormerLM(cfg).to(torch.bfloat16)
+    model = model.to_empty(device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("lrpe.theta"):
+            p.data = lrpe_theta_init(cfg.num_heads, cfg.head_dim).reshape(p.shape).float().cuda()
+        else:
+            p.data.normal_(0.0, 0.02, generator=g)
+    return model.eval()
 
 
-def bench_decode(fast, pool, runner, res: dict, steps: int) -> None:  # type: ignore[no-untyped-def]
-    for batch in (1, 64, 256):
-        slots = list(range(batch))
-        ids = prefill_all(fast, pool, slots, 64)
-        pos = [64] * batch
-        s_step = decode_loop(runner, ids, pos, slots, steps)
-        runner.load_inputs(ids, pos, slots, runner.bucket(batch))
-        gpu_ms = time_events(lambda b=batch: runner.replay(b), iters=30, warmup=3)
-        res[f"decode_b{batch}"] = {
-            "ms_per_step": round(s_step * 1e3, 3),
-            "graph_ms": round(gpu_ms, 3),
-            "tokens_per_s": round(batch / s_step, 1),
-        }
-        for p in pool:
-            p[:batch].zero_()
+def prompt(n: int, seed: int) -> list[int]:
+    return torch.randint(
+        3, CONFIG_7B["vocab_size"], (n,), generator=torch.Generator().manual_seed(seed)
+    ).tolist()
 
 
-def bench_ttft(fast, pool, res: dict, n: int = 2048) -> None:  # type: ignore[no-untyped-def]
-    g = torch.Generator(device="cuda").manual_seed(2)
+def engine_decode(engine, batch: int, steps: int, prompt_len: int = 64) -> dict:  # type: ignore[no-untyped-def]
+    """Aggregate decode tokens/s over full-batch steps of ``batch`` concurrent greedy sequences."""
+    from worker.engine.types import EngineRequest, SamplingParams
+
+    count = [0]
+    params = SamplingParams(max_new_tokens=steps + 1, ignore_eos=True)
+    handles = [
+        engine.submit(
+            EngineRequest(f"b{batch}-{i}", prompt(prompt_len, i), params),
+            lambda ev: count.__setitem__(0, count[0] + 1),
+        )
+        for i in range(batch)
+    ]
+    full: list[float] = []
+    while not all(h.done() for h in handles):
+        before = count[0]
+        t0 = time.perf_counter()
+        engine.step()
+        dt_s = time.perf_counter() - t0
+        if count[0] - before == batch and engine.sched.num_active == batch:
+            full.append(dt_s)
+    full.sort()
+    med = full[len(full) // 2]
+    return {
+        "full_steps": len(full),
+        "ms_per_step": round(med * 1e3, 3),
+        "tokens_per_s": round(batch / med, 1),
+    }
+
+
+def engine_ttft(engine, n: int = 2048, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
+    from worker.engine.types import EngineRequest, SamplingParams
+
     times = []
-    for _ in range(6):
-        ids_host = torch.randint(3, CFG_7B["vocab"], (n,), generator=torch.Generator().manual_seed(3))
-        for p in pool:
-            p[0].zero_()
+    for r in range(reps + 1):
+        first: list[float] = []
+        ids = prompt(n, 100 + r)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        ids = ids_host.to("cuda", non_blocking=True)
-        tok = int(fast.prefill(ids, 0, pool, 0).argmax())
-        times.append(time.perf_counter() - t0)
-    del g, tok
-    res["ttft_2048_ms"] = round(sorted(times[1:])[len(times[1:]) // 2] * 1e3, 2)
+        h = engine.submit(
+            EngineRequest(f"ttft{r}", ids, SamplingParams(max_new_tokens=1)),
+            lambda ev, first=first: first.append(time.perf_counter()),
+        )
+        while not h.done():
+            engine.step()
+        times.append(first[0] - t0)
+    times = sorted(times[1:])  # the first run pays one-time allocations
+    return times[len(times) // 2] * 1e3
 
 
-def bench_context(fast, pool, runner, res: dict) -> None:  # type: ignore[no-untyped-def]
+def engine_context(engine, contexts=(1024, 32768), steps: int = 40) -> dict:  # type: ignore[no-untyped-def]
+    """Batch-1 decode step (engine, graph) after a prompt of each context length."""
+    from worker.engine.types import EngineRequest, SamplingParams
+
+    out: dict = {}
+    for ctx in contexts:
+        stamps: list[float] = []
+        h = engine.submit(
+            EngineRequest(
+                f"ctx{ctx}", prompt(ctx, ctx), SamplingParams(max_new_tokens=steps, ignore_eos=True)
+            ),
+            lambda ev, stamps=stamps: stamps.append(time.perf_counter()),
+        )
+        while not h.done():
+            engine.step()
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))
+        out[str(ctx)] = round(gaps[len(gaps) // 2] * 1e3, 4)
+    out["ratio"] = round(out[str(contexts[1])] / out[str(contexts[0])], 4)
+    return out
+
+
+def graph_times(runner, batches=(1, 64, 256)) -> dict:  # type: ignore[no-untyped-def]
     out = {}
-    for ctx in (1024, 32768):
-        for p in pool:
-            p[0].zero_()
-        g = torch.Generator(device="cuda").manual_seed(4)
-        done = 0
-        while done < ctx:
-            n = min(8192, ctx - done)
-            ids = torch.randint(3, CFG_7B["vocab"], (n,), device="cuda", generator=g)
-            tok = int(fast.prefill(ids, done, pool, 0).argmax())
-            done += n
-        runner.load_inputs([tok], [ctx], [0], 1)
-        gpu_ms = time_events(lambda: runner.replay(1), iters=50, warmup=3)
-        out[ctx] = {
-            "graph_ms": round(gpu_ms, 4),
-            "loop_ms": round(decode_loop(runner, [tok], [ctx], [0], 50) * 1e3, 4),
-        }
-    out["ratio_32k_over_1k"] = round(out[32768]["graph_ms"] / out[1024]["graph_ms"], 4)
-    res["context"] = out
+    for b in batches:
+        runner.load_inputs([5] * b, [100] * b, list(range(b)), runner.bucket(b))
+        out[str(b)] = round(time_events(lambda b=b: runner.replay(b), iters=30, warmup=3), 4)
+    return out
 
 
-def bench_profile(runner, path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Per-kernel GPU time of graph replays at batch 1 and 256 (CUPTI sees kernels inside graphs)."""
+def profile_graphs(runner, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Per-kernel GPU time inside graph replays at batch 1 and 256 (CUPTI sees kernels in graphs)."""
     from torch.profiler import ProfilerActivity, profile
 
-    lines = []
-    for batch in (1, 256):
-        runner.load_inputs([5] * batch, [100] * batch, list(range(batch)), runner.bucket(batch))
+    parts = []
+    for b in (1, 256):
+        runner.load_inputs([5] * b, [100] * b, list(range(b)), runner.bucket(b))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
-                runner.replay(batch)
+                runner.replay(b)
             torch.cuda.synchronize()
-        try:
-            table = prof.key_averages().table(
-                sort_by="device_time_total", row_limit=20, max_name_column_width=70
-            )
-        except Exception:
-            table = prof.key_averages().table(
-                sort_by="cuda_time_total", row_limit=20, max_name_column_width=70
-            )
-        lines.append(f"=== batch {batch}, 5 graph replays ===\n{table}")
-    path.write_text("\n".join(lines))
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60)
+        parts.append(f"=== batch {b}: 5 graph replays ===\n{table}")
+    path.write_text("\n".join(parts))
 
 
-def bench_baseline(res: dict, new_tokens: int = 32) -> None:
-    """HF generate with our model class, one request at a time (the tutorial's way)."""
+def baseline(model, new_tokens: int = 32, prompt_len: int = 64, reps: int = 2) -> dict:  # type: ignore[no-untyped-def]
+    """HF generate with our model class, one request at a time, greedy (the tutorial's way)."""
     try:
-        from worker.model import hf  # noqa: F401
+        from worker.model.hf import TransnormerForCausalLMHF, TransnormerHFConfig
     except ImportError as exc:
-        res["baseline"] = f"skipped: {exc}"
-        return
-    res["baseline"] = "not wired yet"
+        return {"skipped": f"worker.model.hf not importable: {exc}"}
+    hf = TransnormerForCausalLMHF(TransnormerHFConfig(**model.config.to_official_dict()), lm=model).eval()
+    ids = torch.tensor([prompt(prompt_len, 7)], device="cuda")
+    hf.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up
+    rates = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        torch.cuda.synchronize()
+        rates.append((out.shape[1] - prompt_len) / (time.perf_counter() - t0))
+    return {"tokens_per_s": round(sorted(rates)[len(rates) // 2], 2), "new_tokens": new_tokens}
+
+
+def floors(model, bw: float) -> dict:  # type: ignore[no-untyped-def]
+    weight = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "lrpe" not in n)
+    state = model.state_bytes_per_sequence()
+    return {
+        "weight_GB": round(weight / 1e9, 3),
+        "state_MB_per_seq": round(state / 1e6, 2),
+        "b1_tokens_per_s": round(bw / weight, 1),
+        "b64_tokens_per_s": round(64 * bw / (weight + 64 * 2 * state), 1),
+        "b256_tokens_per_s": round(256 * bw / (weight + 256 * 2 * state), 1),
+    }
 
 
 def main() -> int:
@@ -186,45 +229,34 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--micro", action="store_true", help="also run the kernel micro-benchmarks")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--profile", type=Path, help="write a per-kernel profile of graph replays here")
+    ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
-    from worker.model.kernels.graphs import DecodeGraphRunner
+    from worker.engine.engine import Engine
+    from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
 
     res: dict = {"env": env_info(), "copy_TBps": round(copy_bandwidth(), 3)}
+    print(json.dumps(res), flush=True)
     if args.micro:
         res["micro"] = run_all()
-    t0 = time.perf_counter()
-    fast = build_fast()
-    pool = fast.new_state_pool(257)  # slot 256 = scratch for warm-up
-    weight_bytes = (
-        sum(
-            t.numel() * t.element_size()
-            for lw in fast.layers
-            for t in (lw.qkvu_w, lw.out_w, lw.l12_w, lw.l3_w)
-        )
-        + fast.embed.numel() * 2
-    )
-    state_bytes = sum(p[0].numel() * 4 for p in pool)
-    fast.warmup(pool, 256)
-    runner = DecodeGraphRunner(fast, pool, max_batch=256)
-    runner.capture()
-    res["startup_s"] = round(time.perf_counter() - t0, 1)
-    bw = res["copy_TBps"] * 1e12
-    res["floors"] = {
-        "weight_GB": weight_bytes / 1e9,
-        "state_MB_per_seq": state_bytes / 1e6,
-        "b1_tokens_per_s": round(bw / weight_bytes, 1),
-        "b64_tokens_per_s": round(64 * bw / (weight_bytes + 64 * 2 * state_bytes), 1),
-        "b256_tokens_per_s": round(256 * bw / (weight_bytes + 256 * 2 * state_bytes), 1),
-    }
-    bench_decode(fast, pool, runner, res, args.steps)
-    if args.profile:
-        bench_profile(runner, args.profile)
-    bench_ttft(fast, pool, res)
-    bench_context(fast, pool, runner, res)
+    model = random_model()
+    res["floors"] = floors(model, res["copy_TBps"] * 1e12)
     if not args.skip_baseline:
-        bench_baseline(res)
+        res["baseline_hf_generate"] = baseline(model)
+        print(json.dumps(res["baseline_hf_generate"]), flush=True)
+    t0 = time.perf_counter()
+    engine = Engine(model, None, slots=256, prefill_token_budget=2048, max_context=40000)
+    assert prepare_fast_decode(model, engine.pool, max_batch=256), "no fast path on this machine"
+    res["startup_s"] = round(time.perf_counter() - t0, 1)
+    runner = fast_path_for(model).runner  # type: ignore[union-attr]
+    res["graph_replay_ms"] = graph_times(runner)
+    for b in (1, 64, 256):
+        res[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
+        print(b, json.dumps(res[f"engine_decode_b{b}"]), flush=True)
+    res["ttft_2048_ms"] = round(engine_ttft(engine), 2)
+    res["context_step_ms"] = engine_context(engine)
+    if args.profile:
+        profile_graphs(runner, args.profile)
     text = json.dumps(res, indent=1)
     if args.json:
         args.json.write_text(text)

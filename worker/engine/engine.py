@@ -256,10 +256,10 @@ class Engine:
 
     def _run_decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One batched decode step: each sequence feeds its last token at its own position."""
-        dev = self.device
-        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long, device=dev)
-        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long, device=dev)
-        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long, device=dev)
+        # host tensors: the model moves them (the CUDA graph path stages all three in one pinned copy)
+        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
+        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long)
+        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long)
         return self.model.decode(ids, pos, self.pool, slots).float()  # [B, V]
 
     def _row_sampling(self, seq: Sequence) -> RowSampling:
