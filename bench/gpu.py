@@ -178,11 +178,11 @@ def graph_times(runner, batches=(1, 64, 256)) -> dict:  # type: ignore[no-untype
 
 
 def profile_graphs(runner, path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Per-kernel GPU time inside graph replays at batch 1 and 256 (CUPTI sees kernels in graphs)."""
+    """Per-kernel GPU time inside graph replays at batch 1, 64 and 256 (CUPTI sees kernels in graphs)."""
     from torch.profiler import ProfilerActivity, profile
 
     parts = []
-    for b in (1, 256):
+    for b in (1, 64, 256):
         runner.load_inputs([5] * b, [100] * b, list(range(b)), runner.bucket(b))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
@@ -197,8 +197,8 @@ def baseline(model, new_tokens: int = 32, prompt_len: int = 64, reps: int = 2) -
     """HF generate with our model class, one request at a time, greedy (the tutorial's way)."""
     try:
         from worker.model.hf import TransnormerForCausalLMHF, TransnormerHFConfig
-    except ImportError as exc:
-        return {"skipped": f"worker.model.hf not importable: {exc}"}
+    except ImportError:
+        return eager_baseline(model, new_tokens, prompt_len)
     hf = TransnormerForCausalLMHF(TransnormerHFConfig(**model.config.to_official_dict()), lm=model).eval()
     ids = torch.tensor([prompt(prompt_len, 7)], device="cuda")
     hf.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up
@@ -210,6 +210,54 @@ def baseline(model, new_tokens: int = 32, prompt_len: int = 64, reps: int = 2) -
         torch.cuda.synchronize()
         rates.append((out.shape[1] - prompt_len) / (time.perf_counter() - t0))
     return {"tokens_per_s": round(sorted(rates)[len(rates) // 2], 2), "new_tokens": new_tokens}
+
+
+def eager_baseline(model, new_tokens: int, prompt_len: int) -> dict:  # type: ignore[no-untyped-def]
+    """Without worker/model/hf.py: the same loop HF generate runs (whole prompt, then one token at a
+    a time through ``TransnormerLM.run``, eager, batch 1), on the model's generic CUDA ops."""
+    ids = torch.tensor([prompt(prompt_len, 7)], device="cuda")
+
+    def gen(n: int) -> int:
+        states = [torch.zeros((1, *s), device="cuda") for s in model.state_shapes()]
+        pos = torch.arange(prompt_len, device="cuda")[None]
+        logits, states = model.run(ids, pos, states, step=False, last_only=True)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        for i in range(n - 1):
+            p = torch.tensor([[prompt_len + i]], device="cuda")
+            logits, states = model.run(tok, p, states, step=True, last_only=True)
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+        return int(tok.item())
+
+    gen(4)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    gen(new_tokens)
+    rate = new_tokens / (time.perf_counter() - t0)
+    return {
+        "tokens_per_s": round(rate, 2),
+        "new_tokens": new_tokens,
+        "path": "TransnormerLM.run loop (hf.py absent)",
+    }
+
+
+def bf16_state_accuracy(model, prompt_len: int = 512, steps: int = 256) -> dict:  # type: ignore[no-untyped-def]
+    """Teacher-forced logits with a bf16 vs an fp32 state pool (same inputs, fast path, batch 1)."""
+    from worker.model.kernels.binding import fast_path_for
+
+    fast = fast_path_for(model).fast  # type: ignore[union-attr]
+    pools = {dt: fast.new_state_pool(1, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
+    ids = torch.tensor(prompt(prompt_len, 11), device="cuda")
+    outs = {dt: fast.prefill(ids, 0, p, 0) for dt, p in pools.items()}
+    worst, agree = 0.0, 0
+    for i in range(steps):
+        a, b = outs[torch.float32], outs[torch.bfloat16]
+        worst = max(worst, float((a - b).abs().max() / a.abs().max()))
+        agree += int(a.argmax() == b.argmax())
+        tok = a.argmax().reshape(1)
+        pos = torch.tensor([prompt_len + i], device="cuda")
+        slot = torch.zeros(1, dtype=torch.long, device="cuda")
+        outs = {dt: fast.decode(tok, pos, p, slot)[0] for dt, p in pools.items()}
+    return {"max_rel_logit_diff": round(worst, 5), "argmax_agree": f"{agree}/{steps}", "prompt": prompt_len}
 
 
 def floors(model, bw: float) -> dict:  # type: ignore[no-untyped-def]
@@ -231,6 +279,7 @@ def main() -> int:
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--profile", type=Path, help="write a per-kernel profile of graph replays here")
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--bf16-state", action="store_true", help="also measure the bf16 state pool option")
     args = ap.parse_args()
     from worker.engine.engine import Engine
     from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
@@ -257,6 +306,19 @@ def main() -> int:
     res["context_step_ms"] = engine_context(engine)
     if args.profile:
         profile_graphs(runner, args.profile)
+    if args.bf16_state:
+        del engine, runner
+        torch.cuda.empty_cache()
+        engine = Engine(model, None, slots=256, prefill_token_budget=2048, max_context=40000)
+        engine.pool = [p.to(torch.bfloat16) for p in engine.pool]
+        torch.cuda.empty_cache()
+        prepare_fast_decode(model, engine.pool, max_batch=256)
+        bf16: dict = {"graph_replay_ms": graph_times(fast_path_for(model).runner)}  # type: ignore[union-attr]
+        for b in (1, 64, 256):
+            bf16[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
+        bf16["accuracy_vs_fp32_state"] = bf16_state_accuracy(model)
+        res["bf16_state"] = bf16
+        print(json.dumps(bf16), flush=True)
     text = json.dumps(res, indent=1)
     if args.json:
         args.json.write_text(text)

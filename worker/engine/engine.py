@@ -215,7 +215,10 @@ class Engine:
             if plan.decode:
                 rows += plan.decode
                 logits.append(self._run_decode(plan.decode))
-            tokens = sample(torch.cat(logits), [self._row_sampling(s) for s in rows]) if rows else []
+            tokens: list[int] = []
+            if rows:
+                batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
+                tokens = sample(batch_logits, [self._row_sampling(s) for s in rows])
         for seq, tok in zip(rows, tokens, strict=True):
             self._append(seq, tok)
         self._stats.record_step(time.perf_counter() - t0, len(tokens))

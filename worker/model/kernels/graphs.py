@@ -1,6 +1,6 @@
 """Decode steps captured in CUDA graphs, one graph per batch-size bucket.
 
-A graph replays the whole decode step (embedding → 30 layers → head → greedy argmax) with one launch,
+A graph replays the whole decode step (embedding → 30 layers → head → fp32 logits) with one launch,
 so the step costs GPU time only, not ~1,000 Python kernel launches. Inputs go through static device
 buffers: one pinned host array ``[3, max_batch]`` (ids, positions, slots) is filled on the host and
 copied with a single host-to-device copy; rows past the live batch carry slot -1, which the attention
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -46,17 +47,16 @@ class DecodeGraphRunner:
         self.buckets = sorted(buckets or default_buckets(max_batch))
         dev = pool[0].device
         self._host = torch.zeros((3, max_batch), dtype=torch.int64).pin_memory()
+        self._host_np = self._host.numpy()  # numpy view: filling it costs microseconds, not tensor ops
         self._dev = torch.zeros((3, max_batch), dtype=torch.int64, device=dev)
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._logits: dict[int, torch.Tensor] = {}
-        self._argmax: dict[int, torch.Tensor] = {}
         self._mempool = torch.cuda.graph_pool_handle()
         self._copied = torch.cuda.Event()
 
-    def _step(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, bs: int) -> torch.Tensor:
         ids, pos, slots = self._dev[0, :bs], self._dev[1, :bs], self._dev[2, :bs]
-        logits = self.fast.decode(ids, pos, self.pool, slots)
-        return logits, torch.argmax(logits, dim=-1)
+        return self.fast.decode(ids, pos, self.pool, slots)
 
     def capture(self) -> None:
         """Warm up (compile, autotune) and capture every bucket, largest first (shares one memory pool)."""
@@ -73,8 +73,8 @@ class DecodeGraphRunner:
         for bs in reversed(self.buckets):
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=self._mempool):
-                logits, top = self._step(bs)
-            self._graphs[bs], self._logits[bs], self._argmax[bs] = g, logits, top
+                logits = self._step(bs)
+            self._graphs[bs], self._logits[bs] = g, logits
         torch.cuda.synchronize()
         log.info("captured decode graphs for batch sizes %s", self.buckets)
 
@@ -85,28 +85,27 @@ class DecodeGraphRunner:
         return None
 
     def load_inputs(
-        self, ids: Sequence[int], positions: Sequence[int], slots: Sequence[int], bs: int
+        self, ids: Sequence[int] | Any, positions: Sequence[int] | Any, slots: Sequence[int] | Any, bs: int
     ) -> None:
         """Stage one step's inputs in the static buffers (one host-to-device copy)."""
         n = len(ids)
-        h = self._host
+        h = self._host_np
         self._copied.synchronize()  # the previous step's copy has left the pinned buffer
-        h[0, :n] = torch.as_tensor(ids, dtype=torch.int64)
-        h[1, :n] = torch.as_tensor(positions, dtype=torch.int64)
-        h[2, :n] = torch.as_tensor(slots, dtype=torch.int64)
-        h[0, n:bs] = 0
-        h[1, n:bs] = 0
+        h[0, :n] = ids
+        h[1, :n] = positions
+        h[2, :n] = slots
+        h[0:2, n:bs] = 0
         h[2, n:bs] = -1
-        self._dev[:, :bs].copy_(h[:, :bs], non_blocking=True)
+        self._dev[:, :bs].copy_(self._host[:, :bs], non_blocking=True)
         self._copied.record()
 
-    def replay(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the bucket's graph for the inputs staged by ``load_inputs``; returns (logits, argmax) views
-        of the first ``batch`` rows (valid until the next replay of the same bucket)."""
+    def replay(self, batch: int) -> torch.Tensor:
+        """Run the bucket's graph for the inputs staged by ``load_inputs``; returns a view of the first
+        ``batch`` rows of its fp32 logits (valid until the next replay of the same bucket)."""
         bs = self.bucket(batch)
         assert bs is not None and bs in self._graphs, f"batch {batch} has no captured graph"
         self._graphs[bs].replay()
-        return self._logits[bs][:batch], self._argmax[bs][:batch]
+        return self._logits[bs][:batch]
 
     def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """``FastTransnormer.decode``'s contract (fp32 logits ``[B, V]``), through a graph when one fits."""
@@ -122,5 +121,5 @@ class DecodeGraphRunner:
             if bs > batch:
                 self._dev[2, batch:bs].fill_(-1)
         else:
-            self.load_inputs(input_ids.tolist(), positions.tolist(), slots.tolist(), bs)
-        return self.replay(batch)[0]
+            self.load_inputs(input_ids.numpy(), positions.numpy(), slots.numpy(), bs)
+        return self.replay(batch)
