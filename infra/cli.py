@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("download", help="download a checkpoint from ModelScope and print its path")
     dl.add_argument("model_id", nargs="?", default=None, help="default: OpenNLPLab/TransNormerLLM-7B")
-    dl.add_argument("--dir", help="target folder (default: <data_dir>/models)")
+    dl.add_argument("--dir", help="target folder (default: <data_dir>/models/<MODEL_ID>)")
     dl.add_argument("--revision")
 
     demo = sub.add_parser("demo-model", help="write a random-weight checkpoint in the official format")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,18 @@ class TokenizerError(ValueError):
 
 @dataclass(frozen=True)
 class SpecialTokens:
-    """The special-token strings of a tokenizer (``None`` where the tokenizer has none)."""
+    """The special-token strings of a tokenizer (``None`` where the tokenizer has none).
+
+    ``strip`` names tokens that swallow whitespace: ``(lstrip, rstrip)`` as in an AddedToken (the
+    official files say False/False for all three tokens).
+    """
 
     bos: str | None = "<s>"
     eos: str | None = "</s>"
     unk: str | None = "<unk>"
     pad: str | None = None
     additional: tuple[str, ...] = ()
+    strip: Mapping[str, tuple[bool, bool]] = field(default_factory=dict)
 
 
 def _token_content(value: Any) -> str | None:
@@ -66,6 +71,15 @@ def _token_content(value: Any) -> str | None:
     if isinstance(value, Mapping) and isinstance(value.get("content"), str):
         return str(value["content"])
     raise TokenizerError(f"cannot read special token {value!r}")
+
+
+def _token_strip(values: Iterable[Any]) -> dict[str, tuple[bool, bool]]:
+    """``content -> (lstrip, rstrip)`` of the AddedToken dicts that strip whitespace."""
+    out: dict[str, tuple[bool, bool]] = {}
+    for value in values:
+        if isinstance(value, Mapping) and (value.get("lstrip") or value.get("rstrip")):
+            out[str(value.get("content"))] = (bool(value.get("lstrip")), bool(value.get("rstrip")))
+    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -155,14 +169,12 @@ class Tokenizer:
         # special_tokens_map.json wins over tokenizer_config.json, as in transformers' loader.
         merged = {**config, **token_map}
         defaults = SpecialTokens()
+        values = {k: merged.get(f"{k}_token", getattr(defaults, k)) for k in ("bos", "eos", "unk", "pad")}
+        extra = list(merged.get("additional_special_tokens") or [])
         special = SpecialTokens(
-            bos=_token_content(merged.get("bos_token", defaults.bos)),
-            eos=_token_content(merged.get("eos_token", defaults.eos)),
-            unk=_token_content(merged.get("unk_token", defaults.unk)),
-            pad=_token_content(merged.get("pad_token", defaults.pad)),
-            additional=tuple(
-                t for t in map(_token_content, merged.get("additional_special_tokens") or []) if t
-            ),
+            **{k: _token_content(v) for k, v in values.items()},
+            additional=tuple(t for t in map(_token_content, extra) if t),
+            strip=_token_strip([*values.values(), *extra]),
         )
         template = chat_template
         if template is None and (folder / CHAT_TEMPLATE_FILE).is_file():
@@ -193,18 +205,33 @@ class Tokenizer:
         ids: list[int] = []
         if add_special_tokens and self.add_bos_token and self.bos_id is not None:
             ids.append(self.bos_id)
-        pos = 0
-        if self._special_re is not None:
-            for match in self._special_re.finditer(text):
-                if match.start() > pos:
-                    ids.extend(self.sp.encode(text[pos : match.start()]))
-                ids.append(self.special_token_ids[match.group()])
-                pos = match.end()
-        if pos < len(text):
-            ids.extend(self.sp.encode(text[pos:]))
+        for piece, is_special in self._split_on_special_tokens(text):
+            if is_special:
+                ids.append(self.special_token_ids[piece])
+            elif piece:
+                ids.extend(self.sp.encode(piece))
         if add_special_tokens and self.add_eos_token and self.eos_id is not None:
             ids.append(self.eos_id)
         return ids
+
+    def _split_on_special_tokens(self, text: str) -> list[tuple[str, bool]]:
+        """``text`` cut into (stretch, is_special) parts, whitespace stripped next to stripping tokens."""
+        parts: list[tuple[str, bool]] = []
+        pos = 0
+        if self._special_re is not None:
+            for match in self._special_re.finditer(text):
+                parts.append((text[pos : match.start()], False))
+                parts.append((match.group(), True))
+                pos = match.end()
+        parts.append((text[pos:], False))
+        strip = self.special_tokens.strip
+        for i, (piece, is_special) in enumerate(parts):
+            lstrip, rstrip = strip.get(piece, (False, False)) if is_special else (False, False)
+            if lstrip:
+                parts[i - 1] = (parts[i - 1][0].rstrip(), False)
+            if rstrip:
+                parts[i + 1] = (parts[i + 1][0].lstrip(), False)
+        return parts
 
     def count_tokens(self, text: str) -> int:
         """Length of ``encode(text)``."""
@@ -213,7 +240,8 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``. Ids outside the tokenizer's vocabulary have no text and are dropped.
 
-        With ``skip_special_tokens=False`` special tokens appear as their literal strings.
+        With ``skip_special_tokens=False`` special tokens appear as their literal strings (the
+        official class would also insert a space before each one: a display quirk not copied).
         """
         size = self.vocab_size
         kept = [int(i) for i in ids if 0 <= int(i) < size]

@@ -157,6 +157,21 @@ def test_matches_transformers_slow_sentencepiece_tokenizer(tok: Tokenizer, demo_
         assert tok.encode(text) == hf.encode(text, add_special_tokens=False), text
 
 
+def test_special_tokens_marked_lstrip_rstrip_swallow_whitespace(folder: Path) -> None:
+    """AddedToken lstrip/rstrip in special_tokens_map.json (transformers' slow-tokenizer rule)."""
+    path = folder / "special_tokens_map.json"
+    token_map = json.loads(path.read_text())
+    token_map["eos_token"].update(lstrip=True, rstrip=True)
+    token_map["bos_token"].update(rstrip=True)
+    path.write_text(json.dumps(token_map))
+    tok = Tokenizer.from_pretrained(folder)
+    sp = tok.sp.encode
+    assert tok.encode("a  </s>  b") == [*sp("a"), 2, *sp("b")]
+    assert tok.encode(" <s>  x </s>\n") == [*sp(" "), 1, *sp("x"), 2]
+    assert tok.encode("x <unk> y") == [*sp("x "), 0, *sp(" y")]  # <unk> strips nothing
+    assert tok.encode("</s> </s>  <s> z") == [2, 2, 1, *sp("z")]
+
+
 def test_missing_or_broken_files_are_clear_errors(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match=r"no tokenizer\.model"):
         Tokenizer.from_pretrained(tmp_path / "nothing")
