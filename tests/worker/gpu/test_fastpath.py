@@ -76,6 +76,8 @@ def test_prefill_chunks_and_decode_match_reference() -> None:
 
 
 def test_graph_runner_batches_independent_rows_bf16() -> None:
+    """Graph replay == the same batch run eagerly; each row ≈ that row decoded alone (bf16 tolerance:
+    the solo row takes the batch-1 GEMV path with fp32 activations, the batch takes cuBLAS)."""
     from worker.model.kernels.graphs import DecodeGraphRunner
 
     fast = tiny(torch.bfloat16, seed=1)
@@ -85,15 +87,22 @@ def test_graph_runner_batches_independent_rows_bf16() -> None:
     pool = fast.new_state_pool(8)
     runner = DecodeGraphRunner(fast, pool, max_batch=8)
     runner.capture()
-    solo_pool = fast.new_state_pool(8)
     nxt, pos = [], []
     for p, s in zip(prompts, slots, strict=True):
-        lg = fast.prefill(torch.tensor(p, device=DEV), 0, pool, s)
-        fast.prefill(torch.tensor(p, device=DEV), 0, solo_pool, s)
-        nxt.append(int(lg.argmax()))
+        nxt.append(int(fast.prefill(torch.tensor(p, device=DEV), 0, pool, s).argmax()))
         pos.append(len(p))
+    eager_pool = [p.clone() for p in pool]
+    solo_pool = [p.clone() for p in pool]
     for _ in range(6):
-        logits = runner.decode(torch.tensor(nxt), torch.tensor(pos), torch.tensor(slots))
+        logits = runner.decode(torch.tensor(nxt), torch.tensor(pos), torch.tensor(slots)).clone()
+        eager = fast.decode(
+            torch.tensor(nxt, device=DEV),
+            torch.tensor(pos, device=DEV),
+            eager_pool,
+            torch.tensor(slots, device=DEV),
+        )
+        assert (logits - eager).abs().max() < 1e-3
+        scale = float(eager.abs().max())
         for r, s in enumerate(slots):
             one = fast.decode(
                 torch.tensor([nxt[r]], device=DEV),
@@ -101,9 +110,11 @@ def test_graph_runner_batches_independent_rows_bf16() -> None:
                 solo_pool,
                 torch.tensor([s], device=DEV),
             )
-            assert (logits[r] - one[0]).abs().max() < 0.05  # bf16 GEMMs differ slightly by batch shape
+            assert (logits[r] - one[0]).abs().max() < 0.05 * scale
         nxt = logits.argmax(-1).tolist()
         pos = [p + 1 for p in pos]
-    # the states reached through the graph equal those reached one row at a time
-    for a, b in zip(pool, solo_pool, strict=True):
-        assert (a - b).abs().max() < 0.05
+    for a, b, c in zip(pool, eager_pool, solo_pool, strict=True):
+        assert (a - b).abs().max() < 1e-5  # the graph wrote exactly the states the eager batch wrote
+        assert (a - c).abs().max() < 0.05 * float(c.abs().max())
+    untouched = [2, 4, 5, 7]
+    assert all(bool((p[untouched] == 0).all()) for p in pool)

@@ -58,28 +58,43 @@ def test_tiny_a_fp32_gpu_matches_official(gpu_fp32, tiny_a_path: Path, index: in
 
 
 def test_bf16_gpu_against_cpu_reference(tiny_checkpoint: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
-    """bf16 weights on the GPU vs fp32 on the CPU: teacher-forced logits and argmax agreement."""
+    """bf16 weights on the GPU vs the fp32 CPU reference, teacher-forced over prefill + 16 decode steps.
+
+    Two references: the same weights rounded to bf16 (what the kernels add: bf16 activations between
+    ops) and the fp32 weights (what serving in bf16 costs in total). Argmax must agree wherever the
+    reference's top-2 gap exceeds 2 % of the logit scale.
+    """
     from worker.model import load_pretrained
 
     gpu = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    rounded = load_pretrained(tiny_checkpoint, device="cpu", dtype=torch.float32)
+    for name, p in rounded.named_parameters():
+        if not name.endswith("lrpe.theta"):
+            p.data = p.data.bfloat16().float()
     g = torch.Generator().manual_seed(0)
-    worst, agree, total = 0.0, 0, 0
+    worst = {"rounded": 0.0, "fp32": 0.0}
+    agree, total = 0, 0
     for length in (1, 17, 300):
         ids = torch.randint(0, tiny_model.config.vocab_size, (length + 16,), generator=g)
-        ref = tiny_model(ids[None])[0].double()  # [T, V] fp32 CPU reference
+        refs = {"rounded": rounded(ids[None])[0].double(), "fp32": tiny_model(ids[None])[0].double()}
         pool = gpu.new_state_pool(2)
         got = [gpu.prefill(ids[:length], 0, pool, 1, last_only=False).double().cpu()]
         for p in range(length, length + 16):
             got.append(gpu.decode(ids[p : p + 1], torch.tensor([p]), pool, torch.tensor([1])).double().cpu())
         out = torch.cat(got)[: length + 16]
-        scale = ref.abs().max().item()
-        worst = max(worst, ((out - ref).abs().max().item()) / scale)
+        for key, ref in refs.items():
+            worst[key] = max(worst[key], (out - ref).abs().max().item() / ref.abs().max().item())
+        ref = refs["fp32"]
         top2 = ref.topk(2, dim=-1).values
-        clear = (top2[:, 0] - top2[:, 1]) > 0.02 * scale
+        clear = (top2[:, 0] - top2[:, 1]) > 0.02 * ref.abs().max()
         agree += int((out.argmax(-1) == ref.argmax(-1))[clear].sum())
         total += int(clear.sum())
-    print(f"bf16 GPU vs fp32 CPU: max|Δlogit|/max|logit| = {worst:.2e}, argmax agree {agree}/{total}")
-    assert worst < 0.05
+    print(
+        f"bf16 GPU: max|Δlogit|/max|logit| vs bf16-rounded weights {worst['rounded']:.2e}, "
+        f"vs fp32 weights {worst['fp32']:.2e}; argmax agree {agree}/{total}"
+    )
+    assert worst["rounded"] < 0.05
+    assert worst["fp32"] < 0.1
     assert agree == total
 
 

@@ -99,6 +99,7 @@ class FastTransnormer:
         self.head = embed if head is None else head  # tied unless the checkpoint says otherwise
         self.layers = layers
         self.gemv_batch1 = gemv_batch1
+        self.skinny_gemm = False  # Triton GEMM for 17..128 decode rows instead of cuBLAS (bench/gpu.py)
 
     @staticmethod
     def supports(model) -> bool:  # type: ignore[no-untyped-def]
@@ -235,6 +236,11 @@ class FastTransnormer:
 
     # -- compute ----------------------------------------------------------------------------------
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.skinny_gemm and b is None:
+            from worker.model.kernels.gemv import skinny_linear, skinny_ok
+
+            if skinny_ok(x.shape[0], w):
+                return skinny_linear(x, w)
         return F.linear(x, w, b)
 
     def _mixers(self, x: torch.Tensor, a: torch.Tensor, i: int, attend) -> None:  # type: ignore[no-untyped-def]

@@ -160,3 +160,71 @@ def gemv_fused(
         ADD=residual is not None,
     )
     return out
+
+
+# ---- skinny GEMM (16 < M <= 128 decode rows) -----------------------------------------------------
+# At 64 rows cuBLAS streams the weights at ~2.4 TB/s (78 % of the copy ceiling, bench/gpu.py profile);
+# this tensor-core kernel keeps every row of the batch in one M tile so each weight tile is read once.
+@triton.autotune(
+    configs=[
+        triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+        for bn, bk, w, s in [
+            (64, 128, 4, 4),
+            (128, 64, 4, 4),
+            (128, 128, 8, 3),
+            (64, 256, 4, 3),
+            (32, 256, 4, 4),
+        ]
+    ],
+    key=["BM", "N", "K"],
+)
+@triton.jit
+def _skinny_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    M,
+    N,
+    stride_x,
+    stride_w,
+    stride_y,
+    K: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    offs_m = tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    m_m = offs_m < M
+    x_ptrs = x_ptr + offs_m[:, None] * stride_x + offs_k[None, :]
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * stride_w + offs_k[:, None]  # [BK, BN] tile of Wᵀ
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for _ in range(0, K, BK):
+        a = tl.load(x_ptrs, mask=m_m[:, None], other=0.0)
+        b = tl.load(w_ptrs)
+        acc = tl.dot(a, b, acc)
+        x_ptrs += BK
+        w_ptrs += BK
+    out = y_ptr + offs_m[:, None] * stride_y + offs_n[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_m[:, None])
+
+
+def skinny_ok(m: int, w: torch.Tensor) -> bool:
+    """Shapes the skinny kernel takes: 16 < M <= 128, N and K multiples of 256 (every 7B matrix)."""
+    n, k = w.shape
+    return 16 < m <= 128 and n % 256 == 0 and k % 256 == 0 and w.stride(1) == 1
+
+
+def skinny_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] · w [N, K]ᵀ`` for a decode batch of 17..128 rows (x may be a row-strided view)."""
+    m, k = x.shape
+    n = w.shape[0]
+    assert x.stride(1) == 1
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    bm = max(16, triton.next_power_of_2(m))
+    _skinny_kernel[lambda meta: (triton.cdiv(n, meta["BN"]),)](
+        x, w, y, m, n, x.stride(0), w.stride(0), y.stride(0), K=k, BM=bm
+    )
+    return y
