@@ -280,7 +280,7 @@ def main() -> int:
     ap.add_argument("--profile", type=Path, help="write a per-kernel profile of graph replays here")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--bf16-state", action="store_true", help="also measure the bf16 state pool option")
-    ap.add_argument("--skinny", action="store_true", help="also measure the Triton GEMM for 17..128 rows")
+    ap.add_argument("--compare-cublas", action="store_true", help="also run 64 rows with cuBLAS GEMMs")
     args = ap.parse_args()
     from worker.engine.engine import Engine
     from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
@@ -303,18 +303,17 @@ def main() -> int:
     for b in (1, 64, 256):
         res[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
         print(b, json.dumps(res[f"engine_decode_b{b}"]), flush=True)
-    if args.skinny:
+    if args.compare_cublas:
         fast = fast_path_for(model).fast  # type: ignore[union-attr]
-        fast.skinny_gemm = True
+        fast.skinny_gemm = False
         prepare_fast_decode(model, engine.pool, max_batch=256)
-        runner = fast_path_for(model).runner  # type: ignore[union-attr]
-        sk = {
-            "graph_replay_ms": graph_times(runner, (64,)),
+        alt = fast_path_for(model).runner  # type: ignore[union-attr]
+        res["cublas_b64"] = {
+            "graph_replay_ms": graph_times(alt, (64,)),
             "engine_decode_b64": engine_decode(engine, 64, args.steps),
         }
-        res["skinny_triton_gemm"] = sk
-        print("skinny", json.dumps(sk), flush=True)
-        fast.skinny_gemm = sk["engine_decode_b64"]["tokens_per_s"] > res["engine_decode_b64"]["tokens_per_s"]
+        print("cublas", json.dumps(res["cublas_b64"]), flush=True)
+        fast.skinny_gemm = True
         prepare_fast_decode(model, engine.pool, max_batch=256)
         runner = fast_path_for(model).runner  # type: ignore[union-attr]
     res["ttft_2048_ms"] = round(engine_ttft(engine), 2)

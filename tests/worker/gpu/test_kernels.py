@@ -180,3 +180,13 @@ def test_gemv(n: int, k: int) -> None:
     x = torch.randn(1, k, device=DEV).bfloat16()
     w = torch.randn(n, k, device=DEV).bfloat16()
     assert rel(gemv(x, w), x.double() @ w.double().T) < 5e-3
+
+
+@pytest.mark.parametrize("m", [17, 64, 100, 128])
+def test_skinny_gemm(m: int) -> None:
+    from worker.model.kernels.gemv import skinny_linear, skinny_ok
+
+    w = torch.randn(512, 768, device=DEV).bfloat16()
+    x = torch.randn(m, 2 * 768, device=DEV).bfloat16()[:, :768]  # row-strided, like a slice of qkvu
+    assert skinny_ok(m, w)
+    assert rel(skinny_linear(x, w), x.double() @ w.double().T) < 5e-3
