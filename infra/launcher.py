@@ -78,23 +78,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the CPU worker that consumes the `webhooks` queue (no model)."""
-    from worker.celery_app import make_celery
-    from worker.protocol import WEBHOOK_QUEUE
+    """Run the CPU worker that consumes the `webhooks` queue and pumps the retry schedule (no model)."""
+    from worker.webhooks.worker import run_webhook_worker
 
     _setup_logging(settings)
-    app = make_celery(settings)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            "--concurrency=8",
-            f"--queues={WEBHOOK_QUEUE}",
-            "--hostname=webhooks@%h",
-            f"--loglevel={settings.log_level.upper()}",
-        ]
-    )
-    return 0
+    return run_webhook_worker(settings, hostname=getattr(args, "hostname", None))
 
 
 def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     webhook_allowlist: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Hosts, IPs or CIDRs exempt from the SSRF address rules."
     )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, description="Deliveries a webhook worker runs at once (threads)."
+    )
 
     # --- operations -------------------------------------------------------------------------
     flower_port: int = Field(default=5555, description="Flower dashboard port.")

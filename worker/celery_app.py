@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 from kombu import Queue
 
+from infra import redis_urls
 from infra.settings import Settings
 from worker.protocol import (
     BROKER_PRIORITY_STEPS,
@@ -32,7 +32,7 @@ def broker_url(settings: Settings) -> str:
     """The broker URL; ``redis_url`` must be set (`tnllm up` sets it to the embedded server's)."""
     if not settings.redis_url:
         raise ValueError("TNLLM_REDIS_URL is not set: point it at Redis (or use `tnllm up`)")
-    return settings.redis_url
+    return redis_urls.broker_url(settings.redis_url)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -52,9 +52,11 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": True,
     }
     url = broker_url(settings)
-    if url.startswith("sentinel://"):
-        query = parse_qs(urlsplit(url.split(";")[0]).query)
-        options["master_name"] = query.get("master_name", [settings.redis_sentinel_master])[0]
+    if redis_urls.is_sentinel(url):
+        # master name: the URL's ?master_name= (kept out of the broker URL), else the setting
+        options["master_name"] = redis_urls.parse_sentinel_url(
+            str(settings.redis_url), settings.redis_sentinel_master
+        ).master
     return options
 
 

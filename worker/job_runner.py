@@ -129,7 +129,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> str:
         record = store.get(job_id)
         if record is None:
             return "missing"
-        notify_transition(record, "job.running")
+        notify_transition(store, record, "job.running")
         return _run_claimed(rt, record, active)
     finally:
         rt.untrack(job_id)
@@ -253,7 +253,7 @@ def _finish(
     if not written:
         log.warning("job %s: not finished by this worker (taken over or reaped)", record.id)
         return "lease_lost"
-    notify_transition(store.get(record.id), f"job.{status.value}")
+    notify_transition(store, store.get(record.id), f"job.{status.value}")
     return str(status.value)
 
 

@@ -216,9 +216,9 @@ class WorkerRuntime:
                 log.warning(
                     "reaper: job %s failed with worker_lost after %s attempts", job_id, outcome.attempt
                 )
-                notify_transition(self.store.get(job_id), "job.failed")
+                notify_transition(self.store, self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
-                notify_transition(self.store.get(job_id), "job.cancelled")
+                notify_transition(self.store, self.store.get(job_id), "job.cancelled")
         return done
 
     def close(self) -> None:

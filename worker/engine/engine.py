@@ -211,6 +211,7 @@ class Engine:
             return
         t0 = time.perf_counter()
         with torch.inference_mode():
+            self._swap_slots(plan.swaps)
             rows, logits = self._run_prefill(plan.prefill)
             if plan.decode:
                 rows += plan.decode
@@ -257,13 +258,24 @@ class Engine:
                 logits.append(out.reshape(1, -1).float())
         return rows, logits
 
+    def _swap_slots(self, swaps: list[tuple[int, int]]) -> None:
+        """Exchange the states of slot pairs (the scheduler packs decoding sequences low)."""
+        for a, b in swaps:
+            idx = torch.tensor([a, b], device=self.device)
+            for layer_state in self.pool:  # [slots, H, dk, d]
+                layer_state.index_copy_(0, idx, layer_state.index_select(0, idx.flip(0)))
+
     def _run_decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One batched decode step: each sequence feeds its last token at its own position."""
-        # host tensors: the model moves them (the CUDA graph path stages all three in one pinned copy)
+        """One batched decode step: each sequence feeds its last token at its own position.
+
+        The scheduler packed the decoding sequences into slots 0..B-1, so the model updates that
+        block of the pool in place (a ``slice``, no gather/scatter).
+        """
+        assert all(s.slot == i for i, s in enumerate(seqs)), "decode slots are packed"
+        # host tensors: the model moves them (the CUDA graph path stages them in one pinned copy)
         ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
         pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long)
-        slots = torch.tensor([s.slot for s in seqs], dtype=torch.long)
-        return self.model.decode(ids, pos, self.pool, slots).float()  # [B, V]
+        return self.model.decode(ids, pos, self.pool, slice(0, len(seqs))).float()  # [B, V]
 
     def _row_sampling(self, seq: Sequence) -> RowSampling:
         live: _Live = seq.payload

@@ -25,6 +25,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
+    admitted: int = -1  # admission counter: prefill goes first-come first-served
 
     @property
     def prefill_done(self) -> bool:
@@ -57,7 +58,8 @@ class StepPlan:
 
     cancelled: list[Sequence] = field(default_factory=list)
     prefill: list[PrefillChunk] = field(default_factory=list)
-    decode: list[Sequence] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)  # holding slots 0 .. len(decode)-1, in order
+    swaps: list[tuple[int, int]] = field(default_factory=list)  # slot states to exchange before running
 
     @property
     def empty(self) -> bool:
@@ -77,6 +79,7 @@ class Scheduler:
         self.running: dict[int, Sequence] = {}  # slot -> sequence, in admission order
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
         self._by_id: dict[str, Sequence] = {}
+        self._admissions = 0
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -143,9 +146,11 @@ class Scheduler:
         while self.waiting and self._free:
             seq = self.waiting.popleft()
             seq.slot = self._free.pop()
+            seq.admitted = self._admissions
+            self._admissions += 1
             self.running[seq.slot] = seq
         budget = self.budget
-        for seq in self.running.values():
+        for seq in sorted(self.running.values(), key=lambda s: s.admitted):
             if not seq.prefill_done:
                 if budget <= 0:
                     continue
@@ -154,4 +159,30 @@ class Scheduler:
                 budget -= n
             elif seq.output_ids:
                 plan.decode.append(seq)
+        plan.swaps = self._pack(plan.decode)
+        plan.decode.sort(key=lambda s: s.slot)
         return plan
+
+    def _pack(self, decode: list[Sequence]) -> list[tuple[int, int]]:
+        """Move the decoding sequences into slots 0..n-1 so the model updates one contiguous block
+        of the state pool in place. Returns the slot pairs whose states the engine must exchange."""
+        n = len(decode)
+        inside = {s.slot for s in decode if s.slot < n}
+        holes = [i for i in range(n) if i not in inside]
+        movers = [s for s in decode if s.slot >= n]
+        swaps = []
+        for seq, hole in zip(movers, holes, strict=True):
+            old, other = seq.slot, self.running.get(hole)  # other: a prefilling sequence, or a free slot
+            del self.running[old]
+            if other is None:
+                self._free.remove(hole)
+                self._free.append(old)
+            else:
+                other.slot = old
+                self.running[old] = other
+            seq.slot = hole
+            self.running[hole] = seq
+            swaps.append((old, hole))
+        if swaps:
+            self._free.sort(reverse=True)
+        return swaps

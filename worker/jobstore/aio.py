@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from infra import jobstats
+from infra import jobstats, redis_urls
 from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
@@ -29,7 +29,7 @@ def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
     kwargs.setdefault("socket_connect_timeout", 3)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
-    return aioredis.Redis.from_url(url, decode_responses=True, **kwargs)
+    return redis_urls.async_client(url, decode_responses=True, **kwargs)
 
 
 class AsyncJobStore:

@@ -20,6 +20,7 @@ from worker.jobstore.records import (
     dumps,
     from_epoch,
 )
+from worker.webhooks.log import render_webhook
 
 
 def _epoch(value: str | None) -> float | None:
@@ -53,7 +54,7 @@ def record_from_hash(fields: Mapping[str, str]) -> JobRecord | None:
         cancel_requested=fields.get("cancel_requested") == "1",
         result=JobResult.model_validate(result) if result else None,
         error=JobError.model_validate(error) if error else None,
-        webhook=_json(fields.get("webhook")),
+        webhook=render_webhook(fields),
     )
 
 

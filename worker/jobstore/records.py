@@ -127,6 +127,9 @@ class JobPublic(BaseModel):
     cancel_requested: bool = False
     result: JobResult | None = None
     error: JobError | None = None
+    webhook: dict[str, Any] | None = Field(
+        default=None, description='{"url", "events", "deliveries": [...]}: the callback and its delivery log.'
+    )
 
 
 class JobRecord(BaseModel):
@@ -146,7 +149,8 @@ class JobRecord(BaseModel):
     cancel_requested: bool = False
     result: JobResult | None = None
     error: JobError | None = None
-    #: Extension slot for the webhooks work: the job's webhook subscription (URL, events...), as JSON.
+    #: The webhook subscription ``{"url", "events"}`` plus its delivery log ``"deliveries"``
+    #: (``worker/webhooks/log.py``); None when the job has no webhook.
     webhook: dict[str, Any] | None = None
 
     @property
@@ -171,6 +175,7 @@ class JobRecord(BaseModel):
             cancel_requested=self.cancel_requested,
             result=self.result,
             error=self.error,
+            webhook=self.webhook,
         )
 
 

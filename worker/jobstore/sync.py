@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from infra import jobstats
+from infra import jobstats, redis_urls
 from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
@@ -30,11 +30,14 @@ from worker.jobstore.records import GenerationParams, JobError, JobRecord, JobRe
 
 
 def redis_client(url: str, **kwargs: Any) -> redis.Redis:
-    """A sync client configured the way the store needs (decoded strings, bounded waits)."""
+    """A sync client configured the way the store needs (decoded strings, bounded waits).
+
+    Any URL the broker takes: redis://, rediss://, unix://, sentinel:// (``infra.redis_urls``).
+    """
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    return redis_urls.sync_client(url, decode_responses=True, **kwargs)
 
 
 class JobStore:
@@ -57,7 +60,7 @@ class JobStore:
         """Connect to ``settings.redis_url``."""
         if not settings.redis_url:
             raise ValueError("TNLLM_REDIS_URL is not set")
-        return cls(redis_client(settings.redis_url), settings)
+        return cls(redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master), settings)
 
     def _run(self, call: ops.ScriptCall) -> Any:
         return self._scripts[call.name](keys=call.keys, args=call.args)

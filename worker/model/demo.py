@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,11 @@ from worker.model.demo_tokenizer import write_tokenizer_files
 log = logging.getLogger(__name__)
 
 MARKER_FILE = "tnllm_demo.json"
-_WEIGHT_PREFIXES = ("pytorch_model", "model.safetensors", "model-")
+# weight files of any official layout (an earlier demo written with other shards must not linger)
+_WEIGHT_FILE = re.compile(
+    r"^(pytorch_model(-\d{5}-of-\d{5})?\.bin|model(-\d{5}-of-\d{5})?\.safetensors"
+    r"|pytorch_model\.bin\.index\.json|model\.safetensors\.index\.json)$"
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,13 @@ def demo_config_dict(size: str, vocab_size: int) -> dict[str, Any]:
     }
 
 
-def write_demo_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def write_demo_checkpoint(
+    out_dir: str | Path, size: str = "tiny", seed: int = 0, *, replace_any: bool = False
+) -> Path:
     """Write a demo checkpoint into ``out_dir`` (created; existing files replaced) and return it.
+
+    A folder holding a checkpoint that is not a demo is refused unless ``replace_any`` (used for
+    tnllm's own ``<data_dir>/demo-model``, where a crash may have left an unmarked copy).
 
     The same ``size`` and ``seed`` give byte-identical tokenizer files and identical weights.
     The files are written into a temporary folder next to ``out_dir`` and moved in at the end, so a
@@ -97,6 +107,9 @@ def write_demo_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0
     from worker.model.config import TransnormerConfig
 
     out = Path(out_dir)
+    if not replace_any and (out / "config.json").exists() and not is_demo_checkpoint(out):
+        # never overwrite a real (downloaded) checkpoint with random weights
+        raise ValueError(f"{out} already holds a checkpoint that is not a demo; choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -107,8 +120,8 @@ def write_demo_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0
         marker = {"size": size, "seed": seed, "note": "random weights written by `tnllm demo-model`"}
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         out.mkdir(exist_ok=True)
-        for stale in out.glob("*"):
-            if stale.name == MARKER_FILE or stale.name.startswith(_WEIGHT_PREFIXES):
+        for stale in out.iterdir():
+            if stale.name == MARKER_FILE or _WEIGHT_FILE.match(stale.name):
                 stale.unlink()  # weights of an earlier demo checkpoint in another layout
         for item in sorted(staging.iterdir(), key=lambda p: p.name == MARKER_FILE):
             item.replace(out / item.name)  # the marker last: its presence means "complete"

@@ -55,7 +55,7 @@ def resolve_model_path(settings: Any) -> Path:
         folder = data_dir / "demo-model"
         if not is_demo_checkpoint(folder):
             log.info("writing the tiny demo checkpoint to %s", folder)
-            write_demo_checkpoint(folder, size="tiny")
+            write_demo_checkpoint(folder, size="tiny", replace_any=True)
         return folder
     path = Path(model).expanduser()
     if path.is_dir():

@@ -82,8 +82,12 @@ class NormLinearAttention(nn.Module):
         decay: Tensor,
         ops: ref_ops.AttentionOps,
         step: bool,
+        inplace: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """x ``[N, T, D]``, positions ``[N, T]``, state ``[N, H, dk, d]`` -> (``[N, T, D]``, new state)."""
+        """x ``[N, T, D]``, positions ``[N, T]``, state ``[N, H, dk, d]`` -> (``[N, T, D]``, new state).
+
+        ``inplace`` (decode steps only): the new state is written into ``state`` and returned.
+        """
         n, t, _ = x.shape
         q, k, v, u = self.qkvu_proj(x).chunk(4, dim=-1)  # 4 x [N, T, E]
         q, k, v = (
@@ -93,7 +97,11 @@ class NormLinearAttention(nn.Module):
         if self.lrpe is not None:
             q = ref_ops.lrpe(q, self.lrpe.theta, positions)  # [N, H, T, 2d]
             k = ref_ops.lrpe(k, self.lrpe.theta, positions)
-        if step:
+        if step and inplace:
+            o = ref_ops.decode_step_inplace(ops, q[:, :, 0], k[:, :, 0], v[:, :, 0], decay, state)
+            new_state = state
+            o = o.unsqueeze(2)  # [N, H, 1, d]
+        elif step:
             o, new_state = ops.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], decay, state)
             o = o.unsqueeze(2)  # [N, H, 1, d]
         else:
@@ -214,11 +222,28 @@ class TransnormerLM(nn.Module):
         return logits[0, -1] if last_only else logits[0]
 
     @torch.no_grad()
-    def decode(self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor) -> Tensor:
-        """One token for each of B sequences (``[B]`` ids, positions, slots) -> logits ``[B, V]``."""
+    def decode(
+        self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor | slice
+    ) -> Tensor:
+        """One token for each of B sequences (``[B]`` ids, positions, slots) -> logits ``[B, V]``.
+
+        ``slots`` may be a ``slice`` of B consecutive slots: their states are then updated in place
+        through views of the pool (no gather/scatter copies), which is what the engine passes.
+        """
         fast = self._fast()
         if fast is not None:
             return fast.decode(input_ids, positions, pool, slots)
+        if isinstance(slots, slice):
+            views = [layer_state[slots] for layer_state in pool]
+            logits, _ = self.run(
+                input_ids.unsqueeze(1),
+                positions.to(self.device).unsqueeze(1),
+                views,
+                True,
+                True,
+                inplace=True,
+            )
+            return logits[:, 0]
         slots = slots.to(device=pool[0].device, dtype=torch.long)
         states = [layer_state.index_select(0, slots) for layer_state in pool]
         logits, new_states = self.run(
@@ -230,12 +255,19 @@ class TransnormerLM(nn.Module):
 
     # ---- core -------------------------------------------------------------------------------
     def run(
-        self, input_ids: Tensor, positions: Tensor, states: list[Tensor], step: bool, last_only: bool
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        states: list[Tensor],
+        step: bool,
+        last_only: bool,
+        inplace: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
         """ids ``[N, T]``, positions ``[N, T]``, per-layer states ``[N, H, dk, d]`` -> (logits, new states).
 
         ``step`` uses the recurrent form (T must be 1), else the block-wise prefill. Logits are
-        ``[N, 1, V]`` when ``last_only``, else ``[N, T, V]``. ``states`` are not modified.
+        ``[N, 1, V]`` when ``last_only``, else ``[N, T, V]``. ``states`` are not modified, unless
+        ``inplace`` (decode steps only), which writes the new states into them.
         """
         input_ids = input_ids.to(self.device)
         ops = ref_ops.ops_for(self.device)
@@ -243,7 +275,9 @@ class TransnormerLM(nn.Module):
         x = self.model.embed_tokens(input_ids) * self.config.embed_scale  # [N, T, D]
         new_states = []
         for i, layer in enumerate(self._layers()):
-            mixed, new = layer.token_mixer(layer.token_norm(x), positions, states[i], decay[i], ops, step)
+            mixed, new = layer.token_mixer(
+                layer.token_norm(x), positions, states[i], decay[i], ops, step, inplace
+            )
             x = x + mixed
             x = x + layer.channel_mixer(layer.channel_norm(x))
             new_states.append(new)

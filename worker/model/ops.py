@@ -145,6 +145,32 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tens
     return out, kv
 
 
+def decode_attention_(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor) -> Tensor:
+    """:func:`decode_attention` updating ``state [N, H, dk, d]`` in place; returns out ``[N, H, d]``.
+
+    Same operations in the same order (decay, add the outer product, read), without the temporaries
+    and without gathering/scattering slot rows: the serving engine passes a view of its state pool.
+    """
+    h = q.shape[1]
+    q, k, v = q.to(torch.float32), k.to(torch.float32), v.to(torch.float32)
+    ratio = torch.exp(-decay.to(device=q.device, dtype=torch.float32)).reshape(1, h, 1, 1)
+    state.mul_(ratio).add_(k.unsqueeze(-1) * v.unsqueeze(-2))  # [N, H, dk, 1] * [N, H, 1, d]
+    return torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # [N, H, 1, dk] @ [N, H, dk, d]
+
+
+def decode_step_inplace(
+    ops: AttentionOps, q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor
+) -> Tensor:
+    """One recurrent step that writes the new state into ``state``: the implementation's in-place op
+    (``decode_attention_``) when it has one, else its out-of-place op and a copy."""
+    inplace = getattr(ops, "decode_attention_", None)
+    if inplace is not None:
+        return cast(Tensor, inplace(q, k, v, decay, state))
+    out, new = ops.decode_attention(q, k, v, decay, state)
+    state.copy_(new)
+    return out
+
+
 def quadratic_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tensor:
     """Direct O(T²) evaluation from a zero state (a test oracle, MODEL_SPEC §4 step 6), fp64."""
     t = q.shape[2]

@@ -1,8 +1,7 @@
-"""Engine test fixtures: the tiny demo checkpoint loaded through the real loader, fp32 on CPU."""
+"""Engine test fixtures: the tiny demo checkpoint (official format + tokenizer), real loader, fp32 CPU."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +11,28 @@ import torch
 from worker.engine import Engine, EngineRequest, SamplingParams
 
 
-@pytest.fixture(scope="session")
-def engine_model_dir(demo_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random checkpoint in the official format with the demo sentencepiece tokenizer beside it."""
-    from tests.fixtures.model import write_tiny_checkpoint
-    from worker.tokenization import load_tokenizer
-
-    out = tmp_path_factory.mktemp("engine-ckpt")
-    for f in demo_tokenizer_dir.iterdir():
-        shutil.copy(f, out / f.name)
-    tok = load_tokenizer(out)
-    assert tok is not None
-    return write_tiny_checkpoint(out, vocab_size=tok.vocab_size)
+@pytest.fixture(autouse=True, scope="package")
+def one_torch_thread() -> Any:
+    """The tiny model gains nothing from threads, and on a shared 2-core machine an OpenMP barrier
+    waiting for a descheduled thread makes every small op slow: run this package on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
-def engine_model(engine_model_dir: Path) -> Any:
+def engine_model(demo_model_dir: Path) -> Any:
     from worker.model import load_pretrained
 
-    return load_pretrained(engine_model_dir, device="cpu", dtype=torch.float32).eval()
+    return load_pretrained(demo_model_dir, device="cpu", dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")
-def engine_tokenizer(engine_model_dir: Path) -> Any:
+def engine_tokenizer(demo_model_dir: Path) -> Any:
     from worker.tokenization import load_tokenizer
 
-    tok = load_tokenizer(engine_model_dir)
+    tok = load_tokenizer(demo_model_dir)
     assert tok is not None, "the demo checkpoint ships a tokenizer"
     return tok
 

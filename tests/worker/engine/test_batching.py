@@ -100,3 +100,18 @@ def test_seeded_sampling_is_reproducible_in_a_crowd(make_engine: Any, engine_mod
 
     other_seed = EngineRequest("other", target.prompt_ids, SamplingParams(seed=4321, **params))  # type: ignore[arg-type]
     assert run_alone(make_engine, other_seed) != alone
+
+
+def test_in_place_decode_on_a_pool_slice_equals_the_gather_path(engine_model: Any) -> None:
+    """The engine's fast path (a slice of packed slots, updated in place) computes the same bits."""
+    pools = [engine_model.new_state_pool(6), engine_model.new_state_pool(6)]
+    for pool in pools:
+        g = torch.Generator().manual_seed(0)
+        for layer_state in pool:
+            layer_state.copy_(torch.randn(layer_state.shape, generator=g))
+    ids, pos = torch.tensor([5, 7, 9, 11]), torch.tensor([3, 10, 100, 300])
+    with torch.inference_mode():
+        a = engine_model.decode(ids, pos, pools[0], torch.arange(4))
+        b = engine_model.decode(ids, pos, pools[1], slice(0, 4))
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(*pools, strict=True))

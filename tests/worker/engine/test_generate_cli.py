@@ -29,14 +29,12 @@ def test_prompt_ids_together_reproduce_the_official_greedy_continuations(
     assert all("text" not in o for o in out)  # tiny-a ships no tokenizer
 
 
-def test_text_prompt_uses_the_chat_template(
-    capsys: pytest.CaptureFixture[str], engine_model_dir: Path
-) -> None:
+def test_text_prompt_uses_the_chat_template(capsys: pytest.CaptureFixture[str], demo_model_dir: Path) -> None:
     from worker.tokenization import load_tokenizer
 
-    tok = load_tokenizer(engine_model_dir)
+    tok = load_tokenizer(demo_model_dir)
     assert tok is not None
-    base = ["--model", str(engine_model_dir), "--max-new-tokens", "6", "--ignore-eos", "--json"]
+    base = ["--model", str(demo_model_dir), "--max-new-tokens", "6", "--ignore-eos", "--json"]
     chat, raw = (
         run_cli(capsys, *base, "--prompt", "你好"),
         run_cli(capsys, *base, "--raw", "--prompt", "你好"),

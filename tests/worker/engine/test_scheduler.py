@@ -55,3 +55,25 @@ def test_cancel_retires_waiting_and_running_in_the_next_schedule() -> None:
     plan = s.schedule()
     assert set(plan.cancelled) == {a, b} and plan.empty
     assert s.num_active == 0 and s.num_waiting == 0 and not s.has_work
+
+
+def test_decoding_sequences_are_packed_into_the_lowest_slots() -> None:
+    s = Scheduler(slots=4, prefill_token_budget=2)
+    seqs = [seq(r, 1 if r != "long" else 9) for r in ("a", "long", "b", "c")]
+    for x in seqs:
+        s.add(x)
+    for ch in s.schedule().prefill:  # budget 2: a (1 token) and 1 token of long
+        ch.seq.prefilled += ch.length
+    a, long_, b, c = seqs
+    a.output_ids.append(1)
+    plan = s.schedule()
+    assert plan.decode == [a] and a.slot == 0 and plan.swaps == []
+    for ch in plan.prefill:
+        ch.seq.prefilled += ch.length
+    s.finish(a)  # slot 0 frees up; b and c (slots 2, 3) finish prefill later
+    for x in (b, c):
+        x.prefilled, x.output_ids = 1, [1]
+    plan = s.schedule()
+    assert [x.slot for x in plan.decode] == [0, 1] and set(plan.decode) == {b, c}
+    assert long_.slot in (2, 3) and len(plan.swaps) == 2  # the prefilling sequence moved out of the way
+    assert sorted([*s.running]) == sorted(x.slot for x in (b, c, long_)) and len(s._free) == 1

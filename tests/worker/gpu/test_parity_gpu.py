@@ -118,3 +118,12 @@ def test_contract_ops_match_reference() -> None:
     )
     assert (go.cpu() - ro).norm() / ro.norm() < 1e-5
     assert (gs.cpu() - rs).norm() / rs.norm() < 1e-5
+    pool = torch.randn(n + 2, h, dk, d, device="cuda")
+    pool[1 : n + 1] = s0.cuda()
+    before = pool.clone()
+    out = kernels.decode_attention_(
+        q[:, :, 0].cuda(), k[:, :, 0].cuda(), v[:, :, 0].cuda(), lam.cuda(), pool[1 : n + 1]
+    )
+    assert (out.cpu() - ro).norm() / ro.norm() < 1e-5
+    assert (pool[1 : n + 1].cpu() - rs).norm() / rs.norm() < 1e-5
+    assert torch.equal(pool[0], before[0]) and torch.equal(pool[n + 1], before[n + 1])

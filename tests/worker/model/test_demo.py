@@ -95,13 +95,23 @@ def test_same_seed_same_checkpoint_other_seed_other_weights(demo_model_dir: Path
 
 
 def test_rewrite_replaces_weights_of_another_layout(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    out.mkdir()
+    out = write_demo_checkpoint(tmp_path / "demo")
     (out / "pytorch_model.bin.index.json").write_text("{}")
     (out / "pytorch_model-00001-of-00002.bin").write_bytes(b"stale")
+    (out / "model-notes.txt").write_text("not a weight file: kept")
     write_demo_checkpoint(out)
-    assert {p.name for p in out.iterdir()} == OFFICIAL_FILES | {MARKER_FILE}
+    assert {p.name for p in out.iterdir()} == OFFICIAL_FILES | {MARKER_FILE, "model-notes.txt"}
     load_pretrained(out)
+
+
+def test_a_real_checkpoint_is_never_overwritten(demo_model_dir: Path, tmp_path: Path) -> None:
+    real = tmp_path / "downloaded"
+    real.mkdir()
+    (real / "config.json").write_text((demo_model_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="not a demo"):
+        write_demo_checkpoint(real)
+    assert main(["demo-model", str(real)]) == 1
+    assert [p.name for p in real.iterdir()] == ["config.json"]
 
 
 def test_unknown_size_is_refused(tmp_path: Path) -> None:

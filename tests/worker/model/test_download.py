@@ -14,6 +14,7 @@ import pytest
 
 from infra.cli import main
 from infra.settings import Settings
+from worker.model.demo import is_demo_checkpoint
 from worker.model.download import (
     COMPLETE_MARKER,
     ModelResolutionError,
@@ -132,6 +133,11 @@ def test_resolve_demo_writes_once(data_dir: Path) -> None:
     stamp = (folder / "pytorch_model.bin").stat().st_mtime_ns
     assert resolve_model_path(settings) == folder
     assert (folder / "pytorch_model.bin").stat().st_mtime_ns == stamp
+    # an unmarked (interrupted) copy in tnllm's own demo folder is rewritten
+    (folder / "tnllm_demo.json").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"truncated")
+    assert resolve_model_path(settings) == folder
+    assert is_demo_checkpoint(folder) and (folder / "pytorch_model.bin").stat().st_size > 1000
 
 
 def test_resolve_existing_folder_and_missing_path(

@@ -75,3 +75,19 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tens
         output_final_state=True,
     )
     return o[:, 0], new
+
+
+def decode_attention_(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor) -> Tensor:
+    """In-place form of ``decode_attention`` (``ops.decode_step_inplace`` uses it): one pass over
+    ``state`` (a contiguous ``[N, H, dk, d]`` view, e.g. a slice of the pool) with the Triton kernel.
+
+    q, k ``[N, H, dk]`` already activated and rotated, v ``[N, H, d]``. Returns out ``[N, H, d]``.
+    """
+    from worker.model.kernels.attention import decode_attention as step
+
+    n, h, d = v.shape
+    q, k, v = (t.contiguous().reshape(n, -1) for t in (q, k, v))
+    ratio = torch.exp(-decay.to(device=q.device, dtype=torch.float32))
+    slots = torch.arange(n, device=q.device)
+    out = step(q, k, v, state, slots, ratio, silu=False)
+    return out.reshape(n, h, d)

@@ -39,6 +39,7 @@ def _decode_kernel(
     H: tl.constexpr,
     D: tl.constexpr,
     DK: tl.constexpr,
+    QK_HEAD: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BV: tl.constexpr,
     SILU: tl.constexpr,
@@ -61,8 +62,8 @@ def _decode_kernel(
     else:
         j = offs_k
     b64 = b.to(tl.int64)
-    q = tl.load(q_ptr + b64 * stride_q + h * D + j, mask=m_k, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + b64 * stride_k + h * D + j, mask=m_k, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + b64 * stride_q + h * QK_HEAD + j, mask=m_k, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + b64 * stride_k + h * QK_HEAD + j, mask=m_k, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + b64 * stride_v + h * D + offs_v, mask=m_v, other=0.0).to(tl.float32)
     if SILU:
         q = q * tl.sigmoid(q)
@@ -110,8 +111,9 @@ def decode_attention(
 ) -> torch.Tensor:
     """One recurrent step for B rows, updating ``state[slots[b]]`` in place.
 
-    q, k, v: ``[B, H*D]`` (row stride free, feature stride 1: slices of the qkvu output work) holding
-    the *pre-activation* q/k when ``silu`` is set; state: ``[slots, H, DK, D]``; slots: int ``[B]``
+    q, k, v: ``[B, H*W]`` (row stride free, feature stride 1: slices of the qkvu output work; W = D for
+    v and for q/k when the kernel rotates them, else DK) holding the *pre-activation* q/k when ``silu``
+    is set; state: ``[slots, H, DK, D]``; slots: int ``[B]``
     (``-1`` = padding row, state untouched, output garbage); decay: fp32 ``exp(-λ)`` ``[H]``;
     theta: fp32 ``[H, D]`` with positions int ``[B]`` on the LRPE layer; tiling: optional
     ``(BV, num_warps)`` override (benchmarks). Returns o ``[B, H*D]``.
@@ -119,7 +121,7 @@ def decode_attention(
     _, h, dk, d = state.shape
     bsz = q.shape[0]
     lrpe = theta is not None
-    assert dk == (2 * d if lrpe else d), "state width does not match the LRPE flag"
+    assert not lrpe or dk == 2 * d, "the LRPE layer's state is [2d, d]"
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and state.is_contiguous()
     if out is None:
         out = torch.empty((bsz, h * d), device=q.device, dtype=q.dtype)
@@ -144,6 +146,7 @@ def decode_attention(
         H=h,
         D=d,
         DK=dk,
+        QK_HEAD=d if lrpe else dk,  # LRPE rotates raw d-wide features in the kernel
         BLOCK_K=block_k,
         BV=bv,
         SILU=silu,

@@ -44,9 +44,13 @@ class FastBinding:
     ) -> Tensor:
         return self.fast.prefill(input_ids.to(self.device), start_pos, pool, slot, last_only)
 
-    def decode(self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor) -> Tensor:
+    def decode(
+        self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor | slice
+    ) -> Tensor:
         """Logits ``[B, V]`` fp32. Through a graph the tensor is a view of a static buffer, valid until the
-        next decode call (sample from it before stepping again)."""
+        next decode call (sample from it before stepping again). ``slots`` may be a slice of the pool."""
+        if isinstance(slots, slice):
+            slots = torch.arange(slots.start or 0, slots.stop, dtype=torch.long)
         r = self.runner
         if r is not None and r.pool[0].data_ptr() == pool[0].data_ptr() and input_ids.shape[0] <= r.max_batch:
             return r.decode(input_ids, positions, slots)

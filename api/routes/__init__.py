@@ -1,0 +1,1 @@
+"""One APIRouter per resource: jobs, health (+ metrics), compat (the tutorial's POST /)."""
