@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from worker.jobstore import ChatMessage, JobPublic
 from worker.protocol import MAX_PRIORITY, MIN_PRIORITY
+from worker.webhooks.events import WebhookSpec
 
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
@@ -53,6 +54,10 @@ class JobCreate(BaseModel):
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
 
     @field_validator("messages")

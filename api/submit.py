@@ -22,6 +22,7 @@ from api.errors import REDIS_RETRY_AFTER, ApiError
 from api.schemas import JobCreate
 from infra.settings import Settings
 from worker.jobstore import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
+from worker.webhooks.submit import WebhookRefused, validate_webhook
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,12 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _webhook_of(body: JobCreate) -> dict[str, Any] | None:
-    # Extension point: the webhooks work adds a `webhook` object to JobCreate; it lands in the record.
-    webhook = getattr(body, "webhook", None)
-    if webhook is None:
-        return None
-    return webhook.model_dump(mode="json") if hasattr(webhook, "model_dump") else dict(webhook)
+async def checked_webhook(body: JobCreate, settings: Settings) -> dict[str, Any] | None:
+    """The ``{"url", "events"}`` to store with the job; 422 naming the reason (SSRF rules, no secret)."""
+    try:
+        return await validate_webhook(body.webhook, settings)
+    except WebhookRefused as exc:
+        raise ApiError(422, str(exc), field=exc.field) from exc
 
 
 async def submit_job(
@@ -122,6 +123,7 @@ async def submit_job(
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
     prompt_tokens = await check_prompt_size(services, params)
+    webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
     outcome = await store.create(
@@ -133,7 +135,7 @@ async def submit_job(
         max_queued=settings.max_queued,
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
-        webhook=_webhook_of(body),
+        webhook=webhook,
     )
     if outcome.kind in ("full", "conflict"):
         services.metrics.jobs_rejected.labels(reason=outcome.kind).inc()

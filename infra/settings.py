@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated `whsec_` secrets; every one signs (rotation)."
     )
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5, 60, 300, 1800, 7200, 18000, 36000],
+        default_factory=lambda: [5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0],
         description="Seconds before each retry of a failed delivery.",
     )
     webhook_timeout: float = Field(default=10.0, gt=0, description="Per-attempt delivery timeout, seconds.")

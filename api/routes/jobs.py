@@ -15,6 +15,7 @@ from api.schemas import ErrorResponse, JobCreate, JobList
 from api.sse import job_events, valid_event_id
 from api.submit import owned_job, submit_job, to_public
 from worker.jobstore import JobPublic, JobStatus
+from worker.webhooks.submit import notify_transition_async, redeliver
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -160,4 +161,27 @@ async def cancel_job(job_id: str, store: StoreDep, owner: OwnerDep) -> Any:
     record = await owned_job(store, job_id, owner)
     public = await to_public(store, record)
     code = 200 if outcome.kind == "cancelled" else 202
+    if outcome.kind == "cancelled" and record.webhook:  # the API made this transition: it reports it
+        await notify_transition_async(store, job_id, "job.cancelled", public.model_dump(mode="json"))
+        public = await to_public(store, await owned_job(store, job_id, owner))
     return JSONResponse(public.model_dump(mode="json"), status_code=code)
+
+
+@router.post(
+    "/{job_id}/webhook/redeliver",
+    status_code=202,
+    response_model=JobPublic,
+    summary="Send the job's last webhook event again",
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorResponse, "description": "The job has no webhook, or no event happened yet"},
+    },
+)
+async def redeliver_webhook(job_id: str, store: StoreDep, owner: OwnerDep) -> JobPublic:
+    """A new delivery of the last event (same `webhook-id` and body, freshly signed and retried)."""
+    await owned_job(store, job_id, owner)
+    try:
+        await redeliver(store, job_id)
+    except LookupError as exc:
+        raise ApiError(409, str(exc), type="no_webhook_event") from exc
+    return await to_public(store, await owned_job(store, job_id, owner))

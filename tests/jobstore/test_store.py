@@ -254,3 +254,15 @@ def test_store_requires_decoded_client(settings: Settings) -> None:
     with pytest.raises(ValueError, match="decode_responses"):
         JobStore(client, settings)
     client.close()
+
+
+def test_create_replayed_by_a_client_retry_counts_as_created(store: JobStore) -> None:
+    # A retried EVALSHA (connection lost after Redis ran it) finds its own job: still "created".
+    params = GenerationParams(prompt="x")
+    assert store.create(job_id="a", owner="o", params=params).kind == "created"
+    assert store.create(job_id="a", owner="o", params=params).kind == "created"
+    kw = {"owner": "o", "params": params, "idempotency_key": "k", "body_hash": "h"}
+    assert store.create(job_id="b", **kw).kind == "created"  # type: ignore[arg-type]
+    again = store.create(job_id="b", **kw)  # type: ignore[arg-type]
+    assert again.kind == "created" and again.job_id == "b"
+    assert store.queue_depth() == 2

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+
+from infra.settings import Settings
+from worker.webhooks.pump import SchedulePump
+from worker.webhooks.runner import WebhookContext, run_delivery
+from worker.webhooks.store import SCHEDULE_KEY
 
 SECRET = "whsec_" + base64.b64encode(b"tnllm-test-secret-0123456789abcd").decode()
 SECRET_NEXT = "whsec_" + base64.b64encode(b"tnllm-rotated-secret-9876543210x").decode()
@@ -223,9 +229,33 @@ DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 @pytest.fixture
 def job_store(redis_url: str) -> Iterator[Any]:
     """The real job store on the (flushed) session Redis."""
-    from infra.settings import Settings
     from worker.jobstore.sync import JobStore, redis_client
 
     client = redis_client(redis_url)
     yield JobStore(client, Settings(redis_url=redis_url))
     client.close()
+
+
+def make_ctx(redis_url: str, **overrides: Any) -> WebhookContext:
+    """A webhook worker's context in-process: test secret, tiny delays, 127.0.0.1 allowed."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "webhook_secret": [SECRET],
+        "webhook_retry_delays": [0.05, 0.05, 0.05],
+        "webhook_timeout": 1.0,
+        "webhook_allowlist": ["127.0.0.1"],
+    }
+    values.update(overrides)
+    return WebhookContext.build(Settings(**values), redis.Redis.from_url(redis_url))
+
+
+def drive(ctx: WebhookContext, timeout: float = 15.0) -> list[str]:
+    """Pump the schedule in-process (dispatch = run the task body now) until nothing is pending."""
+    outcomes: list[str] = []
+    pump = SchedulePump(ctx.store, lambda v, t: outcomes.append(run_delivery(ctx, v, t)), 60_000)
+    deadline = time.monotonic() + timeout
+    while ctx.redis.zcard(SCHEDULE_KEY):
+        assert time.monotonic() < deadline, f"deliveries still pending: {outcomes}"
+        if not pump.pump_once():
+            time.sleep(0.01)
+    return outcomes

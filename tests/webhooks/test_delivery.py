@@ -4,43 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
-import redis
 from standardwebhooks import Webhook
 
 from infra import jobstats
-from infra.settings import Settings
-from tests.webhooks.conftest import SECRET, SECRET_NEXT, Receiver, run_job
+from tests.webhooks.conftest import SECRET, SECRET_NEXT, Receiver, drive, make_ctx, run_job
 from worker.jobstore.sync import JobStore
-from worker.webhooks.pump import SchedulePump
 from worker.webhooks.runner import WebhookContext, run_delivery
 from worker.webhooks.store import SCHEDULE_KEY, split_member
-
-
-def make_ctx(redis_url: str, **overrides: Any) -> WebhookContext:
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "webhook_secret": [SECRET],
-        "webhook_retry_delays": [0.05, 0.05, 0.05],
-        "webhook_timeout": 1.0,
-        "webhook_allowlist": ["127.0.0.1"],
-    }
-    values.update(overrides)
-    return WebhookContext.build(Settings(**values), redis.Redis.from_url(redis_url))
-
-
-def drive(ctx: WebhookContext, timeout: float = 15.0) -> list[str]:
-    """Pump the schedule in-process (dispatch = run the task body now) until nothing is pending."""
-    outcomes: list[str] = []
-    pump = SchedulePump(ctx.store, lambda v, t: outcomes.append(run_delivery(ctx, v, t)), 60_000)
-    deadline = time.monotonic() + timeout
-    while ctx.redis.zcard(SCHEDULE_KEY):
-        assert time.monotonic() < deadline, f"deliveries still pending: {outcomes}"
-        if not pump.pump_once():
-            time.sleep(0.01)
-    return outcomes
 
 
 @pytest.fixture

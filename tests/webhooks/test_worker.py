@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +11,8 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.webhooks.conftest import SECRET, Receiver, WorkerProcess, run_job
+from infra.healthcheck import check_celery
+from tests.webhooks.conftest import REPO, SECRET, Receiver, WorkerProcess, run_job
 from worker.jobstore.sync import JobStore
 from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
 
@@ -33,6 +36,7 @@ def store(job_store: JobStore) -> WebhookStore:
 
 
 def test_worker_delivers_retries_and_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
     redis_url: str,
     job_store: JobStore,
     store: WebhookStore,
@@ -74,6 +78,8 @@ def test_worker_delivers_retries_and_gives_up(
     assert down_job is not None and down_job.status.value == "succeeded"  # the job is unaffected
     assert down_job.to_public().model_dump(mode="json")["webhook"]["deliveries"][0]["state"] == "failed"
     assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+    monkeypatch.setenv("TNLLM_REDIS_URL", redis_url)
+    assert check_celery("webhooks@%h") is None  # the compose health check finds the node
 
 
 def test_sigkill_mid_retry_loses_nothing(
@@ -103,3 +109,14 @@ def test_sigkill_mid_retry_loses_nothing(
     # the killed attempt never reached the log; the ones that finished did
     assert [a["status_code"] for a in delivered["attempts"]] == [500, 200]
     assert third.proc is not None and third.proc.poll() is None
+
+
+def test_webhook_worker_and_api_side_never_import_torch() -> None:
+    code = (
+        "import sys; from infra.settings import Settings; import worker.webhooks.worker as w;"
+        "import worker.webhooks.submit, worker.events;"
+        "app = w.make_webhook_celery(Settings(redis_url='redis://127.0.0.1:1/0'));"
+        "w.register_webhook_task(app, lambda: None); app.loader.import_default_modules();"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)

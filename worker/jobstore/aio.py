@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from infra import jobstats, redis_urls
 from infra.settings import Settings
@@ -29,6 +32,10 @@ def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
     kwargs.setdefault("socket_connect_timeout", 3)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
+    # A pooled connection left over from before a Redis restart fails once with "closed by server":
+    # retry on a fresh connection instead of answering 503 (the scripts tolerate a replay).
+    kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
+    kwargs.setdefault("retry_on_error", [RedisConnectionError])
     return redis_urls.async_client(url, decode_responses=True, **kwargs)
 
 

@@ -196,8 +196,12 @@ def parse_create(raw: Sequence[str], job_id: str, body_hash: str) -> CreateOutco
         return CreateOutcome("full", queue_depth=int(raw[1]))
     if kind == "replay":
         stored_id, _, stored_hash = raw[1].partition("|")
+        if stored_id == job_id:  # our own first attempt, replayed by a client-side retry
+            return CreateOutcome("created", job_id)
         return CreateOutcome("replayed" if stored_hash == body_hash else "conflict", stored_id)
-    raise RuntimeError(f"job id collision on {job_id!r}")  # token_urlsafe ids: never in practice
+    # "exists": with random 144-bit ids only our own first attempt (a retried call) can have
+    # stored this id already.
+    return CreateOutcome("created", job_id)
 
 
 def discard_call(job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> ScriptCall:

@@ -25,12 +25,12 @@ if ARGV[6] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'replay', existing} end
 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 local max_queued = tonumber(ARGV[3])
 if max_queued > 0 then
   local depth = redis.call('ZCARD', KEYS[3])
   if depth >= max_queued then return {'full', tostring(depth)} end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[8])

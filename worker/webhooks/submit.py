@@ -1,9 +1,13 @@
-"""Submit-time webhook checks for the API (async, torch-free): what a job may store as its webhook."""
+"""The API's side of webhooks (async, torch-free): submit-time checks, transitions the API makes
+(cancelling a queued job) and redelivery."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import Any, Protocol
+
+from redis.asyncio import Redis as AsyncRedis
 
 from infra.settings import Settings
 from worker.webhooks.events import WebhookSpec
@@ -15,6 +19,9 @@ from worker.webhooks.ssrf import (
     acheck_url,
     async_system_resolve,
 )
+from worker.webhooks.store import AsyncWebhookStore
+
+log = logging.getLogger(__name__)
 
 #: longest a submit waits for DNS before refusing the URL
 RESOLVE_TIMEOUT_S = 5.0
@@ -49,3 +56,26 @@ async def validate_webhook(
     except WebhookURLError as exc:
         raise WebhookRefused(str(exc)) from exc
     return {"url": spec.url, "events": list(spec.events)}
+
+
+class _Store(Protocol):
+    """What these helpers need of ``worker.jobstore.AsyncJobStore``."""
+
+    client: AsyncRedis
+    ttl: int
+
+
+async def notify_transition_async(store: _Store, job_id: str, event: str, job: dict[str, Any]) -> None:
+    """Enqueue ``event`` for a transition the API made (``job`` = the job object after it).
+
+    Never raises: the transition stands whatever happens to its webhook.
+    """
+    try:
+        await AsyncWebhookStore(store.client, store.ttl).enqueue(job_id, event, job)
+    except Exception:
+        log.exception("job %s: webhook %s not enqueued", job_id, event)
+
+
+async def redeliver(store: _Store, job_id: str) -> int:
+    """Re-send the job's last event; ``LookupError`` (-> 409) when there is none."""
+    return await AsyncWebhookStore(store.client, store.ttl).redeliver(job_id)

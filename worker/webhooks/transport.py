@@ -10,6 +10,7 @@ connection (no pool reuse across hosts that share an IP with different server na
 from __future__ import annotations
 
 import ipaddress
+import ssl
 
 import httpx
 
@@ -19,9 +20,15 @@ from worker.webhooks.ssrf import AddressPolicy, AsyncResolver, async_system_reso
 class PinnedTransport(httpx.AsyncBaseTransport):
     """``httpx.AsyncHTTPTransport`` behind the SSRF policy, connecting to pre-vetted addresses only."""
 
-    def __init__(self, policy: AddressPolicy, resolve: AsyncResolver = async_system_resolve) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolve: AsyncResolver = async_system_resolve,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self._policy = policy
         self._resolve = resolve
+        self._verify = verify
         #: the address the last request connected to (for the delivery log and tests)
         self.connected_to: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
@@ -41,7 +48,7 @@ class PinnedTransport(httpx.AsyncBaseTransport):
             )
             # a fresh transport per request: keep-alive would let a later request to another name
             # that shares this IP reuse a TLS session negotiated for this name
-            transport = httpx.AsyncHTTPTransport(retries=0)
+            transport = httpx.AsyncHTTPTransport(retries=0, verify=self._verify)
             try:
                 response = await transport.handle_async_request(pinned_request)
             except httpx.ConnectError as exc:

@@ -8,8 +8,6 @@ cannot hold up generation.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -24,6 +22,8 @@ from worker.webhooks.runner import WebhookContext, run_delivery
 
 log = logging.getLogger(__name__)
 
+#: Celery node name of the webhook worker (docker-compose's health check pings it; %h = host name)
+NODE_NAME = "webhooks@%h"
 #: a dispatched message not picked up within this long is dispatched again (its lease expired)
 MIN_DISPATCH_LEASE_MS = 60_000
 
@@ -77,7 +77,7 @@ def run_webhook_worker(settings: Settings, hostname: str | None = None) -> int:
     backlog_cap = max(10, 4 * settings.webhook_concurrency)
     pump = SchedulePump(ctx.store, dispatch, lease, lambda: int(ctx.redis.llen(WEBHOOK_QUEUE)), backlog_cap)
     pump.start()
-    name = hostname or f"webhooks-{os.getpid()}@{socket.gethostname()}"
+    name = hostname or NODE_NAME
     try:
         app.worker_main([
             "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads", "-c", str(settings.webhook_concurrency),
