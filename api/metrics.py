@@ -59,9 +59,11 @@ class ApiMetrics:
         *,
         submit_routes: Iterable[tuple[str, str]] = (("POST", "/v1/jobs"),),
         multiproc_dir: Path | None = None,
+        broker_sep: str = KOMBU_PRIORITY_SEP,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.multiproc_dir = multiproc_dir
+        self.broker_sep = broker_sep  # the Celery transport's list separator (broker list names)
         self.submit_routes = frozenset(submit_routes)
         self.requests = Counter(
             "tnllm_http_requests",
@@ -112,7 +114,14 @@ class ApiMetrics:
 
 def make_metrics(settings: Settings | None = None) -> ApiMetrics:
     """The API's metrics for one app (multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
-    return ApiMetrics(multiproc_dir=settings.prometheus_multiproc_dir if settings else None)
+    if settings is None:
+        return ApiMetrics()
+    sep = KOMBU_PRIORITY_SEP
+    if settings.redis_url:
+        from worker.celery_app import transport_options
+
+        sep = transport_options(settings).get("sep", KOMBU_PRIORITY_SEP)
+    return ApiMetrics(multiproc_dir=settings.prometheus_multiproc_dir, broker_sep=sep)
 
 
 def route_template(scope: Scope) -> str:
@@ -249,14 +258,14 @@ async def render(
     redis: Any,
     *,
     queues: Sequence[str] = (GENERATE_QUEUE, WEBHOOK_QUEUE),
-    broker_sep: str = KOMBU_PRIORITY_SEP,
+    broker_sep: str | None = None,
 ) -> bytes:
     """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view.
 
-    ``broker_sep``: the producer's ``broker_transport_options["sep"]`` when it sets one.
+    ``broker_sep``: the broker's list separator, by default ``metrics.broker_sep``.
     """
     queued = await read_queued_jobs(redis)
-    broker = await read_broker_depths(redis, queues, broker_sep)
+    broker = await read_broker_depths(redis, queues, broker_sep or metrics.broker_sep)
     stats = jobstats.parse(await redis.hgetall(jobstats.KEY))
     cluster = CollectorRegistry()
     cluster.register(_Static(_cluster_families(stats, queued, broker)))

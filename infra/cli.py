@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, help="tasks at once (default: engine slots)")
     worker.add_argument("--hostname", help="Celery node name")
 
-    sub.add_parser("webhook-worker", help="run the CPU worker that delivers webhooks")
+    hook = sub.add_parser("webhook-worker", help="run the CPU worker that delivers webhooks")
+    hook.add_argument("--hostname", help="Celery node name (default webhooks@%%h; %%h = this host)")
     fl = sub.add_parser("flower", help="run the Flower dashboard")
     fl.add_argument("--port", type=int)
     rd = sub.add_parser("redis", help="run the embedded Redis server in the foreground")

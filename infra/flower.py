@@ -92,6 +92,7 @@ def flower_argv(settings: _FlowerSettings, port: int | None = None) -> list[str]
 
 def run_flower(settings: _FlowerSettings, celery_app: Any, port: int | None = None) -> int:
     """Run Flower in this process until it is stopped; returns its exit code."""
+    import flower.options  # noqa: F401 - defines Flower's tornado options before we set one
     from tornado.options import options
 
     users = check(settings)

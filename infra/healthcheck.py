@@ -10,7 +10,6 @@ Exit status 0 = healthy, 1 = not (the reason on stderr), as Docker's HEALTHCHECK
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -32,10 +31,12 @@ def check_http(url: str, expect: str | None = None, timeout: float = 5.0) -> str
 
 def check_celery(node: str, timeout: float = 5.0) -> str | None:
     """None when the Celery node answers a broker ping; otherwise why not."""
+    from celery.utils.nodenames import host_format
+
     from infra.settings import Settings
     from worker.celery_app import make_celery
 
-    node = node.replace("%h", socket.gethostname())
+    node = host_format(node)  # %h etc. exactly as `celery worker --hostname` expands them
     app = make_celery(Settings())
     try:
         replies = app.control.ping(destination=[node], timeout=timeout)

@@ -18,6 +18,7 @@ import time
 
 import httpx
 
+from infra.gpus import visible_gpus, worker_env
 from infra.redis_server import RedisServer
 from infra.settings import Settings
 from infra.supervisor import Child, child_env, stop_all, tnllm_argv
@@ -186,11 +187,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         model_path = _resolve_model(env)
         env["TNLLM_MODEL"] = model_path
         print(f"model:   {model_path}", flush=True)
+        gpus = visible_gpus(env)  # one worker per GPU (round-robin when there are more workers)
         workers = [
             Child(
                 f"worker-{i}",
                 tnllm_argv("worker", "--hostname", f"gpu{i}@%h"),
-                env=env,
+                env=worker_env(i, env, settings.device, gpus),
                 log_path=logs / f"worker-{i}.log",
                 stop_timeout=WORKER_STOP_TIMEOUT,
             )

@@ -70,11 +70,21 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "job_id", None) is None:
-            record.job_id = job_id_var.get()
+            record.job_id = job_id_var.get() or _job_of_celery_record(record)
         if not self.log_content:
             for name in CONTENT_FIELDS & vars(record).keys():
                 setattr(record, name, redact(getattr(record, name)))
         return True
+
+
+def _job_of_celery_record(record: logging.LogRecord) -> str | None:
+    # Celery's "Task ... received" line (consumer thread, outside any job) carries the task's
+    # argsrepr in `data`; ours reads "job=<id> ..." (infra.flower.task_display).
+    data = getattr(record, "data", None)
+    args = data.get("args") if isinstance(data, dict) else None
+    if isinstance(args, str) and args.startswith("job="):
+        return args[4:].split(" ", 1)[0] or None
+    return None
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -141,6 +151,7 @@ def configure_logging(settings: _LogSettings, stream: IO[str] | None = None) -> 
     handler = make_handler(settings, stream)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    logging.captureWarnings(True)  # warnings become records (JSON lines too), logger "py.warnings"
     _claim_celery_logging()
     # uvicorn and celery log through their own loggers; let them reach our root handler only once.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
@@ -150,8 +161,38 @@ def configure_logging(settings: _LogSettings, stream: IO[str] | None = None) -> 
     return handler
 
 
+def quiet_celery_argv(settings: _LogSettings) -> list[str]:
+    """Celery's leading CLI options: ``--quiet`` (no ASCII-art banner on stdout) in JSON mode."""
+    return ["--quiet"] if settings.log_format == "json" else []
+
+
 def _celery_logging_is_ours(**_: Any) -> None:
     """A ``setup_logging`` receiver: its presence tells Celery not to replace the root handlers."""
+
+
+def task_job_id(task_name: str, args: Any) -> str | None:
+    """The job a Celery task works on, from its arguments (generate: the id; webhook: ``id|n``)."""
+    from worker.protocol import GENERATE_TASK, WEBHOOK_TASK
+
+    if not args or task_name not in (GENERATE_TASK, WEBHOOK_TASK):
+        return None
+    return str(args[0]).partition("|")[0] or None
+
+
+_task_tokens: dict[str, contextvars.Token[str | None]] = {}
+
+
+def _on_task_prerun(task_id: str = "", task: Any = None, args: Any = None, **_: Any) -> None:
+    job_id = task_job_id(getattr(task, "name", ""), args)
+    if job_id:
+        _task_tokens[task_id] = job_id_var.set(job_id)
+
+
+def _on_task_postrun(task_id: str = "", **_: Any) -> None:
+    # prerun and postrun run in the task's thread, so the reset restores that thread's context
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        job_id_var.reset(token)
 
 
 def _claim_celery_logging() -> None:
@@ -160,3 +201,6 @@ def _claim_celery_logging() -> None:
     except ImportError:  # a process without Celery has nothing to claim
         return
     signals.setup_logging.connect(_celery_logging_is_ours, weak=False, dispatch_uid="tnllm.logging")
+    # Every record logged while a task runs (Celery's own "succeeded" line too) carries its job id.
+    signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="tnllm.logging.prerun")
+    signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="tnllm.logging.postrun")

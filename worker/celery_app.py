@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Queue
 
 from infra import redis_urls
+from infra.flower import task_display
 from infra.settings import Settings
 from worker.protocol import (
     BROKER_PRIORITY_STEPS,
@@ -24,6 +25,8 @@ from worker.protocol import (
     broker_priority,
 )
 
+#: Separator of kombu's per-priority list names (``generate`` + sep + step).
+BROKER_SEP = ":"
 #: Modules whose tasks a worker registers (imported by the worker at startup, never by producers).
 TASK_MODULES = ["worker.tasks"]
 
@@ -44,7 +47,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # One Redis list per priority; the worker pops from the lowest-numbered list first.
         "queue_order_strategy": "priority",
         "priority_steps": BROKER_PRIORITY_STEPS,
-        "sep": ":",
+        # Lists are named generate, generate:1 ... generate:9. Every producer must use this app's
+        # options (the API does, through make_celery) or it fills lists no worker pops.
+        "sep": BROKER_SEP,
         "fanout_prefix": True,
         "fanout_patterns": True,
         "health_check_interval": 25,
@@ -112,12 +117,16 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_generate(app: Celery, job_id: str, priority: int) -> None:
-    """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first)."""
+def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
+
+    Flower and Celery's logs show it as ``job=<id> prompt_tokens=N priority=P`` (never the prompt).
+    """
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
         queue=GENERATE_QUEUE,
         priority=broker_priority(priority),
         ignore_result=True,
+        **task_display(job_id, prompt_tokens, priority),
     )

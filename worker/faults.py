@@ -4,7 +4,7 @@ A job's ``metadata.tnllm_debug`` object may ask its worker to:
 - ``"crash": true`` — SIGKILL the worker process right after claiming the job (an OOM kill or
   node loss), every time it runs: the reaper's attempt limit must then fail it with `worker_lost`;
 - ``"delay": seconds`` — hold the claimed job as running this long before generating (a slow job,
-  used to keep a worker busy and to hit the time limit).
+  used to keep a worker busy and to hit the time limit; a cancel during the hold is honoured).
 With ``debug_faults`` off the metadata is ignored and echoed back like any other.
 """
 

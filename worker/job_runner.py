@@ -141,11 +141,17 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     faults = faults_for(record.metadata, settings.debug_faults)
     if faults.crash:
         crash_now(record.id)
-    if faults.delay and not _hold(active, min(time.monotonic() + faults.delay, deadline)):
-        if active.lost.is_set():
+    if faults.delay:
+        early = _hold(rt, record.id, active, min(time.monotonic() + faults.delay, deadline))
+        if early == "lost":
             return "lease_lost"
-        if active.release.is_set():
+        if early == "release":
             return _release(rt, record)
+        if early == "cancel":
+            empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
+            return _finish(rt, record, JobStatus.CANCELLED, result=empty)
+    if time.monotonic() >= deadline:
+        return _timed_out(rt, record)
     try:
         request = build_request(rt, record)
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
@@ -171,13 +177,24 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     return _finish(rt, record, status, result=result)
 
 
-def _hold(active: ActiveJob, until: float) -> bool:
-    """Sleep until ``until`` unless the job is lost, cancelled or released first (debug delay)."""
+def _hold(rt: WorkerRuntime, job_id: str, active: ActiveJob, until: float) -> str | None:
+    """Sleep until ``until`` (debug delay) unless the job is lost, released or cancelled first."""
+    polls = 0
     while time.monotonic() < until:
-        if active.lost.is_set() or active.release.is_set():
-            return False
+        if active.lost.is_set():
+            return "lost"
+        if active.release.is_set():
+            return "release"
+        polls += 1
+        if polls % 2 == 0 and _cancel_requested(rt, job_id, active):
+            return "cancel"
         time.sleep(POLL_S)
-    return True
+    return None
+
+
+def _timed_out(rt: WorkerRuntime, record: JobRecord) -> str:
+    message = f"job exceeded the time limit of {rt.settings.job_time_limit:g}s"
+    return _finish(rt, record, JobStatus.FAILED, error=JobError(type="timeout", message=message))
 
 
 def _wait(
@@ -210,8 +227,7 @@ def _wait(
         if time.monotonic() > deadline:
             engine.cancel(request_id)
             _drain(handle)
-            message = f"job exceeded the time limit of {rt.settings.job_time_limit:g}s"
-            return _finish(rt, record, JobStatus.FAILED, error=JobError(type="timeout", message=message))
+            return _timed_out(rt, record)
         if active.release.is_set():
             engine.cancel(request_id)
             _drain(handle)

@@ -5,7 +5,8 @@
 ``threads`` pool with one thread per engine slot, so one model copy serves every task. A background
 thread renews the leases of the jobs running here and publishes the worker's heartbeat; another
 runs the reaper (guarded by a short Redis lock so one worker acts per round), which puts jobs whose
-lease expired back on the queue or fails them with ``worker_lost`` after ``max_attempts``.
+lease expired back on the queue or fails them with ``worker_lost`` after ``max_attempts``, and
+re-sends the messages a dead worker had received but not started (``worker/orphans.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from infra.logging import configure_logging
+from infra.logging import configure_logging, quiet_celery_argv
 from infra.settings import Settings
 from worker.celery_app import make_celery, send_generate
 from worker.events import notify_transition
 from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
 from worker.metrics import WorkerMetrics
+from worker.orphans import rescue_orphans, resend_messageless
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,12 @@ class WorkerRuntime:
                 notify_transition(self.store, self.store.get(job_id), "job.failed")
             elif outcome.action == "cancelled":
                 notify_transition(self.store, self.store.get(job_id), "job.cancelled")
+        min_age = self.settings.lease_ttl
+        requeued = frozenset(job_id for job_id, action in done if action == "requeued")
+        for job_id in rescue_orphans(self.store, self.send_generate, min_age=min_age, already_sent=requeued):
+            done.append((job_id, "resent"))
+        for job_id in resend_messageless(self.store, self.send_generate, min_age=min_age):
+            done.append((job_id, "resent"))
         return done
 
     def close(self) -> None:
@@ -235,6 +243,7 @@ class WorkerRuntime:
 
 def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -> list[str]:
     return [
+        *quiet_celery_argv(settings),
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",
@@ -242,6 +251,7 @@ def _celery_argv(settings: Settings, runtime: WorkerRuntime, concurrency: int) -
         f"--hostname={runtime.hostname}",
         f"--loglevel={settings.log_level.upper()}",
         "--without-gossip",  # many workers on one Redis: gossip is chatter we do not use
+        "--without-mingle",  # no revoked-task sync to wait for at startup (we never revoke)
     ]
 
 

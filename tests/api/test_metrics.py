@@ -227,3 +227,21 @@ def test_multiprocess_mode_sums_processes(tmp_path: Path) -> None:
         ).stdout
     assert value(out, "tnllm_http_requests_total", method="GET", route="/x", status="200") == 2
     shutil.rmtree(mp)
+
+
+async def test_make_metrics_follows_the_broker_list_names(redis_url: str, aredis: aioredis.Redis) -> None:
+    """The broker lists counted are the ones the workers' Celery app really uses."""
+    from api.metrics import make_metrics
+    from worker.celery_app import make_celery, send_generate
+
+    settings = Settings(redis_url=redis_url)
+    app = make_celery(settings)
+    try:
+        send_generate(app, "j1", priority=7)
+        send_generate(app, "j2", priority=7)
+        send_generate(app, "j3", priority=0)
+    finally:
+        app.close()
+    text = (await render(make_metrics(settings), aredis)).decode()
+    assert value(text, "tnllm_broker_messages", queue="generate", priority="7") == 2
+    assert value(text, "tnllm_broker_messages", queue="generate", priority="0") == 1

@@ -107,3 +107,20 @@ def test_configure_twice_keeps_one_handler(capture: io.StringIO) -> None:
     configure_logging(Settings(log_format="json"), stream=capture)
     logging.getLogger("tnllm.test").info("once")
     assert len(_lines(capture)) == 1
+
+
+def test_job_ids_of_celery_tasks_and_records(capture: io.StringIO) -> None:
+    from infra.logging import task_job_id
+    from worker.protocol import ECHO_TASK, GENERATE_TASK, WEBHOOK_TASK
+
+    assert task_job_id(GENERATE_TASK, ["j1"]) == "j1"
+    assert task_job_id(WEBHOOK_TASK, ["j2|3", 7]) == "j2"
+    assert task_job_id(ECHO_TASK, ["k", "v"]) is None and task_job_id(GENERATE_TASK, []) is None
+    configure_logging(Settings(log_format="json"), stream=capture)
+    # Celery's consumer logs "received" with the task's argsrepr in `data`
+    logging.getLogger("celery.worker.strategy").info(
+        "Task received", extra={"data": {"args": "job=j9 prompt_tokens=3 priority=0"}}
+    )
+    logging.getLogger("celery.worker.strategy").info("other", extra={"data": {"args": "('x',)"}})
+    first, second = _lines(capture)
+    assert first["job_id"] == "j9" and "job_id" not in second

@@ -30,6 +30,7 @@ def test_routes_and_priority_lists() -> None:
     opts = conf.broker_transport_options
     assert opts["visibility_timeout"] == 7200
     assert opts["queue_order_strategy"] == "priority" and opts["priority_steps"] == list(range(10))
+    assert opts["sep"] == ":"
 
 
 def test_sentinel_master_name() -> None:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from infra.settings import Settings
 from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
+from worker.orphans import (
+    UNACKED,
+    UNACKED_INDEX,
+    generate_job_id,
+    message_job_id,
+    resend_messageless,
+)
 from worker.runtime import REAPER_LOCK, WorkerRuntime
 
 
@@ -32,7 +40,8 @@ def _create(store: JobStore, job_id: str, priority: int = 0) -> None:
 
 
 def _messages(store: JobStore, list_key: str) -> list[str]:
-    return [json.loads(m)["headers"]["argsrepr"] for m in store.client.lrange(list_key, 0, -1)]
+    """Job ids of the GENERATE_TASK messages waiting in one broker list (decoded from the body)."""
+    return [str(message_job_id(json.loads(m))) for m in store.client.lrange(list_key, 0, -1)]
 
 
 def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> None:
@@ -48,7 +57,7 @@ def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> 
             record = store.get("j1")
             assert record is not None and record.status is JobStatus.QUEUED
             # a new Celery message at the job's priority: broker priority 9 - 7 = 2
-            assert _messages(store, "generate:2") == ["['j1']"]
+            assert _messages(store, "generate:2") == ["j1"]
     assert done == [("j1", "failed")]
     record = store.get("j1")
     assert record is not None and record.status is JobStatus.FAILED
@@ -87,3 +96,34 @@ def test_heartbeat_renews_leases_and_reports_lost_and_cancel(runtime: WorkerRunt
     workers = store.workers()
     assert [w.id for w in workers] == [runtime.worker_id]
     assert workers[0].model_loaded is False and workers[0].slots == 0
+
+
+def test_reaper_resends_messages_parked_with_a_dead_worker(runtime: WorkerRuntime) -> None:
+    store = runtime.store
+    for job_id in ("queued-1", "done-1"):
+        _create(store, job_id, priority=9)
+        runtime.send_generate(job_id, 9)
+    # a worker took both messages off the queue (kombu parks them in `unacked`) and died
+    parked = [store.client.rpop("generate") for _ in range(2)]
+    assert store.client.llen("generate") == 0 and all(parked)
+    for tag, message in zip(("tag-1", "tag-2"), parked, strict=True):
+        store.client.hset(UNACKED, tag, json.dumps([json.loads(message), "generate", "generate"]))
+        store.client.zadd(UNACKED_INDEX, {tag: time.time() - 60})
+    assert generate_job_id(store.client.hget(UNACKED, "tag-1")) == "queued-1"
+    assert store.claim("done-1", "w").won and store.finish("done-1", "w", JobStatus.SUCCEEDED)
+    assert runtime.reap_once() == [("queued-1", "resent")]
+    assert _messages(store, "generate") == ["queued-1"]  # sent again at its priority
+    assert store.client.hlen(UNACKED) == 0 and store.client.zcard(UNACKED_INDEX) == 0
+    store.client.delete(REAPER_LOCK)
+    assert runtime.reap_once() == []  # once only
+
+
+def test_reaper_sends_a_message_for_queued_jobs_that_have_none(runtime: WorkerRuntime) -> None:
+    store = runtime.store
+    _create(store, "with-message", priority=9)
+    runtime.send_generate("with-message", 9)
+    _create(store, "lost", priority=9)  # its message vanished with a worker killed mid-BRPOP
+    assert resend_messageless(store, runtime.send_generate, min_age=60) == []  # too young to judge
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == ["lost"]
+    assert sorted(_messages(store, "generate")) == ["lost", "with-message"]
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == []

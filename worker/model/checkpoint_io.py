@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,22 +119,25 @@ def _write_weights(
     limit = max_shard_bytes if max_shard_bytes is not None else float("inf")
     tmp_names: list[str] = []
     weight_map: dict[str, int] = {}  # name -> shard number (0-based)
-    written: set[int] = set()  # storages already in an earlier shard (safetensors drops repeats)
+    # Aliases (the tied head) are recognised by storage address + view. Tensors of earlier shards are
+    # held only weakly: once freed, their address may be reused by a new, different tensor.
+    written: dict[tuple[int, int, tuple[int, ...]], weakref.ref[Tensor]] = {}
     shard: dict[str, Tensor] = {}
-    shard_storages: set[int] = set()
+    shard_keys: set[tuple[int, int, tuple[int, ...]]] = set()
     shard_bytes = total = 0
 
     def flush() -> None:
-        nonlocal shard, shard_storages, shard_bytes
+        nonlocal shard, shard_keys, shard_bytes
         tmp = out / f".shard-{len(tmp_names):05d}.tmp"
         _save_file(shard, tmp, fmt)
         tmp_names.append(tmp.name)
-        written.update(shard_storages)
-        shard, shard_storages, shard_bytes = {}, set(), 0
+        written.update({_alias_key(t): weakref.ref(t) for t in shard.values()})
+        shard, shard_keys, shard_bytes = {}, set(), 0
 
     for name, tensor in items:
-        key = tensor.untyped_storage().data_ptr()
-        if key in shard_storages or (fmt == "safetensors" and key in written):
+        key = _alias_key(tensor)
+        earlier = written.get(key)
+        if key in shard_keys or (fmt == "safetensors" and earlier is not None and earlier() is not None):
             if fmt == "bin":  # stored once inside the file, like HF's tied weights
                 shard[name] = tensor
                 weight_map[name] = len(tmp_names)
@@ -142,13 +146,17 @@ def _write_weights(
         if shard and shard_bytes + size > limit:
             flush()
         shard[name] = tensor
-        shard_storages.add(key)
+        shard_keys.add(key)
         shard_bytes += size
         total += size
         weight_map[name] = len(tmp_names)
     if shard or not tmp_names:
         flush()
     _finalise(out, fmt, tmp_names, weight_map, total)
+
+
+def _alias_key(tensor: Tensor) -> tuple[int, int, tuple[int, ...]]:
+    return (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()), tuple(tensor.shape))
 
 
 def _save_file(tensors: dict[str, Tensor], path: Path, fmt: str) -> None:

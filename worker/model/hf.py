@@ -117,6 +117,11 @@ class TransnormerState:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.positions.max().item()) if self.positions.numel() else 0
 
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """In place (the transformers 4.x beam-search hook)."""
+        moved = self.reorder(beam_idx)
+        self.layers, self.positions = moved.layers, moved.positions
+
     def reorder(self, beam_idx: Tensor) -> TransnormerState:
         idx = beam_idx.to(self.positions.device)
         return TransnormerState(
@@ -196,6 +201,7 @@ class TransnormerForCausalLMHF(PreTrainedModel, GenerationMixin):
         labels: Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        num_logits_to_keep: int = 0,
         inputs_embeds: Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
@@ -204,7 +210,7 @@ class TransnormerForCausalLMHF(PreTrainedModel, GenerationMixin):
         if input_ids is None or inputs_embeds is not None:
             raise ValueError("TransnormerForCausalLMHF needs input_ids (inputs_embeds are not supported)")
         state = next((kwargs.pop(k) for k in _CACHE_NAMES if kwargs.get(k) is not None), None)
-        last_only = (logits_to_keep or kwargs.pop("num_logits_to_keep", 0) or 0) == 1
+        last_only = (logits_to_keep or num_logits_to_keep) == 1  # the name changed in transformers 4.50
         input_ids = input_ids.to(self.native.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.native.device)[:, -input_ids.shape[1] :].bool()
@@ -226,7 +232,9 @@ class TransnormerForCausalLMHF(PreTrainedModel, GenerationMixin):
             state = TransnormerState(layers, torch.zeros(b, dtype=torch.long, device=lm.device))
         if t == 1 and state.positions.any():  # decode step: one recurrent step for the whole batch
             logits, new = lm.run(ids, state.positions[:, None], state.layers, step=True, last_only=True)
-            keep = torch.ones(b, dtype=torch.bool, device=ids.device) if mask is None else mask[:, 0]
+            if mask is None or bool(mask.all()):
+                return logits.float(), TransnormerState(new, state.positions + 1)
+            keep = mask[:, 0]  # a masked new token must leave its row's state untouched
             layers = [
                 torch.where(keep[:, None, None, None], n, o) for n, o in zip(new, state.layers, strict=True)
             ]
@@ -263,6 +271,9 @@ class TransnormerForCausalLMHF(PreTrainedModel, GenerationMixin):
                 out[row, 0] = logits[0, -1].float()
             else:
                 out[row, mask[row]] = logits[0].float()
+                # generate() reads column -1: right-padded rows repeat their last real logits there
+                last = int(mask[row].nonzero()[-1])
+                out[row, last + 1 :] = logits[0, -1].float()
             for layer, s in zip(layers, new, strict=True):
                 layer[row] = s[0]
             positions[row] += n
@@ -284,8 +295,9 @@ class TransnormerForCausalLMHF(PreTrainedModel, GenerationMixin):
             "use_cache": kwargs.get("use_cache", True),
             CACHE_KEY: state,
         }
-        if kwargs.get("logits_to_keep") is not None:
-            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        for key in ("logits_to_keep", "num_logits_to_keep"):
+            if kwargs.get(key) is not None:
+                inputs[key] = kwargs[key]
         return inputs
 
     def _reorder_cache(self, cache: TransnormerState, beam_idx: Tensor) -> TransnormerState:

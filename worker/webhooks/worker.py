@@ -14,6 +14,7 @@ from collections.abc import Callable
 import redis
 from celery import Celery
 
+from infra.logging import quiet_celery_argv
 from infra.settings import Settings
 from worker.celery_app import make_celery
 from worker.protocol import WEBHOOK_QUEUE, WEBHOOK_TASK
@@ -80,6 +81,7 @@ def run_webhook_worker(settings: Settings, hostname: str | None = None) -> int:
     name = hostname or NODE_NAME
     try:
         app.worker_main([
+            *quiet_celery_argv(settings),
             "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads", "-c", str(settings.webhook_concurrency),
             "-n", name, "-l", settings.log_level.upper(), "--without-gossip", "--without-mingle",
         ])  # fmt: skip
