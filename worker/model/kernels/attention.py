@@ -247,8 +247,10 @@ def prefill_attention(
     q, k: ``[T, H, DK]``; v: ``[T, H, D]`` (activated, rotated, contiguous); g_gamma: fp32 ``-λ`` ``[H]``;
     state_row: the slot's fp32 ``[H, DK, D]`` view into the pool. Returns o ``[T, H, D]`` in q's dtype.
     """
-    if min(q.shape[-1], v.shape[-1]) < 16:
-        # fla's tensor-core tiles need head widths >= 16; tiny test models take the reference ops
+    if q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16:
+        # fp32 is the parity mode: fla's chunk kernels would use TF32 dots unless the process set
+        # TRITON_F32_DEFAULT=ieee before they compiled, so take the exact reference ops (cuBLAS fp32).
+        # Tiny test models (head width < 16) don't fit fla's tensor-core tiles either.
         from worker.model import ops
 
         lam = -g_gamma

@@ -214,7 +214,8 @@ def _skinny_kernel(
 def skinny_ok(m: int, w: torch.Tensor) -> bool:
     """Shapes the skinny kernel takes: 16 < M <= 128, N and K multiples of 256 (every 7B matrix)."""
     n, k = w.shape
-    return 16 < m <= 128 and n % 256 == 0 and k % 256 == 0 and w.stride(1) == 1
+    half = w.dtype in (torch.bfloat16, torch.float16)  # fp32 dots would run as TF32
+    return half and 16 < m <= 128 and n % 256 == 0 and k % 256 == 0 and w.stride(1) == 1
 
 
 def skinny_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
