@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from worker.webhooks.log import WebhookPublic
+
 
 class JobStatus(StrEnum):
     """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``."""
@@ -127,8 +129,8 @@ class JobPublic(BaseModel):
     cancel_requested: bool = False
     result: JobResult | None = None
     error: JobError | None = None
-    webhook: dict[str, Any] | None = Field(
-        default=None, description='{"url", "events", "deliveries": [...]}: the callback and its delivery log.'
+    webhook: WebhookPublic | None = Field(
+        default=None, description="The callback (`url`, `events`) and its delivery log (`deliveries`)."
     )
 
 
@@ -175,7 +177,7 @@ class JobRecord(BaseModel):
             cancel_requested=self.cancel_requested,
             result=self.result,
             error=self.error,
-            webhook=self.webhook,
+            webhook=WebhookPublic.model_validate(self.webhook) if self.webhook else None,
         )
 
 

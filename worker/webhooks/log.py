@@ -11,7 +11,37 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class WebhookAttempt(BaseModel):
+    """One attempt of a delivery."""
+
+    at: str = Field(description="When it started (RFC 3339, UTC).")
+    status_code: int | None = Field(description="The receiver's HTTP status; null when none came.")
+    error: str | None = Field(description="Why it failed (`HTTP 500`, `timed out after 10 s`, ...).")
+    duration_ms: int
+
+
+class WebhookDelivery(BaseModel):
+    """One event's delivery: the same `webhook_id` on every attempt."""
+
+    event: str
+    webhook_id: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: list[WebhookAttempt]
+    next_attempt_at: str | None = Field(default=None, description="When the next retry is due (pending).")
+
+
+class WebhookPublic(BaseModel):
+    """The job object's ``webhook``: the subscription and its delivery log."""
+
+    url: str
+    events: list[str]
+    deliveries: list[WebhookDelivery] = Field(default_factory=list)
+
 
 #: job-hash field prefixes owned by the webhooks work
 COUNT_FIELD = "wh:n"

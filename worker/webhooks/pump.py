@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 MAX_IDLE_S = 1.0
 #: deliveries claimed per look
 BATCH = 100
+#: pause while the queue is at its backlog cap (workers are busy; nothing to gain from looking)
+THROTTLE_S = 0.05
 
 
 class SchedulePump:
@@ -42,6 +44,8 @@ class SchedulePump:
         self.max_backlog = max_backlog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: True when the last look dispatched nothing because the queue was full
+        self.throttled = False
 
     def start(self) -> SchedulePump:
         self._thread = threading.Thread(target=self._run, name="webhook-pump", daemon=True)
@@ -59,6 +63,7 @@ class SchedulePump:
         if self.backlog is not None:
             # a long queue would only re-dispatch what is already waiting once its lease ran out
             room = min(room, max(0, self.max_backlog - self.backlog()))
+        self.throttled = room == 0
         if room == 0:
             return 0
         claimed = self.store.claim_due(self.dispatch_lease_ms, room)
@@ -70,6 +75,9 @@ class SchedulePump:
         while not self._stop.is_set():
             try:
                 if self.pump_once() >= BATCH:
+                    continue
+                if self.throttled:
+                    self._stop.wait(THROTTLE_S)
                     continue
                 self._sleep()
             except redis.RedisError as exc:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from redis import Redis
 
 from infra import jobstats
@@ -36,6 +38,9 @@ class WebhookContext:
     policy: AddressPolicy
     resolve: AsyncResolver = async_system_resolve
     rng: random.Random = field(default_factory=random.Random)
+    #: one TLS context for every attempt: building one (loading the CA bundle) costs more than a
+    #: whole plain-HTTP delivery
+    tls: ssl.SSLContext = field(default_factory=httpx.create_ssl_context)
 
     @classmethod
     def build(
@@ -96,7 +101,7 @@ def _attempt(ctx: WebhookContext, url: str, body: str, webhook_id: str) -> Attem
     if ctx.signer is None:
         return AttemptResult(now_ms(), None, ctx.signer_error, 0, "stop")
     headers = ctx.signer.headers(webhook_id, body)
-    transport = PinnedTransport(ctx.policy, ctx.resolve)
+    transport = PinnedTransport(ctx.policy, ctx.resolve, verify=ctx.tls)
     return asyncio.run(attempt(url, body, headers, ctx.settings.webhook_timeout, transport))
 
 
