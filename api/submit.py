@@ -117,8 +117,8 @@ async def checked_webhook(body: JobCreate, settings: Settings) -> dict[str, Any]
 
 async def submit_job(
     services: Services, owner: str, body: JobCreate, idempotency_key: str | None = None
-) -> tuple[JobRecord, bool]:
-    """Store and enqueue a job; returns (record, replayed)."""
+) -> tuple[JobPublic, bool]:
+    """Store and enqueue a job; returns (job object, replayed)."""
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
@@ -158,12 +158,12 @@ async def submit_job(
         original = await store.get(outcome.job_id)
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
-        return original, True
+        return await to_public(store, original), True
     await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
     services.metrics.jobs_submitted.inc()
-    record = await store.get(job_id)
-    assert record is not None, "job vanished right after it was stored"
-    return record, False
+    # The record as written (a worker may already run it; the snapshot at creation is what we answer).
+    assert outcome.record is not None
+    return outcome.record.to_public(outcome.queue_position), False
 
 
 async def _enqueue(

@@ -55,15 +55,15 @@ async def _parse(request: Request) -> CompatRequest:
 async def tutorial_generate(request: Request, services: ServicesDep, owner: OwnerDep) -> CompatResponse:
     """Generate for `prompt` with the defaults and answer when done."""
     body = await _parse(request)
-    record, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt))
+    job, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt))
     timeout = services.settings.compat_timeout
-    final = await wait_for_terminal(services.store, services.watcher, record.id, timeout)
+    final = await wait_for_terminal(services.store, services.watcher, job.id, timeout)
     if final is None or not final.terminal:
         raise ApiError(
             504,
             "the job did not finish in time; it continues in the background",
             type="timeout",
-            job_id=record.id,
+            job_id=job.id,
         )
     if final.status is not JobStatus.SUCCEEDED or final.result is None:
         error = final.error
@@ -71,7 +71,7 @@ async def tutorial_generate(request: Request, services: ServicesDep, owner: Owne
             502,
             error.message if error else f"the job ended {final.status.value}",
             type=error.type if error else f"job_{final.status.value}",
-            job_id=record.id,
+            job_id=job.id,
         )
     return CompatResponse(
         response=final.result.text, status=200, time=datetime.now().strftime("%Y-%m-%d %H:%M:%S")

@@ -57,12 +57,12 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Store the job and queue it; answers 202 with the job object and a `Location` header."""
-    record, replayed = await submit_job(services, owner, body, idempotency_key)
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    job, replayed = await submit_job(services, owner, body, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     if replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return await to_public(services.store, record)
+    return job
 
 
 @router.get("", response_model=JobList, summary="List your jobs, newest first", responses=_ERRORS)

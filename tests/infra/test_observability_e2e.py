@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +113,15 @@ async def test_flower_metrics_and_logs_see_real_jobs(stack: dict, redis_url: str
             children,
         )[0]
         assert worker.metrics_port > 0  # published in the heartbeat
+        # the container health checks, against the live processes
+        check = [sys.executable, "-m", "infra.healthcheck"]
+        env = stack["env"]
+        assert subprocess.run([*check, "celery", "--node", "gpu0@e2e"], env=env, timeout=30).returncode == 0
+        assert (
+            subprocess.run([*check, "celery", "--node", "nobody@e2e", "--timeout", "1"], env=env).returncode
+            == 1
+        )
+        assert subprocess.run([*check, "http", f"{flower}/healthcheck"], env=env, timeout=30).returncode == 0
 
         jobs = [f"obs-{i}" for i in range(3)]
         for i, job_id in enumerate(jobs):

@@ -34,3 +34,14 @@ def test_check_detects_stale_and_write_fixes(tmp_path: Path) -> None:
     assert "| old |" not in text and text.endswith("after\n") and "`TNLLM_MODEL`" in text
     readme.write_text("no markers\n")
     assert settings_doc.main(["--check", "--readme", str(readme)]) == 1
+
+
+def test_api_reference_is_current() -> None:
+    from infra import api_doc
+
+    assert api_doc.main(["--check"]) == 0, (
+        "docs/API.md's reference is stale: run `python -m infra.api_doc` and commit docs/API.md"
+    )
+    text = api_doc.render()
+    for endpoint in ("`POST /v1/jobs`", "`GET /v1/jobs/{job_id}/stream`", "`POST /`", "#### JobPublic"):
+        assert endpoint in text

@@ -45,9 +45,10 @@ def _create(store: JobStore, job_id: str, owner: str = "o", priority: int = 0, *
 
 
 def test_create_get_and_ttls(store: JobStore) -> None:
-    _create(store, "j1", metadata={"k": [1, 2]})
+    out = store.create(job_id="j1", owner="o", params=GenerationParams(prompt="p-j1"), metadata={"k": [1, 2]})
+    assert out.kind == "created" and out.queue_position == 0
     rec = store.get("j1")
-    assert rec is not None
+    assert rec is not None and out.record == rec  # the record as written, without reading it back
     assert rec.status is JobStatus.QUEUED and rec.owner == "o" and rec.metadata == {"k": [1, 2]}
     assert rec.params.prompt == "p-j1" and rec.attempt == 0 and rec.started_at is None
     for key in (keys.job("j1"), keys.owner_jobs("o"), keys.QUEUE):

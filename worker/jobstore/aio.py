@@ -82,7 +82,7 @@ class AsyncJobStore:
             webhook=webhook,
             now=time.time(),
         )
-        return ops.parse_create(await self._run(call), job_id, body_hash)
+        return ops.parse_create(await self._run(call), call, body_hash)
 
     async def discard(self, job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> bool:
         """Undo ``create`` of a still-queued job whose Celery message could not be sent."""

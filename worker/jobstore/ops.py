@@ -25,6 +25,8 @@ class ScriptCall:
     name: str
     keys: list[str]
     args: list[str | int | float]
+    #: CREATE only: the hash it writes, so the caller gets the record without reading it back.
+    record_fields: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class CreateOutcome:
     kind: Literal["created", "replayed", "conflict", "full"]
     job_id: str | None = None
     queue_depth: int | None = None
+    record: JobRecord | None = None  # ``created``: the stored record, as written
+    queue_position: int | None = None  # ``created``: jobs ahead of it right after the write
 
 
 @dataclass(frozen=True)
@@ -184,24 +188,28 @@ def create_call(
             int((now - ttl) * 1_000_000),
             *flat,
         ],
+        record_fields=fields,
     )
 
 
-def parse_create(raw: Sequence[str], job_id: str, body_hash: str) -> CreateOutcome:
-    """Decode the CREATE answer."""
+def parse_create(raw: Sequence[str], call: ScriptCall, body_hash: str) -> CreateOutcome:
+    """Decode the CREATE answer of ``call``."""
+    job_id = str(call.args[0])
+    record = record_from_hash(call.record_fields or {})
     kind = raw[0]
     if kind == "created":
-        return CreateOutcome("created", job_id)
+        position = int(raw[2]) if len(raw) > 2 and str(raw[2]).isdigit() else None
+        return CreateOutcome("created", job_id, record=record, queue_position=position)
     if kind == "full":
         return CreateOutcome("full", queue_depth=int(raw[1]))
     if kind == "replay":
         stored_id, _, stored_hash = raw[1].partition("|")
         if stored_id == job_id:  # our own first attempt, replayed by a client-side retry
-            return CreateOutcome("created", job_id)
+            return CreateOutcome("created", job_id, record=record)
         return CreateOutcome("replayed" if stored_hash == body_hash else "conflict", stored_id)
     # "exists": with random 144-bit ids only our own first attempt (a retried call) can have
     # stored this id already.
-    return CreateOutcome("created", job_id)
+    return CreateOutcome("created", job_id, record=record)
 
 
 def discard_call(job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> ScriptCall:

@@ -41,7 +41,7 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[7])
 end
-return {'created', ARGV[1]}
+return {'created', ARGV[1], tostring(redis.call('ZRANK', KEYS[3], ARGV[1]))}
 """
 
 # KEYS: job, owner_jobs, queue, idem (placeholder when unused)

@@ -93,7 +93,7 @@ class JobStore:
             webhook=webhook,
             now=time.time(),
         )
-        return ops.parse_create(self._run(call), job_id, body_hash)
+        return ops.parse_create(self._run(call), call, body_hash)
 
     # --- reading -------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
