@@ -71,6 +71,8 @@ def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> 
 def sample(logits: torch.Tensor, rows: Sequence[RowSampling]) -> list[int]:
     """Sample one id per row of ``logits [B, V]`` (greedy where temperature is 0)."""
     assert logits.shape[0] == len(rows)
+    if all(r.temperature <= 0 and r.repetition_penalty == 1.0 for r in rows):
+        return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]  # all greedy: one argmax, one sync
     dev = logits.device
     logits = logits.float()
     penalised = [i for i, r in enumerate(rows) if r.repetition_penalty != 1.0 and r.seen_ids]
