@@ -164,6 +164,7 @@ def _up_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Start Redis (embedded unless a URL is given), the model, worker(s), webhooks, API and Flower."""
     _setup_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per /readyz poll
     settings = _up_settings(settings, args)
     stop = _wait_for_signal()
     logs = settings.data_dir / "logs"

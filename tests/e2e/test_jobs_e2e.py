@@ -167,3 +167,22 @@ def test_restarting_the_api_loses_nothing(stack: Stack, jobs: Jobs) -> None:
         client.close()
     with pytest.raises(httpx.HTTPStatusError):
         httpx.get(f"{stack.api_url}/v1/jobs/does-not-exist").raise_for_status()
+
+
+def test_cancel_a_running_generation_keeps_partial_text(stack: Stack, jobs: Jobs) -> None:
+    job = jobs.submit("Write a very long essay", max_new_tokens=4000)
+    store = stack.store()
+    try:
+        deadline = time.monotonic() + 30
+        while len(store.client.xrange(keys.stream(job["id"]))) < 3:  # a few deltas are out
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        store.client.close()
+    answer = jobs.http.post(f"/v1/jobs/{job['id']}/cancel")
+    assert answer.status_code in (200, 202), answer.text
+    final = jobs.wait(job["id"])
+    assert final["status"] == "cancelled", final
+    assert final["result"]["finish_reason"] == "cancelled"
+    assert 0 < final["result"]["usage"]["completion_tokens"] < 4000
+    assert final["result"]["text"]

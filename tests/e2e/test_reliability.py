@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from infra.redis_server import RedisServer
 from tests.e2e.client import Producer, debug
 from tests.fixtures.services import Stack
 from worker.jobstore import JobStatus
+from worker.runtime import EXIT_MODEL_LOAD_FAILED
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +143,34 @@ def test_redis_sigkill_with_100_queued_and_repeated_restarts(
     job = jobs.submit("after the outages", max_new_tokens=3)
     (record,) = jobs.wait_all([job], timeout=60)
     assert record.status is JobStatus.SUCCEEDED
+
+
+def test_warm_shutdown_puts_a_long_job_back_on_the_queue(
+    redis_url: str, stack_factory: Callable[..., Stack], producer_for: Callable[[Stack], Producer]
+) -> None:
+    stack = stack_factory(redis_url, TNLLM_DEBUG_FAULTS="1", TNLLM_WORKER_SHUTDOWN_GRACE="1")
+    w1 = stack.start_worker("w1")
+    jobs = producer_for(stack)
+    quick = jobs.submit("quick", max_new_tokens=2)
+    long = jobs.submit("long", max_new_tokens=2, metadata=debug(delay=30))
+    deadline = time.monotonic() + 30
+    while (rec := jobs.store.get(long)) is None or rec.status is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert w1.stop(timeout=30) == 0  # SIGTERM: Celery's warm shutdown, then our grace runs out
+    record = jobs.store.get(long)
+    assert record is not None and record.status is JobStatus.QUEUED  # back on the queue at once
+    stack.start_worker("w2", TNLLM_DEBUG_FAULTS="0")  # a worker that ignores the debug delay
+    records = jobs.wait_all([quick, long], timeout=60)
+    assert all(r.status is JobStatus.SUCCEEDED for r in records)
+    # a released run does not count as an attempt
+    assert records[1].attempt == 1 and (records[1].lease_owner or "").startswith("w2@test")
+
+
+def test_a_worker_whose_model_fails_to_load_exits_non_zero(
+    redis_url: str, stack_factory: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = stack_factory(redis_url)
+    child = stack.start_worker("broken", wait=False, TNLLM_MODEL=str(tmp_path / "no-such-model"))
+    assert child.wait(timeout=60) == EXIT_MODEL_LOAD_FAILED, child.log_tail()
+    assert "failed to load" in child.log_tail(80)

@@ -10,6 +10,7 @@ official fp32 logits. A fast implementation (``worker.model.kernels``) provides 
 
 from __future__ import annotations
 
+import functools
 import math
 from types import ModuleType
 from typing import Protocol, cast
@@ -191,7 +192,13 @@ def _reference() -> ModuleType:
 
 def ops_for(device: torch.device) -> AttentionOps:
     """Attention implementation for weights on ``device``: CUDA kernels when present, else this module."""
-    if device.type == "cuda":
+    return _ops_for_type(device.type)
+
+
+@functools.cache
+def _ops_for_type(device_type: str) -> AttentionOps:
+    # Cached: a failed import is not remembered by Python and would be retried on every forward.
+    if device_type == "cuda":
         try:
             from worker.model import kernels  # type: ignore[attr-defined]
         except ImportError:

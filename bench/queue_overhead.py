@@ -1,0 +1,214 @@
+"""What the queue path costs: submit throughput and added latency, beside plain Celery + Redis.
+
+Starts a real redis-server (AOF on), one `tnllm worker` on the tiny demo model and `tnllm api`
+(uvicorn), then measures in the same run:
+
+- baseline: ECHO_TASK through the same Celery app and broker (send -> worker -> one Redis write ->
+  client BLPOP): round-trip latency (sequential) and throughput (a burst);
+- jobs: POST /v1/jobs with max_new_tokens=1, then GET ?wait= until terminal: latency submit ->
+  result visible, the job's own run time (finished_at - started_at: claim, prompt, engine, finish),
+  and their difference = what the queue path adds; submit throughput (202s/s from client threads)
+  and completion throughput.
+
+    python bench/queue_overhead.py [--jobs 300] [--samples 100] [--threads 8] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from infra.redis_server import RedisServer, free_port
+from infra.settings import Settings
+from infra.supervisor import Child, child_env, stop_all, tnllm_argv
+from worker.celery_app import make_celery
+from worker.jobstore import JobStore
+from worker.protocol import ECHO_TASK, GENERATE_QUEUE
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) in milliseconds."""
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """p50 / p99 / mean in milliseconds."""
+    return {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "mean_ms": 1000 * statistics.fmean(values)}
+
+
+def start_services(tmp: Path, slots: int) -> tuple[RedisServer, list[Child], str, Settings]:
+    """Redis, one worker on the demo model, the API; returns them once the worker is ready."""
+    from worker.model.demo import write_demo_checkpoint
+
+    model = write_demo_checkpoint(tmp / "model", size="tiny", seed=0)
+    server = RedisServer(tmp / "redis", die_with_parent=True).start()
+    port = free_port()
+    env = child_env(
+        os.environ,
+        {"TNLLM_REDIS_URL": server.url, "TNLLM_MODEL": str(model), "TNLLM_DEVICE": "cpu",
+         "TNLLM_ENGINE_SLOTS": str(slots), "TNLLM_DATA_DIR": str(tmp / "data"), "TNLLM_LOG_LEVEL": "WARNING",
+         "TNLLM_MAX_QUEUED": "100000", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    children = [
+        Child(
+            "worker", tnllm_argv("worker", "--hostname", "bench@host"), env=env, log_path=tmp / "worker.log"
+        ),
+        Child("api", tnllm_argv("api", "--port", str(port)), env=env, log_path=tmp / "api.log"),
+    ]
+    for child in children:
+        child.start()
+    settings = Settings(redis_url=server.url)
+    store = JobStore.from_settings(settings)
+    deadline = time.monotonic() + 120
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        dead = [c for c in children if not c.alive]
+        if dead:
+            raise SystemExit(f"{dead[0].name} exited:\n{dead[0].log_tail(30)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and store.workers():
+                return server, children, url, settings
+        except (httpx.HTTPError, redis.RedisError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("services did not become ready")
+
+
+def bench_echo(settings: Settings, samples: int, burst: int) -> dict[str, Any]:
+    """Plain Celery + Redis: send ECHO_TASK, the worker RPUSHes, the client BLPOPs."""
+    app = make_celery(settings)
+    client = redis.Redis.from_url(str(settings.redis_url))
+    key = f"bench:echo:{uuid.uuid4().hex}"
+    for _ in range(5):  # warm the connections
+        app.send_task(ECHO_TASK, args=[key, "w"], queue=GENERATE_QUEUE)
+        client.blpop([key], timeout=30)
+    latencies = []
+    for i in range(samples):
+        t0 = time.perf_counter()
+        app.send_task(ECHO_TASK, args=[key, str(i)], queue=GENERATE_QUEUE)
+        assert client.blpop([key], timeout=30) is not None
+        latencies.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i in range(burst):
+        app.send_task(ECHO_TASK, args=[key, str(i)], queue=GENERATE_QUEUE)
+    sent = time.perf_counter() - t0
+    for _ in range(burst):
+        assert client.blpop([key], timeout=60) is not None
+    total = time.perf_counter() - t0
+    app.close()
+    client.close()
+    return {"latency": summary(latencies), "send_per_s": burst / sent, "done_per_s": burst / total}
+
+
+def _job_times(job: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
+    finished = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
+    return (finished - started).total_seconds()
+
+
+def bench_jobs(url: str, samples: int, total: int, threads: int) -> dict[str, Any]:
+    """The job path over HTTP: submit, wait until the result is visible; then a burst from threads."""
+    body = {"prompt": "Hi", "max_new_tokens": 1}
+    http = httpx.Client(base_url=url, timeout=60)
+    for _ in range(5):
+        http.get(f"/v1/jobs/{http.post('/v1/jobs', json=body).json()['id']}", params={"wait": 30})
+    latencies, runs, overheads, submits = [], [], [], []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        response = http.post("/v1/jobs", json=body)
+        t1 = time.perf_counter()
+        assert response.status_code == 202, response.text
+        job = http.get(f"/v1/jobs/{response.json()['id']}", params={"wait": 30}).json()
+        t2 = time.perf_counter()
+        assert job["status"] == "succeeded", job
+        latencies.append(t2 - t0)
+        submits.append(t1 - t0)
+        runs.append(_job_times(job))
+        overheads.append((t2 - t0) - _job_times(job))
+    per_thread = total // threads
+
+    def submit_many(_: int) -> list[str]:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            out = []
+            for _ in range(per_thread):
+                r = c.post("/v1/jobs", json=body)
+                assert r.status_code == 202, r.text
+                out.append(r.json()["id"])
+            return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        ids = [i for chunk in pool.map(submit_many, range(threads)) for i in chunk]
+    submitted = time.perf_counter() - t0
+    for job_id in ids:
+        job = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
+        assert job["status"] == "succeeded", job
+    done = time.perf_counter() - t0
+    http.close()
+    return {
+        "latency": summary(latencies),
+        "submit_request": summary(submits),
+        "run": summary(runs),
+        "added_by_queue_path": summary(overheads),
+        "submit_per_s": len(ids) / submitted,
+        "done_per_s": len(ids) / done,
+        "burst_jobs": len(ids),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements and print a table (or JSON)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=300, help="jobs (and echo tasks) in the throughput burst")
+    parser.add_argument("--samples", type=int, default=100, help="sequential latency samples")
+    parser.add_argument("--threads", type=int, default=8, help="client threads submitting the burst")
+    parser.add_argument("--slots", type=int, default=8, help="engine slots (= worker threads)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tnllm-bench-") as tmp:
+        server, children, url, settings = start_services(Path(tmp), args.slots)
+        try:
+            echo = bench_echo(settings, args.samples, args.jobs)
+            jobs = bench_jobs(url, args.samples, args.jobs, args.threads)
+        finally:
+            stop_all(children, 30)
+            server.stop()
+    result = {"echo_baseline": echo, "jobs": jobs, "args": vars(args)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [
+        ("echo task: send -> visible (baseline)", echo["latency"]),
+        ("job: POST /v1/jobs request", jobs["submit_request"]),
+        ("job: submit -> result visible", jobs["latency"]),
+        ("job: run time (started -> finished)", jobs["run"]),
+        ("job: added by the queue path", jobs["added_by_queue_path"]),
+    ]
+    print(f"{'latency (sequential)':42} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    for name, s in rows:
+        print(f"{name:42} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['mean_ms']:8.2f}")
+    burst = args.jobs
+    print(f"echo baseline: {echo['send_per_s']:.0f} sends/s, {echo['done_per_s']:.0f} done/s (burst {burst})")
+    print(f"jobs: {jobs['submit_per_s']:.0f} submits/s from {args.threads} threads, "
+          f"{jobs['done_per_s']:.0f} done/s (burst {jobs['burst_jobs']})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
