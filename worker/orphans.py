@@ -108,7 +108,7 @@ def resend_messageless(store: JobStore, send: Callable[[str, int], None], *, min
     """Send a message for every queued job (older than ``min_age``) that has none in the broker.
 
     Cheap when nothing is missing (a few LLENs); the full scan runs only when the job queue holds
-    more ids than the broker holds messages.
+    more ids than the broker holds messages that could be theirs.
     """
     client: Any = store.client
     queued = int(client.zcard(keys.QUEUE))
@@ -119,7 +119,10 @@ def resend_messageless(store: JobStore, send: Callable[[str, int], None], *, min
     for name in lists:
         pipe.llen(name)
     pipe.hlen(UNACKED)
-    if sum(int(n) for n in pipe.execute()) >= queued:
+    pipe.zcard(keys.RUNNING)
+    *depths, parked, running = (int(n) for n in pipe.execute())
+    # Every running job holds at least one un-acked message: those cannot stand for queued jobs.
+    if sum(depths) + parked - running >= queued:
         return []
     present: set[str | None] = set()
     for name in lists:

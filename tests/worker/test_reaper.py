@@ -127,3 +127,9 @@ def test_reaper_sends_a_message_for_queued_jobs_that_have_none(runtime: WorkerRu
     assert resend_messageless(store, runtime.send_generate, min_age=0) == ["lost"]
     assert sorted(_messages(store, "generate")) == ["lost", "with-message"]
     assert resend_messageless(store, runtime.send_generate, min_age=0) == []
+    # a running job's un-acked message does not hide a queued job that has none
+    _create(store, "running")
+    assert store.claim("running", "w").won
+    store.client.hset(UNACKED, "tag-r", "[]")
+    _create(store, "lost-2")
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == ["lost-2"]

@@ -26,21 +26,23 @@ def _default_events() -> list[Event]:
 
 
 class WebhookSpec(BaseModel):
-    """``"webhook": {"url", "events"}`` in a job creation request.
+    """A job's callback: events are POSTed to `url`, signed per Standard Webhooks (docs/WEBHOOKS.md).
 
-    Validation here is syntax only (http/https with a host, no loopback/metadata names); the address
-    check needs DNS and runs in the route through ``ssrf.acheck_url``.
+    `url` must be http(s) with a host whose addresses are public (internal, loopback and metadata
+    addresses are refused with 422 unless the server's allow-list admits them).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=MAX_URL_LENGTH, description="http(s) callback URL")
+    url: str = Field(max_length=MAX_URL_LENGTH, description="http(s) callback URL.")
     events: list[Event] = Field(
         default_factory=_default_events,
         min_length=1,
-        description="events to deliver (default: the terminal ones)",
+        description="Events to send: job.running, job.succeeded, job.failed, job.cancelled "
+        "(default: the three terminal ones).",
     )
 
+    # Syntax only here; the address check needs DNS and runs in the route (ssrf.acheck_url).
     @field_validator("url")
     @classmethod
     def _url_syntax(cls, value: str) -> str:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 
 class WebhookAttempt(BaseModel):
-    """One attempt of a delivery."""
+    """One attempt of a delivery (POST to the callback URL)."""
 
     at: str = Field(description="When it started (RFC 3339, UTC).")
     status_code: int | None = Field(description="The receiver's HTTP status; null when none came.")
@@ -26,7 +26,7 @@ class WebhookAttempt(BaseModel):
 
 
 class WebhookDelivery(BaseModel):
-    """One event's delivery: the same `webhook_id` on every attempt."""
+    """One event's delivery: the same `webhook_id` (header `webhook-id`) on every attempt."""
 
     event: str
     webhook_id: str
@@ -36,7 +36,7 @@ class WebhookDelivery(BaseModel):
 
 
 class WebhookPublic(BaseModel):
-    """The job object's ``webhook``: the subscription and its delivery log."""
+    """The job's callback and its delivery log."""
 
     url: str
     events: list[str]
