@@ -23,6 +23,7 @@ def capture() -> Iterator[io.StringIO]:
     for h in [h for h in root.handlers if getattr(h, "_tnllm_handler", False)]:
         root.removeHandler(h)
     root.setLevel(logging.WARNING)
+    logging.captureWarnings(False)
 
 
 def _lines(stream: io.StringIO) -> list[dict]:

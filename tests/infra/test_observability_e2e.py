@@ -116,7 +116,16 @@ async def test_flower_metrics_and_logs_see_real_jobs(stack: dict, redis_url: str
         # the container health checks, against the live processes
         check = [sys.executable, "-m", "infra.healthcheck"]
         env = stack["env"]
-        assert subprocess.run([*check, "celery", "--node", "gpu0@e2e"], env=env, timeout=30).returncode == 0
+        # (Celery's consumer starts answering pings a moment after the model-loaded heartbeat; Docker
+        # retries a health check the same way)
+        _wait(
+            "a Celery ping answer",
+            lambda: (
+                subprocess.run([*check, "celery", "--node", "gpu0@e2e"], env=env, timeout=30).returncode == 0
+            ),
+            60,
+            children,
+        )
         assert (
             subprocess.run([*check, "celery", "--node", "nobody@e2e", "--timeout", "1"], env=env).returncode
             == 1

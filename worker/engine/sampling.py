@@ -78,6 +78,8 @@ def sample(logits: torch.Tensor, rows: Sequence[RowSampling]) -> list[int]:
     """Sample one id per row of ``logits [B, V]``; greedy rows without a penalty share one argmax."""
     assert logits.shape[0] == len(rows)
     plain = [i for i, r in enumerate(rows) if r.temperature <= 0 and r.repetition_penalty == 1.0]
+    if len(plain) == len(rows):  # all greedy: one argmax, one host sync, no gather
+        return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
     out = [0] * len(rows)
     if plain:
         idx = torch.tensor(plain, dtype=torch.long, device=logits.device)
