@@ -12,6 +12,25 @@ from worker.jobstore import ChatMessage, JobPublic
 from worker.protocol import MAX_PRIORITY, MIN_PRIORITY
 from worker.webhooks.events import WebhookSpec
 
+
+def _check_unicode(value: Any, where: str = "") -> Any:
+    """Refuse lone UTF-16 surrogates (``"\\ud800"`` is valid JSON but not encodable text), anywhere
+    in ``value``; the error names the path inside the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"invalid text{' at ' + where if where else ''}: lone surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where)
+            _check_unicode(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    return value
+
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
@@ -60,6 +79,11 @@ class JobCreate(BaseModel):
         description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return _check_unicode(value)
+
     @field_validator("messages")
     @classmethod
     def _prompt_xor_messages(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> Any:
@@ -106,6 +130,11 @@ class CompatRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     prompt: str = Field(min_length=1)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return _check_unicode(value)
 
 
 class CompatResponse(BaseModel):

@@ -84,6 +84,7 @@ class _FirstTokenClock:
 
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
+
     from worker.model.hf import register_with_transformers
 
     register_with_transformers()
@@ -182,6 +183,13 @@ def main() -> int:
     ap.add_argument("--prefill-budget", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--baseline-requests",
+        type=int,
+        default=0,
+        help="run the baseline on the first N prompts only (its tokens/s does not depend on N; "
+        "its latencies then cover fewer requests). Default: all",
+    )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args()
 
@@ -200,7 +208,7 @@ def main() -> int:
     rows: list[Row] = []
     baseline = None
     if hf_model is not None:
-        baseline = run_baseline(hf_model, prompts, args.new_tokens, device)
+        baseline = run_baseline(hf_model, prompts[: args.baseline_requests or n], args.new_tokens, device)
         rows.append(baseline)
         print(table(rows, baseline), file=sys.stderr, flush=True)
     for conc in args.concurrency:
@@ -216,6 +224,8 @@ def main() -> int:
         "load_avg": os.getloadavg(),
         "dtype": args.dtype,
         "requests": n,
+        "baseline_requests": 0 if hf_model is None else min(n, args.baseline_requests or n),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "new_tokens": args.new_tokens,
         "prompt_len": args.prompt_len,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -101,6 +101,7 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     """Run the HTTP API under uvicorn."""
     import uvicorn
+
     from api.main import create_app
 
     host = args.host or settings.host

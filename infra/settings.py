@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------------
     redis_url: str | None = Field(
         default=None,
-        description="Redis URL (redis://, rediss://, sentinel://). Unset: `tnllm up` starts an embedded Redis.",
+        description="Redis URL (redis://, rediss://, sentinel://). "
+        "Unset: `tnllm up` starts an embedded Redis.",
     )
     redis_sentinel_master: str = Field(
         default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
@@ -63,7 +64,9 @@ class Settings(BaseSettings):
     max_context: int = Field(
         default=16384, ge=2, description="Prompt + max_new_tokens must fit here, else the request is refused."
     )
-    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest HTTP request body (413 above).")
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
+    )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
 
@@ -133,7 +136,8 @@ class Settings(BaseSettings):
     flower_port: int = Field(default=5555, description="Flower dashboard port.")
     flower_address: str = Field(default="127.0.0.1", description="Flower bind address.")
     flower_basic_auth: str | None = Field(
-        default=None, description="`user:password` for Flower. Required when Flower binds a non-loopback address."
+        default=None,
+        description="`user:password` for Flower. Required when Flower binds a non-loopback address.",
     )
     log_format: Literal["text", "json"] = Field(default="text", description="`json`: one object per line.")
     log_level: str = Field(default="INFO", description="Root log level.")

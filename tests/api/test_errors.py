@@ -44,6 +44,11 @@ JSON = {"Content-Type": "application/json"}
         (b'{"prompt": "hi", "stop": ["a","b","c","d","e","f","g","h","i"]}', "stop"),
         (b'{"prompt": "hi", "bogus": 1}', "bogus"),
         (b'{"prompt": "hi", "metadata": {"k": "' + b"x" * 5000 + b'"}}', "metadata"),
+        # lone surrogates are valid JSON escapes but not text: refused, never a 500
+        (b'{"prompt": "\\ud800"}', "prompt"),
+        (b'{"prompt": "hi", "metadata": {"a": ["\\udfff"]}}', "metadata"),
+        (b'{"prompt": "hi", "stop": ["\\ud800"]}', "stop"),
+        (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),
     ],
 )
 async def test_422_names_the_field(client: httpx.AsyncClient, body: bytes, field: str) -> None:

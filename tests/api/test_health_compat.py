@@ -118,6 +118,8 @@ async def test_compat_errors(client: httpx.AsyncClient, worker_store: JobStore) 
     assert r.status_code == 422 and r.json()["error"]["field"] == "body"
     r = await client.post("/", json={"text": "hi"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
+    r = await client.post("/", content=b'{"prompt": "\\ud800"}')
+    assert r.status_code == 422 and r.json()["error"]["field"] == "prompt"
     worker = _serve_one(worker_store, "", status=JobStatus.FAILED)
     r = await client.post("/", json={"prompt": "hi"})
     worker.join()

@@ -216,7 +216,10 @@ class Engine:
             if plan.decode:
                 rows += plan.decode
                 logits.append(self._run_decode(plan.decode))
-            tokens = sample(torch.cat(logits), [self._row_sampling(s) for s in rows]) if rows else []
+            tokens: list[int] = []
+            if rows:
+                batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
+                tokens = sample(batch_logits, [self._row_sampling(s) for s in rows])
         for seq, tok in zip(rows, tokens, strict=True):
             self._append(seq, tok)
         self._stats.record_step(time.perf_counter() - t0, len(tokens))
@@ -235,7 +238,7 @@ class Engine:
         live: _Live = seq.payload
         p = live.params
         if self.tokenizer is not None:
-            live.stream = TextStream(self.tokenizer.decode, p.stop)
+            live.stream = TextStream(self.tokenizer, p.stop)
         if p.temperature > 0:
             live.generator = make_generator(p.seed, self.device)
 
@@ -269,9 +272,9 @@ class Engine:
         block of the pool in place (a ``slice``, no gather/scatter).
         """
         assert all(s.slot == i for i, s in enumerate(seqs)), "decode slots are packed"
-        dev = self.device
-        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long, device=dev)
-        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long, device=dev)
+        # host tensors: the model moves them (the CUDA graph path stages them in one pinned copy)
+        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
+        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long)
         return self.model.decode(ids, pos, self.pool, slice(0, len(seqs))).float()  # [B, V]
 
     def _row_sampling(self, seq: Sequence) -> RowSampling:

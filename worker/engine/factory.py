@@ -79,10 +79,17 @@ def build_engine(settings: Any) -> Engine:
         slots,
         settings.prefill_token_budget,
     )
-    return Engine(
+    engine = Engine(
         model,
         tokenizer,
         slots=slots,
         prefill_token_budget=settings.prefill_token_budget,
         max_context=settings.max_context,
     )
+    if device.type == "cuda":
+        # CUDA fast path: tune every kernel variant now and capture the decode graphs for this pool
+        from worker.model.kernels.binding import prepare_fast_decode
+
+        if prepare_fast_decode(model, engine.pool, max_batch=slots):
+            log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
+    return engine

@@ -1,42 +1,14 @@
 """Streaming text of one sequence: incremental detokenization and stop strings.
 
-Two things are held back from the stream: bytes of an incomplete UTF-8 character (the decoder
-shows them as U+FFFD until the character completes) and any tail of the text that could be the
-start of a stop string. A stop string is therefore never emitted, not even in part.
+Two things are held back from the stream: bytes of an incomplete UTF-8 character (the tokenizer's
+IncrementalDecoder holds them until the character completes) and any tail of the text that could be
+the start of a stop string. A stop string is therefore never emitted, not even in part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-REPLACEMENT = "\ufffd"
-
-
-class IncrementalText:
-    """Turns a growing list of token ids into text deltas (sentencepiece pieces may merge).
-
-    Decodes a short window (from ``prefix`` to the end) rather than the whole list each time, and
-    emits the part of the window's text beyond what the window's already-read prefix decoded to:
-    both decodes start at the same token, so a dropped leading space affects both alike.
-    """
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        self._decode = decode
-        self.ids: list[int] = []
-        self._prefix = 0  # window start
-        self._read = 0  # ids up to here are reflected in the text already released
-
-    def push(self, new_ids: Sequence[int]) -> str:
-        """Add ids; return the newly completed text (empty while a character is incomplete)."""
-        self.ids.extend(new_ids)
-        prefix_text = self._decode(self.ids[self._prefix : self._read])
-        full = self._decode(self.ids[self._prefix :])
-        if len(full) > len(prefix_text) and not full.endswith(REPLACEMENT):
-            delta = full[len(prefix_text) :]
-            self._prefix = self._read
-            self._read = len(self.ids)
-            return delta
-        return ""
+from collections.abc import Sequence
+from typing import Any
 
 
 class StopStrings:
@@ -93,9 +65,10 @@ class StopStrings:
 class TextStream:
     """Detokenizer + stop strings for one sequence; ``push`` returns the delta to stream."""
 
-    def __init__(self, decode: Callable[[list[int]], str], stops: Sequence[str]) -> None:
-        self._decode = decode
-        self._inc = IncrementalText(decode)
+    def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
+        from worker.tokenization import IncrementalDecoder
+
+        self._inc = IncrementalDecoder(tokenizer)
         self._stops = StopStrings(stops)
 
     @property
@@ -103,24 +76,11 @@ class TextStream:
         """True once a stop string has appeared in the text."""
         return self._stops.hit
 
-    @property
-    def emitted_text(self) -> str:
-        """Everything emitted so far."""
-        return self._stops.text[: self._stops.emitted]
-
     def push(self, new_ids: Sequence[int]) -> str:
         """Add generated ids (specials decode to nothing); return the text safe to emit now."""
         return self._stops.feed(self._inc.push(new_ids))
 
     def finish(self) -> str:
-        """Release what is left at the end (an incomplete character at the very end stays out)."""
-        if not self._stops.hit:
-            full = self._decode(self._inc.ids)
-            released = self._stops.text
-            if full.startswith(released) and len(full) > len(released):
-                tail = full[len(released) :].rstrip(REPLACEMENT)
-                out = self._stops.feed(tail)
-                if self._stops.hit:
-                    return out
-                return out + self._stops.flush()
-        return self._stops.flush()
+        """At the end of generation: what the decoder and the stop-string check still hold."""
+        out = self._stops.feed(self._inc.flush())
+        return out if self._stops.hit else out + self._stops.flush()

@@ -209,6 +209,9 @@ class TransnormerLM(nn.Module):
         t = int(input_ids.shape[0])
         if t == 0:
             raise ValueError("prefill needs at least one token")
+        fast = self._fast()
+        if fast is not None:
+            return fast.prefill(input_ids, start_pos, pool, slot, last_only)
         states = [layer_state[slot : slot + 1] for layer_state in pool]
         positions = torch.arange(start_pos, start_pos + t, device=self.device).unsqueeze(0)  # [1, T]
         logits, new_states = self.run(
@@ -227,6 +230,9 @@ class TransnormerLM(nn.Module):
         ``slots`` may be a ``slice`` of B consecutive slots: their states are then updated in place
         through views of the pool (no gather/scatter copies), which is what the engine passes.
         """
+        fast = self._fast()
+        if fast is not None:
+            return fast.decode(input_ids, positions, pool, slots)
         if isinstance(slots, slice):
             views = [layer_state[slots] for layer_state in pool]
             logits, _ = self.run(
@@ -278,6 +284,14 @@ class TransnormerLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self._head(self.model.final_norm(x)), new_states
+
+    def _fast(self):  # type: ignore[no-untyped-def]
+        """The CUDA fast path (worker/model/kernels) for GPU weights, else None (reference path)."""
+        if self.device.type != "cuda":
+            return None
+        from worker.model.kernels.binding import fast_path_for
+
+        return fast_path_for(self)
 
     def _layers(self) -> list[DecoderLayer]:
         return cast(list[DecoderLayer], list(self.model.layers))

@@ -11,12 +11,12 @@ import logging
 import threading
 from collections.abc import Callable
 
-import redis
 from celery import Celery
 
 from infra.logging import quiet_celery_argv
 from infra.settings import Settings
 from worker.celery_app import make_celery
+from worker.jobstore.sync import redis_client
 from worker.protocol import WEBHOOK_QUEUE, WEBHOOK_TASK
 from worker.webhooks.pump import SchedulePump
 from worker.webhooks.runner import WebhookContext, run_delivery
@@ -52,7 +52,8 @@ def _lazy_context(settings: Settings) -> Callable[[], WebhookContext]:
     def get() -> WebhookContext:
         with lock:
             if not holder:
-                client = redis.Redis.from_url(settings.redis_url or "redis://127.0.0.1:6379/0")
+                # the job store's client: every URL form the broker takes (sentinel://, rediss://)
+                client = redis_client(settings.redis_url or "redis://127.0.0.1:6379/0")
                 holder.append(WebhookContext.build(settings, client))
             return holder[0]
 

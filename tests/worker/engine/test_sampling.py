@@ -10,7 +10,7 @@ import torch
 
 from tests.worker.engine.conftest import greedy
 from worker.engine import EngineRequest, SamplingParams
-from worker.engine.sampling import apply_repetition_penalty, apply_top_k, apply_top_p
+from worker.engine.sampling import RowSampling, apply_repetition_penalty, apply_top_k, apply_top_p, sample
 
 PROMPT = [17, 4, 99, 23, 8]
 DRAWS = 240
@@ -81,10 +81,27 @@ def test_repetition_penalty_avoids_seen_tokens(make_engine: Any) -> None:
 
 
 def test_filters_on_known_rows() -> None:
-    row = torch.tensor([1.0, 3.0, 2.0, -1.0])
-    assert torch.isinf(apply_top_k(row, 2)).tolist() == [True, False, False, True]
+    rows = torch.tensor([[1.0, 3.0, 2.0, -1.0], [1.0, 3.0, 2.0, -1.0]])
+    masked = torch.isinf(apply_top_k(rows, torch.tensor([2, 0]))).tolist()
+    assert masked == [[True, False, False, True], [False] * 4]  # each row its own k; 0 keeps all
     # softmax([3,2,1,-1]) ≈ .66 .24 .09 .01 -> p=.8 keeps the two best (mass before #2 is .66 < .8)
-    assert torch.isinf(apply_top_p(row, 0.8)).tolist() == [True, False, False, True]
-    assert torch.isinf(apply_top_p(row, 0.5)).tolist() == [True, False, True, True]
-    pen = apply_repetition_penalty(row, [1, 3, 3], 2.0)
+    masked = torch.isinf(apply_top_p(rows, torch.tensor([0.8, 0.5]))).tolist()
+    assert masked == [[True, False, False, True], [True, False, True, True]]
+    assert not torch.isinf(apply_top_p(rows, torch.tensor([1.0, 1.0]))).any()
+    pen = apply_repetition_penalty(rows[0], [1, 3, 3], 2.0)
     assert pen.tolist() == [1.0, 1.5, 2.0, -2.0]
+
+
+def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g)
+
+    def row(seed: int, **kw: float) -> RowSampling:
+        return RowSampling(generator=torch.Generator().manual_seed(seed), **kw)  # type: ignore[arg-type]
+
+    alone = [sample(logits[2:3], [row(7, temperature=0.9, top_p=0.8)]) for _ in range(3)]
+    others = [row(1, temperature=2.0), RowSampling(), row(3, temperature=1.0, top_k=3)]
+    others += [RowSampling(repetition_penalty=1.5, seen_ids=[1, 2]), row(5, temperature=0.5, top_k=1)]
+    crowd = sample(logits, [*others[:2], row(7, temperature=0.9, top_p=0.8), *others[2:]])
+    assert alone[0] == alone[1] == alone[2] == [crowd[2]]
+    assert crowd[1] == int(logits[1].argmax()) and crowd[5] == int(logits[5].argmax())

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from worker.engine.stop import IncrementalText, StopStrings, TextStream
+from worker.engine.stop import StopStrings, TextStream
 
 
-def byte_decode(ids: list[int]) -> str:
+class ByteTokenizer:
     """Each id is one UTF-8 byte: incomplete characters decode to U+FFFD like sentencepiece byte pieces."""
-    return bytes(ids).decode("utf-8", errors="replace")
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
 
 
 def stream_all(text: str, stops: tuple[str, ...] = ()) -> tuple[list[str], TextStream]:
-    ts = TextStream(byte_decode, stops)
+    ts = TextStream(ByteTokenizer(), stops)
     deltas = []
     for b in text.encode():
         deltas.append(ts.push([b]))
@@ -60,16 +62,3 @@ def test_earliest_of_several_stop_strings_wins() -> None:
     s = StopStrings(["world", "lo w"])
     out = s.feed("hello world")
     assert out == "hel" and s.hit
-
-
-def test_incremental_text_keeps_word_spaces() -> None:
-    # sentencepiece drops the leading space of the FIRST piece only; windows must not lose later ones
-    pieces = ["▁hello", "▁wor", "ld", "▁!"]
-
-    def decode(ids: list[int]) -> str:
-        return "".join(pieces[i] for i in ids).replace("▁", " ").removeprefix(" ")
-
-    inc = IncrementalText(decode)
-    got = [inc.push([i]) for i in range(len(pieces))]
-    assert got == ["hello", " wor", "ld", " !"]
-    assert "".join(got) == decode(list(range(len(pieces))))

@@ -1,0 +1,145 @@
+"""Fused row kernels of the CUDA fast path (Triton).
+
+- ``add_rms``: ``x += y`` on the fp32 residual stream, then ``a = SRMS(x)`` in the activation dtype:
+  one read of y and one read/write of x instead of add, cast, square, mean, rsqrt, multiply.
+- ``norm_gate``: ``SRMS(o) ⊙ u`` over the full attention width E (MODEL_SPEC §4 step 7), reading u
+  straight out of the qkvu projection.
+
+SRMS(z) = z / sqrt(mean(z²) + eps), computed in fp32 (no gain, no mean subtraction).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rms_kernel(
+    x_ptr,
+    y_ptr,
+    a_ptr,
+    stride_x,
+    stride_y,
+    stride_a,
+    n_cols,
+    eps,
+    HAS_Y: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < n_cols
+    x = tl.load(x_ptr + row * stride_x + offs, mask=m, other=0.0).to(tl.float32)
+    if HAS_Y:
+        x += tl.load(y_ptr + row * stride_y + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(x_ptr + row * stride_x + offs, x, mask=m)
+    r = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    tl.store(a_ptr + row * stride_a + offs, (x * r).to(a_ptr.dtype.element_ty), mask=m)
+
+
+def _warps(block: int) -> int:
+    return 8 if block >= 4096 else (4 if block >= 1024 else 1)
+
+
+def add_rms(x: torch.Tensor, y: torch.Tensor | None, a: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x += y`` (in place, fp32 ``[R, N]``; skipped when y is None), then ``a[:] = SRMS(x)``."""
+    rows, n = x.shape
+    block = triton.next_power_of_2(n)
+    _add_rms_kernel[(rows,)](
+        x,
+        y if y is not None else x,
+        a,
+        x.stride(0),
+        y.stride(0) if y is not None else 0,
+        a.stride(0),
+        n,
+        eps,
+        HAS_Y=y is not None,
+        BLOCK=block,
+        num_warps=_warps(block),
+    )
+    return a
+
+
+@triton.jit
+def _norm_gate_kernel(
+    o_ptr,
+    u_ptr,
+    g_ptr,
+    stride_o,
+    stride_u,
+    stride_g,
+    n_cols,
+    eps,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < n_cols
+    o = tl.load(o_ptr + row * stride_o + offs, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + row * stride_u + offs, mask=m, other=0.0).to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(o * o, axis=0) / n_cols + eps)
+    tl.store(g_ptr + row * stride_g + offs, (o * r * u).to(g_ptr.dtype.element_ty), mask=m)
+
+
+def norm_gate(
+    o: torch.Tensor, u: torch.Tensor, eps: float = 1e-6, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``SRMS(o) ⊙ u`` for o, u ``[R, E]`` (u may be a strided slice); returns ``[R, E]`` in o's dtype."""
+    rows, n = o.shape
+    if out is None:
+        out = torch.empty_like(o)
+    block = triton.next_power_of_2(n)
+    _norm_gate_kernel[(rows,)](
+        o, u, out, o.stride(0), u.stride(0), out.stride(0), n, eps, BLOCK=block, num_warps=_warps(block)
+    )
+    return out
+
+
+@triton.jit
+def _embed_rms_kernel(
+    ids_ptr,
+    emb_ptr,
+    x_ptr,
+    a_ptr,
+    stride_e,
+    stride_x,
+    stride_a,
+    n_cols,
+    scale,
+    eps,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    tok = tl.load(ids_ptr + row).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < n_cols
+    x = tl.load(emb_ptr + tok * stride_e + offs, mask=m, other=0.0).to(tl.float32) * scale
+    tl.store(x_ptr + row * stride_x + offs, x, mask=m)
+    r = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    tl.store(a_ptr + row * stride_a + offs, (x * r).to(a_ptr.dtype.element_ty), mask=m)
+
+
+def embed_rms(
+    ids: torch.Tensor, emb: torch.Tensor, scale: float, x: torch.Tensor, a: torch.Tensor, eps: float = 1e-6
+) -> None:
+    """``x[:] = emb[ids] * scale`` (fp32 residual ``[R, D]``) and ``a[:] = SRMS(x)``, in one kernel."""
+    rows = ids.shape[0]
+    n = emb.shape[1]
+    block = triton.next_power_of_2(n)
+    _embed_rms_kernel[(rows,)](
+        ids,
+        emb,
+        x,
+        a,
+        emb.stride(0),
+        x.stride(0),
+        a.stride(0),
+        n,
+        scale,
+        eps,
+        BLOCK=block,
+        num_warps=_warps(block),
+    )
