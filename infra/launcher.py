@@ -121,16 +121,28 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 # --- everything at once -------------------------------------------------------------------------
 
 
+# The child prints one line (no traceback) and exits with this code when the model cannot be
+# resolved (unknown id offline, missing folder...): the parent then adds nothing of its own.
+_MODEL_ERROR_EXIT = 3
+_RESOLVE_CODE = f"""\
+import sys
+from infra.settings import Settings
+from worker.model.download import ModelResolutionError, resolve_model_path
+try:
+    print(resolve_model_path(Settings()))
+except ModelResolutionError as exc:
+    print(f"tnllm up: error: {{exc}}", file=sys.stderr)
+    raise SystemExit({_MODEL_ERROR_EXIT})
+"""
+
+
 def _resolve_model(env: dict[str, str]) -> str:
     """Resolve/prepare the model once in a child (downloads or writes the demo checkpoint)."""
-    code = (
-        "from infra.settings import Settings\n"
-        "from worker.model.download import resolve_model_path\n"
-        "print(resolve_model_path(Settings()))\n"
-    )
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, check=False, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _RESOLVE_CODE], env=env, check=False, stdout=subprocess.PIPE, text=True
     )
+    if out.returncode == _MODEL_ERROR_EXIT:
+        raise SystemExit(1)  # the child already said why, in one line
     if out.returncode != 0:
         raise SystemExit(f"could not prepare the model (exit {out.returncode}); see the messages above")
     return out.stdout.strip().splitlines()[-1]
