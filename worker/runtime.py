@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.utils.nodenames import default_nodename, host_format
 
 from infra.logging import configure_logging, quiet_celery_argv
 from infra.settings import Settings
@@ -72,7 +73,9 @@ class WorkerRuntime:
 
     def __init__(self, settings: Settings, *, hostname: str | None = None, app: Celery | None = None) -> None:
         self.settings = settings
-        self.hostname = hostname or f"gpu@{socket.gethostname()}"
+        # Expanded as Celery expands --hostname (%h, %n, %d, %i; name@ default), so heartbeats and
+        # /readyz show the node name Celery and Flower show, never a literal "gpu0@%h".
+        self.hostname = host_format(default_nodename(hostname)) if hostname else f"gpu@{socket.gethostname()}"
         # Unique per process incarnation: a restarted worker never mistakes an old lease for its own.
         self.worker_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = JobStore.from_settings(settings)

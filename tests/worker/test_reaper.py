@@ -133,3 +133,20 @@ def test_reaper_sends_a_message_for_queued_jobs_that_have_none(runtime: WorkerRu
     store.client.hset(UNACKED, "tag-r", "[]")
     _create(store, "lost-2")
     assert resend_messageless(store, runtime.send_generate, min_age=0) == ["lost-2"]
+
+
+def test_hostname_is_expanded_as_celery_does(settings: Settings) -> None:
+    """`tnllm up` passes --hostname gpu0@%h: heartbeats must carry the real node name, as Celery's."""
+    import socket
+
+    host = socket.gethostname()
+    cases = {"gpu0@%h": f"gpu0@{host}", "gpu1@%n": f"gpu1@{host.partition('.')[0]}", "plain": "celery@plain"}
+    for given, expected in cases.items():
+        rt = WorkerRuntime(settings, hostname=given)
+        try:
+            assert rt.hostname == expected
+            assert rt.worker_id.startswith(f"{expected}:")
+            rt.heartbeat_once()
+            assert expected in [w.hostname for w in rt.store.workers()]
+        finally:
+            rt.close()
