@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -76,6 +78,124 @@ def test_claim_is_a_fence(store: JobStore) -> None:
     lost = store.claim("j1", "late")
     assert not lost.won and lost.status is JobStatus.RUNNING
     assert store.claim("missing", "w").status is None
+
+
+def test_claim_and_finish_recognise_their_own_replay(store: JobStore) -> None:
+    """A client retry re-sends the very same call (same worker, same ``now``): it must not turn a
+    claim or finish that ran into "lost"; a second delivery to the same worker still loses."""
+    from worker.jobstore import ops
+
+    _create(store, "j1")
+    call = ops.claim_call("j1", "w1", store.lease_ttl, store.ttl, 1000.5)
+    first = ops.parse_claim(store._run(call))
+    replay = ops.parse_claim(store._run(call))
+    assert first.won and replay.won and first.attempt == replay.attempt == 1
+    rec = store.get("j1")
+    assert rec is not None and rec.attempt == 1  # the replay did not count another attempt
+    again = ops.parse_claim(store._run(ops.claim_call("j1", "w1", store.lease_ttl, store.ttl, 1001.0)))
+    assert not again.won and again.status is JobStatus.RUNNING  # a duplicate delivery, same worker
+    assert not store.claim("j1", "w2").won
+    done = ops.finish_call(
+        "j1", "w1", JobStatus.SUCCEEDED, JobResult(text="x", finish_reason="stop"), None, store.ttl, 1002.0
+    )
+    assert store._run(done)[0] == 1 and store._run(done)[0] == 1
+    late = ops.finish_call(
+        "j1", "w1", JobStatus.SUCCEEDED, JobResult(text="y", finish_reason="stop"), None, store.ttl, 1003.0
+    )
+    assert store._run(late)[0] == 0  # not a replay: the job is already terminal
+    rec = store.get("j1")
+    assert rec is not None and rec.status is JobStatus.SUCCEEDED and rec.result is not None
+    assert rec.result.text == "x"
+
+
+class _SilentDeathProxy:
+    """A real TCP relay to Redis whose ``sever()`` makes every open connection die the way one does
+    when the server's host restarts: no FIN reaches the client (so redis-py's pool cannot see it),
+    and the next request is answered with a reset. New connections are relayed normally."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.dead = port, False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.pairs: list[tuple[socket.socket, socket.socket, list[bool]]] = []
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.port))
+            except OSError:  # Redis is down: so is the relay
+                client.close()
+                continue
+            self.sockets += [client, upstream]
+            pair = (client, upstream, [False])
+            self.pairs.append(pair)
+            threading.Thread(target=self._up, args=pair, daemon=True).start()
+            threading.Thread(target=self._down, args=pair, daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, dead: list[bool]) -> None:
+        while data := _recv(client):
+            if dead[0]:  # the "rebooted host" answers with a reset
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                break
+            upstream.sendall(data)
+        client.close()
+
+    def _down(self, client: socket.socket, upstream: socket.socket, dead: list[bool]) -> None:
+        while data := _recv(upstream):
+            client.sendall(data)
+        if not dead[0]:
+            client.close()
+
+    def sever(self) -> None:
+        for _, upstream, dead in self.pairs:
+            dead[0] = True
+            upstream.close()
+        self.pairs.clear()
+
+    def close(self) -> None:
+        self.sever()
+        for sock in self.sockets:
+            sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def test_sync_client_retries_a_connection_that_died_silently(redis_factory, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """A pooled connection killed without a FIN (server host restarted, failover) fails on its next
+    command: the store retries on a fresh connection instead of raising (as the API's client does)."""
+    server = redis_factory()
+    proxy = _SilentDeathProxy(server.port)
+    store = JobStore.from_settings(settings.model_copy(update={"redis_url": proxy.url}))
+    try:
+        _create(store, "j1")
+        proxy.sever()
+        outcome = store.claim("j1", "w1")  # first command on the dead pooled connection
+        assert outcome.won and outcome.attempt == 1
+        proxy.sever()
+        assert store.finish(
+            "j1", "w1", JobStatus.SUCCEEDED, result=JobResult(text="ok", finish_reason="stop")
+        )
+        server.stop()
+        server.start()  # a plain restart (the pool notices the closed socket itself) works too
+        rec = store.get("j1")
+        assert rec is not None and rec.status is JobStatus.SUCCEEDED
+        server.kill()
+        with pytest.raises(redis.ConnectionError):  # down for good: the retries give up, quickly
+            store.get("j1")
+    finally:
+        store.client.close()
+        proxy.close()
 
 
 def test_stream_append_finish_and_duplicate_delivery(store: JobStore) -> None:

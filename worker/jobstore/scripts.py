@@ -57,9 +57,14 @@ return 1
 
 # KEYS: job, lease, queue, running
 # ARGV: job_id, worker_id, now, lease_ms, ttl
+# A replay of this very call (client retry after the first run's reply was lost) finds the job
+# running for the same worker since the same started_at (``now`` of the call): it won, say so again.
+# A second delivery claimed by the same process carries another ``now`` and still loses.
 CLAIM = """
-local status = redis.call('HGET', KEYS[1], 'status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'started_at', 'attempt')
+local status = f[1]
 if not status then return {'missing', ''} end
+if status == 'running' and f[2] == ARGV[2] and f[3] == ARGV[3] then return {'won', f[4]} end
 if status ~= 'queued' then return {'lost', status} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_owner', ARGV[2], 'started_at', ARGV[3])
@@ -98,7 +103,9 @@ return ids
 FINISH = (
     _FINISH
     + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner')
+local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'finished_at')
+-- a replay of this very call (same owner, status and finished_at = now): it was written, say so
+if f[1] == ARGV[3] and f[2] == ARGV[2] and f[3] == ARGV[4] then return {1, ARGV[3]} end
 if f[1] ~= 'running' or f[2] ~= ARGV[2] then return {0, f[1] or ''} end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end

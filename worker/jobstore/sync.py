@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 
 from infra import jobstats, redis_urls
 from infra.settings import Settings
@@ -37,6 +40,15 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
+    # A pooled connection left over from before a Redis restart fails once with "closed by server":
+    # retry on a fresh connection, as the API's client does. Connection errors only, not timeouts:
+    # a command that timed out may still run on a slow server, and APPEND is not replay-safe (a
+    # replay would duplicate tokens). CLAIM and FINISH recognise their own replay (scripts.py).
+    kwargs.setdefault(
+        "retry",
+        Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, supported_errors=(RedisConnectionError,)),
+    )
+    kwargs.setdefault("retry_on_error", [RedisConnectionError])
     return redis_urls.sync_client(url, decode_responses=True, **kwargs)
 
 
