@@ -14,11 +14,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, HTTPException
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import ApiMetrics, MetricsMiddleware, broker_lists, render
 from infra import jobstats
 from infra.settings import Settings
+from tests.fixtures.metrics import value
 from worker.jobstore import (
     AsyncJobStore,
     GenerationParams,
@@ -29,18 +29,6 @@ from worker.jobstore import (
     Usage,
     async_redis_client,
 )
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def make_app(metrics: ApiMetrics) -> FastAPI:

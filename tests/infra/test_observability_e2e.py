@@ -21,12 +21,12 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import ApiMetrics, render
 from infra.redis_server import free_port
 from infra.settings import Settings
 from infra.supervisor import Child, child_env, stop_all, tnllm_argv
+from tests.fixtures.metrics import value as _value
 from worker.celery_app import make_celery, send_generate
 from worker.jobstore import GenerationParams, JobStore
 
@@ -34,18 +34,6 @@ pytestmark = pytest.mark.slow
 
 SECRET_PROMPT = "purple elephants guard the vault"
 AUTH = ("ops", "flower-pw")
-
-
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _value(text: str, name: str, **labels: str) -> float:
-    return _samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _wait(what: str, predicate, timeout: float, children: list[Child]):  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.redis_server import free_port
 from infra.supervisor import Child, child_env, tnllm_argv
+from tests.fixtures.metrics import value as _value
 from tests.infra.test_compose import dashboard_metric_names
 from worker.jobstore import JobStore, redis_client
 
@@ -28,18 +29,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("ops", "up-e2e-pw")
 README_URL = "http://127.0.0.1:8000"
-
-
-def _families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def _value(text: str, name: str, **labels: str) -> float:
-    return _families(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _names(text: str) -> set[str]:
