@@ -116,8 +116,11 @@ def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
 def run_job(rt: WorkerRuntime, job_id: str) -> str:
     """Run one delivery of ``job_id``; returns what happened (for logs and tests)."""
     store = rt.store
+    claimed_at = time.time()  # one value for every retry: a claim that ran but lost its reply is ours
     claim = retry_transient(
-        lambda: store.claim(job_id, rt.worker_id), what=f"claim {job_id}", deadline_s=rt.settings.lease_ttl
+        lambda: store.claim(job_id, rt.worker_id, now=claimed_at),
+        what=f"claim {job_id}",
+        deadline_s=rt.settings.lease_ttl,
     )
     if not claim.won:
         # A duplicate delivery (visibility timeout, reaper requeue racing a slow worker...) of a job
@@ -262,8 +265,12 @@ def _finish(
     """Write the terminal state (retrying through Redis outages) while this worker owns the job."""
     store = rt.store
 
+    finished_at = time.time()  # one value for every retry, so a write that ran is recognised
+
     def write() -> bool:
-        return bool(store.finish(record.id, rt.worker_id, status, result=result, error=error))
+        return bool(
+            store.finish(record.id, rt.worker_id, status, result=result, error=error, now=finished_at)
+        )
 
     written = retry_transient(write, what=f"finish {record.id}", deadline_s=rt.finish_retry_s)
     if not written:

@@ -95,6 +95,13 @@ def test_claim_and_finish_recognise_their_own_replay(store: JobStore) -> None:
     again = ops.parse_claim(store._run(ops.claim_call("j1", "w1", store.lease_ttl, store.ttl, 1001.0)))
     assert not again.won and again.status is JobStatus.RUNNING  # a duplicate delivery, same worker
     assert not store.claim("j1", "w2").won
+    _create(store, "j2")  # the store methods, as job_runner's retry loop calls them
+    assert store.claim("j2", "w1", now=2000.0).won and store.claim("j2", "w1", now=2000.0).won
+    assert not store.claim("j2", "w1").won
+    result = JobResult(text="z", finish_reason="stop")
+    assert store.finish("j2", "w1", JobStatus.SUCCEEDED, result=result, now=2001.0)
+    assert store.finish("j2", "w1", JobStatus.SUCCEEDED, result=result, now=2001.0)
+    assert not store.finish("j2", "w1", JobStatus.SUCCEEDED, result=result)
     done = ops.finish_call(
         "j1", "w1", JobStatus.SUCCEEDED, JobResult(text="x", finish_reason="stop"), None, store.ttl, 1002.0
     )

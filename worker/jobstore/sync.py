@@ -161,12 +161,14 @@ class JobStore:
         return page
 
     # --- worker side ---------------------------------------------------------------------------
-    def claim(self, job_id: str, worker_id: str) -> ClaimOutcome:
+    def claim(self, job_id: str, worker_id: str, *, now: float | None = None) -> ClaimOutcome:
         """CAS queued → running for ``worker_id`` (lease, attempt += 1, started_at).
 
-        Only one caller ever wins; a duplicate delivery of a running or terminal job loses.
+        Only one caller ever wins; a duplicate delivery of a running or terminal job loses. A caller
+        that retries after a transient error passes the same ``now`` each time: a claim that had
+        already run answers "won" again instead of "lost".
         """
-        now = time.time()
+        now = time.time() if now is None else now
         outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
         if outcome.won:
             jobstats.record_started(self.client, keys.job(job_id), now)
@@ -196,10 +198,12 @@ class JobStore:
         *,
         result: JobResult | None = None,
         error: JobError | None = None,
+        now: float | None = None,
     ) -> bool:
         """Write the terminal state if ``worker_id`` still owns the running job; False otherwise
-        (another worker took it over, or it was reaped): then nothing is written."""
-        now = time.time()
+        (another worker took it over, or it was reaped): then nothing is written. As with
+        ``claim``, a retry with the same ``now`` answers True for a write that had already run."""
+        now = time.time() if now is None else now
         call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
         done = bool(int(self._run(call)[0]))
         if done:
