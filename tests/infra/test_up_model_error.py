@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from infra.redis_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _up(tmp_path: Path, model: str) -> subprocess.CompletedProcess[str]:
@@ -23,12 +18,12 @@ def _up(tmp_path: Path, model: str) -> subprocess.CompletedProcess[str]:
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         # real modelscope, pointed at a loopback port nobody listens on: "offline", without a mock
-        "MODELSCOPE_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+        "MODELSCOPE_ENDPOINT": f"http://127.0.0.1:{free_port()}",
         "MODELSCOPE_CACHE": str(tmp_path / "ms-cache"),
         "TNLLM_DATA_DIR": str(tmp_path / "data"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", "up", "--model", model, "--port", str(_closed_port())],
+        [sys.executable, "-m", "infra.cli", "up", "--model", model, "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,
