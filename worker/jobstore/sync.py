@@ -28,6 +28,8 @@ from worker.jobstore.ops import (
 )
 from worker.jobstore.records import GenerationParams, JobError, JobRecord, JobResult, JobStatus
 
+MAX_POOL_CONNECTIONS = 4096  # per client pool; connections are opened only as threads need them
+
 
 def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     """A sync client configured the way the store needs (decoded strings, bounded waits).
@@ -37,6 +39,9 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("socket_connect_timeout", 5)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
+    # redis-py 8 caps a pool at 100 connections by default; a GPU worker runs one Celery thread per
+    # slot (256) that all use the store at once, and the cap made jobs fail with "Too many connections".
+    kwargs.setdefault("max_connections", MAX_POOL_CONNECTIONS)
     return redis_urls.sync_client(url, decode_responses=True, **kwargs)
 
 
