@@ -25,14 +25,14 @@ def test_engine_greedy_matches_full_forward(make_engine: Any, engine_model: Any)
 
 
 def test_staggered_arrivals_and_departures_equal_runs_alone(make_engine: Any, engine_model: Any) -> None:
-    """48 requests, 16 slots, 4 arriving per step, varied lengths: slots are reused mid-generation."""
+    """64 requests, 32 slots, 4 arriving per step, varied lengths: slots are reused mid-generation."""
     vocab = engine_model.config.vocab_size
-    ps = prompts(48, vocab, seed=1, max_len=48)
-    lengths = [3 + (7 * i) % 29 for i in range(48)]
+    ps = prompts(64, vocab, seed=1, max_len=48)
+    lengths = [3 + (7 * i) % 29 for i in range(64)]
     reqs = [greedy(p, n, rid=f"q{i}") for i, (p, n) in enumerate(zip(ps, lengths, strict=True))]
     alone = {r.request_id: run_alone(make_engine, r) for r in reqs}
 
-    engine = make_engine(slots=16, budget=24)  # small budget: long prompts are chunked too
+    engine = make_engine(slots=32, budget=24)  # small budget: long prompts are chunked too
     handles, pending, max_active = [], list(reqs), 0
     while pending or not all(h.done() for h in handles):
         for r in pending[:4]:
@@ -40,7 +40,7 @@ def test_staggered_arrivals_and_departures_equal_runs_alone(make_engine: Any, en
         pending = pending[4:]
         engine.step()
         max_active = max(max_active, engine.stats().active)
-    assert max_active == 16  # the pool was full at some point (others waited)
+    assert max_active == 32  # the pool was full at some point (others waited)
     for h in handles:
         res = h.result(0)
         assert res.token_ids == alone[h.request_id], h.request_id
