@@ -32,6 +32,8 @@ def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
     kwargs.setdefault("socket_connect_timeout", 3)
     kwargs.setdefault("socket_timeout", 30)
     kwargs.setdefault("health_check_interval", 30)
+    # redis-py 8 caps a pool at 100 by default: more parked ?wait=/SSE requests than that would fail
+    kwargs.setdefault("max_connections", 4096)
     # A pooled connection left over from before a Redis restart fails once with "closed by server":
     # retry on a fresh connection instead of answering 503 (the scripts tolerate a replay).
     kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))

@@ -31,6 +31,8 @@ from worker.jobstore.ops import (
 )
 from worker.jobstore.records import GenerationParams, JobError, JobRecord, JobResult, JobStatus
 
+MAX_POOL_CONNECTIONS = 4096  # per client pool; connections are opened only as threads need them
+
 
 def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     """A sync client configured the way the store needs (decoded strings, bounded waits).
@@ -49,6 +51,9 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
         Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, supported_errors=(RedisConnectionError,)),
     )
     kwargs.setdefault("retry_on_error", [RedisConnectionError])
+    # redis-py 8 caps a pool at 100 connections by default; a GPU worker runs one Celery thread per
+    # slot (256) that all use the store at once, and the cap made jobs fail with "Too many connections".
+    kwargs.setdefault("max_connections", MAX_POOL_CONNECTIONS)
     return redis_urls.sync_client(url, decode_responses=True, **kwargs)
 
 

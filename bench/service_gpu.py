@@ -1,0 +1,256 @@
+"""The full service on one GPU: 256 jobs through API + Redis + Celery worker vs the engine alone.
+
+    python bench/service_gpu.py [--jobs 256] [--max-new-tokens 512] [--workdir DIR] [--json FILE]
+
+Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packages. In one run:
+1. a random bf16 checkpoint with the real 7B shapes (vocab 64000, bench/gpu.py's CONFIG_7B) is
+   written in the official format (three ``pytorch_model-0000k-of-00003.bin`` shards + index) with a
+   small sentencepiece tokenizer (the demo's 4096 pieces: ids beyond it decode to no text);
+2. engine only, in a child process: ``build_engine`` on that checkpoint (the worker's own path: load,
+   tune, capture graphs), then (a) bench/gpu.py's ``engine_decode`` figure at 256 sequences (median
+   full-batch step) and (b) the same load as the service — ``--jobs`` greedy requests of
+   ``--max-new-tokens`` with a 120-token prompt each (the service's prompt length), all submitted
+   at once, stepped until done — aggregate completion tokens / wall time;
+3. the service: embedded redis-server, one ``tnllm worker`` (CUDA, 256 slots) on the checkpoint and
+   ``tnllm api`` (uvicorn); ``--jobs`` ``POST /v1/jobs`` at once from client threads, then
+   ``GET ?wait=`` each; aggregate = the jobs' completion tokens (their ``usage``) / wall time from the
+   first submit to the last result seen. The API has no ignore-eos: random weights almost never
+   emit EOS, and the tokens counted are the ones each job reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+PREFILL_BUDGET = 2048  # as bench/gpu.py's engine; the worker gets the same setting
+SHARD_BYTES = 5_000_000_000  # three shards, like the released 7B files
+PROMPT_TOKENS = 120  # what the service's chat template makes of the bench prompt (demo tokenizer)
+
+
+def write_checkpoint(out: Path) -> float:
+    """Random 7B-shaped bf16 checkpoint (weights drawn on the GPU: fast) + tokenizer; seconds taken."""
+    import torch
+    from gpu import CONFIG_7B
+
+    from worker.model.checkpoint_io import (
+        EMBED_KEY,
+        HEAD_KEY,
+        expected_shapes,
+        lrpe_theta_init,
+        save_official_checkpoint,
+    )
+    from worker.model.config import TransnormerConfig
+    from worker.model.demo import SIZES
+    from worker.model.demo_tokenizer import write_tokenizer_files
+
+    t0 = time.perf_counter()
+    raw = {"architectures": ["TransnormerForCausalLM"], "torch_dtype": "bfloat16", **CONFIG_7B}
+    config = TransnormerConfig.from_dict(raw, source="service bench 7B config")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def tensors():  # type: ignore[no-untyped-def]
+        for name, shape in expected_shapes(config).items():
+            if name.endswith("lrpe.theta"):
+                t = lrpe_theta_init(shape[0], shape[2]).to(torch.bfloat16)  # as iter_random_tensors
+            else:
+                g = torch.empty(shape, device="cuda", dtype=torch.float32).normal_(0.0, 0.02, generator=gen)
+                if "norm." in name and name.endswith(".weight"):
+                    g += 1
+                t = g.to(torch.bfloat16).cpu()
+            yield name, t
+            if name == EMBED_KEY and config.tie_word_embeddings:
+                yield HEAD_KEY, t
+
+    save_official_checkpoint(tensors(), config, out, fmt="bin", max_shard_bytes=SHARD_BYTES)
+    write_tokenizer_files(out, SIZES["tiny"].vocab_size)
+    return time.perf_counter() - t0
+
+
+def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str, Any]:
+    """Engine only (no queue, no HTTP) on the worker's own build path; see the module docstring."""
+    import torch
+    from gpu import engine_decode, prompt
+
+    from infra.settings import Settings
+    from worker.engine.factory import build_engine
+    from worker.engine.types import EngineRequest, SamplingParams
+
+    res: dict[str, Any] = {}
+    if not (ckpt / "model.safetensors.index.json").exists() and not any(ckpt.glob("*.bin.index.json")):
+        res["checkpoint_write_s"] = round(write_checkpoint(ckpt), 1)
+        torch.cuda.empty_cache()
+    settings = Settings(model=str(ckpt), device="cuda", engine_slots=256, prefill_token_budget=PREFILL_BUDGET)
+    t0 = time.perf_counter()
+    engine = build_engine(settings)
+    res["engine_build_s"] = round(time.perf_counter() - t0, 1)
+    res["gpu_py_engine_decode_b256"] = engine_decode(engine, 256, steps)
+    print(json.dumps(res), flush=True)
+    params = SamplingParams(max_new_tokens=new_tokens)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    handles = [
+        engine.submit(EngineRequest(f"load{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None)
+        for i in range(jobs)
+    ]
+    while not all(h.done() for h in handles):
+        engine.step()
+    wall = time.perf_counter() - t0
+    tokens = sum(h.result().completion_tokens for h in handles)
+    res["same_load"] = {"jobs": jobs, "completion_tokens": tokens, "wall_s": round(wall, 3),
+                        "tokens_per_s": round(tokens / wall, 1)}  # fmt: skip
+    return res
+
+
+def service_phase(
+    ckpt: Path, work: Path, jobs: int, new_tokens: int, threads: int, device: str = "cuda"
+) -> dict[str, Any]:
+    """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
+    import httpx
+    import redis
+
+    from infra.redis_server import RedisServer, free_port
+    from infra.settings import Settings
+    from infra.supervisor import Child, child_env, stop_all, tnllm_argv
+    from worker.jobstore import JobStore
+
+    server = RedisServer(work / "redis", die_with_parent=True).start()
+    port = free_port()
+    env = child_env(
+        os.environ,
+        {"TNLLM_REDIS_URL": server.url, "TNLLM_MODEL": str(ckpt), "TNLLM_DEVICE": device,
+         "TNLLM_ENGINE_SLOTS": "256", "TNLLM_PREFILL_TOKEN_BUDGET": str(PREFILL_BUDGET),
+         "TNLLM_DATA_DIR": str(work / "data"), "TNLLM_LOG_LEVEL": "WARNING", "TNLLM_MAX_QUEUED": "100000"},
+    )  # fmt: skip
+    children = [
+        Child(
+            "worker", tnllm_argv("worker", "--hostname", "gpu@bench"), env=env, log_path=work / "worker.log"
+        ),
+        Child("api", tnllm_argv("api", "--port", str(port)), env=env, log_path=work / "api.log"),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    res: dict[str, Any] = {}
+    try:
+        t_start = time.perf_counter()
+        for child in children:
+            child.start()
+        store = JobStore.from_settings(Settings(redis_url=server.url))
+        deadline = time.monotonic() + 400
+        while True:
+            dead = [c for c in children if not c.alive]
+            if dead:
+                raise SystemExit(f"{dead[0].name} exited:\n{dead[0].log_tail(40)}")
+            if time.monotonic() > deadline:
+                raise SystemExit("services did not become ready")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and store.workers():
+                    break
+            except (httpx.HTTPError, redis.RedisError):
+                pass
+            time.sleep(0.5)
+        res["worker_ready_s"] = round(time.perf_counter() - t_start, 1)
+        print(json.dumps(res), flush=True)
+        with httpx.Client(base_url=url, timeout=120) as http:  # warm-up job: first-request costs
+            warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
+            assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+
+        def submit(i: int) -> str:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                body = {"prompt": f"Request {i}: tell me about linear attention and recurrent state.",
+                        "max_new_tokens": new_tokens}  # fmt: skip
+                r = c.post("/v1/jobs", json=body)
+                assert r.status_code == 202, r.text
+                return str(r.json()["id"])
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            ids = list(pool.map(submit, range(jobs)))
+        submitted = time.perf_counter() - t0
+        results: list[dict[str, Any]] = []
+        with httpx.Client(base_url=url, timeout=300) as http:
+            for job_id in ids:
+                job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+                while job.get("status") in ("queued", "running"):
+                    job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+                assert job.get("status") == "succeeded", job
+                results.append(job)
+        wall = time.perf_counter() - t0
+
+        def usage(job: dict[str, Any], key: str) -> int:
+            u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
+            return int(u.get(key, 0))
+
+        completion = sum(usage(j, "completion_tokens") for j in results)
+        res.update(
+            jobs=len(results),
+            submit_s=round(submitted, 3),
+            wall_s=round(wall, 3),
+            completion_tokens=completion,
+            prompt_tokens_per_job=sorted({usage(j, "prompt_tokens") for j in results}),
+            short_jobs=sum(usage(j, "completion_tokens") < new_tokens for j in results),
+            tokens_per_s=round(completion / wall, 1),
+        )
+    finally:
+        stop_all(children, 30)
+        server.stop()
+        for child in children:
+            res.setdefault("log_tails", {})[child.name] = child.log_tail(15)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=60, help="bench/gpu.py engine_decode steps")
+    ap.add_argument("--threads", type=int, default=32, help="client threads submitting the jobs")
+    ap.add_argument("--workdir", type=Path, help="where the checkpoint and logs go (default: a temp dir)")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--engine-only", type=Path, help=argparse.SUPPRESS)  # child mode: checkpoint dir
+    args = ap.parse_args()
+    if args.engine_only:
+        result = engine_phase(args.engine_only, args.jobs, args.max_new_tokens, args.steps)
+        (args.engine_only.parent / "engine.json").write_text(json.dumps(result))
+        return 0
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="tnllm-svc-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "ckpt7b"
+    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    try:
+        # the engine runs in a child so that its GPU memory is free again for the worker
+        cmd = [sys.executable, __file__, "--engine-only", str(ckpt), "--jobs", str(args.jobs),
+               "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps)]  # fmt: skip
+        subprocess.run(cmd, check=True)
+        res["engine"] = json.loads((work / "engine.json").read_text())
+        print(json.dumps(res["engine"]), flush=True)
+        res["service"] = service_phase(ckpt, work, args.jobs, args.max_new_tokens, args.threads)
+        eng = res["engine"]["same_load"]["tokens_per_s"]
+        res["service_over_engine_same_load"] = round(res["service"]["tokens_per_s"] / eng, 3)
+        res["service_over_gpu_py_b256"] = round(
+            res["service"]["tokens_per_s"] / res["engine"]["gpu_py_engine_decode_b256"]["tokens_per_s"], 3
+        )
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(res, indent=1)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
