@@ -182,6 +182,15 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, nargs=2, default=[16, 128], metavar=("MIN", "MAX"))
     ap.add_argument("--prefill-budget", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--baseline-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run the baseline once per thread count and compare against the fastest "
+        "(default: --threads only). One token at a time is memory-bound, so it may be fastest "
+        "on fewer threads than the batched engine.",
+    )
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument(
         "--baseline-requests",
@@ -206,11 +215,18 @@ def main() -> int:
     warm_up(model, hf_model, device)
 
     rows: list[Row] = []
-    baseline = None
+    baseline: Row | None = None
+    engine_threads = torch.get_num_threads()
     if hf_model is not None:
-        baseline = run_baseline(hf_model, prompts[: args.baseline_requests or n], args.new_tokens, device)
-        rows.append(baseline)
-        print(table(rows, baseline), file=sys.stderr, flush=True)
+        for threads in args.baseline_threads or [engine_threads]:
+            torch.set_num_threads(threads)
+            row = run_baseline(hf_model, prompts[: args.baseline_requests or n], args.new_tokens, device)
+            row.name = f"HF generate, 1 at a time, {threads}t"
+            rows.append(row)
+            print(table(rows[-1:], None).splitlines()[-1], file=sys.stderr, flush=True)
+            if baseline is None or row.tokens_per_s > baseline.tokens_per_s:
+                baseline = row
+        torch.set_num_threads(engine_threads)
     for conc in args.concurrency:
         rows.append(run_engine(model, prompts, args.new_tokens, conc, args.prefill_budget))
         print(table(rows[-1:], baseline).splitlines()[-1], file=sys.stderr, flush=True)
@@ -220,7 +236,8 @@ def main() -> int:
         "params": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": engine_threads,
+        "baseline": None if baseline is None else baseline.name,
         "load_avg": os.getloadavg(),
         "dtype": args.dtype,
         "requests": n,

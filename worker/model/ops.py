@@ -141,7 +141,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tens
     h = q.shape[1]
     q, k, v = q.to(torch.float32), k.to(torch.float32), v.to(torch.float32)
     ratio = torch.exp(-decay.to(device=q.device, dtype=torch.float32)).reshape(1, h, 1, 1)
-    kv = ratio * state + k.unsqueeze(-1) * v.unsqueeze(-2)  # [N, H, dk, 1] * [N, H, 1, d]
+    kv = (ratio * state).addcmul_(k.unsqueeze(-1), v.unsqueeze(-2))  # same op as decode_attention_
     out = torch.matmul(q.unsqueeze(-2), kv).squeeze(-2)  # [N, H, 1, dk] @ [N, H, dk, d]
     return out, kv
 
@@ -155,7 +155,9 @@ def decode_attention_(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Ten
     h = q.shape[1]
     q, k, v = q.to(torch.float32), k.to(torch.float32), v.to(torch.float32)
     ratio = torch.exp(-decay.to(device=q.device, dtype=torch.float32)).reshape(1, h, 1, 1)
-    state.mul_(ratio).add_(k.unsqueeze(-1) * v.unsqueeze(-2))  # [N, H, dk, 1] * [N, H, 1, d]
+    # addcmul_ forms each k·v product and adds it in one pass over the state: no [N, H, dk, d]
+    # temporary, two fewer passes over memory than mul-then-add (the step's main cost at 64 slots).
+    state.mul_(ratio).addcmul_(k.unsqueeze(-1), v.unsqueeze(-2))  # [N, H, dk, 1] * [N, H, 1, d]
     return torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # [N, H, 1, dk] @ [N, H, dk, d]
 
 
