@@ -15,32 +15,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from worker.engine.types import EngineStats
+
 log = logging.getLogger(__name__)
-
-
-class _Stats(Protocol):
-    slots: int
-    active: int
-    waiting: int
-    occupancy: float
-    tokens_per_s: float
-    step_time_s: float
-    steps: int
-    generated_tokens: int
-    finished_requests: int
 
 
 class EngineCollector(Collector):
     """Turns one ``EngineStats`` snapshot into gauges and counters at scrape time."""
 
-    def __init__(self, stats: Callable[[], _Stats | None], device: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, stats: Callable[[], EngineStats | None], device: Callable[[], Any] | None = None
+    ) -> None:
         self._stats = stats
         self._device = device
 
