@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,8 +116,31 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
     return res
 
 
+def profile_worker(pid: int, out: Path, delay_s: float, seconds: int) -> None:
+    """py-spy on the loaded worker: two dumps of every thread's stack and a sampled profile (collapsed
+    stacks, one line per stack with its sample count) written into ``out``."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        (out / "py-spy-missing.txt").write_text("py-spy is not on PATH\n")
+        return
+    time.sleep(delay_s)
+    for i in (1, 2):
+        with open(out / f"worker_dump{i}.txt", "w") as f:
+            subprocess.run([spy, "dump", "--pid", str(pid)], stdout=f, stderr=subprocess.STDOUT, check=False)
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100", "--format", "raw",
+           "--idle", "--threads", "--nonblocking", "-o", str(out / "worker_profile.txt")]  # fmt: skip
+    with open(out / "py-spy.log", "w") as f:
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+
+
 def service_phase(
-    ckpt: Path, work: Path, jobs: int, new_tokens: int, threads: int, device: str = "cuda"
+    ckpt: Path,
+    work: Path,
+    jobs: int,
+    new_tokens: int,
+    threads: int,
+    device: str = "cuda",
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
     import httpx
@@ -175,7 +199,22 @@ def service_phase(
                 assert r.status_code == 202, r.text
                 return str(r.json()["id"])
 
+        rates: list[float] = []  # the worker's own engine tokens/s (heartbeat), sampled during the run
+        done = threading.Event()
+
+        def sample_rates() -> None:
+            while not done.wait(2.0):
+                rates.extend(w.tokens_per_s for w in store.workers())
+
+        sampler = threading.Thread(target=sample_rates, daemon=True)
+        profiler = None
+        if profile_dir is not None:
+            worker_pid = children[0].process.pid  # type: ignore[union-attr]
+            profiler = threading.Thread(target=profile_worker, args=(worker_pid, profile_dir, 15.0, 10))
         t0 = time.perf_counter()
+        sampler.start()
+        if profiler is not None:
+            profiler.start()
         with ThreadPoolExecutor(threads) as pool:
             ids = list(pool.map(submit, range(jobs)))
         submitted = time.perf_counter() - t0
@@ -188,6 +227,9 @@ def service_phase(
                 assert job.get("status") == "succeeded", job
                 results.append(job)
         wall = time.perf_counter() - t0
+        done.set()
+        if profiler is not None:
+            profiler.join()
 
         def usage(job: dict[str, Any], key: str) -> int:
             u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
@@ -202,6 +244,11 @@ def service_phase(
             prompt_tokens_per_job=sorted({usage(j, "prompt_tokens") for j in results}),
             short_jobs=sum(usage(j, "completion_tokens") < new_tokens for j in results),
             tokens_per_s=round(completion / wall, 1),
+            worker_engine_tokens_per_s={
+                "samples": len(rates),
+                "max": round(max(rates, default=0.0), 1),
+                "median": round(sorted(rates)[len(rates) // 2], 1) if rates else 0.0,
+            },
         )
     finally:
         stop_all(children, 30)
@@ -219,6 +266,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=32, help="client threads submitting the jobs")
     ap.add_argument("--workdir", type=Path, help="where the checkpoint and logs go (default: a temp dir)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile-dir", type=Path, help="py-spy the worker under load; files go here")
     ap.add_argument("--engine-only", type=Path, help=argparse.SUPPRESS)  # child mode: checkpoint dir
     args = ap.parse_args()
     if args.engine_only:
@@ -236,7 +284,9 @@ def main() -> int:
         subprocess.run(cmd, check=True)
         res["engine"] = json.loads((work / "engine.json").read_text())
         print(json.dumps(res["engine"]), flush=True)
-        res["service"] = service_phase(ckpt, work, args.jobs, args.max_new_tokens, args.threads)
+        res["service"] = service_phase(
+            ckpt, work, args.jobs, args.max_new_tokens, args.threads, profile_dir=args.profile_dir
+        )
         eng = res["engine"]["same_load"]["tokens_per_s"]
         res["service_over_engine_same_load"] = round(res["service"]["tokens_per_s"] / eng, 3)
         res["service_over_gpu_py_b256"] = round(
