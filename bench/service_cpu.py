@@ -1,11 +1,13 @@
-"""The full service on CPU with the tiny demo model: many concurrent jobs vs the engine alone.
+"""The full service on CPU with a demo model: many concurrent jobs vs the engine alone.
 
-    python bench/service_cpu.py [--jobs 96] [--max-new-tokens 96] [--slots N] [--json FILE]
-                                [--worker-env KEY=VALUE ...]
+    python bench/service_cpu.py [--jobs 128] [--max-new-tokens 128] [--size small|tiny] [--slots N]
+                                [--json FILE] [--worker-env KEY=VALUE ...]
 
 What the worker process costs beside its engine (the host-side overhead that issue 7 measured on an
 H100: 2,194 service vs 5,532 engine-alone tokens/s), on any machine. In one run:
-1. the demo checkpoint (``write_demo_checkpoint(size="tiny")``) is written to a temp dir;
+1. a demo checkpoint (``write_demo_checkpoint``; default ``small``, ~30 M parameters, whose decode
+   steps take tens of milliseconds on one core, so jobs stream for seconds as on a GPU; ``tiny``
+   finishes each job in milliseconds and measures only per-job queue costs) is written to a temp dir;
 2. engine alone, in a child process: ``build_engine`` on it (the worker's path, ``--slots`` slots),
    its step loop started as the worker starts it, then ``--jobs`` greedy requests of
    ``--max-new-tokens`` with the service's prompt (the chat template around the same text) all
@@ -14,8 +16,9 @@ H100: 2,194 service vs 5,532 engine-alone tokens/s), on any machine. In one run:
 3. the service: embedded redis-server, one ``tnllm worker`` (same slots, ``OMP_NUM_THREADS`` as the
    engine child) and ``tnllm api``; ``--jobs`` ``POST /v1/jobs`` at once from client threads, then
    ``GET ?wait=`` each; aggregate = the jobs' completion tokens / wall time from the first submit to
-   the last result seen. Also reported: the worker process's CPU seconds (user + system, from
-   /proc) and the Redis commands processed during that window.
+   the last result seen. Also reported: the worker process's and redis-server's CPU seconds
+   (user + system) in that window, when the last job started (queue ramp) and the span from the
+   first start to the last finish (the part comparable to the engine's wall time).
 Greedy decoding on the same prompts makes both phases generate the same tokens (EOS included), so
 the two figures are for exactly the same load.
 """
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,16 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu(store: Any) -> float:
+    """CPU seconds the redis-server used so far (user + system)."""
+    info = store.client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: int) -> dict[str, Any]:
@@ -148,8 +162,8 @@ def service_phase(
 
         assert worker.process is not None
         pid = worker.process.pid
-        cmds0 = int(store.client.info("stats")["total_commands_processed"])
-        cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+        redis_cpu0 = _redis_cpu(store)
+        cpu0, t0, wall0 = _cpu_seconds(pid), time.perf_counter(), time.time()
         with ThreadPoolExecutor(16) as pool:
             ids = list(pool.map(submit, range(jobs)))
         results: list[dict[str, Any]] = []
@@ -162,7 +176,9 @@ def service_phase(
                 results.append(job)
         wall = time.perf_counter() - t0
         cpu = _cpu_seconds(pid) - cpu0
-        cmds = int(store.client.info("stats")["total_commands_processed"]) - cmds0
+        redis_cpu = _redis_cpu(store) - redis_cpu0
+        started = [_epoch(j["started_at"]) - wall0 for j in results]
+        finished = [_epoch(j["finished_at"]) - wall0 for j in results]
 
         def usage(job: dict[str, Any], key: str) -> int:
             u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
@@ -176,8 +192,10 @@ def service_phase(
             wall_s=round(wall, 3),
             tokens_per_s=round(tokens / wall, 1),
             worker_cpu_s=round(cpu, 2),
-            redis_commands=cmds,
-            redis_commands_per_s=round(cmds / wall),
+            redis_cpu_s=round(redis_cpu, 2),
+            # where the wall time went: jobs reaching the worker, generating, results being seen
+            last_started_s=round(max(started), 3),
+            first_to_last_finish_s=round(max(finished) - min(started), 3),
         )
     finally:
         store.client.close()
@@ -188,9 +206,10 @@ def service_phase(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", type=int, default=96)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--jobs", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--slots", type=int, default=0, help="engine slots (default: --jobs)")
+    ap.add_argument("--size", default="small", help="demo model size: small (~30 M parameters) or tiny")
     ap.add_argument("--torch-threads", type=int, default=1, help="intra-op threads (both phases)")
     ap.add_argument(
         "--worker-env",
@@ -213,12 +232,12 @@ def main() -> int:
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(),
-        "args": {"jobs": args.jobs, "max_new_tokens": args.max_new_tokens, "slots": slots,
+        "args": {"jobs": args.jobs, "max_new_tokens": args.max_new_tokens, "slots": slots, "size": args.size,
                  "torch_threads": args.torch_threads, "worker_env": extra},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tnllm-svc-cpu-") as tmp:
         work = Path(tmp)
-        model = write_demo_checkpoint(work / "model", size="tiny", seed=0)
+        model = write_demo_checkpoint(work / "model", size=args.size, seed=0)
         cmd = [sys.executable, __file__, "--engine-only", str(model), "--jobs", str(args.jobs),
                "--max-new-tokens", str(args.max_new_tokens), "--slots", str(slots),
                "--torch-threads", str(args.torch_threads)]  # fmt: skip

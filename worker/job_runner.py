@@ -217,6 +217,7 @@ def _finish(
 ) -> str:
     """Write the terminal state (retrying through Redis outages) while this worker owns the job."""
     store = rt.store
+    rt.pump.discard(record.id)  # its stream is complete: the pump must not read our end as a loss
 
     finished_at = time.time()  # one value for every retry, so a write that ran is recognised
 
@@ -235,6 +236,7 @@ def _finish(
 
 def _release(rt: WorkerRuntime, record: JobRecord) -> str:
     """Warm shutdown ran out of grace: put the job back on the queue for another worker."""
+    rt.pump.discard(record.id)
     outcome = retry_transient(
         lambda: rt.store.release(record.id, rt.worker_id),
         what=f"release {record.id}",

@@ -1,12 +1,13 @@
 """Per-process stream pump: one thread writes the token deltas of every running job (no tensor code).
 
 The engine thread hands deltas to each job's ``DeltaWriter`` (a queue put, never Redis). Every
-``stream_flush_interval`` the pump drains all writers and appends their text in ONE Redis pipeline of
-fenced APPEND calls, and every ``CANCEL_EVERY`` rounds reads every job's ``cancel_requested`` in one
-more. A job whose append answers "not the owner" is marked lost and its engine request cancelled (it
-writes nothing more); a cancel request sets the job's flag and cancels its engine request, so it
-stops within about one round. Before, each of up to 256 task threads did these round trips itself
-(~7,700 Redis calls/s of Python in the worker process, competing for the GIL with the engine loop).
+``stream_flush_interval`` the pump drains all writers and sends their text in ONE call of the
+APPEND_MANY script, which for each job checks the fence (status running, owned by this worker),
+appends the text and reads ``cancel_requested``. A job this worker no longer owns is marked lost
+and its engine request cancelled (nothing more is written); a cancel request sets the job's flag
+and cancels its engine request, so generation stops within about one round. Before, each of up to
+256 task threads made these round trips itself (~7,700 Redis calls/s of Python in the worker
+process, competing for the GIL with the engine's step loop).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from worker.engine.types import TokenEvent
+from worker.jobstore.ops import AppendAck
 
 if TYPE_CHECKING:
     from worker.runtime import ActiveJob
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 
 #: Redis errors that mean "try again shortly" (an outage or a restart), not "give up".
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-#: The pump reads cancel requests every this many rounds (2 x 50 ms by default).
-CANCEL_EVERY = 2
 
 
 class LeaseLost(Exception):
@@ -156,65 +155,67 @@ class StreamPump:
 
     # --- one round -----------------------------------------------------------------------------
     def tick(self) -> None:
-        """One round: write every job's pending deltas; every CANCEL_EVERY rounds, read cancels."""
-        self._rounds += 1
+        """One round: append every job's pending deltas and read every job's fence and cancel flag,
+        all in one script call."""
         jobs = [job for job in self.jobs() if not job.lost.is_set()]
-        self.flush(jobs)
-        if self._rounds % CANCEL_EVERY == 0:
-            self.check_cancels(jobs)
-
-    def flush(self, jobs: Iterable[ActiveJob]) -> None:
-        """Append the pending text of ``jobs`` in one pipeline; mark jobs that lost their lease."""
-        held: list[tuple[ActiveJob, DeltaWriter, str]] = []
+        if not jobs:
+            return
+        held: dict[str, DeltaWriter] = {}
         try:
+            texts: dict[str, str] = {}
             for job in jobs:
-                writer = job.writer
-                # A writer busy with its task's final flush is skipped: that flush writes its text.
-                if writer is None or not writer.lock.acquire(blocking=False):
-                    continue
-                text = ""
-                try:
-                    text = writer.take()
-                finally:
-                    if not text:
-                        writer.lock.release()
-                if text:
-                    held.append((job, writer, text))
-            if not held:
-                return
+                texts[job.job_id] = self._take(job, held)
             try:
-                answers = self.store.append_many(self.worker_id, {job.job_id: [t] for job, _, t in held})
-            except TRANSIENT as exc:
+                acks = self.store.append_many(self.worker_id, texts)
+            except Exception as exc:
+                for writer in held.values():
+                    writer.write_failed(exc)
+                if not isinstance(exc, TRANSIENT):
+                    raise
                 if not self._failing:
                     log.warning("stream pump: Redis unavailable (%s); deltas stay pending", exc)
                 self._failing = True
-                for _, writer, _ in held:
-                    writer.write_failed(exc)
                 return
             self._failing = False
-            for job, writer, _ in held:
-                answer = answers[job.job_id]
-                if isinstance(answer, Exception):
-                    writer.write_failed(answer)
-                elif answer:
-                    writer.written()
-                else:  # the fence: this worker no longer owns the job; write nothing more
-                    job.lost.set()
-                    job.stop_engine()
-                    log.warning("job %s: lease lost; cancelling its generation", job.job_id)
+            for job in jobs:
+                self._apply(job, acks[job.job_id], held.get(job.job_id))
         finally:
-            for _, writer, _ in held:
+            for writer in held.values():
                 writer.lock.release()
 
-    def check_cancels(self, jobs: Iterable[ActiveJob]) -> None:
-        """Read ``cancel_requested`` of every job not yet cancelled, in one pipeline."""
-        todo = [job for job in jobs if not job.cancel.is_set()]
-        if not todo:
-            return
+    @staticmethod
+    def _take(job: ActiveJob, held: dict[str, DeltaWriter]) -> str:
+        """The job's pending text ('' if none), keeping its writer locked in ``held`` until written.
+
+        A writer busy with its task's final flush is skipped: that flush writes its text.
+        """
+        writer = job.writer
+        if writer is None or not writer.lock.acquire(blocking=False):
+            return ""
+        text = ""
         try:
-            flags = self.store.cancels_requested([job.job_id for job in todo])
-        except TRANSIENT:
-            return  # the next round asks again
-        for job in todo:
-            if flags.get(job.job_id):
-                job.request_cancel()
+            text = writer.take()
+        finally:
+            if text:
+                held[job.job_id] = writer
+            else:
+                writer.lock.release()
+        return text
+
+    def _apply(self, job: ActiveJob, ack: AppendAck, writer: DeltaWriter | None) -> None:
+        if not ack.owned:
+            # The fence: another worker owns the job (or it was reaped). A job whose own task just
+            # finished or released it has left the pump first: that is no loss.
+            with self._lock:
+                current = self._jobs.get(job.job_id) is job
+            if current:
+                log.warning("job %s: lease lost; cancelling its generation", job.job_id)
+                job.mark_lost()
+            return
+        if writer is not None:
+            if ack.written:
+                writer.written()
+            else:
+                writer.write_failed(RuntimeError("XADD failed"))
+        if ack.cancel_requested:
+            job.request_cancel()

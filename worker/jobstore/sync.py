@@ -20,6 +20,7 @@ from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
 from worker.jobstore.ops import (
+    AppendAck,
     CancelOutcome,
     ClaimOutcome,
     CreateOutcome,
@@ -216,27 +217,15 @@ class JobStore:
             return []
         return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl)))
 
-    def append_many(
-        self, worker_id: str, texts: Mapping[str, Sequence[str]]
-    ) -> dict[str, list[str] | Exception]:
-        """``append`` for many jobs in one pipeline ({job_id: deltas}): per job the entry ids, [] when
-        this worker no longer owns it, or the error of its script. Raises when Redis is unreachable
-        (then nothing may have been written, or everything: the caller retries its pending text)."""
-        job_ids = [job_id for job_id, parts in texts.items() if parts]
-        calls = [ops.append_call(job_id, worker_id, texts[job_id], self.ttl) for job_id in job_ids]
-        return {
-            job_id: raw if isinstance(raw, Exception) else list(raw)
-            for job_id, raw in zip(job_ids, self._run_many(calls), strict=True)
-        }
-
-    def cancels_requested(self, job_ids: Sequence[str]) -> dict[str, bool]:
-        """``cancel_requested`` for many jobs in one pipeline."""
-        if not job_ids:
+    def append_many(self, worker_id: str, texts: Mapping[str, str]) -> dict[str, AppendAck]:
+        """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
+        per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
+        whether its text is in the stream, and whether a cancel was requested. Raises when Redis is
+        unreachable; on a ConnectionError the call may have run (as for ``append``)."""
+        if not texts:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hget(keys.job(job_id), "cancel_requested")
-        return {job_id: flag == "1" for job_id, flag in zip(job_ids, pipe.execute(), strict=True)}
+        call = ops.append_many_call(worker_id, texts, self.ttl)
+        return ops.parse_append_many(self._run(call), list(texts))
 
     def finish(
         self,
