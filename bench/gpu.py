@@ -98,12 +98,14 @@ def prompt(n: int, seed: int) -> list[int]:
     ).tolist()
 
 
-def engine_decode(engine, batch: int, steps: int, prompt_len: int = 64) -> dict:  # type: ignore[no-untyped-def]
-    """Aggregate decode tokens/s over full-batch steps of ``batch`` concurrent greedy sequences."""
+def engine_decode(engine, batch: int, steps: int, prompt_len: int = 64, sampled: bool = False) -> dict:  # type: ignore[no-untyped-def]
+    """Aggregate decode tokens/s over full-batch steps of ``batch`` concurrent sequences (greedy, or
+    temperature 0.8 / top-p 0.95 / top-k 50 with a seed per request when ``sampled``)."""
     from worker.engine.types import EngineRequest, SamplingParams
 
     count = [0]
-    params = SamplingParams(max_new_tokens=steps + 1, ignore_eos=True)
+    extra: dict = {"temperature": 0.8, "top_p": 0.95, "top_k": 50} if sampled else {}
+    params = SamplingParams(max_new_tokens=steps + 1, ignore_eos=True, **extra)
     handles = [
         engine.submit(
             EngineRequest(f"b{batch}-{i}", prompt(prompt_len, i), params),
@@ -303,6 +305,13 @@ def main() -> int:
     for b in (1, 64, 256):
         res[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
         print(b, json.dumps(res[f"engine_decode_b{b}"]), flush=True)
+    res["engine_decode_b64_sampled"] = engine_decode(engine, 64, args.steps, sampled=True)
+    # baseline in the same run: the same engine without the overlapped step (host work after each step)
+    engine.overlap = False
+    res["no_overlap"] = {f"engine_decode_b{b}": engine_decode(engine, b, args.steps) for b in (1, 64, 256)}
+    res["no_overlap"]["engine_decode_b64_sampled"] = engine_decode(engine, 64, args.steps, sampled=True)
+    engine.overlap = True
+    print("no_overlap", json.dumps(res["no_overlap"]), flush=True)
     if args.compare_cublas:
         fast = fast_path_for(model).fast  # type: ignore[union-attr]
         fast.skinny_gemm = False

@@ -4,6 +4,14 @@ Each ``step()``: take new submissions and cancellations → schedule (retire can
 plan prefill chunks under the token budget) → prefill chunks → one batched decode over every
 decoding slot → sample → detokenize incrementally → emit deltas → retire finished sequences.
 ``submit``/``cancel`` are thread-safe; ``start()`` runs the step loop on a background thread.
+
+Overlap (``overlap=True``, the default): a step's sampled ids stay on the device and are read by
+the *next* step. When nothing changes between two steps (the same packed decode batch, nobody
+waiting for a free slot, no cancellation, no repetition penalty), that next step first launches the
+following decode from those device ids and only then reads the previous ids and does the host work
+(detokenisation, stop strings, callbacks), so on a GPU the host work of step N runs while step N+1
+computes. A sequence that finishes on step N (EOS, stop string) was already fed to step N+1: that
+extra token is dropped and its slot is reset before reuse. Results are identical to ``overlap=False``.
 """
 
 from __future__ import annotations
@@ -12,11 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from worker.engine.sampling import RowSampling, make_generator, sample
+from worker.engine.sampling import BatchSampler, RowSampling, make_generator
 from worker.engine.scheduler import PrefillChunk, Scheduler, Sequence
 from worker.engine.stats import StatsTracker
 from worker.engine.stop import TextStream
@@ -80,6 +89,26 @@ class _Live:
         self.text_parts: list[str] = []
 
 
+@dataclass
+class _Pending:
+    """A step whose sampled ids are still on the device (read by the next step)."""
+
+    rows: list[Sequence]
+    tokens: torch.Tensor  # [R] sampled ids on the device
+    sampler: BatchSampler
+    chainable: bool  # rows are the packed decode batch (row i in slot i), nothing else ran
+    host: torch.Tensor | None = None  # pinned copy of ``tokens`` (CUDA)
+    copied: Any = None  # CUDA event recorded after the copy
+
+    def read(self) -> list[int]:
+        """The sampled ids on the host (waits for this step only, not for later launches)."""
+        if self.copied is None:
+            return [int(t) for t in self.tokens.tolist()]
+        self.copied.synchronize()
+        assert self.host is not None
+        return [int(t) for t in self.host.tolist()]
+
+
 def _eos_ids(model: Any, tokenizer: Any | None) -> frozenset[int]:
     """End-of-sequence ids: the checkpoint config's (an int or a list), else the tokenizer's."""
     eos = getattr(model.config, "eos_token_id", None)
@@ -101,6 +130,7 @@ class Engine:
         slots: int,
         prefill_token_budget: int = 512,
         max_context: int = 16384,
+        overlap: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -118,6 +148,10 @@ class Engine:
         self._live_ids: set[str] = set()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self.overlap = overlap
+        self._pending: _Pending | None = None
+        #: steps launched from the previous step's device ids (the overlapped fast path)
+        self.chained_steps = 0
 
     # --- caller side (any thread) ---------------------------------------------------------------
     def submit(self, req: EngineRequest, on_token: OnToken | None = None) -> RequestHandle:
@@ -183,7 +217,9 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._stopping or self._inbox or self._cancels or self.sched.has_work):
+                while not (
+                    self._stopping or self._inbox or self._cancels or self.sched.has_work or self._pending
+                ):
                     self._lock.wait()
                 if self._stopping:
                     return
@@ -194,6 +230,7 @@ class Engine:
                 self._fail_all(err)
 
     def _fail_all(self, err: BaseException) -> None:
+        self._pending = None
         with self._lock:
             pending, self._inbox = self._inbox, []
         for seq in [*pending, *self.sched.drain()]:
@@ -203,26 +240,86 @@ class Engine:
     # --- the step -------------------------------------------------------------------------------
     def step(self) -> None:
         """One round: admit, prefill chunks, one batched decode, sample, emit, retire."""
+        t0 = time.perf_counter()
         self._take_inbox()
+        prev, self._pending = self._pending, None
+        emitted = 0
+        with torch.inference_mode():
+            if prev is not None and self._can_chain(prev):
+                # launch the next decode from the device ids first, then do prev's host work
+                self._pending = self._chain(prev)
+                emitted = self._consume(prev)
+                if all(s.finished for s in self._pending.rows):
+                    self._pending = None  # every row stopped on prev: nothing left to read
+            else:
+                if prev is not None:
+                    emitted = self._consume(prev)
+                self._pending = self._run_plan()
+            if self._pending is not None and not self.overlap:
+                emitted += self._consume(self._pending)
+                self._pending = None
+        if emitted or self._pending is not None:
+            self._stats.record_step(time.perf_counter() - t0, emitted)
+
+    def _run_plan(self) -> _Pending | None:
+        """Schedule and launch one step (prefill chunks + batched decode + sampling on the device)."""
         plan = self.sched.schedule()
         for seq in plan.cancelled:
             self._complete(seq, "cancelled")
         if plan.empty:
-            return
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            self._swap_slots(plan.swaps)
-            rows, logits = self._run_prefill(plan.prefill)
-            if plan.decode:
-                rows += plan.decode
-                logits.append(self._run_decode(plan.decode))
-            tokens: list[int] = []
-            if rows:
-                batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
-                tokens = sample(batch_logits, [self._row_sampling(s) for s in rows])
-        for seq, tok in zip(rows, tokens, strict=True):
+            return None
+        rows = [ch.seq for ch in plan.prefill if ch.completes_prompt] + plan.decode
+        # staged before the launches: building it copies parameters to the device
+        sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
+        self._swap_slots(plan.swaps)
+        logits = self._run_prefill(plan.prefill)
+        if plan.decode:
+            logits.append(self._run_decode(plan.decode, [s.next_position for s in plan.decode]))
+        if sampler is None:
+            return None
+        batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
+        return self._pend(rows, sampler(batch_logits), sampler, chainable=not plan.prefill)
+
+    def _can_chain(self, prev: _Pending) -> bool:
+        """Would the next ``schedule()`` decode exactly ``prev.rows`` in the same slots, and nothing else?"""
+        if not (self.overlap and prev.chainable and prev.sampler.reusable):
+            return False
+        n = len(prev.rows)
+        if len(self.sched.running) != n or (self.sched.num_waiting and n < self.slots):
+            return False
+        # a row whose prev token is its last (max_new_tokens) leaves the batch: repack instead
+        return not any(
+            s.finished or s.cancelled or len(s.output_ids) + 1 >= s.max_new_tokens for s in prev.rows
+        )
+
+    def _chain(self, prev: _Pending) -> _Pending:
+        """Decode ``prev.rows`` again, fed with ``prev``'s sampled ids straight from the device."""
+        rows = prev.rows
+        self.chained_steps += 1
+        # prev's token is not appended yet: it sits one position after the last appended one
+        logits = self._run_decode(rows, [s.next_position + 1 for s in rows], ids=prev.tokens)
+        return self._pend(rows, prev.sampler(logits), prev.sampler, chainable=True)
+
+    def _pend(
+        self, rows: list[Sequence], tokens: torch.Tensor, sampler: BatchSampler, chainable: bool
+    ) -> _Pending:
+        pending = _Pending(rows, tokens, sampler, chainable)
+        if tokens.device.type == "cuda":
+            pending.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            pending.host.copy_(tokens, non_blocking=True)
+            pending.copied = torch.cuda.Event()
+            pending.copied.record()
+        return pending
+
+    def _consume(self, pending: _Pending) -> int:
+        """Read a launched step's ids and do its host work; returns the tokens appended."""
+        appended = 0
+        for seq, tok in zip(pending.rows, pending.read(), strict=True):
+            if seq.finished:  # finished on the step before: this token was speculative
+                continue
             self._append(seq, tok)
-        self._stats.record_step(time.perf_counter() - t0, len(tokens))
+            appended += 1
+        return appended
 
     def _take_inbox(self) -> None:
         with self._lock:
@@ -242,9 +339,8 @@ class Engine:
         if p.temperature > 0:
             live.generator = make_generator(p.seed, self.device)
 
-    def _run_prefill(self, chunks: list[PrefillChunk]) -> tuple[list[Sequence], list[torch.Tensor]]:
-        """Consume prompt chunks; returns the sequences whose prompt completed and their last logits."""
-        rows: list[Sequence] = []
+    def _run_prefill(self, chunks: list[PrefillChunk]) -> list[torch.Tensor]:
+        """Consume prompt chunks; returns the last logits of each chunk that completes its prompt."""
         logits: list[torch.Tensor] = []
         for ch in chunks:
             seq = ch.seq
@@ -254,9 +350,8 @@ class Engine:
             out = self.model.prefill(ids, ch.start, self.pool, seq.slot, last_only=True)
             seq.prefilled += ch.length
             if ch.completes_prompt:
-                rows.append(seq)
                 logits.append(out.reshape(1, -1).float())
-        return rows, logits
+        return logits
 
     def _swap_slots(self, swaps: list[tuple[int, int]]) -> None:
         """Exchange the states of slot pairs (the scheduler packs decoding sequences low)."""
@@ -265,16 +360,20 @@ class Engine:
             for layer_state in self.pool:  # [slots, H, dk, d]
                 layer_state.index_copy_(0, idx, layer_state.index_select(0, idx.flip(0)))
 
-    def _run_decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One batched decode step: each sequence feeds its last token at its own position.
+    def _run_decode(
+        self, seqs: list[Sequence], positions: list[int], ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One batched decode step: each sequence feeds its last token (or ``ids``, already on the
+        device) at its own position.
 
         The scheduler packed the decoding sequences into slots 0..B-1, so the model updates that
         block of the pool in place (a ``slice``, no gather/scatter).
         """
         assert all(s.slot == i for i, s in enumerate(seqs)), "decode slots are packed"
         # host tensors: the model moves them (the CUDA graph path stages them in one pinned copy)
-        ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
-        pos = torch.tensor([s.next_position for s in seqs], dtype=torch.long)
+        if ids is None:
+            ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
         return self.model.decode(ids, pos, self.pool, slice(0, len(seqs))).float()  # [B, V]
 
     def _row_sampling(self, seq: Sequence) -> RowSampling:

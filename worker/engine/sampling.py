@@ -4,7 +4,12 @@ Filters run batched over the rows that sample, each row with its own parameters;
 uses each row's own ``torch.Generator`` (exponential race: ``argmax(p / E)``, ``E ~ Exp(1)``, which
 picks token i with probability p_i), so a seeded request draws the same numbers whatever else
 shares the batch. Every operation is row-wise, so a row's result never depends on the other rows.
-Greedy rows take one batched argmax. The only host sync is the final ``tolist()``.
+Greedy rows take one batched argmax.
+
+``BatchSampler`` prepares a batch's parameters on the device once; calling it returns the sampled ids
+as a device tensor without any host sync, so the engine can feed them to the next decode step while
+the host is still busy with this one. A batch with no repetition penalty can be reused for the same
+rows step after step (the penalty's seen-token sets change every step).
 """
 
 from __future__ import annotations
@@ -39,11 +44,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen_ids: Sequence[int], pena
     return logits.index_copy(0, ids, picked)
 
 
-def apply_top_k(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Keep each row's ``k[r]`` largest logits of ``[R, V]`` (ties at the k-th value kept); 0 keeps all."""
+def apply_top_k(logits: torch.Tensor, k: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
+    """Keep each row's ``k[r]`` largest logits of ``[R, V]`` (ties at the k-th value kept); 0 keeps all.
+
+    ``kmax`` (the largest effective k, if the caller knows it on the host) spares a device sync."""
     v = logits.shape[-1]
     k = torch.where((k <= 0) | (k > v), v, k)
-    top = torch.topk(logits, int(k.max()), dim=-1).values  # [R, kmax], descending
+    if kmax is None:
+        kmax = int(k.max())
+    top = torch.topk(logits, min(kmax, v), dim=-1).values  # [R, kmax], descending
     kth = top.gather(-1, (k - 1).unsqueeze(-1))  # [R, 1]
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -68,35 +77,64 @@ def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> 
     return torch.argmax(probs / noise.clamp_min_(_TINY), dim=-1)
 
 
-def sample(logits: torch.Tensor, rows: Sequence[RowSampling]) -> list[int]:
-    """Sample one id per row of ``logits [B, V]`` (greedy where temperature is 0)."""
-    assert logits.shape[0] == len(rows)
-    if all(r.temperature <= 0 and r.repetition_penalty == 1.0 for r in rows):
-        return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]  # all greedy: one argmax, one sync
-    dev = logits.device
-    logits = logits.float()
-    penalised = [i for i, r in enumerate(rows) if r.repetition_penalty != 1.0 and r.seen_ids]
-    if penalised:
-        logits = logits.clone()
-        for i in penalised:
-            logits[i] = apply_repetition_penalty(logits[i], rows[i].seen_ids, rows[i].repetition_penalty)
-    out = torch.empty(len(rows), dtype=torch.long, device=dev)
-    greedy = [i for i, r in enumerate(rows) if r.temperature <= 0]
-    if greedy:
-        idx = torch.tensor(greedy, device=dev)
-        out[idx] = torch.argmax(logits.index_select(0, idx), dim=-1)
-    drawn = [i for i, r in enumerate(rows) if r.temperature > 0]
-    if drawn:
-        idx = torch.tensor(drawn, device=dev)
+class BatchSampler:
+    """One decode batch's sampling parameters, staged on the device; ``__call__`` never syncs."""
+
+    def __init__(self, rows: Sequence[RowSampling], device: torch.device | str) -> None:
+        dev = torch.device(device)
+        self.rows = list(rows)
+        self.device = dev
+        self.all_greedy = all(r.temperature <= 0 and r.repetition_penalty == 1.0 for r in rows)
+        self.penalised = [i for i, r in enumerate(rows) if r.repetition_penalty != 1.0 and r.seen_ids]
+        #: the same object may sample the next step of the same rows (nothing here changes per step)
+        self.reusable = not self.penalised
+        greedy = [i for i, r in enumerate(rows) if r.temperature <= 0]
+        drawn = [i for i, r in enumerate(rows) if r.temperature > 0]
+        self._greedy = torch.tensor(greedy, dtype=torch.long, device=dev) if greedy else None
+        self._drawn = torch.tensor(drawn, dtype=torch.long, device=dev) if drawn else None
         params = [rows[i] for i in drawn]
-        temps = torch.tensor([r.temperature for r in params], device=dev).unsqueeze(-1)
-        sub = logits.index_select(0, idx) / temps  # [R, V]
+        self._generators = [r.generator for r in params]
+        self._temps = (
+            torch.tensor([r.temperature for r in params], device=dev).unsqueeze(-1) if drawn else None
+        )
+        self._top_k = None
+        self._kmax = 0
         if any(r.top_k > 0 for r in params):
-            sub = apply_top_k(sub, torch.tensor([r.top_k for r in params], device=dev))
+            self._top_k = torch.tensor([r.top_k for r in params], dtype=torch.long, device=dev)
+            # rows without a top-k keep everything: their effective k is the vocabulary size
+            self._kmax = max(r.top_k if r.top_k > 0 else 1 << 62 for r in params)
+        self._top_p = None
         if any(r.top_p < 1.0 for r in params):
-            sub = apply_top_p(sub, torch.tensor([r.top_p for r in params], device=dev))
-        out[idx] = _draw(torch.softmax(sub, dim=-1), [r.generator for r in params])
-    return [int(t) for t in out.tolist()]
+            self._top_p = torch.tensor([r.top_p for r in params], device=dev)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sample one id per row of ``logits [B, V]``; a ``[B]`` long tensor on the logits' device."""
+        assert logits.shape[0] == len(self.rows)
+        if self.all_greedy:
+            return torch.argmax(logits, dim=-1)
+        logits = logits.float()
+        if self.penalised:
+            logits = logits.clone()
+            for i in self.penalised:
+                r = self.rows[i]
+                logits[i] = apply_repetition_penalty(logits[i], r.seen_ids, r.repetition_penalty)
+        out = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
+        if self._greedy is not None:
+            out[self._greedy] = torch.argmax(logits.index_select(0, self._greedy), dim=-1)
+        if self._drawn is not None:
+            assert self._temps is not None
+            sub = logits.index_select(0, self._drawn) / self._temps  # [R, V]
+            if self._top_k is not None:
+                sub = apply_top_k(sub, self._top_k, self._kmax)
+            if self._top_p is not None:
+                sub = apply_top_p(sub, self._top_p)
+            out[self._drawn] = _draw(torch.softmax(sub, dim=-1), self._generators)
+        return out
+
+
+def sample(logits: torch.Tensor, rows: Sequence[RowSampling]) -> list[int]:
+    """Sample one id per row of ``logits [B, V]`` (greedy where temperature is 0); one host sync."""
+    return [int(t) for t in BatchSampler(rows, logits.device)(logits).tolist()]
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:

@@ -85,10 +85,17 @@ class DecodeGraphRunner:
         return None
 
     def load_inputs(
-        self, ids: Sequence[int] | Any, positions: Sequence[int] | Any, slots: Sequence[int] | Any, bs: int
+        self,
+        ids: Sequence[int] | Any,
+        positions: Sequence[int] | Any,
+        slots: Sequence[int] | Any,
+        bs: int,
+        n: int | None = None,
     ) -> None:
-        """Stage one step's inputs in the static buffers (one host-to-device copy)."""
-        n = len(ids)
+        """Stage one step's ``n`` rows of inputs in the static buffers (one host-to-device copy).
+
+        An input given as a scalar fills its row (the caller overwrites it on the device)."""
+        n = len(ids) if n is None else n
         h = self._host_np
         self._copied.synchronize()  # the previous step's copy has left the pinned buffer
         h[0, :n] = ids
@@ -108,18 +115,23 @@ class DecodeGraphRunner:
         return self._logits[bs][:batch]
 
     def decode(self, input_ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """``FastTransnormer.decode``'s contract (fp32 logits ``[B, V]``), through a graph when one fits."""
+        """``FastTransnormer.decode``'s contract (fp32 logits ``[B, V]``), through a graph when one fits.
+
+        Each input may be on the host (staged through the pinned buffer) or already on the device
+        (copied device to device after it): neither waits for the GPU, so a step can be launched
+        from the previous step's sampled ids while that step is still running."""
         batch = int(input_ids.shape[0])
         bs = self.bucket(batch)
         if bs is None or bs not in self._graphs:
-            return self.fast.decode(input_ids, positions, self.pool, slots)
-        if input_ids.device.type == "cuda":
-            # already on the device: copy into the static buffers without a host round trip
-            self._dev[0, :batch].copy_(input_ids)
-            self._dev[1, :batch].copy_(positions)
-            self._dev[2, :batch].copy_(slots)
-            if bs > batch:
-                self._dev[2, batch:bs].fill_(-1)
-        else:
-            self.load_inputs(input_ids.numpy(), positions.numpy(), slots.numpy(), bs)
+            dev = self._dev.device
+            return self.fast.decode(input_ids.to(dev), positions.to(dev), self.pool, slots.to(dev))
+        parts = (input_ids, positions, slots)
+        on_device = [(row, t) for row, t in enumerate(parts) if t.device.type == "cuda"]
+        if len(on_device) < len(parts):
+            host = [t.numpy() if t.device.type == "cpu" else 0 for t in parts]
+            self.load_inputs(host[0], host[1], host[2], bs, n=batch)
+        for row, t in on_device:
+            self._dev[row, :batch].copy_(t)
+        if len(on_device) == len(parts) and bs > batch:
+            self._dev[2, batch:bs].fill_(-1)
         return self.replay(batch)

@@ -1,0 +1,66 @@
+"""The overlapped engine loop on the CUDA fast path: graph inputs straight from the device, and the
+chained loop giving the same tokens as the plain one (CUDA only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+def test_graph_runner_takes_device_ids_without_changing_the_step() -> None:
+    """Ids on the device (the chained path) give bitwise the logits and states of ids from the host."""
+    from worker.model.kernels.fastpath import FastTransnormer
+    from worker.model.kernels.graphs import DecodeGraphRunner
+
+    fast = FastTransnormer.random(
+        d_model=64, n_layers=3, n_heads=4, d_ffn=96, vocab=99, device="cuda", dtype=torch.bfloat16, std=0.2
+    )
+    pool = fast.new_state_pool(8)
+    for s in range(3):
+        fast.prefill(torch.tensor([3 + s, 9, 11], device="cuda"), 0, pool, s)
+    runner = DecodeGraphRunner(fast, pool, max_batch=8)
+    runner.capture()
+    start = [p.clone() for p in pool]
+    ids, pos, slots = [4, 50, 7], [3, 3, 3], [0, 1, 2]
+    host_steps, dev_steps = [], []
+    for steps, on_dev in ((host_steps, False), (dev_steps, True)):
+        for p, s0 in zip(pool, start, strict=True):
+            p.copy_(s0)
+        cur = torch.tensor(ids, device="cuda") if on_dev else torch.tensor(ids)
+        for i in range(4):
+            logits = runner.decode(cur, torch.tensor([q + i for q in pos]), torch.tensor(slots))
+            steps.append(logits.clone())
+            nxt = logits.argmax(-1)
+            cur = nxt if on_dev else nxt.cpu()
+    for a, b in zip(host_steps, dev_steps, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_chained_engine_equals_plain_engine_on_the_fast_path(tiny_checkpoint: Path) -> None:
+    from worker.engine import Engine, EngineRequest, SamplingParams
+    from worker.model import load_pretrained
+    from worker.model.kernels.binding import prepare_fast_decode
+
+    model = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    vocab = model.config.vocab_size
+    results = {}
+    for overlap in (False, True):
+        engine = Engine(model, None, slots=8, prefill_token_budget=64, overlap=overlap)
+        assert prepare_fast_decode(model, engine.pool, max_batch=8)
+        reqs = []
+        for i in range(6):
+            kw: dict = {"max_new_tokens": 24, "ignore_eos": True}
+            if i % 2:
+                kw.update(temperature=0.9, top_k=20, top_p=0.95, seed=i)
+            prompt = [(7 * i + 3 * j) % vocab for j in range(5 + 11 * i)]
+            reqs.append(EngineRequest(f"r{i}", prompt, SamplingParams(**kw)))
+        results[overlap] = [r.token_ids for r in engine.generate(reqs)]
+        assert (engine.chained_steps > 10) == overlap
+    assert results[True] == results[False]
