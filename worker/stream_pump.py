@@ -147,11 +147,15 @@ class StreamPump:
             self._thread = None
 
     def _loop(self) -> None:
+        failed = False
         while not self._stop.wait(self.interval):
             try:
                 self.tick()
+                failed = False
             except Exception:  # never let one bad round stop the streams of every job
-                log.exception("stream pump round failed")
+                if not failed:  # once per streak, not 20 times a second
+                    log.exception("stream pump round failed; the text stays pending")
+                failed = True
 
     # --- one round -----------------------------------------------------------------------------
     def tick(self) -> None:

@@ -7,6 +7,7 @@ through ``run_job``) as a worker process does, without Celery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import torch
 
 from infra.redis_server import RedisServer
@@ -202,6 +204,31 @@ def test_redis_restart_mid_stream_retries_the_pending_text(
         assert not job.lost.is_set()
     finally:
         store.client.close()
+
+
+def test_a_refused_write_keeps_the_text_for_the_next_round(
+    store: JobStore, make_run: Callable[[JobStore], Run]
+) -> None:
+    """Redis refusing writes (out of memory) is no outage: the text stays pending and goes out later."""
+    run = make_run(store)
+    job = run.start("oom", new_tokens=20)
+    run.steps(3)
+    run.pump.tick()
+    before = run.streamed("oom")
+    assert before
+    run.steps(3)
+    store.client.config_set("maxmemory-policy", "noeviction")
+    store.client.config_set("maxmemory", "1")
+    try:
+        with contextlib.suppress(redis.ResponseError):  # the whole call refused, or each XADD
+            run.pump.tick()
+        assert run.streamed("oom") == before
+    finally:
+        store.client.config_set("maxmemory", "0")
+    assert not job.lost.is_set()
+    run.steps(30)
+    run.pump.tick()
+    assert "".join(run.streamed("oom")) == run.handles["oom"].result(timeout=0).text
 
 
 def test_final_flush_and_pump_never_write_the_same_text_twice(
