@@ -111,7 +111,6 @@ class StreamPump:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._rounds = 0
         self._failing = False
 
     # --- registry (task threads) ---------------------------------------------------------------
