@@ -102,6 +102,13 @@ class Settings(BaseSettings):
         ge=0,
         description="On warm shutdown, seconds running jobs get to finish before going back to the queue.",
     )
+    stream_flush_interval: float = Field(
+        default=0.05,
+        gt=0,
+        le=5,
+        description="How often a worker writes the token deltas of all its running jobs (one Redis "
+        "pipeline) and, every second round, checks them for cancel requests; seconds.",
+    )
     debug_faults: bool = Field(
         default=False,
         description="Test only: workers honour `metadata.tnllm_debug` of a job (`crash`, `delay`); "

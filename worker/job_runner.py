@@ -1,85 +1,42 @@
 """Run one job on this worker: fence → engine request → stream deltas → finish (no tensor code).
 
-The engine thread hands token deltas to a ``DeltaWriter`` (a queue put, never Redis); the task
-thread drains it every ``POLL_S`` into the job's stream, polls for a cancel, renews nothing (the
-heartbeat thread does) and enforces the time limit. Every write checks that this worker still owns
-the job, so a job taken over by another worker (after this one stalled) is never written twice.
+The engine thread hands token deltas to a ``DeltaWriter`` (a queue put, never Redis); the process's
+``StreamPump`` (worker/stream_pump.py) writes them to the job's stream for every running job in one
+pipeline per round and reads cancel requests, and the heartbeat thread renews the lease. The task
+thread only waits on its engine request (``WAIT_S`` at a time) and looks at local flags: lost lease,
+cancel, warm-shutdown release, time limit; at the end it flushes what is left and writes the result.
+Every write checks that this worker still owns the job, so a job taken over by another worker
+(after this one stalled) is never written twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis
-
-from worker.engine.types import EngineError, EngineRequest, EngineResult, SamplingParams, TokenEvent
+from worker.engine.types import EngineError, EngineRequest, EngineResult, SamplingParams
 from worker.events import notify_transition
 from worker.faults import crash_now, faults_for
 from worker.jobstore.records import JobError, JobRecord, JobResult, JobStatus, Usage
+from worker.stream_pump import TRANSIENT, DeltaWriter, LeaseLost
 
 if TYPE_CHECKING:
     from worker.runtime import ActiveJob, WorkerRuntime
 
+__all__ = ["TRANSIENT", "DeltaWriter", "LeaseLost", "build_request", "retry_transient", "run_job"]
+
 log = logging.getLogger(__name__)
 
-#: How often the task thread flushes deltas and checks cancel / time limit / lease (seconds).
-POLL_S = 0.05
-#: Redis errors that mean "try again shortly" (an outage or a restart), not "give up".
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: Longest wait of a task thread between looks at its flags (release, time limit); lost leases and
+#: cancels end the engine request themselves (the pump or heartbeat cancels it), waking it at once.
+WAIT_S = 0.5
+#: How often a held job (debug ``delay`` fault) looks at its flags.
+HOLD_POLL_S = 0.05
 
 T = TypeVar("T")
-
-
-class LeaseLost(Exception):
-    """Another worker owns the job now (or it was reaped): stop without writing anything."""
-
-
-class DeltaWriter:
-    """Collects deltas from the engine thread; the task thread appends them to Redis in batches."""
-
-    def __init__(self, store: Any, job_id: str, worker_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.worker_id = worker_id
-        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pending: list[str] = []
-        self._failing = False
-
-    def on_token(self, event: TokenEvent) -> None:
-        """Engine-thread callback: never blocks."""
-        if event.text:
-            self._inbox.put(event.text)
-
-    def flush(self) -> bool:
-        """Append what arrived as one stream entry; True when nothing is left unwritten.
-
-        While Redis is down the text stays pending for the next flush. Raises LeaseLost when the
-        store says this worker no longer owns the job.
-        """
-        while True:
-            try:
-                self._pending.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        if not self._pending:
-            return True
-        try:
-            ids = self.store.append(self.job_id, self.worker_id, "".join(self._pending))
-        except TRANSIENT as exc:
-            if not self._failing:
-                log.warning("job %s: stream write failed (%s); will retry", self.job_id, exc)
-            self._failing = True
-            return False
-        self._failing = False
-        if not ids:
-            raise LeaseLost(self.job_id)
-        self._pending.clear()
-        return True
 
 
 def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
@@ -145,7 +102,7 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     if faults.crash:
         crash_now(record.id)
     if faults.delay:
-        early = _hold(rt, record.id, active, min(time.monotonic() + faults.delay, deadline))
+        early = _hold(active, min(time.monotonic() + faults.delay, deadline))
         if early == "lost":
             return "lease_lost"
         if early == "release":
@@ -161,9 +118,13 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
         handle = rt.engine.submit(request, on_token=writer.on_token)
     except ValueError as exc:  # RequestRejected, malformed conversation, template errors
         return _finish(rt, record, JobStatus.FAILED, error=JobError(type="invalid_request", message=str(exc)))
-    outcome = _wait(rt, record, active, handle, writer, deadline)
+    active.attach(rt.engine, handle.request_id, writer)  # the stream pump writes its deltas from now on
+    outcome = _wait(rt, record, active, handle, deadline)
     if isinstance(outcome, str):
         return outcome
+    if active.lost.is_set():  # the pump or heartbeat found another owner (and ended the request)
+        log.warning("job %s: lease lost; abandoning this run", record.id)
+        return "lease_lost"
     try:
         # Redis may be down right now: keep trying a while (the result itself holds the full text).
         end = time.monotonic() + rt.finish_retry_s
@@ -180,18 +141,16 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     return _finish(rt, record, status, result=result)
 
 
-def _hold(rt: WorkerRuntime, job_id: str, active: ActiveJob, until: float) -> str | None:
+def _hold(active: ActiveJob, until: float) -> str | None:
     """Sleep until ``until`` (debug delay) unless the job is lost, released or cancelled first."""
-    polls = 0
     while time.monotonic() < until:
         if active.lost.is_set():
             return "lost"
         if active.release.is_set():
             return "release"
-        polls += 1
-        if polls % 2 == 0 and _cancel_requested(rt, job_id, active):
+        if active.cancel.is_set():  # set by the stream pump or the heartbeat
             return "cancel"
-        time.sleep(POLL_S)
+        time.sleep(HOLD_POLL_S)
     return None
 
 
@@ -201,16 +160,22 @@ def _timed_out(rt: WorkerRuntime, record: JobRecord) -> str:
 
 
 def _wait(
-    rt: WorkerRuntime, record: JobRecord, active: ActiveJob, handle: Any, writer: DeltaWriter, deadline: float
+    rt: WorkerRuntime, record: JobRecord, active: ActiveJob, handle: Any, deadline: float
 ) -> EngineResult | str:
-    """Wait for the engine, streaming deltas; the result, or a string saying how it ended early."""
+    """Wait for the engine; the result, or a string saying how the job ended early.
+
+    No Redis here: the stream pump writes the deltas and sets ``active.cancel`` / ``active.lost``
+    (cancelling the engine request itself, which ends this wait); this thread wakes every
+    ``WAIT_S`` for the flags only it acts on (release, time limit) and for flags set before the
+    request was attached to the job.
+    """
     engine = rt.engine
     request_id = handle.request_id
     cancel_sent = False
-    polls = 0
+    timeout = 0.0  # look at the flags at once: a cancel may have come before the request existed
     while True:
         try:
-            return handle.result(timeout=POLL_S)  # type: ignore[no-any-return]
+            return handle.result(timeout=timeout)  # type: ignore[no-any-return]
         except TimeoutError:
             pass
         except EngineError as exc:
@@ -218,16 +183,12 @@ def _wait(
             return _finish(
                 rt, record, JobStatus.FAILED, error=JobError(type="engine_error", message=str(exc))
             )
-        polls += 1
-        try:
-            writer.flush()
-        except LeaseLost:
-            active.lost.set()
         if active.lost.is_set():
             engine.cancel(request_id)
             log.warning("job %s: lease lost; abandoning this run", record.id)
             return "lease_lost"
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             engine.cancel(request_id)
             _drain(handle)
             return _timed_out(rt, record)
@@ -235,18 +196,10 @@ def _wait(
             engine.cancel(request_id)
             _drain(handle)
             return _release(rt, record)
-        if not cancel_sent and polls % 2 == 0 and _cancel_requested(rt, record.id, active):
+        if not cancel_sent and active.cancel.is_set():
             engine.cancel(request_id)  # the engine retires it next step; result says "cancelled"
             cancel_sent = True
-
-
-def _cancel_requested(rt: WorkerRuntime, job_id: str, active: ActiveJob) -> bool:
-    if active.cancel.is_set():
-        return True
-    try:
-        return bool(rt.store.cancel_requested(job_id))
-    except TRANSIENT:
-        return False
+        timeout = min(WAIT_S, deadline - now + 0.001)
 
 
 def _drain(handle: Any, timeout: float = 10.0) -> None:
@@ -264,6 +217,7 @@ def _finish(
 ) -> str:
     """Write the terminal state (retrying through Redis outages) while this worker owns the job."""
     store = rt.store
+    rt.pump.discard(record.id)  # its stream is complete: the pump must not read our end as a loss
 
     finished_at = time.time()  # one value for every retry, so a write that ran is recognised
 
@@ -282,6 +236,7 @@ def _finish(
 
 def _release(rt: WorkerRuntime, record: JobRecord) -> str:
     """Warm shutdown ran out of grace: put the job back on the queue for another worker."""
+    rt.pump.discard(record.id)
     outcome = retry_transient(
         lambda: rt.store.release(record.id, rt.worker_id),
         what=f"release {record.id}",

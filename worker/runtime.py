@@ -33,6 +33,7 @@ from worker.jobstore.ops import WorkerInfo
 from worker.jobstore.sync import JobStore
 from worker.metrics import WorkerMetrics
 from worker.orphans import rescue_orphans, resend_messageless
+from worker.stream_pump import DeltaWriter, StreamPump
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,39 @@ def set_runtime(runtime: WorkerRuntime | None) -> None:
 
 @dataclass
 class ActiveJob:
-    """A job running in this process, with flags the heartbeat/shutdown threads set for its task."""
+    """A job running in this process, with flags the pump/heartbeat/shutdown threads set for its
+    task, and (once submitted) its engine request and delta writer, which the stream pump serves."""
 
     job_id: str
     started: float = field(default_factory=time.monotonic)
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    request_id: str | None = None
+    writer: DeltaWriter | None = None
+    engine: Any = None
+
+    def attach(self, engine: Any, request_id: str, writer: DeltaWriter) -> None:
+        """The job's engine request was submitted: the pump writes ``writer``'s deltas from now on."""
+        self.engine, self.request_id = engine, request_id
+        self.writer = writer  # set last: the pump reads it without a lock
+
+    def stop_engine(self) -> None:
+        """Cancel the job's engine request, if it has one (it leaves the batch within one step)."""
+        if self.engine is not None and self.request_id is not None:
+            self.engine.cancel(self.request_id)
+
+    def request_cancel(self) -> None:
+        """A cancel was requested: flag it for the task and stop generating (the partial text stays)."""
+        if not self.cancel.is_set():
+            self.cancel.set()
+            self.stop_engine()
+
+    def mark_lost(self) -> None:
+        """Another worker owns the job now: flag it for the task and stop generating."""
+        if not self.lost.is_set():
+            self.lost.set()
+            self.stop_engine()
 
 
 class WorkerRuntime:
@@ -85,6 +112,7 @@ class WorkerRuntime:
         self.metrics = WorkerMetrics()
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
         self._active: dict[str, ActiveJob] = {}
+        self.pump = StreamPump(self.store, self.worker_id, settings.stream_flush_interval)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -125,10 +153,12 @@ class WorkerRuntime:
         job = ActiveJob(job_id)
         with self._lock:
             self._active[job_id] = job
+        self.pump.add(job)
         return job
 
     def untrack(self, job_id: str) -> None:
         """Forget a job this process no longer runs."""
+        self.pump.discard(job_id)
         with self._lock:
             self._active.pop(job_id, None)
 
@@ -144,7 +174,8 @@ class WorkerRuntime:
 
     # --- background threads --------------------------------------------------------------------
     def start_background(self) -> None:
-        """Start the heartbeat/lease thread and the reaper thread."""
+        """Start the stream pump, the heartbeat/lease thread and the reaper thread."""
+        self.pump.start()
         for name, interval, fn in (
             ("heartbeat", self.settings.lease_renew_interval, self.heartbeat_once),
             ("reaper", self.settings.reaper_interval, self.reap_once),
@@ -167,13 +198,18 @@ class WorkerRuntime:
                 return
 
     def heartbeat_once(self) -> None:
-        """Renew the leases of running jobs (noting cancels and lost leases), then the heartbeat."""
-        for job in self.active_jobs():
-            status = self.store.renew_lease(job.job_id, self.worker_id)
-            if not status.owned:
-                job.lost.set()
-            if status.cancel_requested:
-                job.cancel.set()
+        """Renew the leases of running jobs in one pipeline (noting cancels and lost leases), then
+        publish the heartbeat."""
+        jobs = self.active_jobs()
+        statuses = self.store.renew_leases([job.job_id for job in jobs], self.worker_id)
+        for job in jobs:
+            status = statuses[job.job_id]
+            if isinstance(status, Exception):
+                log.warning("job %s: lease renewal failed: %s", job.job_id, status)
+            elif not status.owned:
+                job.mark_lost()
+            elif status.cancel_requested:
+                job.request_cancel()
         self.store.heartbeat_worker(self.worker_info(), ttl=self.heartbeat_ttl)
 
     @property
@@ -235,6 +271,7 @@ class WorkerRuntime:
     def close(self) -> None:
         """Stop the threads and the engine; withdraw the heartbeat."""
         self._stop.set()
+        self.pump.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         if self.engine is not None:

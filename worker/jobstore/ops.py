@@ -252,6 +252,32 @@ def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int) -> 
     return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, *texts])
 
 
+@dataclass(frozen=True)
+class AppendAck:
+    """One job's answer of ``append_many``: still owned by the caller? its text written? cancel asked?"""
+
+    owned: bool
+    written: bool
+    cancel_requested: bool
+
+
+def append_many_call(worker_id: str, texts: Mapping[str, str], ttl: int) -> ScriptCall:
+    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag)."""
+    job_keys: list[str] = []
+    for job_id in texts:
+        job_keys += [keys.job(job_id), keys.stream(job_id)]
+    return ScriptCall("append_many", job_keys, [worker_id, ttl, *texts.values()])
+
+
+def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:
+    """Decode the APPEND_MANY answer (one code per job, in order)."""
+    acks: dict[str, AppendAck] = {}
+    for job_id, value in zip(job_ids, raw, strict=True):
+        code = int(value)
+        acks[job_id] = AppendAck(owned=code != 0, written=code & 3 == 1, cancel_requested=bool(code & 4))
+    return acks
+
+
 def finish_call(
     job_id: str,
     worker_id: str,

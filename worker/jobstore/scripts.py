@@ -197,12 +197,42 @@ return back_to_queue(f, 'released')
 """
 )
 
+# The worker's stream pump: APPEND (and the cancel read) for all its running jobs in one call.
+# KEYS: job_1, stream_1, ..., job_n, stream_n
+# ARGV: worker_id, ttl, text_1 .. text_n ('' = nothing to write, only the fence and cancel read)
+# Per job: 0 = not the owner (nothing written); else 1 (written, or nothing to write) or 2 (its
+# XADD failed: nothing written), plus 4 when a cancel was requested.
+APPEND_MANY = """
+local out = {}
+for j = 1, #KEYS / 2 do
+  local f = redis.call('HMGET', KEYS[2 * j - 1], 'status', 'lease_owner', 'cancel_requested')
+  if f[1] ~= 'running' or f[2] ~= ARGV[1] then
+    out[j] = 0
+  else
+    local code = 1
+    local text = ARGV[j + 2]
+    if text ~= '' then
+      local id = redis.pcall('XADD', KEYS[2 * j], '*', 't', 'token', 'text', text)
+      if type(id) == 'table' and id.err then
+        code = 2
+      else
+        redis.call('EXPIRE', KEYS[2 * j], ARGV[2])
+      end
+    end
+    if f[3] == '1' then code = code + 4 end
+    out[j] = code
+  end
+end
+return out
+"""
+
 ALL = {
     "create": CREATE,
     "discard": DISCARD,
     "claim": CLAIM,
     "renew": RENEW,
     "append": APPEND,
+    "append_many": APPEND_MANY,
     "finish": FINISH,
     "cancel": CANCEL,
     "reap": REAP,

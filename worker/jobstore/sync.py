@@ -7,7 +7,7 @@ are shared with the asyncio twin in ``aio.py`` through ``ops.py``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ from infra.settings import Settings
 from worker.jobstore import keys, ops, scripts
 from worker.jobstore.codec import record_from_hash
 from worker.jobstore.ops import (
+    AppendAck,
     CancelOutcome,
     ClaimOutcome,
     CreateOutcome,
@@ -81,6 +82,19 @@ class JobStore:
 
     def _run(self, call: ops.ScriptCall) -> Any:
         return self._scripts[call.name](keys=call.keys, args=call.args)
+
+    def _run_many(self, calls: Sequence[ops.ScriptCall]) -> list[Any]:
+        """Run script calls in one non-transactional pipeline (one round trip, plus SCRIPT EXISTS).
+
+        A connection-level error (Redis down) raises; a script that failed on its own gives its
+        exception object in its place, so one bad job cannot hide the others' answers.
+        """
+        if not calls:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
+        return list(pipe.execute(raise_on_error=False))
 
     # --- creation (the API uses the async twin; kept here for tools and tests) ---------------
     def create(
@@ -184,6 +198,14 @@ class JobStore:
         cancel was requested."""
         return ops.parse_renew(self._run(ops.renew_call(job_id, worker_id, self.lease_ttl)))
 
+    def renew_leases(self, job_ids: Sequence[str], worker_id: str) -> dict[str, LeaseStatus | Exception]:
+        """``renew_lease`` for many jobs in one pipeline; a job whose script failed maps to the error."""
+        calls = [ops.renew_call(job_id, worker_id, self.lease_ttl) for job_id in job_ids]
+        return {
+            job_id: raw if isinstance(raw, Exception) else ops.parse_renew(raw)
+            for job_id, raw in zip(job_ids, self._run_many(calls), strict=True)
+        }
+
     def lease_alive(self, job_id: str) -> bool:
         """True while the job's lease key exists."""
         return bool(self.client.exists(keys.lease(job_id)))
@@ -194,6 +216,16 @@ class JobStore:
         if not texts:
             return []
         return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl)))
+
+    def append_many(self, worker_id: str, texts: Mapping[str, str]) -> dict[str, AppendAck]:
+        """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
+        per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
+        whether its text is in the stream, and whether a cancel was requested. Raises when Redis is
+        unreachable; on a ConnectionError the call may have run (as for ``append``)."""
+        if not texts:
+            return {}
+        call = ops.append_many_call(worker_id, texts, self.ttl)
+        return ops.parse_append_many(self._run(call), list(texts))
 
     def finish(
         self,
