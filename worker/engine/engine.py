@@ -340,18 +340,25 @@ class Engine:
             live.generator = make_generator(p.seed, self.device)
 
     def _run_prefill(self, chunks: list[PrefillChunk]) -> list[torch.Tensor]:
-        """Consume prompt chunks; returns the last logits of each chunk that completes its prompt."""
-        logits: list[torch.Tensor] = []
+        """Consume prompt chunks (one packed forward); returns the last logits of each chunk that
+        completes its prompt."""
+        if not chunks:
+            return []
         for ch in chunks:
-            seq = ch.seq
             if ch.start == 0:
-                self.model.reset_slot(self.pool, seq.slot)
-            ids = torch.tensor(seq.prompt_ids[ch.start : ch.start + ch.length], device=self.device)
-            out = self.model.prefill(ids, ch.start, self.pool, seq.slot, last_only=True)
-            seq.prefilled += ch.length
-            if ch.completes_prompt:
-                logits.append(out.reshape(1, -1).float())
-        return logits
+                self.model.reset_slot(self.pool, ch.seq.slot)
+        logits = self.model.prefill_many(
+            [(ch.seq.prompt_ids[ch.start : ch.start + ch.length], ch.start, ch.seq.slot) for ch in chunks],
+            self.pool,
+        )
+        for ch in chunks:
+            ch.seq.prefilled += ch.length
+        done = [i for i, ch in enumerate(chunks) if ch.completes_prompt]
+        if not done:
+            return []
+        if len(done) == len(chunks):
+            return [logits]
+        return [logits[torch.tensor(done, device=logits.device)]]
 
     def _swap_slots(self, swaps: list[tuple[int, int]]) -> None:
         """Exchange the states of slot pairs (the scheduler packs decoding sequences low)."""

@@ -222,6 +222,22 @@ class TransnormerLM(nn.Module):
         return logits[0, -1] if last_only else logits[0]
 
     @torch.no_grad()
+    def prefill_many(self, chunks: list[tuple[list[int], int, int]], pool: list[Tensor]) -> Tensor:
+        """Several prompt chunks ``(ids, start_pos, slot)`` (distinct slots) -> fp32 logits ``[N, V]``
+        of each chunk's last token, every slot's state updated in place. On CUDA one packed forward
+        for all of them; the reference path runs them one by one (same numbers either way)."""
+        if not chunks:
+            raise ValueError("prefill_many needs at least one chunk")
+        fast = self._fast()
+        if fast is not None:
+            return fast.prefill_many(chunks, pool)
+        rows = [
+            self.prefill(torch.tensor(ids, dtype=torch.long, device=self.device), start, pool, slot).float()
+            for ids, start, slot in chunks
+        ]
+        return torch.stack(rows)
+
+    @torch.no_grad()
     def decode(
         self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor | slice
     ) -> Tensor:

@@ -118,3 +118,31 @@ def test_graph_runner_batches_independent_rows_bf16() -> None:
         assert (a - c).abs().max() < 0.05 * float(c.abs().max())
     untouched = [2, 4, 5, 7]
     assert all(bool((p[untouched] == 0).all()) for p in pool)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_prefill_matches_the_reference_and_one_at_a_time(dtype: torch.dtype) -> None:
+    """Several chunks in one packed forward (fla varlen in bf16, the exact loop in fp32): fresh and
+    continued sequences, one a single token, each in its own slot."""
+    fast = tiny(dtype, seed=3)
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 99, (n,)).tolist() for n in (70, 1, 45, 130)]
+    refs = [reference_logits(fast, p) for p in prompts]
+    tol = 2e-3 if dtype == torch.float32 else 0.05 * max(float(r.abs().max()) for r in refs)
+    pool = fast.new_state_pool(6)
+    alone = fast.new_state_pool(6)
+    slots = [4, 0, 2, 5]
+    split = [30, 1, 45, 100]  # first chunk lengths; the rest of each prompt (if any) comes next step
+    first = fast.prefill_many([(p[:n], 0, s) for p, n, s in zip(prompts, split, slots, strict=True)], pool)
+    for r, (p, n, s) in enumerate(zip(prompts, split, slots, strict=True)):
+        assert (first[r] - refs[r][n - 1]).abs().max() < tol
+        fast.prefill(torch.tensor(p[:n], device=DEV), 0, alone, s)
+    rest = [(p[n:], n, s) for p, n, s in zip(prompts, split, slots, strict=True) if len(p) > n]
+    second = fast.prefill_many(rest, pool)
+    for r, (ids, start, s) in enumerate(rest):
+        ref = refs[slots.index(s)]
+        assert (second[r] - ref[start + len(ids) - 1]).abs().max() < tol
+        fast.prefill(torch.tensor(ids, device=DEV), start, alone, s)
+    for a, b in zip(pool, alone, strict=True):
+        assert (a - b).abs().max() <= (1e-5 if dtype == torch.float32 else 0.02) * float(b.abs().max())
+    assert all(bool((p[[1, 3]] == 0).all()) for p in pool)  # other slots untouched

@@ -163,6 +163,7 @@ def _prep_kernel(
     k_ptr,
     v_ptr,
     theta_ptr,
+    pos_ptr,
     start_pos,
     stride_z,
     E: tl.constexpr,
@@ -173,6 +174,7 @@ def _prep_kernel(
     BLOCK_D: tl.constexpr,
     SILU: tl.constexpr,
     LRPE: tl.constexpr,
+    HAS_POS: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -189,7 +191,10 @@ def _prep_kernel(
         q = q * tl.sigmoid(q)
         k = k * tl.sigmoid(k)
     if LRPE:
-        p = (start_pos + t).to(tl.float32)
+        if HAS_POS:  # noqa: SIM108 (constexpr branch) packed sequences: each token has its own position
+            p = tl.load(pos_ptr + t).to(tl.float32)
+        else:
+            p = (start_pos + t).to(tl.float32)
         ang = tl.load(theta_ptr + h * D + j, mask=m_k, other=0.0) * p
         rot = tl.where(offs_k < D, tl.cos(ang), tl.sin(ang))
         q = q * rot
@@ -204,12 +209,18 @@ def _prep_kernel(
 
 
 def prep_qkv(
-    z: torch.Tensor, n_heads: int, start_pos: int, theta: torch.Tensor | None, silu: bool = True
+    z: torch.Tensor,
+    n_heads: int,
+    start_pos: int,
+    theta: torch.Tensor | None,
+    silu: bool = True,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split the qkvu projection ``z [T, 4E]`` into contiguous q', k' ``[T, H, DK]`` and v ``[T, H, D]``.
 
     Applies SiLU to q and k and, when ``theta`` (fp32 ``[H, D]``) is given, the LRPE rotation at
-    positions ``start_pos .. start_pos+T-1`` with fp32 angles.
+    positions ``start_pos .. start_pos+T-1`` (or at ``positions [T]``, int64 on the device, for
+    several sequences packed into one T) with fp32 angles.
     """
     t, four_e = z.shape
     e = four_e // 4
@@ -224,6 +235,7 @@ def prep_qkv(
         k,
         v,
         theta if theta is not None else z,
+        positions if positions is not None else z,
         start_pos,
         z.stride(0),
         E=e,
@@ -234,9 +246,52 @@ def prep_qkv(
         BLOCK_D=triton.next_power_of_2(d),
         SILU=silu,
         LRPE=theta is not None,
+        HAS_POS=positions is not None,
         num_warps=1 if dk <= 128 else 2,
     )
     return q, k, v
+
+
+def prefill_attention_packed(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_gamma: torch.Tensor,
+    pool: torch.Tensor,
+    slots: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    lengths: list[int],
+    slot_ids: list[int],
+    cu_seqlens_cpu: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``prefill_attention`` for N sequences packed along T, each continuing from and updating its
+    slot's state: ``slots``/``cu_seqlens [N+1]`` on the device, the same ``slot_ids``/``lengths`` on
+    the host."""
+    if q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16:
+        outs, start = [], 0
+        for slot, length in zip(slot_ids, lengths, strict=True):  # the exact path, one at a time
+            sl = slice(start, start + length)
+            outs.append(prefill_attention(q[sl], k[sl], v[sl], g_gamma, pool[slot]))
+            start += length
+        return torch.cat(outs)
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    init = pool.index_select(0, slots)
+    if init.dtype != torch.float32:
+        init = init.float()
+    o, final = chunk_simple_gla(
+        q.unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
+        g_gamma=g_gamma,
+        scale=1.0,
+        initial_state=init,
+        output_final_state=True,
+        cu_seqlens=cu_seqlens,
+        cu_seqlens_cpu=cu_seqlens_cpu,  # fla derives its chunk index from it without a device read
+    )
+    pool.index_copy_(0, slots, final.to(pool.dtype))
+    return o[0]
 
 
 def prefill_attention(

@@ -44,6 +44,9 @@ class FastBinding:
     ) -> Tensor:
         return self.fast.prefill(input_ids.to(self.device), start_pos, pool, slot, last_only)
 
+    def prefill_many(self, chunks: list[tuple[list[int], int, int]], pool: list[Tensor]) -> Tensor:
+        return self.fast.prefill_many(chunks, pool)
+
     def decode(
         self, input_ids: Tensor, positions: Tensor, pool: list[Tensor], slots: Tensor | slice
     ) -> Tensor:

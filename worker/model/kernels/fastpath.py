@@ -18,13 +18,19 @@ Nothing here synchronises with the host, so a decode step can be captured in a C
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from worker.model.kernels.attention import decode_attention, prefill_attention, prep_qkv
+from worker.model.kernels.attention import (
+    decode_attention,
+    prefill_attention,
+    prefill_attention_packed,
+    prep_qkv,
+)
 from worker.model.kernels.fused import add_rms, embed_rms, norm_gate
 
 
@@ -345,13 +351,57 @@ class FastTransnormer:
             return self._linear(a[-1:], self.head, None).float()[0]
         return F.linear(a, self.head).float()
 
-    def warmup(self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1)) -> None:
+    def prefill_many(
+        self, chunks: list[tuple[list[int], int, int]], pool: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Several prompt chunks ``(ids, start_pos, slot)`` in one forward: the GEMMs and row ops run
+        once over all their tokens, the attention per sequence through fla's packed (varlen) chunk
+        kernel. Each slot's state is updated in place; returns fp32 logits ``[N, V]`` of each
+        chunk's last token. One call per engine step instead of one per prompt: a step's launches
+        (~600 kernels, host-bound for short prompts) are paid once."""
+        h, d = self.spec.n_heads, self.spec.head_dim
+        dev = self.embed.device
+        lengths = [len(chunk_ids) for chunk_ids, _, _ in chunks]
+        slot_ids = [slot for _, _, slot in chunks]
+        ids_host: list[int] = []
+        pos_host: list[int] = []
+        for chunk_ids, start, _ in chunks:
+            ids_host.extend(chunk_ids)
+            pos_host.extend(range(start, start + len(chunk_ids)))
+        ends = list(itertools.accumulate(lengths))
+        # one host-to-device copy for every index the step needs
+        packed = torch.tensor([*ids_host, *pos_host, 0, *ends, *slot_ids], dtype=torch.int64).to(dev)
+        cu_cpu = torch.tensor([0, *ends], dtype=torch.int64)
+        t = len(ids_host)
+        ids, positions = packed[:t], packed[t : 2 * t]
+        cu = packed[2 * t : 2 * t + len(chunks) + 1]
+        slots = packed[2 * t + len(chunks) + 1 :]
+
+        def attend(z: torch.Tensor, lw: FastLayer, i: int) -> torch.Tensor:
+            q, k, v = prep_qkv(z, h, 0, lw.theta, positions=positions)
+            o = prefill_attention_packed(q, k, v, lw.g_gamma, pool[i], slots, cu, lengths, slot_ids, cu_cpu)
+            return o.reshape(t, h * d)
+
+        a = self._run(ids, attend)
+        last = a[cu[1:] - 1]  # each chunk's last token
+        return self._linear(last, self.head, None).float()
+
+    def warmup(
+        self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1, 37, 300)
+    ) -> None:
         """Compile and autotune every prefill/decode kernel variant once (fla's first chunk call tunes
-        for ~30 s per variant), using ``scratch_slot`` and zeroing it again afterwards."""
+        for ~30 s per variant), using ``scratch_slot`` and zeroing it again afterwards.
+
+        Triton compiles a kernel again for integer arguments of another class (1, a multiple of 16,
+        anything else), so the lengths cover each class on both GEMM paths (skinny up to 128 rows,
+        cuBLAS above), and one chunk continues from an unaligned position, as chunked prefill does:
+        otherwise the first real prompts pay seconds of compilation inside a serving step."""
         dev = self.embed.device
         for t in lengths:
             ids = torch.zeros(t, dtype=torch.int64, device=dev)
             self.prefill(ids, 0, pool, scratch_slot)
+        self.prefill(torch.zeros(27, dtype=torch.int64, device=dev), 37, pool, scratch_slot)
+        self.prefill_many([([0] * 37, 64, scratch_slot), ([0] * 64, 0, scratch_slot)], pool)
         one = torch.zeros(1, dtype=torch.int64, device=dev)
         self.decode(one, one, pool, torch.full((1,), scratch_slot, dtype=torch.int64, device=dev))
         for p in pool:
