@@ -154,11 +154,15 @@ def service_phase(
             warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
             assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
 
+        # one keep-alive client shared by the submitting threads, as a real client would hold: a new
+        # httpx.Client per request builds an SSL context each time, and that (not the service) capped
+        # the submit rate at ~40-70 jobs/s in the first runs
+        client = httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=64))
+
         def submit(i: int) -> str:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                r = c.post("/v1/jobs", json={"prompt": PROMPT.format(i=i), "max_new_tokens": new_tokens})
-                assert r.status_code == 202, r.text
-                return str(r.json()["id"])
+            r = client.post("/v1/jobs", json={"prompt": PROMPT.format(i=i), "max_new_tokens": new_tokens})
+            assert r.status_code == 202, r.text
+            return str(r.json()["id"])
 
         assert worker.process is not None
         pid = worker.process.pid
@@ -166,6 +170,7 @@ def service_phase(
         cpu0, t0, wall0 = _cpu_seconds(pid), time.perf_counter(), time.time()
         with ThreadPoolExecutor(16) as pool:
             ids = list(pool.map(submit, range(jobs)))
+        client.close()
         results: list[dict[str, Any]] = []
         with httpx.Client(base_url=url, timeout=300) as http:
             for job_id in ids:

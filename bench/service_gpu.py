@@ -210,13 +210,17 @@ def service_phase(
             warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
             assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
 
+        # one keep-alive client shared by the submitting threads, as a real client would hold: a new
+        # httpx.Client per request builds an SSL context each time, and that (not the service) capped
+        # the submit rate at ~40 jobs/s in the runs of 19:46-20:03 UTC
+        client = httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=threads))
+
         def submit(i: int) -> str:
-            with httpx.Client(base_url=url, timeout=120) as c:
-                body = {"prompt": f"Request {i}: tell me about linear attention and recurrent state.",
-                        "max_new_tokens": new_tokens}  # fmt: skip
-                r = c.post("/v1/jobs", json=body)
-                assert r.status_code == 202, r.text
-                return str(r.json()["id"])
+            body = {"prompt": f"Request {i}: tell me about linear attention and recurrent state.",
+                    "max_new_tokens": new_tokens}  # fmt: skip
+            r = client.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            return str(r.json()["id"])
 
         rates: list[float] = []  # the worker's own engine tokens/s (heartbeat), sampled during the run
         done = threading.Event()
@@ -236,6 +240,7 @@ def service_phase(
             profiler.start()
         with ThreadPoolExecutor(threads) as pool:
             ids = list(pool.map(submit, range(jobs)))
+        client.close()
         submitted = time.perf_counter() - t0
         results: list[dict[str, Any]] = []
         with httpx.Client(base_url=url, timeout=300) as http:
