@@ -39,7 +39,11 @@ class DeltaWriter:
     """Collects deltas from the engine thread; the pump (and the task's final flush) write them.
 
     ``lock`` serialises writers of the same job (pump thread and task thread), so text is written
-    once and in order.
+    once and in order. Each flush carries a sequence number (1, 2, ... for this writer, i.e. this
+    attempt of the job) that Redis remembers (scripts.py): text whose write failed without an
+    answer may have been applied, so it stays pending *as it was* under its number and a resend
+    of applied text is recognised, not written twice; deltas arriving meanwhile wait for the next
+    number. Text that Redis refused for sure (XADD failed) takes them along under its number.
     """
 
     def __init__(self, store: Any, job_id: str, worker_id: str) -> None:
@@ -48,8 +52,15 @@ class DeltaWriter:
         self.worker_id = worker_id
         self.lock = threading.Lock()
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pending: list[str] = []
+        self._pending = ""
+        self._seq = 0  # the number of the last text taken (``_pending``'s while it is set)
+        self._in_doubt = False  # ``_pending``'s write failed unanswered: resend it unchanged
         self._failing = False
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the text ``take`` returned (send it along)."""
+        return self._seq
 
     def on_token(self, event: TokenEvent) -> None:
         """Engine-thread callback: never blocks."""
@@ -57,46 +68,64 @@ class DeltaWriter:
             self._inbox.put(event.text)
 
     def take(self) -> str:
-        """The text not yet written (arrived deltas joined). The caller holds ``lock``."""
+        """The text to write next ('' if none), numbered ``seq``: the pending text unchanged while
+        its write is in doubt, else the pending text and the deltas arrived since, joined (under a
+        new number when nothing was pending). The caller holds ``lock``."""
+        if self._in_doubt:
+            return self._pending
+        parts = [self._pending] if self._pending else []
         while True:
             try:
-                self._pending.append(self._inbox.get_nowait())
+                parts.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
-        if len(self._pending) > 1:
-            self._pending[:] = ["".join(self._pending)]
-        return self._pending[0] if self._pending else ""
+        if parts and not self._pending:
+            self._seq += 1
+        self._pending = "".join(parts)
+        return self._pending
 
     def written(self) -> None:
         """What ``take`` returned is in the stream now. The caller holds ``lock``."""
-        self._pending.clear()
+        self._pending = ""
+        self._in_doubt = False
         self._failing = False
 
     def write_failed(self, exc: BaseException) -> None:
-        """The write of what ``take`` returned failed; it stays pending (logged once per outage)."""
+        """The write of what ``take`` returned failed without an answer (it may have been applied):
+        it stays pending, unchanged, under its number (logged once per outage)."""
+        self._in_doubt = True
+        self._log_failure(exc)
+
+    def write_refused(self, exc: BaseException) -> None:
+        """Redis answered that it did not write what ``take`` returned: it stays pending, and may
+        grow, under its number."""
+        self._in_doubt = False
+        self._log_failure(exc)
+
+    def _log_failure(self, exc: BaseException) -> None:
         if not self._failing:
             log.warning("job %s: stream write failed (%s); will retry", self.job_id, exc)
         self._failing = True
 
     def flush(self) -> bool:
-        """Append what arrived as one stream entry; True when nothing is left unwritten.
+        """Append everything that arrived; True when nothing is left unwritten.
 
         While Redis is down the text stays pending for the next flush. Raises LeaseLost when the
         store says this worker no longer owns the job. Safe beside the pump (``lock``).
         """
         with self.lock:
-            text = self.take()
-            if not text:
-                return True
-            try:
-                ids = self.store.append(self.job_id, self.worker_id, text)
-            except TRANSIENT as exc:
-                self.write_failed(exc)
-                return False
-            self._failing = False
-            if not ids:
-                raise LeaseLost(self.job_id)
-            self.written()
+            while text := self.take():
+                try:
+                    ids = self.store.append(self.job_id, self.worker_id, text, seq=self._seq)
+                except Exception as exc:  # no answer: it may have been applied
+                    self.write_failed(exc)
+                    if not isinstance(exc, TRANSIENT):
+                        raise
+                    return False
+                self._failing = False
+                if not ids:
+                    raise LeaseLost(self.job_id)
+                self.written()  # also when the answer is ALREADY_APPLIED: it is in the stream
             return True
 
 
@@ -168,8 +197,9 @@ class StreamPump:
             texts: dict[str, str] = {}
             for job in jobs:
                 texts[job.job_id] = self._take(job, held)
+            seqs = {job_id: writer.seq for job_id, writer in held.items()}
             try:
-                acks = self.store.append_many(self.worker_id, texts)
+                acks = self.store.append_many(self.worker_id, texts, seqs)
             except Exception as exc:
                 for writer in held.values():
                     writer.write_failed(exc)
@@ -219,6 +249,6 @@ class StreamPump:
             if ack.written:
                 writer.written()
             else:
-                writer.write_failed(RuntimeError("XADD failed"))
+                writer.write_refused(RuntimeError("XADD failed"))
         if ack.cancel_requested:
             job.request_cancel()

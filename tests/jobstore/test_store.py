@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -21,6 +22,7 @@ from worker.jobstore import (
     Usage,
     WorkerInfo,
     keys,
+    ops,
     redis_client,
 )
 
@@ -394,3 +396,132 @@ def test_create_replayed_by_a_client_retry_counts_as_created(store: JobStore) ->
     again = store.create(job_id="b", **kw)  # type: ignore[arg-type]
     assert again.kind == "created" and again.job_id == "b"
     assert store.queue_depth() == 2
+
+
+def _texts(store: JobStore, job_id: str) -> list[str]:
+    return [e.text for e in store.read_stream(job_id) if e.type == "token"]
+
+
+def test_a_replayed_append_with_the_same_seq_writes_once(store: JobStore) -> None:
+    """The client retry after a lost reply runs the script again with the same number: no-op."""
+    _create(store, "j1")
+    assert store.claim("j1", "w1").won
+    first = store.append("j1", "w1", "Hel", seq=1)
+    assert len(first) == 1 and first != [ops.ALREADY_APPLIED]
+    assert store.append("j1", "w1", "Hel", seq=1) == [ops.ALREADY_APPLIED]  # reply lost, retried
+    assert len(store.append("j1", "w1", "lo", seq=2)) == 1
+    assert store.append("j1", "w1", "Hel", seq=1) == [ops.ALREADY_APPLIED]  # a late, older resend
+    assert store.append("j1", "intruder", "x", seq=3) == []  # the fence still comes first
+    assert _texts(store, "j1") == ["Hel", "lo"]
+    assert len(store.append("j1", "w1", "!")) == 1  # unnumbered (seq 0): always written
+    assert _texts(store, "j1") == ["Hel", "lo", "!"]
+
+
+def test_a_replayed_append_many_with_the_same_seqs_writes_once(store: JobStore) -> None:
+    for job_id in ("a", "b"):
+        _create(store, job_id)
+        assert store.claim(job_id, "w1").won
+    acks = store.append_many("w1", {"a": "x", "b": "y"}, {"a": 1, "b": 1})
+    assert all(a.owned and a.written for a in acks.values())
+    # the reply was lost: the retry carries the same texts and numbers, and says "written" again
+    again = store.append_many("w1", {"a": "x", "b": "y"}, {"a": 1, "b": 1})
+    assert all(a.owned and a.written for a in again.values())
+    # b's next flush, and a's (already applied) text resent with its old number
+    store.append_many("w1", {"a": "x", "b": "z"}, {"a": 1, "b": 2})
+    assert _texts(store, "a") == ["x"] and _texts(store, "b") == ["y", "z"]
+    assert store.append("b", "w1", "z", seq=2) == [ops.ALREADY_APPLIED]  # one number line per attempt
+
+
+def test_a_new_attempt_starts_a_new_sequence(store: JobStore) -> None:
+    """After a requeue the next claim's writer numbers from 1 again and is not skipped."""
+    _create(store, "j1")
+    assert store.claim("j1", "w1").won
+    for seq, text in enumerate(["a", "b", "c"], start=1):
+        store.append_many("w1", {"j1": text}, {"j1": seq})
+    assert store.release("j1", "w1").action == "requeued"
+    assert store.append("j1", "w1", "late", seq=4) == []  # the old attempt is fenced out, as before
+    assert store.claim("j1", "w2").won
+    assert store.append("j1", "w2", "A", seq=1) not in ([], [ops.ALREADY_APPLIED])
+    ack = store.append_many("w2", {"j1": "B"}, {"j1": 2})["j1"]
+    assert ack.owned and ack.written
+    assert store.append("j1", "w2", "B", seq=2) == [ops.ALREADY_APPLIED]
+    tokens = [e.text for e in store.read_stream("j1") if e.type == "token"]
+    assert tokens == ["a", "b", "c", "A", "B"]
+    # the same worker claiming the job again (a later attempt) starts over too
+    assert store.release("j1", "w2").action == "requeued"
+    assert store.claim("j1", "w2").won
+    assert store.append("j1", "w2", "again", seq=1) not in ([], [ops.ALREADY_APPLIED])
+
+
+class _ReplyLossProxy:
+    """A real TCP relay to Redis that, once ``lose_next_reply()`` was called, lets the next command
+    run on the server but drops its reply and closes the connection: what redis-py sees when a
+    connection dies after Redis ran a script, so its Retry runs the script a second time."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_next_reply(self) -> None:
+        self.armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _up(client: socket.socket, upstream: socket.socket) -> None:
+        while data := _recv(client):
+            try:
+                upstream.sendall(data)
+            except OSError:
+                break
+
+    def _down(self, client: socket.socket, upstream: socket.socket) -> None:
+        while data := _recv(upstream):
+            if self.armed.is_set():  # the command ran; its answer never arrives
+                self.armed.clear()
+                break
+            client.sendall(data)
+        for sock in (client, upstream):  # shutdown (not only close) wakes the relay's other thread
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_client_retry_after_a_lost_reply_does_not_append_twice(redis_factory, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """The connection dies after Redis ran APPEND / APPEND_MANY: redis-py's Retry runs the script
+    again on a fresh connection, with the same flush number, and the text is in the stream once."""
+    server = redis_factory()
+    proxy = _ReplyLossProxy(server.port)
+    store = JobStore.from_settings(settings.model_copy(update={"redis_url": proxy.url}))
+    try:
+        _create(store, "j1")
+        assert store.claim("j1", "w1").won
+        assert len(store.append("j1", "w1", "Hel", seq=1)) == 1  # loads the scripts first
+        assert store.append_many("w1", {"j1": "lo"}, {"j1": 2})["j1"].written
+        proxy.lose_next_reply()
+        assert store.append("j1", "w1", ", wor", seq=3) == [ops.ALREADY_APPLIED]  # the retry's answer
+        assert not proxy.armed.is_set()  # the reply really was lost (and the call retried)
+        proxy.lose_next_reply()
+        ack = store.append_many("w1", {"j1": "ld"}, {"j1": 4})["j1"]
+        assert ack.owned and ack.written and not proxy.armed.is_set()
+        assert _texts(store, "j1") == ["Hel", "lo", ", wor", "ld"]
+    finally:
+        store.client.close()
+        proxy.close()

@@ -23,6 +23,7 @@ from infra.redis_server import RedisServer
 from infra.settings import Settings
 from worker.engine import Engine, EngineRequest, SamplingParams
 from worker.engine.engine import RequestHandle
+from worker.engine.types import TokenEvent
 from worker.job_runner import run_job
 from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
 from worker.runtime import ActiveJob, WorkerRuntime
@@ -229,6 +230,77 @@ def test_a_refused_write_keeps_the_text_for_the_next_round(
     run.steps(30)
     run.pump.tick()
     assert "".join(run.streamed("oom")) == run.handles["oom"].result(timeout=0).text
+
+
+class _ReplyLost:
+    """The real store, except that an armed ``append`` / ``append_many`` runs on Redis and then
+    raises ConnectionError, as when the connection dies before the reply arrives."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.armed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def _maybe_drop(self, answer: Any) -> Any:
+        if self.armed:
+            self.armed -= 1
+            raise redis.ConnectionError("connection lost after the script ran")
+        return answer
+
+    def append(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self._maybe_drop(self.store.append(*args, **kwargs))  # type: ignore[no-any-return]
+
+    def append_many(self, *args: Any, **kwargs: Any) -> Any:
+        return self._maybe_drop(self.store.append_many(*args, **kwargs))
+
+
+def test_a_round_applied_but_unanswered_is_not_written_again(
+    store: JobStore, make_run: Callable[[JobStore], Run]
+) -> None:
+    """The pump's write reached Redis but its answer did not: the text stays pending with its
+    number, and the next round's resend is recognised instead of appended a second time."""
+    lossy = _ReplyLost(store)
+    run = make_run(lossy)  # type: ignore[arg-type]
+    job = run.start("lossy", new_tokens=30)
+    run.steps(4)
+    run.pump.tick()
+    before = run.streamed("lossy")
+    assert before
+    run.steps(3)
+    lossy.armed = 2  # two rounds in a row: applied, then the resend's answer lost too
+    run.pump.tick()
+    run.steps(2)  # more text arrives while the first is unconfirmed
+    run.pump.tick()
+    after = run.streamed("lossy")
+    assert len(after) == len(before) + 1  # the first lost round's text, once
+    run.pump.tick()  # answered now: the resend is "applied already", then the rest goes out
+    run.pump.tick()
+    run.steps(40)
+    run.pump.tick()
+    assert not job.lost.is_set()
+    assert "".join(run.streamed("lossy")) == run.handles["lossy"].result(timeout=0).text
+
+
+def test_a_final_flush_applied_but_unanswered_is_not_written_again(store: JobStore) -> None:
+    """The task thread's final flush: same story through ``append`` (the APPEND script)."""
+    assert store.create(job_id="final", owner="o", params=GenerationParams(prompt="hi")).kind == "created"
+    assert store.claim("final", WORKER).won
+    lossy = _ReplyLost(store)
+    writer = DeltaWriter(lossy, "final", WORKER)
+    for text in ("Hel", "lo"):
+        writer.on_token(TokenEvent("final:1", text, [1]))
+    lossy.armed = 1
+    assert not writer.flush()  # applied, but the answer was lost: pending
+
+    def streamed() -> list[str]:
+        return [f["text"] for _, f in store.client.xrange(keys.stream("final"))]
+
+    assert streamed() == ["Hello"]
+    writer.on_token(TokenEvent("final:1", " world", [2]))
+    assert writer.flush()  # "Hello" recognised as written, then " world"
+    assert streamed() == ["Hello", " world"]
 
 
 def test_final_flush_and_pump_never_write_the_same_text_twice(

@@ -247,9 +247,13 @@ def parse_renew(raw: Sequence[int]) -> LeaseStatus:
     return LeaseStatus(bool(int(raw[0])), bool(int(raw[1])))
 
 
-def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int) -> ScriptCall:
-    """Arguments of APPEND."""
-    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, *texts])
+#: APPEND's answer for a flush whose sequence number was applied already (nothing written again).
+ALREADY_APPLIED = "applied"
+
+
+def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0) -> ScriptCall:
+    """Arguments of APPEND (``seq`` 0 = unnumbered, always written)."""
+    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, seq, *texts])
 
 
 @dataclass(frozen=True)
@@ -261,12 +265,16 @@ class AppendAck:
     cancel_requested: bool
 
 
-def append_many_call(worker_id: str, texts: Mapping[str, str], ttl: int) -> ScriptCall:
-    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag)."""
+def append_many_call(
+    worker_id: str, texts: Mapping[str, str], ttl: int, seqs: Mapping[str, int] | None = None
+) -> ScriptCall:
+    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag;
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered)."""
     job_keys: list[str] = []
     for job_id in texts:
         job_keys += [keys.job(job_id), keys.stream(job_id)]
-    return ScriptCall("append_many", job_keys, [worker_id, ttl, *texts.values()])
+    numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
+    return ScriptCall("append_many", job_keys, [worker_id, ttl, len(texts), *texts.values(), *numbers])
 
 
 def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:

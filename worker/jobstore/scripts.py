@@ -68,6 +68,8 @@ if status == 'running' and f[2] == ARGV[2] and f[3] == ARGV[3] then return {'won
 if status ~= 'queued' then return {'lost', status} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'lease_owner', ARGV[2], 'started_at', ARGV[3])
+-- a new attempt numbers its stream flushes from 1 again (APPEND, APPEND_MANY)
+redis.call('HDEL', KEYS[1], 'append_seq')
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -85,18 +87,36 @@ if f[3] == '1' then return {1, 1} end
 return {1, 0}
 """
 
+# Idempotent appends: a writer numbers its flushes (seq 1, 2, ... per attempt; a retried flush keeps
+# its number) and the job's record keeps the last applied one in ``append_seq`` (cleared by CLAIM,
+# so a new attempt starts again). A flush numbered <= append_seq was applied already (a client
+# retry after the reply was lost, or pending text resent): it writes nothing and says so.
+# seq 0 = unnumbered (always written).
+_SEEN = """
+local function seen(job, seq)
+  return seq > 0 and seq <= tonumber(redis.call('HGET', job, 'append_seq') or '0')
+end
+"""
+
 # KEYS: job, stream
-# ARGV: worker_id, ttl, text...
-APPEND = """
+# ARGV: worker_id, ttl, seq, text...
+# Answers the entry ids; {} = not the owner (nothing written); {'applied'} = seq applied already.
+APPEND = (
+    _SEEN
+    + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner')
 if f[1] ~= 'running' or f[2] ~= ARGV[1] then return {} end
+local seq = tonumber(ARGV[3])
+if seen(KEYS[1], seq) then return {'applied'} end
 local ids = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 't', 'token', 'text', ARGV[i])
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+if seq > 0 then redis.call('HSET', KEYS[1], 'append_seq', seq) end
 return ids
 """
+)
 
 # KEYS: job, lease, running, stream
 # ARGV: job_id, worker_id, status, now, result_json ('' = none), error_json ('' = none), ttl, channel
@@ -199,24 +219,31 @@ return back_to_queue(f, 'released')
 
 # The worker's stream pump: APPEND (and the cancel read) for all its running jobs in one call.
 # KEYS: job_1, stream_1, ..., job_n, stream_n
-# ARGV: worker_id, ttl, text_1 .. text_n ('' = nothing to write, only the fence and cancel read)
-# Per job: 0 = not the owner (nothing written); else 1 (written, or nothing to write) or 2 (its
-# XADD failed: nothing written), plus 4 when a cancel was requested.
-APPEND_MANY = """
+# ARGV: worker_id, ttl, n, text_1 .. text_n ('' = nothing to write, only the fence and cancel read),
+#       seq_1 .. seq_n (see _SEEN)
+# Per job: 0 = not the owner (nothing written); else 1 (written, nothing to write, or its seq was
+# applied already) or 2 (its XADD failed: nothing written), plus 4 when a cancel was requested.
+APPEND_MANY = (
+    _SEEN
+    + """
 local out = {}
-for j = 1, #KEYS / 2 do
-  local f = redis.call('HMGET', KEYS[2 * j - 1], 'status', 'lease_owner', 'cancel_requested')
+local n = tonumber(ARGV[3])
+for j = 1, n do
+  local job = KEYS[2 * j - 1]
+  local f = redis.call('HMGET', job, 'status', 'lease_owner', 'cancel_requested')
   if f[1] ~= 'running' or f[2] ~= ARGV[1] then
     out[j] = 0
   else
     local code = 1
-    local text = ARGV[j + 2]
-    if text ~= '' then
+    local text = ARGV[j + 3]
+    local seq = tonumber(ARGV[j + 3 + n])
+    if text ~= '' and not seen(job, seq) then
       local id = redis.pcall('XADD', KEYS[2 * j], '*', 't', 'token', 'text', text)
       if type(id) == 'table' and id.err then
         code = 2
       else
         redis.call('EXPIRE', KEYS[2 * j], ARGV[2])
+        if seq > 0 then redis.call('HSET', job, 'append_seq', seq) end
       end
     end
     if f[3] == '1' then code = code + 4 end
@@ -225,6 +252,7 @@ for j = 1, #KEYS / 2 do
 end
 return out
 """
+)
 
 ALL = {
     "create": CREATE,

@@ -45,8 +45,8 @@ def redis_client(url: str, **kwargs: Any) -> redis.Redis:
     kwargs.setdefault("health_check_interval", 30)
     # A pooled connection left over from before a Redis restart fails once with "closed by server":
     # retry on a fresh connection, as the API's client does. Connection errors only, not timeouts:
-    # a command that timed out may still run on a slow server, and APPEND is not replay-safe (a
-    # replay would duplicate tokens). CLAIM and FINISH recognise their own replay (scripts.py).
+    # a command that timed out may still run on a slow server. CLAIM and FINISH recognise their own
+    # replay, APPEND and APPEND_MANY theirs through the flush's sequence number (scripts.py).
     kwargs.setdefault(
         "retry",
         Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, supported_errors=(RedisConnectionError,)),
@@ -210,21 +210,29 @@ class JobStore:
         """True while the job's lease key exists."""
         return bool(self.client.exists(keys.lease(job_id)))
 
-    def append(self, job_id: str, worker_id: str, *texts: str) -> list[str]:
+    def append(self, job_id: str, worker_id: str, *texts: str, seq: int = 0) -> list[str]:
         """Append token deltas to the job's stream; returns the entry ids, or [] when the caller no
-        longer owns the running job (then it must stop generating)."""
+        longer owns the running job (then it must stop generating).
+
+        ``seq`` > 0 numbers the flush (per attempt, increasing; the same number on every retry of
+        the same text): a number applied already writes nothing and answers
+        ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
+        """
         if not texts:
             return []
-        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl)))
+        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq)))
 
-    def append_many(self, worker_id: str, texts: Mapping[str, str]) -> dict[str, AppendAck]:
+    def append_many(
+        self, worker_id: str, texts: Mapping[str, str], seqs: Mapping[str, int] | None = None
+    ) -> dict[str, AppendAck]:
         """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
         per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
-        whether its text is in the stream, and whether a cancel was requested. Raises when Redis is
-        unreachable; on a ConnectionError the call may have run (as for ``append``)."""
+        whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
+        job's flush as for ``append``: a number applied already counts as written (nothing written
+        again), so a retried call is safe. Raises when Redis is unreachable."""
         if not texts:
             return {}
-        call = ops.append_many_call(worker_id, texts, self.ttl)
+        call = ops.append_many_call(worker_id, texts, self.ttl, seqs)
         return ops.parse_append_many(self._run(call), list(texts))
 
     def finish(
