@@ -131,6 +131,7 @@ class Engine:
         prefill_token_budget: int = 512,
         max_context: int = 16384,
         overlap: bool = True,
+        state_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -139,7 +140,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.config.vocab_size)
         self.eos_ids = _eos_ids(model, tokenizer)
-        self.pool = model.new_state_pool(slots, device=self.device)
+        self.pool = model.new_state_pool(slots, device=self.device, dtype=state_dtype)
         self.sched = Scheduler(slots, prefill_token_budget)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
