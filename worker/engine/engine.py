@@ -131,6 +131,7 @@ class Engine:
         prefill_token_budget: int = 512,
         max_context: int = 16384,
         overlap: bool = True,
+        state_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -139,7 +140,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.config.vocab_size)
         self.eos_ids = _eos_ids(model, tokenizer)
-        self.pool = model.new_state_pool(slots, device=self.device)
+        self.pool = model.new_state_pool(slots, device=self.device, dtype=state_dtype)
         self.sched = Scheduler(slots, prefill_token_budget)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
@@ -361,11 +362,18 @@ class Engine:
         return [logits[torch.tensor(done, device=logits.device)]]
 
     def _swap_slots(self, swaps: list[tuple[int, int]]) -> None:
-        """Exchange the states of slot pairs (the scheduler packs decoding sequences low)."""
-        for a, b in swaps:
-            idx = torch.tensor([a, b], device=self.device)
-            for layer_state in self.pool:  # [slots, H, dk, d]
-                layer_state.index_copy_(0, idx, layer_state.index_select(0, idx.flip(0)))
+        """Exchange the states of slot pairs (the scheduler packs decoding sequences low).
+
+        The pairs are disjoint (a mover leaves a slot >= n for a hole < n), so one gather and one
+        scatter per layer exchange them all, with one host-to-device copy of the indices."""
+        if not swaps:
+            return
+        a = [x for x, _ in swaps]
+        b = [y for _, y in swaps]
+        assert len(set(a + b)) == 2 * len(swaps), "slot swaps must be disjoint pairs"
+        idx = torch.tensor([a + b, b + a], device=self.device)  # row 0: targets, row 1: sources
+        for layer_state in self.pool:  # [slots, H, dk, d]
+            layer_state.index_copy_(0, idx[0], layer_state.index_select(0, idx[1]))
 
     def _run_decode(
         self, seqs: list[Sequence], positions: list[int], ids: torch.Tensor | None = None

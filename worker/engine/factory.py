@@ -36,9 +36,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return dtypes[name]
 
 
-def derive_slots(model: Any, device: torch.device) -> int:
+def resolve_state_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The recurrent-state dtype: float32, or bfloat16 on CUDA only (the reference CPU ops keep fp32)."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        if device.type != "cuda":
+            raise ValueError(f"state_dtype bfloat16 needs a CUDA device (this worker runs on {device})")
+        return torch.bfloat16
+    raise ValueError(f"unknown state_dtype {name!r} (expected float32 or bfloat16)")
+
+
+def derive_slots(model: Any, device: torch.device, state_dtype: torch.dtype = torch.float32) -> int:
     """How many sequences fit: a share of free device memory over the per-sequence state size."""
-    per_seq = int(model.state_bytes_per_sequence())
+    per_seq = int(model.state_bytes_per_sequence(state_dtype))
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return max(1, min(MAX_DERIVED_SLOTS, int(free * STATE_MEMORY_FRACTION) // per_seq))
@@ -67,16 +78,18 @@ def build_engine(settings: Any) -> Engine:
     path = model_path(settings)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    state_dtype = resolve_state_dtype(settings.state_dtype, device)
     model = load_pretrained(path, device=device, dtype=dtype)
     model.eval()
     tokenizer = load_tokenizer(path, settings)
-    slots = settings.engine_slots or derive_slots(model, device)
+    slots = settings.engine_slots or derive_slots(model, device, state_dtype)
     log.info(
-        "engine: model %s on %s/%s, %d slots, prefill budget %d tokens",
+        "engine: model %s on %s/%s, %d slots (%s state), prefill budget %d tokens",
         path,
         device,
         dtype,
         slots,
+        settings.state_dtype,
         settings.prefill_token_budget,
     )
     engine = Engine(
@@ -85,6 +98,7 @@ def build_engine(settings: Any) -> Engine:
         slots=slots,
         prefill_token_budget=settings.prefill_token_budget,
         max_context=settings.max_context,
+        state_dtype=state_dtype,
     )
     if device.type == "cuda":
         # CUDA fast path: tune every kernel variant now and capture the decode graphs for this pool

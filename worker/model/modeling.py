@@ -173,12 +173,12 @@ class TransnormerLM(nn.Module):
         elem = torch.empty((), dtype=dtype, device="cpu").element_size()
         return sum(h * dk * d for h, dk, d in self.state_shapes()) * elem
 
-    def new_state_pool(self, slots: int, device: torch.device | str | None = None) -> list[Tensor]:
-        """Per layer fp32 zeros ``[slots, H, dk_i, d]``."""
+    def new_state_pool(
+        self, slots: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> list[Tensor]:
+        """Per layer zeros ``[slots, H, dk_i, d]`` (fp32 unless asked; bf16 only on the CUDA path)."""
         dev = torch.device(device) if device is not None else self.device
-        return [
-            torch.zeros((slots, *shape), dtype=torch.float32, device=dev) for shape in self.state_shapes()
-        ]
+        return [torch.zeros((slots, *shape), dtype=dtype, device=dev) for shape in self.state_shapes()]
 
     @staticmethod
     def reset_slot(pool: list[Tensor], slot: int) -> None:

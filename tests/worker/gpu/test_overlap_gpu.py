@@ -64,3 +64,26 @@ def test_chained_engine_equals_plain_engine_on_the_fast_path(tiny_checkpoint: Pa
         results[overlap] = [r.token_ids for r in engine.generate(reqs)]
         assert (engine.chained_steps > 10) == overlap
     assert results[True] == results[False]
+
+
+def test_bf16_state_engine_tracks_the_fp32_state_engine(tiny_checkpoint: Path) -> None:
+    """The opt-in bf16 state pool (TNLLM_STATE_DTYPE=bfloat16): same prompt, teacher-forced by the
+    fp32 engine's greedy tokens, logits close to the fp32 state's (bf16 tolerance)."""
+    from worker.engine import Engine
+    from worker.model import load_pretrained
+    from worker.model.kernels.binding import prepare_fast_decode
+
+    model = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    engines = {dt: Engine(model, None, slots=4, state_dtype=dt) for dt in (torch.float32, torch.bfloat16)}
+    assert engines[torch.bfloat16].pool[0].dtype == torch.bfloat16
+    assert prepare_fast_decode(model, engines[torch.bfloat16].pool, max_batch=4)
+    ids = [(5 * j) % model.config.vocab_size for j in range(40)]
+    logits = {}
+    for dt, engine in engines.items():
+        out = [model.prefill(torch.tensor(ids[:30], device="cuda"), 0, engine.pool, 0)]
+        for p in range(30, 40):
+            tok = torch.tensor([ids[p]], device="cuda")
+            out.append(model.decode(tok, torch.tensor([p]), engine.pool, slice(0, 1))[0])
+        logits[dt] = torch.stack(out)
+    a, b = logits[torch.float32], logits[torch.bfloat16]
+    assert float((a - b).abs().max()) < 0.1 * float(a.abs().max())
