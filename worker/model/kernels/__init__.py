@@ -38,8 +38,9 @@ def prefill_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Ten
     q, k ``[N, H, T, dk]`` (activated, rotated), v ``[N, H, T, d]``, decay λ ``[H]``, state fp32
     ``[N, H, dk, d]`` (not modified). Returns (out ``[N, H, T, d]`` in q's dtype, new fp32 state).
     """
-    if q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16:
-        # fp32 (parity mode; fla would use TF32 dots) or below fla's tensor-core tile: reference ops
+    from worker.model.kernels.attention import exact_prefill
+
+    if exact_prefill(q, v):
         from worker.model import ops
 
         return ops.prefill_attention(q, k, v, decay, state)

@@ -252,6 +252,41 @@ def prep_qkv(
     return q, k, v
 
 
+def exact_prefill(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether prefill takes the exact reference ops instead of fla's chunk kernels.
+
+    fp32 is the parity mode: fla's chunk kernels would use TF32 dots unless the process set
+    TRITON_F32_DEFAULT=ieee before they compiled, so take the exact reference ops (cuBLAS fp32).
+    Tiny test models (head width < 16) don't fit fla's tensor-core tiles either."""
+    return q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16
+
+
+def _fla_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_gamma: torch.Tensor,
+    init: torch.Tensor,
+    **varlen: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fla's ``chunk_simple_gla`` on ``[T, H, *]`` rows from states ``init [N, H, DK, D]`` (taken in
+    fp32): (o ``[T, H, D]``, final states ``[N, H, DK, D]``, a new buffer). ``varlen``: fla's
+    ``cu_seqlens`` (and ``cu_seqlens_cpu``) when N sequences are packed along T."""
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    o, final = chunk_simple_gla(
+        q.unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
+        g_gamma=g_gamma,
+        scale=1.0,
+        initial_state=init if init.dtype == torch.float32 else init.float(),
+        output_final_state=True,
+        **varlen,
+    )
+    return o[0], final
+
+
 def prefill_attention_packed(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -267,31 +302,18 @@ def prefill_attention_packed(
     """``prefill_attention`` for N sequences packed along T, each continuing from and updating its
     slot's state: ``slots``/``cu_seqlens [N+1]`` on the device, the same ``slot_ids``/``lengths`` on
     the host."""
-    if q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16:
+    if exact_prefill(q, v):
         outs, start = [], 0
         for slot, length in zip(slot_ids, lengths, strict=True):  # the exact path, one at a time
             sl = slice(start, start + length)
             outs.append(prefill_attention(q[sl], k[sl], v[sl], g_gamma, pool[slot]))
             start += length
         return torch.cat(outs)
-    from fla.ops.simple_gla import chunk_simple_gla
-
     init = pool.index_select(0, slots)
-    if init.dtype != torch.float32:
-        init = init.float()
-    o, final = chunk_simple_gla(
-        q.unsqueeze(0),
-        k.unsqueeze(0),
-        v.unsqueeze(0),
-        g_gamma=g_gamma,
-        scale=1.0,
-        initial_state=init,
-        output_final_state=True,
-        cu_seqlens=cu_seqlens,
-        cu_seqlens_cpu=cu_seqlens_cpu,  # fla derives its chunk index from it without a device read
-    )
+    # cu_seqlens_cpu: fla derives its chunk index from it without a device read
+    o, final = _fla_chunk(q, k, v, g_gamma, init, cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
     pool.index_copy_(0, slots, final.to(pool.dtype))
-    return o[0]
+    return o
 
 
 def prefill_attention(
@@ -302,10 +324,7 @@ def prefill_attention(
     q, k: ``[T, H, DK]``; v: ``[T, H, D]`` (activated, rotated, contiguous); g_gamma: fp32 ``-λ`` ``[H]``;
     state_row: the slot's fp32 ``[H, DK, D]`` view into the pool. Returns o ``[T, H, D]`` in q's dtype.
     """
-    if q.dtype == torch.float32 or min(q.shape[-1], v.shape[-1]) < 16:
-        # fp32 is the parity mode: fla's chunk kernels would use TF32 dots unless the process set
-        # TRITON_F32_DEFAULT=ieee before they compiled, so take the exact reference ops (cuBLAS fp32).
-        # Tiny test models (head width < 16) don't fit fla's tensor-core tiles either.
+    if exact_prefill(q, v):
         from worker.model import ops
 
         lam = -g_gamma
@@ -318,20 +337,6 @@ def prefill_attention(
         )
         state_row.copy_(new[0])
         return out[0].transpose(0, 1).to(q.dtype)
-
-    from fla.ops.simple_gla import chunk_simple_gla
-
-    init = state_row.unsqueeze(0)
-    if init.dtype != torch.float32:
-        init = init.float()
-    o, final = chunk_simple_gla(
-        q.unsqueeze(0),
-        k.unsqueeze(0),
-        v.unsqueeze(0),
-        g_gamma=g_gamma,
-        scale=1.0,
-        initial_state=init,
-        output_final_state=True,
-    )
+    o, final = _fla_chunk(q, k, v, g_gamma, state_row.unsqueeze(0))
     state_row.copy_(final[0])  # fla returns a new buffer; one copy per layer per chunk, not per token
-    return o[0]
+    return o
