@@ -31,8 +31,8 @@ class FastBinding:
 
     def prepare(self, pool: list[Tensor], max_batch: int, scratch_slot: int | None = None) -> None:
         """Warm every kernel (fla autotunes ~30 s per variant on first use) and capture decode graphs
-        for batch buckets up to ``max_batch`` on ``pool``. ``scratch_slot`` (default: the last slot) is
-        used for the warm-up and zeroed afterwards, so call this before serving."""
+        for batch buckets up to ``max_batch`` on ``pool``. ``scratch_slot`` (default: the last slot) and the
+        slot below it are used for the warm-up and zeroed afterwards, so call this before serving."""
         slot = pool[0].shape[0] - 1 if scratch_slot is None else scratch_slot
         self.fast.warmup(pool, slot)
         runner = DecodeGraphRunner(self.fast, pool, max_batch=max_batch)

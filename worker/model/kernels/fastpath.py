@@ -389,21 +389,29 @@ class FastTransnormer:
     def warmup(
         self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1, 37, 300)
     ) -> None:
-        """Compile and autotune every prefill/decode kernel variant once (fla's first chunk call tunes
-        for ~30 s per variant), using ``scratch_slot`` and zeroing it again afterwards.
+        """Compile and autotune every prefill/decode kernel variant the engine uses once (fla's first
+        chunk call tunes for ~30 s per variant), using ``scratch_slot`` (and, for the several-prompt
+        case, one neighbouring slot) and zeroing them again afterwards.
 
-        Triton compiles a kernel again for integer arguments of another class (1, a multiple of 16,
-        anything else), so the lengths cover each class on both GEMM paths (skinny up to 128 rows,
-        cuBLAS above), and one chunk continues from an unaligned position, as chunked prefill does:
-        otherwise the first real prompts pay seconds of compilation inside a serving step."""
+        The engine prefills through ``prefill_many``, so that is what is warmed. Triton compiles a
+        kernel again for integer arguments of another class (1, a multiple of 16, anything else), so
+        the lengths cover each class on both GEMM paths (skinny up to 128 rows, cuBLAS above), one
+        chunk continues from an unaligned position, as chunked prefill does, and one call packs two
+        prompts (fla's packed kernels treat one sequence and several differently): otherwise the
+        first real prompts pay seconds of compilation inside a serving step."""
         dev = self.embed.device
+        used = [scratch_slot]
         for t in lengths:
-            ids = torch.zeros(t, dtype=torch.int64, device=dev)
-            self.prefill(ids, 0, pool, scratch_slot)
-        self.prefill(torch.zeros(27, dtype=torch.int64, device=dev), 37, pool, scratch_slot)
-        self.prefill_many([([0] * 37, 64, scratch_slot), ([0] * 64, 0, scratch_slot)], pool)
+            self.prefill_many([([0] * t, 0, scratch_slot)], pool)
+        self.prefill_many([([0] * 27, 37, scratch_slot)], pool)
+        slots = pool[0].shape[0]
+        if slots > 1:
+            other = (scratch_slot - 1) % slots
+            used.append(other)
+            self.prefill_many([([0] * 37, 64, scratch_slot), ([0] * 64, 0, other)], pool)
         one = torch.zeros(1, dtype=torch.int64, device=dev)
         self.decode(one, one, pool, torch.full((1,), scratch_slot, dtype=torch.int64, device=dev))
         for p in pool:
-            p[scratch_slot].zero_()
+            for slot in used:
+                p[slot].zero_()
         torch.cuda.synchronize(dev)
