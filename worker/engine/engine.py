@@ -102,11 +102,12 @@ class _Pending:
 
     def read(self) -> list[int]:
         """The sampled ids on the host (waits for this step only, not for later launches)."""
-        if self.copied is None:
-            return [int(t) for t in self.tokens.tolist()]
-        self.copied.synchronize()
-        assert self.host is not None
-        return [int(t) for t in self.host.tolist()]
+        ids = self.tokens
+        if self.copied is not None:
+            self.copied.synchronize()
+            assert self.host is not None
+            ids = self.host
+        return [int(t) for t in ids.tolist()]
 
 
 def _eos_ids(model: Any, tokenizer: Any | None) -> frozenset[int]:

@@ -83,7 +83,6 @@ class BatchSampler:
     def __init__(self, rows: Sequence[RowSampling], device: torch.device | str) -> None:
         dev = torch.device(device)
         self.rows = list(rows)
-        self.device = dev
         self.all_greedy = all(r.temperature <= 0 and r.repetition_penalty == 1.0 for r in rows)
         self.penalised = [i for i, r in enumerate(rows) if r.repetition_penalty != 1.0 and r.seen_ids]
         #: the same object may sample the next step of the same rows (nothing here changes per step)
