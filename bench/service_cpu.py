@@ -32,13 +32,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from service_http import collect_results, submit_jobs, usage, wait_ready, warm_up  # noqa: E402
 
 PROMPT = "Request {i}: tell me about linear attention and recurrent state."
 
@@ -110,8 +112,6 @@ def service_phase(
     model: Path, work: Path, jobs: int, new_tokens: int, slots: int, threads: int, extra_env: dict[str, str]
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
-    import httpx
-    import redis
 
     from infra.redis_server import RedisServer, free_port
     from infra.settings import Settings
@@ -137,57 +137,20 @@ def service_phase(
     try:
         for child in children:
             child.start()
-        deadline = time.monotonic() + 180
-        while True:
-            dead = [c for c in children if not c.alive]
-            if dead:
-                raise SystemExit(f"{dead[0].name} exited:\n{dead[0].log_tail(40)}")
-            if time.monotonic() > deadline:
-                raise SystemExit("services did not become ready")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and store.workers():
-                    break
-            except (httpx.HTTPError, redis.RedisError):
-                pass
-            time.sleep(0.3)
-        with httpx.Client(base_url=url, timeout=120) as http:  # warm-up job: first-request costs
-            warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
-            assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
-
-        # one keep-alive client shared by the submitting threads, as a real client would hold: a new
-        # httpx.Client per request builds an SSL context each time, and that (not the service) capped
-        # the submit rate at ~40-70 jobs/s in the first runs
-        client = httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=64))
-
-        def submit(i: int) -> str:
-            r = client.post("/v1/jobs", json={"prompt": PROMPT.format(i=i), "max_new_tokens": new_tokens})
-            assert r.status_code == 202, r.text
-            return str(r.json()["id"])
-
+        wait_ready(children, url, store, timeout_s=180, poll_s=0.3)
+        warm_up(url)
+        bodies = [{"prompt": PROMPT.format(i=i), "max_new_tokens": new_tokens} for i in range(jobs)]
         assert worker.process is not None
         pid = worker.process.pid
         redis_cpu0 = _redis_cpu(store)
         cpu0, t0, wall0 = _cpu_seconds(pid), time.perf_counter(), time.time()
-        with ThreadPoolExecutor(16) as pool:
-            ids = list(pool.map(submit, range(jobs)))
-        client.close()
-        results: list[dict[str, Any]] = []
-        with httpx.Client(base_url=url, timeout=300) as http:
-            for job_id in ids:
-                job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
-                while job.get("status") in ("queued", "running"):
-                    job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
-                assert job.get("status") == "succeeded", job
-                results.append(job)
+        ids = submit_jobs(url, bodies, threads=16)
+        results = collect_results(url, ids)
         wall = time.perf_counter() - t0
         cpu = _cpu_seconds(pid) - cpu0
         redis_cpu = _redis_cpu(store) - redis_cpu0
         started = [_epoch(j["started_at"]) - wall0 for j in results]
         finished = [_epoch(j["finished_at"]) - wall0 for j in results]
-
-        def usage(job: dict[str, Any], key: str) -> int:
-            u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
-            return int(u.get(key, 0))
 
         tokens = sum(usage(j, "completion_tokens") for j in results)
         res.update(

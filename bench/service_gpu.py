@@ -29,13 +29,14 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from service_http import collect_results, submit_jobs, usage, wait_ready, warm_up  # noqa: E402
 
 PREFILL_BUDGET = 2048  # as bench/gpu.py's engine; the worker gets the same setting
 SHARD_BYTES = 5_000_000_000  # three shards, like the released 7B files
@@ -162,8 +163,6 @@ def service_phase(
     profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
-    import httpx
-    import redis
 
     from infra.redis_server import RedisServer, free_port
     from infra.settings import Settings
@@ -191,36 +190,15 @@ def service_phase(
         for child in children:
             child.start()
         store = JobStore.from_settings(Settings(redis_url=server.url))
-        deadline = time.monotonic() + 400
-        while True:
-            dead = [c for c in children if not c.alive]
-            if dead:
-                raise SystemExit(f"{dead[0].name} exited:\n{dead[0].log_tail(40)}")
-            if time.monotonic() > deadline:
-                raise SystemExit("services did not become ready")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and store.workers():
-                    break
-            except (httpx.HTTPError, redis.RedisError):
-                pass
-            time.sleep(0.5)
+        wait_ready(children, url, store, timeout_s=400, poll_s=0.5)
         res["worker_ready_s"] = round(time.perf_counter() - t_start, 1)
         print(json.dumps(res), flush=True)
-        with httpx.Client(base_url=url, timeout=120) as http:  # warm-up job: first-request costs
-            warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
-            assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
-
-        # one keep-alive client shared by the submitting threads, as a real client would hold: a new
-        # httpx.Client per request builds an SSL context each time, and that (not the service) capped
-        # the submit rate at ~40 jobs/s in the runs of 19:46-20:03 UTC
-        client = httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=threads))
-
-        def submit(i: int) -> str:
-            body = {"prompt": f"Request {i}: tell me about linear attention and recurrent state.",
-                    "max_new_tokens": new_tokens}  # fmt: skip
-            r = client.post("/v1/jobs", json=body)
-            assert r.status_code == 202, r.text
-            return str(r.json()["id"])
+        warm_up(url)
+        bodies = [
+            {"prompt": f"Request {i}: tell me about linear attention and recurrent state.",
+             "max_new_tokens": new_tokens}
+            for i in range(jobs)
+        ]  # fmt: skip
 
         rates: list[float] = []  # the worker's own engine tokens/s (heartbeat), sampled during the run
         done = threading.Event()
@@ -238,26 +216,13 @@ def service_phase(
         sampler.start()
         if profiler is not None:
             profiler.start()
-        with ThreadPoolExecutor(threads) as pool:
-            ids = list(pool.map(submit, range(jobs)))
-        client.close()
+        ids = submit_jobs(url, bodies, threads)
         submitted = time.perf_counter() - t0
-        results: list[dict[str, Any]] = []
-        with httpx.Client(base_url=url, timeout=300) as http:
-            for job_id in ids:
-                job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
-                while job.get("status") in ("queued", "running"):
-                    job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
-                assert job.get("status") == "succeeded", job
-                results.append(job)
+        results = collect_results(url, ids)
         wall = time.perf_counter() - t0
         done.set()
         if profiler is not None:
             profiler.join()
-
-        def usage(job: dict[str, Any], key: str) -> int:
-            u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
-            return int(u.get(key, 0))
 
         completion = sum(usage(j, "completion_tokens") for j in results)
         res.update(

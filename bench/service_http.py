@@ -1,0 +1,77 @@
+"""The HTTP side shared by the full-service benchmarks (bench/service_cpu.py, bench/service_gpu.py):
+wait for the stack, submit the jobs, collect their results."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+def wait_ready(children: list[Any], url: str, store: Any, timeout_s: float, poll_s: float) -> None:
+    """Until ``/readyz`` answers 200 and a worker has published its heartbeat; exits if a child dies."""
+    import httpx
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dead = [c for c in children if not c.alive]
+        if dead:
+            raise SystemExit(f"{dead[0].name} exited:\n{dead[0].log_tail(40)}")
+        if time.monotonic() > deadline:
+            raise SystemExit("services did not become ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 and store.workers():
+                return
+        except (httpx.HTTPError, redis.RedisError):
+            pass
+        time.sleep(poll_s)
+
+
+def warm_up(url: str) -> None:
+    """One short job end to end, so first-request costs stay out of the measurement."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        warm = http.post("/v1/jobs", json={"prompt": "warm up", "max_new_tokens": 4}).json()
+        assert http.get(f"/v1/jobs/{warm['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+
+
+def submit_jobs(url: str, bodies: list[dict[str, Any]], threads: int) -> list[str]:
+    """``POST /v1/jobs`` every body from ``threads`` threads; the job ids, in order.
+
+    The threads share one keep-alive client, as a real client would hold: a new httpx.Client per
+    request builds an SSL context each time, and that (not the service) capped the submit rate at
+    ~40-70 jobs/s in the first runs (docs/PERFORMANCE.md)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=threads)) as client:
+
+        def submit(body: dict[str, Any]) -> str:
+            r = client.post("/v1/jobs", json=body)
+            assert r.status_code == 202, r.text
+            return str(r.json()["id"])
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(submit, bodies))
+
+
+def collect_results(url: str, ids: list[str]) -> list[dict[str, Any]]:
+    """Each job object once it is terminal (``?wait=`` long polls); every job must have succeeded."""
+    import httpx
+
+    results: list[dict[str, Any]] = []
+    with httpx.Client(base_url=url, timeout=300) as http:
+        for job_id in ids:
+            job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+            while job.get("status") in ("queued", "running"):
+                job = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+            assert job.get("status") == "succeeded", job
+            results.append(job)
+    return results
+
+
+def usage(job: dict[str, Any], key: str) -> int:
+    """A token count from a job object's ``usage``."""
+    u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
+    return int(u.get(key, 0))
