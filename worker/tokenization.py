@@ -118,6 +118,7 @@ class Tokenizer:
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     ) -> None:
         self.sp = sp_model
+        self._size = int(sp_model.get_piece_size())  # asked on every decode: a SWIG call each time
         self.special_tokens = special_tokens or SpecialTokens()
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
@@ -197,7 +198,7 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of pieces in the sentencepiece model."""
-        return int(self.sp.get_piece_size())
+        return self._size
 
     # ----------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -243,8 +244,8 @@ class Tokenizer:
         With ``skip_special_tokens=False`` special tokens appear as their literal strings (the
         official class would also insert a space before each one: a display quirk not copied).
         """
-        size = self.vocab_size
-        kept = [int(i) for i in ids if 0 <= int(i) < size]
+        size = self._size
+        kept = [i for i in map(int, ids) if 0 <= i < size]
         if skip_special_tokens:
             return str(self.sp.decode([i for i in kept if i not in self.special_ids]))
         parts: list[str] = []
@@ -358,6 +359,9 @@ class IncrementalDecoder:
     Only a short window is decoded per push (as text-generation-inference does): the ids emitted
     by the previous delta plus the new ones. Both decodes of a window start with the same piece, so
     sentencepiece's leading-space removal cancels out and the difference is the full-text suffix.
+    Ids that ``decode`` drops whatever surrounds them (outside the vocabulary; special tokens when
+    skipped) never enter ``ids``: they add no text, and since no text means no delta, a long run of
+    them would otherwise widen the window, and the cost of every push, token after token.
     """
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
@@ -367,6 +371,8 @@ class IncrementalDecoder:
         self._prefix_offset = 0  # window start: first id of the previous delta
         self._read_offset = 0  # ids before this are emitted
         self._parts: list[str] = []
+        size, specials = tokenizer.vocab_size, tokenizer.special_ids if skip_special_tokens else frozenset()
+        self._silent = lambda i: not 0 <= i < size or i in specials
 
     @property
     def text(self) -> str:
@@ -375,10 +381,14 @@ class IncrementalDecoder:
 
     def push(self, ids: int | Iterable[int]) -> str:
         """Add generated ids; return the text that became final ("" if none)."""
+        silent, before = self._silent, len(self.ids)
         if isinstance(ids, int):
-            self.ids.append(ids)
+            if not silent(ids):
+                self.ids.append(ids)
         else:
-            self.ids.extend(int(i) for i in ids)
+            self.ids.extend(i for i in map(int, ids) if not silent(i))
+        if len(self.ids) == before:  # the window is unchanged, so is its verdict: nothing new
+            return ""
         prefix_text, new_text = self._window()
         if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
             return ""

@@ -338,3 +338,26 @@ def test_tokenization_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_incremental_decoder_window_ignores_ids_without_text(tok: Tokenizer) -> None:
+    """Ids decode drops (outside the vocabulary, skipped specials) neither reach the decoded window nor
+    stop the text: a random model's long run of them must not make each push decode a longer list."""
+    windows: list[int] = []
+
+    class Counting(Tokenizer):
+        def decode(self, ids, skip_special_tokens=True):  # type: ignore[no-untyped-def]
+            ids = list(ids)
+            windows.append(len(ids))
+            return super().decode(ids, skip_special_tokens)
+
+    counting = Counting(tok.sp, special_tokens=tok.special_tokens)
+    dec = IncrementalDecoder(counting)
+    silent = [tok.vocab_size + 7, -1, tok.eos_id, 10**9] * 150
+    pieces = tok.encode("hello world, again")
+    text = "".join(dec.push(i) for i in pieces[:2])
+    text += "".join(dec.push(i) for i in silent)
+    text += "".join(dec.push(i) for i in pieces[2:]) + dec.flush()
+    assert text == "hello world, again" == tok.decode(pieces + silent)
+    assert max(windows) <= 4, max(windows)
+    assert dec.ids == pieces

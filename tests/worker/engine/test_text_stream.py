@@ -10,6 +10,9 @@ from worker.engine.stop import StopStrings, TextStream
 class ByteTokenizer:
     """Each id is one UTF-8 byte: incomplete characters decode to U+FFFD like sentencepiece byte pieces."""
 
+    vocab_size = 256
+    special_ids: frozenset[int] = frozenset()
+
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
 
