@@ -88,6 +88,12 @@ def test_operations_lists_exactly_the_metrics_the_code_defines() -> None:
     counters = {"tnllm_http_requests", "tnllm_api_jobs_submitted", "tnllm_api_jobs_rejected"}
     counters |= {"tnllm_jobs_finished", "tnllm_jobs_failed", "tnllm_tokens", "tnllm_webhook_deliveries"}
     counters |= {"tnllm_engine_steps", "tnllm_engine_generated_tokens", "tnllm_engine_finished_requests"}
+    counters |= {
+        "tnllm_engine_overlapped_steps",
+        "tnllm_engine_busy_seconds",
+        "tnllm_engine_device_wait_seconds",
+        "tnllm_engine_device_busy_seconds",
+    }
     exposed = {f"{m}_total" if m in counters else m for m in defined}
     ops = (root / "docs" / "OPERATIONS.md").read_text()
     documented = set(re.findall(r"^\| `(tnllm_[a-z_]+)` \|", ops, flags=re.M))

@@ -99,6 +99,7 @@ class _Pending:
     chainable: bool  # rows are the packed decode batch (row i in slot i), nothing else ran
     host: torch.Tensor | None = None  # pinned copy of ``tokens`` (CUDA)
     copied: Any = None  # CUDA event recorded after the copy
+    started: Any = None  # CUDA event recorded before the step's first launch (timing)
 
     def read(self) -> list[int]:
         """The sampled ids on the host (waits for this step only, not for later launches)."""
@@ -246,8 +247,10 @@ class Engine:
         self._take_inbox()
         prev, self._pending = self._pending, None
         emitted = 0
+        chained = prev is not None and self._can_chain(prev)
         with torch.inference_mode():
-            if prev is not None and self._can_chain(prev):
+            if chained:
+                assert prev is not None
                 # launch the next decode from the device ids first, then do prev's host work
                 self._pending = self._chain(prev)
                 emitted = self._consume(prev)
@@ -261,7 +264,7 @@ class Engine:
                 emitted += self._consume(self._pending)
                 self._pending = None
         if emitted or self._pending is not None:
-            self._stats.record_step(time.perf_counter() - t0, emitted)
+            self._stats.record_step(time.perf_counter() - t0, emitted, overlapped=chained)
 
     def _run_plan(self) -> _Pending | None:
         """Schedule and launch one step (prefill chunks + batched decode + sampling on the device)."""
@@ -273,6 +276,7 @@ class Engine:
         rows = [ch.seq for ch in plan.prefill if ch.completes_prompt] + plan.decode
         # staged before the launches: building it copies parameters to the device
         sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
+        started = self._mark()
         self._swap_slots(plan.swaps)
         logits = self._run_prefill(plan.prefill)
         if plan.decode:
@@ -280,7 +284,7 @@ class Engine:
         if sampler is None:
             return None
         batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
-        return self._pend(rows, sampler(batch_logits), sampler, chainable=not plan.prefill)
+        return self._pend(rows, sampler(batch_logits), sampler, not plan.prefill, started)
 
     def _can_chain(self, prev: _Pending) -> bool:
         """Would the next ``schedule()`` decode exactly ``prev.rows`` in the same slots, and nothing else?"""
@@ -298,25 +302,39 @@ class Engine:
         """Decode ``prev.rows`` again, fed with ``prev``'s sampled ids straight from the device."""
         rows = prev.rows
         self.chained_steps += 1
+        started = self._mark()
         # prev's token is not appended yet: it sits one position after the last appended one
         logits = self._run_decode(rows, [s.next_position + 1 for s in rows], ids=prev.tokens)
-        return self._pend(rows, prev.sampler(logits), prev.sampler, chainable=True)
+        return self._pend(rows, prev.sampler(logits), prev.sampler, True, started)
+
+    def _mark(self) -> Any:
+        """A timing event recorded now on the device's stream (CUDA), else None."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def _pend(
-        self, rows: list[Sequence], tokens: torch.Tensor, sampler: BatchSampler, chainable: bool
+        self, rows: list[Sequence], tokens: torch.Tensor, sampler: BatchSampler, chainable: bool, started: Any
     ) -> _Pending:
-        pending = _Pending(rows, tokens, sampler, chainable)
+        pending = _Pending(rows, tokens, sampler, chainable, started=started)
         if tokens.device.type == "cuda":
             pending.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
             pending.host.copy_(tokens, non_blocking=True)
-            pending.copied = torch.cuda.Event()
-            pending.copied.record()
+            pending.copied = self._mark()
         return pending
 
     def _consume(self, pending: _Pending) -> int:
         """Read a launched step's ids and do its host work; returns the tokens appended."""
         appended = 0
-        for seq, tok in zip(pending.rows, pending.read(), strict=True):
+        t0 = time.perf_counter()
+        ids = pending.read()
+        # busy minus this is host work: near zero under load means the host, not the GPU, paces steps
+        self._stats.record_device_wait(time.perf_counter() - t0)
+        if pending.started is not None:  # the step's GPU time, from its first launch to its ids' copy
+            self._stats.record_device_busy(pending.started.elapsed_time(pending.copied) / 1e3)
+        for seq, tok in zip(pending.rows, ids, strict=True):
             if seq.finished:  # finished on the step before: this token was speculative
                 continue
             self._append(seq, tok)

@@ -22,17 +22,35 @@ class StatsTracker:
         self.steps = 0
         self.generated = 0
         self.finished = 0
+        self.overlapped = 0
+        self.busy = 0.0
+        self.device_wait = 0.0
+        self.device_busy = 0.0
 
-    def record_step(self, seconds: float, tokens: int) -> None:
-        """One step ran for ``seconds`` and sampled ``tokens`` tokens."""
+    def record_step(self, seconds: float, tokens: int, overlapped: bool = False) -> None:
+        """One step ran for ``seconds`` and sampled ``tokens`` tokens; ``overlapped``: it launched the
+        next decode before its host work (the engine's chained path)."""
         now = time.monotonic()
         with self._lock:
             self.steps += 1
+            self.overlapped += overlapped
+            self.busy += seconds
             self.generated += tokens
             # smoothed, so one slow step (a long prefill chunk) does not dominate the gauge
             self._step_time = seconds if self.steps == 1 else 0.8 * self._step_time + 0.2 * seconds
             self._recent.append((now, tokens))
             self._trim(now)
+
+    def record_device_wait(self, seconds: float) -> None:
+        """The engine thread blocked ``seconds`` for a step's sampled ids (GPU still computing)."""
+        with self._lock:
+            self.device_wait += seconds
+
+    def record_device_busy(self, seconds: float) -> None:
+        """A step's time on the device, measured with CUDA events (queueing behind the previous step
+        included only when that one was still running at launch)."""
+        with self._lock:
+            self.device_busy += seconds
 
     def record_finished(self) -> None:
         """A request left the engine."""
@@ -57,6 +75,10 @@ class StatsTracker:
                 steps=self.steps,
                 generated_tokens=self.generated,
                 finished_requests=self.finished,
+                overlapped_steps=self.overlapped,
+                busy_seconds=self.busy,
+                device_wait_seconds=self.device_wait,
+                device_busy_seconds=self.device_busy,
             )
 
     def _trim(self, now: float) -> None:

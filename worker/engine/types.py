@@ -88,3 +88,7 @@ class EngineStats:
     steps: int
     generated_tokens: int
     finished_requests: int
+    overlapped_steps: int = 0  # decode steps launched from the previous step's device ids
+    busy_seconds: float = 0.0  # total time spent in steps (the rest of the wall time: idle)
+    device_wait_seconds: float = 0.0  # part of busy_seconds blocked on the device's sampled ids
+    device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy

@@ -74,6 +74,10 @@ def test_overlapped_loop_equals_the_plain_loop(engine_model: Any, engine_tokeniz
         results[overlap] = _run(eng, _requests(stop_text), cancel_at=9)
         chained[overlap] = eng.chained_steps
         assert eng.sched.num_active == 0 and eng._pending is None
+        stats = eng.stats()  # what the tnllm_engine_overlapped_steps / busy_seconds counters show
+        assert stats.overlapped_steps == eng.chained_steps
+        assert 0 < stats.overlapped_steps < stats.steps or not overlap
+        assert stats.busy_seconds > stats.device_wait_seconds >= 0
     assert chained[False] == 0
     assert chained[True] >= 5, "the overlapped path must actually chain steps"
     plain, fast = results[False], results[True]
