@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from service_http import collect_results, submit_jobs, usage, wait_ready, warm_up  # noqa: E402
+from service_http import (  # noqa: E402
+    collect_results,
+    counter_delta,
+    engine_counters,
+    submit_jobs,
+    timeline,
+    usage,
+    wait_ready,
+    warm_up,
+)
 
 PROMPT = "Request {i}: tell me about linear attention and recurrent state."
 
@@ -55,10 +63,6 @@ def _redis_cpu(store: Any) -> float:
     """CPU seconds the redis-server used so far (user + system)."""
     info = store.client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: int) -> dict[str, Any]:
@@ -143,14 +147,13 @@ def service_phase(
         assert worker.process is not None
         pid = worker.process.pid
         redis_cpu0 = _redis_cpu(store)
+        counters0 = engine_counters(store)
         cpu0, t0, wall0 = _cpu_seconds(pid), time.perf_counter(), time.time()
         ids = submit_jobs(url, bodies, threads=16)
         results = collect_results(url, ids)
         wall = time.perf_counter() - t0
         cpu = _cpu_seconds(pid) - cpu0
         redis_cpu = _redis_cpu(store) - redis_cpu0
-        started = [_epoch(j["started_at"]) - wall0 for j in results]
-        finished = [_epoch(j["finished_at"]) - wall0 for j in results]
 
         tokens = sum(usage(j, "completion_tokens") for j in results)
         res.update(
@@ -161,9 +164,8 @@ def service_phase(
             tokens_per_s=round(tokens / wall, 1),
             worker_cpu_s=round(cpu, 2),
             redis_cpu_s=round(redis_cpu, 2),
-            # where the wall time went: jobs reaching the worker, generating, results being seen
-            last_started_s=round(max(started), 3),
-            first_to_last_finish_s=round(max(finished) - min(started), 3),
+            worker_engine=counter_delta(counters0, engine_counters(store)),
+            timeline=timeline(results, wall0),
         )
     finally:
         store.client.close()

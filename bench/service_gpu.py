@@ -36,7 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from service_http import collect_results, submit_jobs, usage, wait_ready, warm_up  # noqa: E402
+from service_http import (  # noqa: E402
+    ENGINE_COUNTERS,
+    collect_results,
+    counter_delta,
+    engine_counters,
+    submit_jobs,
+    timeline,
+    usage,
+    wait_ready,
+    warm_up,
+)
 
 PREFILL_BUDGET = 2048  # as bench/gpu.py's engine; the worker gets the same setting
 SHARD_BYTES = 5_000_000_000  # three shards, like the released 7B files
@@ -107,7 +117,7 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
     # waiting) and decode-only steps, and counts the overlapped (chained) steps
     for rep in ("same_load", "same_load_again"):
         torch.cuda.synchronize()
-        chained0 = engine.chained_steps
+        chained0, stats0 = engine.chained_steps, engine.stats()
         t0 = time.perf_counter()
         handles = [
             engine.submit(
@@ -132,6 +142,10 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
                     "tokens_per_s": round(tokens / wall, 1), "ramp_steps": ramp_steps,
                     "ramp_s": round(ramp_s, 3), "decode_steps": decode_steps, "decode_s": round(decode_s, 3),
                     "chained_steps": engine.chained_steps - chained0}  # fmt: skip
+        stats1 = engine.stats()
+        res[rep]["counters"] = counter_delta(
+            {k: getattr(stats0, k) for k in ENGINE_COUNTERS}, {k: getattr(stats1, k) for k in ENGINE_COUNTERS}
+        )
         print(json.dumps(res[rep]), flush=True)
     return res
 
@@ -147,8 +161,10 @@ def profile_worker(pid: int, out: Path, delay_s: float, seconds: int) -> None:
     for i in (1, 2):
         with open(out / f"worker_dump{i}.txt", "w") as f:
             subprocess.run([spy, "dump", "--pid", str(pid)], stdout=f, stderr=subprocess.STDOUT, check=False)
-    cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100", "--format", "raw",
-           "--idle", "--threads", "--nonblocking", "-o", str(out / "worker_profile.txt")]  # fmt: skip
+    # --gil: only the thread holding the GIL, i.e. where the worker's host time goes; sampling every
+    # thread of a 256-thread worker at 100 Hz fell seconds behind and blurred the window
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--format", "raw",
+           "--gil", "--threads", "--nonblocking", "-o", str(out / "worker_profile.txt")]  # fmt: skip
     with open(out / "py-spy.log", "w") as f:
         subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
 
@@ -161,6 +177,7 @@ def service_phase(
     threads: int,
     device: str = "cuda",
     profile_dir: Path | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
 
@@ -175,7 +192,8 @@ def service_phase(
         os.environ,
         {"TNLLM_REDIS_URL": server.url, "TNLLM_MODEL": str(ckpt), "TNLLM_DEVICE": device,
          "TNLLM_ENGINE_SLOTS": "256", "TNLLM_PREFILL_TOKEN_BUDGET": str(PREFILL_BUDGET),
-         "TNLLM_DATA_DIR": str(work / "data"), "TNLLM_LOG_LEVEL": "WARNING", "TNLLM_MAX_QUEUED": "100000"},
+         "TNLLM_DATA_DIR": str(work / "data"), "TNLLM_LOG_LEVEL": "WARNING", "TNLLM_MAX_QUEUED": "100000",
+         **(worker_env or {})},
     )  # fmt: skip
     children = [
         Child(
@@ -211,7 +229,9 @@ def service_phase(
         profiler = None
         if profile_dir is not None:
             worker_pid = children[0].process.pid  # type: ignore[union-attr]
-            profiler = threading.Thread(target=profile_worker, args=(worker_pid, profile_dir, 15.0, 10))
+            profiler = threading.Thread(target=profile_worker, args=(worker_pid, profile_dir, 3.0, 6))
+        counters0 = engine_counters(store)
+        t0_epoch = time.time()
         t0 = time.perf_counter()
         sampler.start()
         if profiler is not None:
@@ -233,6 +253,8 @@ def service_phase(
             prompt_tokens_per_job=sorted({usage(j, "prompt_tokens") for j in results}),
             short_jobs=sum(usage(j, "completion_tokens") < new_tokens for j in results),
             tokens_per_s=round(completion / wall, 1),
+            worker_engine=counter_delta(counters0, engine_counters(store)),
+            timeline=timeline(results, t0_epoch),
             worker_engine_tokens_per_s={
                 "samples": len(rates),
                 "max": round(max(rates, default=0.0), 1),
@@ -257,6 +279,14 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--profile-dir", type=Path, help="py-spy the worker under load; files go here")
     ap.add_argument("--engine-only", type=Path, help=argparse.SUPPRESS)  # child mode: checkpoint dir
+    ap.add_argument(
+        "--service-only",
+        action="store_true",
+        help="skip the engine-alone phase (reuses --workdir's checkpoint): A/B runs of service settings",
+    )
+    ap.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of the services"
+    )
     args = ap.parse_args()
     if args.engine_only:
         result = engine_phase(args.engine_only, args.jobs, args.max_new_tokens, args.steps)
@@ -270,11 +300,19 @@ def main() -> int:
         # the engine runs in a child so that its GPU memory is free again for the worker
         cmd = [sys.executable, __file__, "--engine-only", str(ckpt), "--jobs", str(args.jobs),
                "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps)]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        if not (args.service_only and (ckpt / "config.json").is_file()):
+            subprocess.run(cmd, check=True)
         res["engine"] = json.loads((work / "engine.json").read_text())
         print(json.dumps(res["engine"]), flush=True)
+        res["env"] = dict(kv.split("=", 1) for kv in args.env)
         res["service"] = service_phase(
-            ckpt, work, args.jobs, args.max_new_tokens, args.threads, profile_dir=args.profile_dir
+            ckpt,
+            work,
+            args.jobs,
+            args.max_new_tokens,
+            args.threads,
+            profile_dir=args.profile_dir,
+            worker_env=res["env"],
         )
         eng = res["engine"]["same_load_again"]["tokens_per_s"]
         res["service_over_engine_same_load"] = round(res["service"]["tokens_per_s"] / eng, 3)

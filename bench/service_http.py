@@ -75,3 +75,70 @@ def usage(job: dict[str, Any], key: str) -> int:
     """A token count from a job object's ``usage``."""
     u = job.get("usage") or (job.get("result") or {}).get("usage") or {}
     return int(u.get(key, 0))
+
+
+def timeline(results: list[dict[str, Any]], t0_epoch: float) -> dict[str, float]:
+    """Where a run's wall time went, from the jobs' own timestamps, in seconds after ``t0_epoch``
+    (the first submit): when the jobs were created, claimed by a worker (``started_at``) and finished.
+
+    ``claim_lag`` is started - created per job; a service that keeps up with its submitter shows the
+    last start shortly after the last create, and the last finish shortly after the engine's own run."""
+    from datetime import datetime
+
+    def at(job: dict[str, Any], key: str) -> float:
+        return datetime.fromisoformat(str(job[key]).replace("Z", "+00:00")).timestamp() - t0_epoch
+
+    created = sorted(at(j, "created_at") for j in results)
+    started = sorted(at(j, "started_at") for j in results)
+    finished = sorted(at(j, "finished_at") for j in results)
+    lag = sorted(at(j, "started_at") - at(j, "created_at") for j in results)
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+
+    return {
+        "last_created": pct(created, 1.0),
+        "first_started": pct(started, 0.0),
+        "last_started": pct(started, 1.0),
+        "claim_lag_p50": pct(lag, 0.5),
+        "claim_lag_max": pct(lag, 1.0),
+        "first_finished": pct(finished, 0.0),
+        "finished_p50": pct(finished, 0.5),
+        "last_finished": pct(finished, 1.0),
+    }
+
+
+ENGINE_COUNTERS = (
+    "steps",
+    "overlapped_steps",
+    "busy_seconds",
+    "device_wait_seconds",
+    "device_busy_seconds",
+    "generated_tokens",
+)
+
+
+def engine_counters(store: Any) -> dict[str, float]:
+    """The worker engine's step counters, scraped from its Prometheus endpoint (port from the
+    heartbeat): steps, overlapped (chained) steps, seconds spent in steps, generated tokens."""
+    import httpx
+
+    worker = store.workers()[0]
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ENGINE_COUNTERS:
+            if line.startswith(f"tnllm_engine_{name}_total "):
+                found[name] = float(line.split()[-1])
+    return found
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What the engine did between two ``engine_counters`` scrapes, with the mean step time."""
+    d = {k: round(after[k] - before[k], 3) for k in ENGINE_COUNTERS}
+    d["ms_per_step"] = round(1e3 * d["busy_seconds"] / max(d["steps"], 1), 2)
+    d["gpu_ms_per_step"] = round(1e3 * d["device_busy_seconds"] / max(d["steps"], 1), 2)
+    d["host_ms_per_step"] = round(
+        1e3 * (d["busy_seconds"] - d["device_wait_seconds"]) / max(d["steps"], 1), 2
+    )
+    return d
