@@ -10,12 +10,20 @@ Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packa
    tune, capture graphs), then (a) bench/gpu.py's ``engine_decode`` figure at 256 sequences (median
    full-batch step) and (b) the same load as the service — ``--jobs`` greedy requests of
    ``--max-new-tokens`` with a 120-token prompt each (the service's prompt length), all submitted
-   at once, stepped until done — aggregate completion tokens / wall time;
+   at once, stepped until done — aggregate completion tokens / wall time, twice; then the same load
+   the worker's way (the engine's own thread, ``engine.start()``), alone and beside 256 threads
+   parked like the worker's task threads; every pass reports the engine's counters (steps,
+   overlapped steps, host time, GPU time per step from CUDA events) and nvidia-smi's clocks, power
+   and throttle reasons sampled during it;
 3. the service: embedded redis-server, one ``tnllm worker`` (CUDA, 256 slots) on the checkpoint and
    ``tnllm api`` (uvicorn); ``--jobs`` ``POST /v1/jobs`` at once from client threads, then
    ``GET ?wait=`` each; aggregate = the jobs' completion tokens (their ``usage``) / wall time from the
    first submit to the last result seen. The API has no ignore-eos: random weights almost never
-   emit EOS, and the tokens counted are the ones each job reports.
+   emit EOS, and the tokens counted are the ones each job reports. Beside it: the jobs' own
+   created/claimed/finished timeline, the worker engine's counters (scraped from its /metrics) and
+   the GPU clocks during the run.
+
+``--service-only --env KEY=VALUE`` re-runs step 3 alone on the same --workdir (A/B of a setting).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from service_http import (  # noqa: E402
     ENGINE_COUNTERS,
+    GpuClocks,
     collect_results,
     counter_delta,
     engine_counters,
@@ -119,35 +128,86 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
         torch.cuda.synchronize()
         chained0, stats0 = engine.chained_steps, engine.stats()
         t0 = time.perf_counter()
-        handles = [
-            engine.submit(
-                EngineRequest(f"{rep}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None
-            )
-            for i in range(jobs)
-        ]
-        ramp_s, ramp_steps, decode_s, decode_steps = 0.0, 0, 0.0, 0
-        while not all(h.done() for h in handles):
-            sched = engine.sched
-            ramp = bool(sched.waiting) or any(not s.prefill_done for s in sched.running.values())
-            t1 = time.perf_counter()
-            engine.step()
-            dt = time.perf_counter() - t1
-            if ramp:
-                ramp_s, ramp_steps = ramp_s + dt, ramp_steps + 1
-            else:
-                decode_s, decode_steps = decode_s + dt, decode_steps + 1
-        wall = time.perf_counter() - t0
+        with GpuClocks(ckpt.parent / f"clocks_{rep}.csv") as clocks:
+            handles = [
+                engine.submit(
+                    EngineRequest(f"{rep}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None
+                )
+                for i in range(jobs)
+            ]
+            ramp_s, ramp_steps, decode_s, decode_steps = 0.0, 0, 0.0, 0
+            while not all(h.done() for h in handles):
+                sched = engine.sched
+                ramp = bool(sched.waiting) or any(not s.prefill_done for s in sched.running.values())
+                t1 = time.perf_counter()
+                engine.step()
+                dt = time.perf_counter() - t1
+                if ramp:
+                    ramp_s, ramp_steps = ramp_s + dt, ramp_steps + 1
+                else:
+                    decode_s, decode_steps = decode_s + dt, decode_steps + 1
+            wall = time.perf_counter() - t0
         tokens = sum(h.result().completion_tokens for h in handles)
         res[rep] = {"jobs": jobs, "completion_tokens": tokens, "wall_s": round(wall, 3),
                     "tokens_per_s": round(tokens / wall, 1), "ramp_steps": ramp_steps,
                     "ramp_s": round(ramp_s, 3), "decode_steps": decode_steps, "decode_s": round(decode_s, 3),
-                    "chained_steps": engine.chained_steps - chained0}  # fmt: skip
+                    "chained_steps": engine.chained_steps - chained0,
+                    "gpu_clocks": clocks.summary()}  # fmt: skip
         stats1 = engine.stats()
         res[rep]["counters"] = counter_delta(
             {k: getattr(stats0, k) for k in ENGINE_COUNTERS}, {k: getattr(stats1, k) for k in ENGINE_COUNTERS}
         )
         print(json.dumps(res[rep]), flush=True)
+    # the worker's way of running the same load: the engine's own thread (graphs captured on this
+    # thread, replayed from that one), alone and then beside 256 threads parked the way the worker's
+    # task threads wait (Event.wait, waking every WAIT_S): splits "how the worker runs the engine"
+    # from "what else the service does" when the worker's GPU time per step differs from the above
+    for rep, waiters in (("same_load_engine_thread", 0), ("same_load_engine_thread_256_waiters", jobs)):
+        with GpuClocks(ckpt.parent / f"clocks_{rep}.csv") as clocks:
+            res[rep] = threaded_load(engine, rep, jobs, params, waiters)
+        res[rep]["gpu_clocks"] = clocks.summary()
+        print(json.dumps({rep: res[rep]}), flush=True)
     return res
+
+
+def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -> dict[str, Any]:
+    """The same-load requests through ``engine.start()`` (its background thread), with ``waiters``
+    extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters."""
+    from gpu import prompt
+
+    from worker.engine.types import EngineRequest
+    from worker.job_runner import WAIT_S
+
+    done = threading.Event()
+
+    def park() -> None:
+        while not done.wait(WAIT_S):
+            pass
+
+    parked = [threading.Thread(target=park, daemon=True) for _ in range(waiters)]
+    for t in parked:
+        t.start()
+    stats0 = engine.stats()
+    engine.start()
+    try:
+        t0 = time.perf_counter()
+        handles = [
+            engine.submit(
+                EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None
+            )
+            for i in range(jobs)
+        ]
+        tokens = sum(h.result(timeout=600).completion_tokens for h in handles)
+        wall = time.perf_counter() - t0
+    finally:
+        engine.stop()
+        done.set()
+    stats1 = engine.stats()
+    counters = counter_delta(
+        {k: getattr(stats0, k) for k in ENGINE_COUNTERS}, {k: getattr(stats1, k) for k in ENGINE_COUNTERS}
+    )
+    return {"jobs": jobs, "waiters": waiters, "completion_tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1), "counters": counters}  # fmt: skip
 
 
 def profile_worker(pid: int, out: Path, delay_s: float, seconds: int) -> None:
@@ -236,10 +296,11 @@ def service_phase(
         sampler.start()
         if profiler is not None:
             profiler.start()
-        ids = submit_jobs(url, bodies, threads)
-        submitted = time.perf_counter() - t0
-        results = collect_results(url, ids)
-        wall = time.perf_counter() - t0
+        with GpuClocks(work / "clocks_service.csv") as clocks:
+            ids = submit_jobs(url, bodies, threads)
+            submitted = time.perf_counter() - t0
+            results = collect_results(url, ids)
+            wall = time.perf_counter() - t0
         done.set()
         if profiler is not None:
             profiler.join()
@@ -255,6 +316,7 @@ def service_phase(
             tokens_per_s=round(completion / wall, 1),
             worker_engine=counter_delta(counters0, engine_counters(store)),
             timeline=timeline(results, t0_epoch),
+            gpu_clocks=clocks.summary(),
             worker_engine_tokens_per_s={
                 "samples": len(rates),
                 "max": round(max(rates, default=0.0), 1),

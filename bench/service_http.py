@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 
@@ -142,3 +143,63 @@ def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str
         1e3 * (d["busy_seconds"] - d["device_wait_seconds"]) / max(d["steps"], 1), 2
     )
     return d
+
+
+class GpuClocks:
+    """``nvidia-smi`` sampled every 250 ms while the block runs: SM/memory clocks, power, temperature
+    and the active clock-event (throttle) reasons, summarised by ``summary()``. Without nvidia-smi the
+    summary is empty: the bench still runs."""
+
+    FIELDS = ("clocks.sm", "clocks.mem", "power.draw", "temperature.gpu", "clocks_event_reasons.active")
+
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self._proc: Any = None
+
+    def __enter__(self) -> GpuClocks:
+        import shutil
+        import subprocess
+
+        smi = shutil.which("nvidia-smi")
+        if smi is not None:
+            query = [smi, f"--query-gpu={','.join(self.FIELDS)}", "--format=csv,noheader,nounits", "-i", "0"]
+            if subprocess.run(query, capture_output=True, check=False).returncode == 0:
+                self._out = open(self.path, "w")  # closed in __exit__
+                self._proc = subprocess.Popen([*query, "-lms", "250"], stdout=self._out)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._out.close()
+
+    def summary(self) -> dict[str, Any]:
+        """Median and extremes of the samples; {} when nothing was sampled."""
+        rows: list[list[float]] = []  # sm MHz, mem MHz, W, °C
+        reasons: set[str] = set()
+        if self._proc is not None:
+            for line in Path(self.path).read_text().splitlines():
+                parts = [p.strip() for p in line.split(",")]
+                if len(parts) == len(self.FIELDS):
+                    try:
+                        rows.append([float(p) for p in parts[:4]])
+                    except ValueError:
+                        continue
+                    reasons.add(parts[4])
+        if not rows:
+            return {}
+
+        def col(i: int) -> list[float]:
+            return sorted(r[i] for r in rows)
+
+        return {
+            "samples": len(rows),
+            "sm_mhz_median": col(0)[len(rows) // 2],
+            "sm_mhz_min": col(0)[0],
+            "mem_mhz_median": col(1)[len(rows) // 2],
+            "power_w_median": col(2)[len(rows) // 2],
+            "power_w_max": col(2)[-1],
+            "temp_c_max": col(3)[-1],
+            "event_reasons": sorted(reasons),
+        }
