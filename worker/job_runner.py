@@ -92,7 +92,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> str:
         notify_transition(store, record, "job.running")
         return _run_claimed(rt, record, active)
     finally:
-        rt.untrack(job_id)
+        rt.untrack(job_id, active)
 
 
 def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str:

@@ -149,18 +149,28 @@ class WorkerRuntime:
 
     # --- running jobs --------------------------------------------------------------------------
     def track(self, job_id: str) -> ActiveJob:
-        """Register a job this process just claimed (its lease is renewed from now on)."""
+        """Register a job this process just claimed (its lease is renewed from now on).
+
+        If an earlier attempt of the same job still runs here (this process stalled past its lease,
+        the job was requeued and came back to it), that attempt is abandoned as if its lease were
+        lost: the owner fence is per process, so only this process can tell the two apart."""
         job = ActiveJob(job_id)
         with self._lock:
+            earlier = self._active.get(job_id)
             self._active[job_id] = job
+        if earlier is not None:
+            log.warning("job %s: claimed again by this process; abandoning its earlier attempt", job_id)
+            earlier.lost.set()
+            earlier.stop_engine()
         self.pump.add(job)
         return job
 
-    def untrack(self, job_id: str) -> None:
-        """Forget a job this process no longer runs."""
-        self.pump.discard(job_id)
+    def untrack(self, job_id: str, job: ActiveJob | None = None) -> None:
+        """Forget a job this process no longer runs (only ``job``'s attempt, when given)."""
+        self.pump.discard(job_id, job)
         with self._lock:
-            self._active.pop(job_id, None)
+            if job is None or self._active.get(job_id) is job:
+                self._active.pop(job_id, None)
 
     def active_jobs(self) -> list[ActiveJob]:
         """A snapshot of the jobs running here."""

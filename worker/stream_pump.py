@@ -148,10 +148,11 @@ class StreamPump:
         with self._lock:
             self._jobs[job.job_id] = job
 
-    def discard(self, job_id: str) -> None:
-        """Stop serving a job (its task ended)."""
+    def discard(self, job_id: str, job: ActiveJob | None = None) -> None:
+        """Stop serving a job (its task ended); only ``job``'s attempt, when given."""
         with self._lock:
-            self._jobs.pop(job_id, None)
+            if job is None or self._jobs.get(job_id) is job:
+                self._jobs.pop(job_id, None)
 
     def jobs(self) -> list[ActiveJob]:
         """A snapshot of the jobs served."""

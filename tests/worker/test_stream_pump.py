@@ -446,3 +446,53 @@ def test_run_job_streams_through_the_pump_and_cancels_quickly(
     assert runtime.pump.jobs() == [] and runtime.active_jobs() == []
     # a job that its own task finished is no lost lease (the pump lets go of it before the finish)
     assert not [r for r in caplog.records if "lease lost" in r.getMessage()]
+
+
+def test_a_job_claimed_again_by_the_same_process_abandons_its_earlier_attempt(
+    runtime: WorkerRuntime,
+) -> None:
+    """This process stalled past its lease, the job went back to the queue and came back here: the
+    owner fence (per process) cannot tell the two attempts apart, so the process itself must drop the
+    earlier one, keep serving the new one (lease, stream) and leave only the new one's text after the
+    reset marker."""
+    store = runtime.store
+    _submit(store, "again", 600)
+    outcomes: dict[str, str] = {}
+
+    def task(name: str) -> None:
+        outcomes[name] = run_job(runtime, "again")
+
+    first = threading.Thread(target=task, args=("first",))
+    first.start()
+    deadline = time.monotonic() + 60
+    while len(store.client.xrange(keys.stream("again"))) < 3:
+        assert time.monotonic() < deadline, "the first attempt never streamed"
+        time.sleep(0.01)
+    # the stall: nothing of this process looks at Redis while the lease runs out and the job is reaped
+    runtime.pump.stop()
+    store.client.delete(keys.lease("again"))
+    assert store.reap("again").action == "requeued"
+    second = threading.Thread(target=task, args=("second",))
+    second.start()
+    while (record := store.get("again")) is None or record.attempt < 2:
+        assert time.monotonic() < deadline, "the second delivery never claimed the job"
+        time.sleep(0.01)
+    runtime.pump.start()
+    first.join(30)
+    assert outcomes.get("first") == "lease_lost"
+    running = store.get("again")
+    assert running is not None
+    if running.status is JobStatus.RUNNING:  # the new attempt is still served: heartbeat and pump
+        served = runtime.active_jobs()
+        assert len(served) == 1 and not served[0].lost.is_set()
+        assert runtime.pump.jobs() == served
+        assert store.cancel("again").kind == "requested"
+    second.join(60)
+    assert outcomes.get("second") in ("succeeded", "cancelled")
+    done = store.get("again")
+    assert done is not None and done.result is not None and done.attempt == 2
+    entries = store.client.xrange(keys.stream("again"))
+    kinds = [f.get("t") for _, f in entries]
+    after_reset = entries[len(kinds) - 1 - kinds[::-1].index("reset") + 1 :]
+    assert "".join(f["text"] for _, f in after_reset if f.get("t") == "token") == done.result.text
+    assert runtime.active_jobs() == [] and runtime.pump.jobs() == []
