@@ -41,6 +41,8 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop or ()),
         seed=args.seed,
         ignore_eos=args.ignore_eos,
     )

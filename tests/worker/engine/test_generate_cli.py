@@ -51,3 +51,35 @@ def test_over_the_context_limit_is_a_clear_error(
     monkeypatch.setenv("TNLLM_MAX_CONTEXT", "10")
     assert main(["generate", "--model", str(TINY_A), "--prompt-ids", "1,2,3", "--max-new-tokens", "8"]) == 2
     assert "exceeds the context limit of 10 tokens" in capsys.readouterr().err
+
+
+def test_stop_strings_and_repetition_penalty(
+    capsys: pytest.CaptureFixture[str], demo_model_dir: Path
+) -> None:
+    base = [
+        "--model",
+        str(demo_model_dir),
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+        "--json",
+        "--prompt",
+        "hi",
+    ]
+    plain = run_cli(capsys, *base)[0]
+    assert plain["finish_reason"] == "length" and len(plain["text"]) > 4
+    stop = plain["text"][len(plain["text"]) // 2 :][:2]
+    cut = run_cli(capsys, *base, "--stop", "\x00never", "--stop", stop)[0]
+    assert cut["finish_reason"] == "stop"
+    assert plain["text"].startswith(cut["text"]) and stop not in cut["text"]
+    assert plain["text"].find(stop) == len(cut["text"])
+    # the random demo model starts repeating itself after ~26 tokens; the penalty holds that off
+    longer = [a if a != "24" else "60" for a in base]
+
+    def repeats(o: dict) -> int:
+        return sum(t in o["prompt_ids"] or t in o["ids"][:i] for i, t in enumerate(o["ids"]))
+
+    free, penalised = run_cli(capsys, *longer)[0], run_cli(capsys, *longer, "--repetition-penalty", "1.3")[0]
+    assert repeats(penalised) < repeats(free)
+    assert main(["generate", *base, "--repetition-penalty", "0"]) == 2
+    assert "repetition_penalty must be > 0" in capsys.readouterr().err
