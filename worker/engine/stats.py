@@ -47,8 +47,9 @@ class StatsTracker:
             self.device_wait += seconds
 
     def record_device_busy(self, seconds: float) -> None:
-        """A step's time on the device, measured with CUDA events (queueing behind the previous step
-        included only when that one was still running at launch)."""
+        """A step's time on the device, from a CUDA event before its first launch to the copy of its
+        ids: the event runs once the previous step is done, so waiting behind it is not counted, but
+        the GPU idling inside the step (the host launching its work late) is."""
         with self._lock:
             self.device_busy += seconds
 
