@@ -89,7 +89,8 @@ class ActiveJob:
             self.stop_engine()
 
     def mark_lost(self) -> None:
-        """Another worker owns the job now: flag it for the task and stop generating."""
+        """Another owner has the job now (another worker, or a newer attempt in this process): flag
+        it for the task and stop generating."""
         if not self.lost.is_set():
             self.lost.set()
             self.stop_engine()
@@ -160,8 +161,7 @@ class WorkerRuntime:
             self._active[job_id] = job
         if earlier is not None:
             log.warning("job %s: claimed again by this process; abandoning its earlier attempt", job_id)
-            earlier.lost.set()
-            earlier.stop_engine()
+            earlier.mark_lost()
         self.pump.add(job)
         return job
 
