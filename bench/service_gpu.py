@@ -45,11 +45,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from service_http import (  # noqa: E402
-    ENGINE_COUNTERS,
     GpuClocks,
     collect_results,
     counter_delta,
     engine_counters,
+    stats_counters,
     submit_jobs,
     timeline,
     usage,
@@ -104,11 +104,11 @@ def write_checkpoint(out: Path) -> float:
 def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str, Any]:
     """Engine only (no queue, no HTTP) on the worker's own build path; see the module docstring."""
     import torch
-    from gpu import engine_decode, prompt
+    from gpu import engine_decode
 
     from infra.settings import Settings
     from worker.engine.factory import build_engine
-    from worker.engine.types import EngineRequest, SamplingParams
+    from worker.engine.types import SamplingParams
 
     res: dict[str, Any] = {}
     if not (ckpt / "model.safetensors.index.json").exists() and not any(ckpt.glob("*.bin.index.json")):
@@ -126,15 +126,10 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
     # waiting) and decode-only steps, and counts the overlapped (chained) steps
     for rep in ("same_load", "same_load_again"):
         torch.cuda.synchronize()
-        chained0, stats0 = engine.chained_steps, engine.stats()
+        stats0 = engine.stats()
         t0 = time.perf_counter()
         with GpuClocks(ckpt.parent / f"clocks_{rep}.csv") as clocks:
-            handles = [
-                engine.submit(
-                    EngineRequest(f"{rep}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None
-                )
-                for i in range(jobs)
-            ]
+            handles = submit_same_load(engine, rep, jobs, params)
             ramp_s, ramp_steps, decode_s, decode_steps = 0.0, 0, 0.0, 0
             while not all(h.done() for h in handles):
                 sched = engine.sched
@@ -148,15 +143,12 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
                     decode_s, decode_steps = decode_s + dt, decode_steps + 1
             wall = time.perf_counter() - t0
         tokens = sum(h.result().completion_tokens for h in handles)
+        counters = counter_delta(stats_counters(stats0), stats_counters(engine.stats()))
         res[rep] = {"jobs": jobs, "completion_tokens": tokens, "wall_s": round(wall, 3),
                     "tokens_per_s": round(tokens / wall, 1), "ramp_steps": ramp_steps,
                     "ramp_s": round(ramp_s, 3), "decode_steps": decode_steps, "decode_s": round(decode_s, 3),
-                    "chained_steps": engine.chained_steps - chained0,
-                    "gpu_clocks": clocks.summary()}  # fmt: skip
-        stats1 = engine.stats()
-        res[rep]["counters"] = counter_delta(
-            {k: getattr(stats0, k) for k in ENGINE_COUNTERS}, {k: getattr(stats1, k) for k in ENGINE_COUNTERS}
-        )
+                    "chained_steps": int(counters["overlapped_steps"]), "gpu_clocks": clocks.summary(),
+                    "counters": counters}  # fmt: skip
         print(json.dumps(res[rep]), flush=True)
     # the worker's way of running the same load: the engine's own thread (graphs captured on this
     # thread, replayed from that one), alone and then beside 256 threads parked the way the worker's
@@ -170,12 +162,21 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
     return res
 
 
-def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -> dict[str, Any]:
-    """The same-load requests through ``engine.start()`` (its background thread), with ``waiters``
-    extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters."""
+def submit_same_load(engine: Any, tag: str, jobs: int, params: Any) -> list[Any]:
+    """The service's load on the engine directly: ``jobs`` requests of a PROMPT_TOKENS prompt each."""
     from gpu import prompt
 
     from worker.engine.types import EngineRequest
+
+    return [
+        engine.submit(EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None)
+        for i in range(jobs)
+    ]
+
+
+def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -> dict[str, Any]:
+    """The same-load requests through ``engine.start()`` (its background thread), with ``waiters``
+    extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters."""
     from worker.job_runner import WAIT_S
 
     done = threading.Event()
@@ -191,21 +192,13 @@ def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -
     engine.start()
     try:
         t0 = time.perf_counter()
-        handles = [
-            engine.submit(
-                EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None
-            )
-            for i in range(jobs)
-        ]
+        handles = submit_same_load(engine, tag, jobs, params)
         tokens = sum(h.result(timeout=600).completion_tokens for h in handles)
         wall = time.perf_counter() - t0
     finally:
         engine.stop()
         done.set()
-    stats1 = engine.stats()
-    counters = counter_delta(
-        {k: getattr(stats0, k) for k in ENGINE_COUNTERS}, {k: getattr(stats1, k) for k in ENGINE_COUNTERS}
-    )
+    counters = counter_delta(stats_counters(stats0), stats_counters(engine.stats()))
     return {"jobs": jobs, "waiters": waiters, "completion_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1), "counters": counters}  # fmt: skip
 

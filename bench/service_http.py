@@ -134,6 +134,11 @@ def engine_counters(store: Any) -> dict[str, float]:
     return found
 
 
+def stats_counters(stats: Any) -> dict[str, float]:
+    """The same counters from an ``EngineStats`` of an engine in this process."""
+    return {k: float(getattr(stats, k)) for k in ENGINE_COUNTERS}
+
+
 def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """What the engine did between two ``engine_counters`` scrapes, with the mean step time."""
     d = {k: round(after[k] - before[k], 3) for k in ENGINE_COUNTERS}
