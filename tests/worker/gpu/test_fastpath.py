@@ -146,3 +146,54 @@ def test_packed_prefill_matches_the_reference_and_one_at_a_time(dtype: torch.dty
     for a, b in zip(pool, alone, strict=True):
         assert (a - b).abs().max() <= (1e-5 if dtype == torch.float32 else 0.02) * float(b.abs().max())
     assert all(bool((p[[1, 3]] == 0).all()) for p in pool)  # other slots untouched
+
+
+def test_host_chunk_index_is_flas() -> None:
+    """The host-built index of the no-sync packed prefill equals fla's own (device-built) one."""
+    from fla.ops.utils.index import prepare_chunk_indices, prepare_chunk_offsets
+
+    from worker.model.kernels.attention import chunk_index_host
+
+    for lengths in ([1], [64], [65, 1, 128, 3], [37, 100, 64, 200, 2]):
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEV)
+        offsets, pairs = chunk_index_host(lengths)
+        assert offsets == prepare_chunk_offsets(cu, 64).tolist()
+        assert torch.equal(torch.tensor(pairs, device=DEV).view(-1, 2), prepare_chunk_indices(cu, 64))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16), (4, 32, 16), (32, 128, 128), (32, 256, 128)])
+def test_nosync_packed_path_matches_flas_public_call(shape: tuple[int, int, int]) -> None:
+    """Bit for bit on the tiny test model's head shapes and the 7B's (plain and LRPE layers): the
+    engine uses the no-sync path only where this holds, so a failure here means it silently fell
+    back to the slower public call."""
+    from worker.model.kernels.attention import packed_path_matches
+
+    assert packed_path_matches(*shape, torch.device(DEV), torch.bfloat16)
+
+
+def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> None:
+    """A packed prefill step on the no-sync path runs with CUDA's sync check set to error (each layer
+    of fla's public call reads a chunk count back from the device) and gives the public path's logits
+    and states exactly."""
+    nosync, public = tiny(torch.bfloat16, seed=5), tiny(torch.bfloat16, seed=5)
+    dev = torch.device(DEV)
+    assert nosync.packed_nosync(dev)
+    public._packed_nosync = False
+    torch.manual_seed(5)
+    chunks = [
+        (torch.randint(0, 99, (n,)).tolist(), start, slot)
+        for n, start, slot in ((70, 0, 1), (3, 0, 4), (45, 9, 2))
+    ]
+    pools = [m.new_state_pool(6) for m in (nosync, public)]
+    nosync.prefill_many(chunks, pools[0])  # compiles and tunes first: autotuning syncs
+    torch.cuda.synchronize()
+    for p in pools[0]:
+        p.zero_()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = nosync.prefill_many(chunks, pools[0])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = public.prefill_many(chunks, pools[1])
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))

@@ -9,6 +9,12 @@
 - ``prep_qkv``: SiLU + LRPE + head split for a prefill chunk, writing contiguous q'/k'/v for fla.
 - ``prefill_attention``: fla-core's ``chunk_simple_gla`` from the slot's carried state
   (``g_gamma = -λ``, ``scale = 1``), final state written back into the slot.
+- ``prefill_attention_packed``: the same for N sequences packed along T. With a ``PackedIndex``
+  built on the host (``chunk_index_host``) it launches fla's two forward kernels itself: fla-core
+  0.6.0's public call reads the chunk count back from the device in every layer (``.item()``), a
+  host sync per layer that idles the GPU while the host prepares the next one (30 per prefill step
+  on the 7B; under a loaded worker each costs several ms). ``packed_path_matches`` checks that path
+  against the public call at start-up; the engine falls back to the public call if it differs.
 
 Shapes: ``B`` rows, ``H`` heads, per-head width ``D``; ``DK = 2D`` on LRPE layers, else ``D``.
 State pool of one layer: fp32 (or bf16, opt-in) ``[slots, H, DK, D]``.
@@ -16,9 +22,14 @@ State pool of one layer: fp32 (or bf16, opt-in) ``[slots, H, DK, D]``.
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
+
+CHUNK = 64  # fla's chunk length (its default); ``chunk_index_host`` builds its index for it
 
 
 @triton.jit
@@ -287,6 +298,100 @@ def _fla_chunk(
     return o[0], final
 
 
+def chunk_index_host(lengths: list[int], chunk: int = CHUNK) -> tuple[list[int], list[int]]:
+    """fla's chunk index of sequences of ``lengths`` packed along T, on the host: each sequence's
+    first chunk ``[N+1]`` (fla's ``prepare_chunk_offsets``) and, flattened ``[NT*2]``, (sequence,
+    chunk within it) for every chunk (``prepare_chunk_indices``)."""
+    offsets = [0]
+    pairs: list[int] = []
+    for n, length in enumerate(lengths):
+        count = -(-length // chunk)
+        offsets.append(offsets[-1] + count)
+        for i in range(count):
+            pairs += (n, i)
+    return offsets, pairs
+
+
+@dataclass(frozen=True)
+class PackedIndex:
+    """The device copy of a packed prefill's index (int64): fla's ``cu_seqlens [N+1]``, each
+    sequence's first chunk ``chunk_offsets [N+1]`` and ``chunk_indices [NT, 2]``."""
+
+    cu_seqlens: torch.Tensor
+    chunk_offsets: torch.Tensor
+    chunk_indices: torch.Tensor
+
+
+def _fla_chunk_packed(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_gamma: torch.Tensor,
+    init: torch.Tensor,
+    index: PackedIndex,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_fla_chunk`` over packed sequences with no device read: fla-core 0.6.0's forward of
+    ``chunk_simple_gla`` (``g_gamma`` scaled by 1/ln 2 for its exp2 kernels, then
+    ``chunk_fwd_kernel_h`` and ``chunk_fwd_o``) with the chunk index taken from ``index`` instead of
+    read back from the device. Tied to that version's kernel arguments: ``packed_path_matches``
+    checks it against the public call before the engine uses it."""
+    from fla.ops.common.chunk_h import chunk_fwd_kernel_h
+    from fla.ops.common.chunk_o import chunk_fwd_o
+    from fla.ops.utils.constant import RCP_LN2
+
+    t, h, dk = k.shape
+    d = v.shape[-1]
+    n = index.cu_seqlens.shape[0] - 1
+    n_chunks = index.chunk_indices.shape[0]
+    q4, k4, v4 = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+    g = g_gamma * RCP_LN2
+    states = k.new_empty(1, n_chunks, h, dk, d)  # each chunk's starting state, k's dtype as fla's
+    final = k.new_empty(n, h, dk, d, dtype=torch.float32)
+
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(dk, meta["BK"]) * triton.cdiv(d, meta["BV"]) * n * h,)
+
+    with torch.cuda.device(q.device):
+        chunk_fwd_kernel_h[grid](
+            k=k4, v=v4, h=states, g=None, g_gamma=g, gk=None, gv=None,
+            h0=init if init.dtype == torch.float32 else init.float(), ht=final,
+            cu_seqlens=index.cu_seqlens, split_offsets=index.chunk_offsets, T=t, H=h, K=dk, V=d,
+            BT=CHUNK, BS=CHUNK, USE_G=False, USE_G_GAMMA=True, USE_GK=False, USE_GV=False,
+            STATE_V_FIRST=False,
+        )  # fmt: skip
+        o = chunk_fwd_o(
+            q=q4, k=k4, v=v4, h=states, g=None, g_gamma=g, scale=1.0, cu_seqlens=index.cu_seqlens,
+            chunk_size=CHUNK, chunk_indices=index.chunk_indices,
+        )  # fmt: skip
+    return o[0].to(q.dtype), final
+
+
+def packed_path_matches(n_heads: int, dk: int, d: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``_fla_chunk_packed`` gives what fla's public ``chunk_simple_gla`` gives (bit for
+    bit: the same kernels) on random packed sequences of these head shapes, chunk edges crossed.
+    False (never an exception) where the installed fla's internals differ."""
+    lengths = [37, 100, 64]
+    g = torch.Generator(device=device).manual_seed(0)
+    t = sum(lengths)
+    q, k = (torch.randn(t, n_heads, dk, device=device, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(t, n_heads, d, device=device, generator=g).to(dtype)
+    init = torch.randn(len(lengths), n_heads, dk, d, device=device, generator=g)
+    g_gamma = -torch.rand(n_heads, device=device, generator=g) * 0.2
+    cu_cpu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int64)
+    offsets, pairs = chunk_index_host(lengths)
+    index = PackedIndex(
+        cu_cpu.to(device),
+        torch.tensor(offsets, device=device),
+        torch.tensor(pairs, device=device).view(-1, 2),
+    )
+    try:
+        o_ref, f_ref = _fla_chunk(q, k, v, g_gamma, init, cu_seqlens=index.cu_seqlens, cu_seqlens_cpu=cu_cpu)
+        o, f = _fla_chunk_packed(q, k, v, g_gamma, init, index)
+    except Exception:  # another fla version's kernel arguments: use the public call
+        return False
+    return torch.equal(o, o_ref) and torch.equal(f, f_ref)
+
+
 def prefill_attention_packed(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -298,10 +403,11 @@ def prefill_attention_packed(
     lengths: list[int],
     slot_ids: list[int],
     cu_seqlens_cpu: torch.Tensor | None = None,
+    index: PackedIndex | None = None,
 ) -> torch.Tensor:
     """``prefill_attention`` for N sequences packed along T, each continuing from and updating its
     slot's state: ``slots``/``cu_seqlens [N+1]`` on the device, the same ``slot_ids``/``lengths`` on
-    the host."""
+    the host. With ``index`` (same ``cu_seqlens``) no step of it reads from the device."""
     if exact_prefill(q, v):
         outs, start = [], 0
         for slot, length in zip(slot_ids, lengths, strict=True):  # the exact path, one at a time
@@ -310,8 +416,10 @@ def prefill_attention_packed(
             start += length
         return torch.cat(outs)
     init = pool.index_select(0, slots)
-    # cu_seqlens_cpu: fla derives its chunk index from it without a device read
-    o, final = _fla_chunk(q, k, v, g_gamma, init, cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
+    if index is not None:
+        o, final = _fla_chunk_packed(q, k, v, g_gamma, init, index)
+    else:  # fla's public call (cu_seqlens_cpu spares one of its device reads, not the per-layer one)
+        o, final = _fla_chunk(q, k, v, g_gamma, init, cu_seqlens=cu_seqlens, cu_seqlens_cpu=cu_seqlens_cpu)
     pool.index_copy_(0, slots, final.to(pool.dtype))
     return o
 

@@ -19,6 +19,7 @@ Nothing here synchronises with the host, so a decode step can be captured in a C
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -26,12 +27,34 @@ import torch
 import torch.nn.functional as F
 
 from worker.model.kernels.attention import (
+    PackedIndex,
+    chunk_index_host,
     decode_attention,
+    packed_path_matches,
     prefill_attention,
     prefill_attention_packed,
     prep_qkv,
 )
 from worker.model.kernels.fused import add_rms, embed_rms, norm_gate
+
+log = logging.getLogger(__name__)
+
+
+def pack_int64(sections: list[list[int]], device: torch.device) -> list[torch.Tensor]:
+    """``sections`` as int64 views of one buffer copied to ``device`` without waiting for it (pinned
+    source, non-blocking). Each section starts 16-byte aligned (odd ones padded by one), so the
+    Triton kernels reading them see one pointer alignment whatever the lengths: a new alignment
+    would compile another kernel variant mid-step."""
+    values: list[int] = []
+    bounds = []
+    for sec in sections:
+        bounds.append((len(values), len(values) + len(sec)))
+        values.extend(sec)
+        if len(sec) % 2:
+            values.append(0)
+    host = torch.tensor(values, dtype=torch.int64).pin_memory()
+    buf = host.to(device, non_blocking=True)  # the caching host allocator keeps ``host`` until copied
+    return [buf[a:b] for a, b in bounds]
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,7 @@ class FastTransnormer:
         self.gemv_batch1 = gemv_batch1
         # Triton GEMM for 17..128 decode rows: 8.74 vs 8.95 ms per 64-row step with cuBLAS (H100)
         self.skinny_gemm = True
+        self._packed_nosync: bool | None = None  # decided on first use (``packed_nosync``)
 
     @staticmethod
     def supports(model) -> bool:  # type: ignore[no-untyped-def]
@@ -242,6 +266,21 @@ class FastTransnormer:
         return [torch.zeros((slots, *s), device=dev, dtype=dtype) for s in self.state_shapes()]
 
     # -- compute ----------------------------------------------------------------------------------
+    def packed_nosync(self, device: torch.device) -> bool:
+        """Whether packed prefill launches fla's kernels itself with a host-built chunk index (no
+        device read per layer): once per model, ``packed_path_matches`` on every attention shape
+        of its layers; bf16/fp16 weights only (fp32 prefill takes the exact reference ops)."""
+        if self._packed_nosync is None:
+            dt = self.embed.dtype
+            # shapes fla runs (exact_prefill takes fp32 and heads narrower than 16 to reference ops)
+            shapes = sorted({s for s in self.state_shapes() if min(s[1:]) >= 16})
+            self._packed_nosync = bool(shapes) and dt in (torch.bfloat16, torch.float16)
+            if self._packed_nosync:
+                self._packed_nosync = all(packed_path_matches(h, dk, d, device, dt) for h, dk, d in shapes)
+                if not self._packed_nosync:
+                    log.warning("packed prefill: fla differs from the no-sync path; taking its public call")
+        return self._packed_nosync
+
     def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if self.skinny_gemm and b is None:
             from worker.model.kernels.gemv import skinny_linear, skinny_ok
@@ -358,7 +397,8 @@ class FastTransnormer:
         once over all their tokens, the attention per sequence through fla's packed (varlen) chunk
         kernel. Each slot's state is updated in place; returns fp32 logits ``[N, V]`` of each
         chunk's last token. One call per engine step instead of one per prompt: a step's launches
-        (~600 kernels, host-bound for short prompts) are paid once."""
+        (~600 kernels, host-bound for short prompts) are paid once. Nothing in it waits for the GPU
+        where ``packed_nosync`` holds."""
         h, d = self.spec.n_heads, self.spec.head_dim
         dev = self.embed.device
         lengths = [len(chunk_ids) for chunk_ids, _, _ in chunks]
@@ -368,18 +408,22 @@ class FastTransnormer:
         for chunk_ids, start, _ in chunks:
             ids_host.extend(chunk_ids)
             pos_host.extend(range(start, start + len(chunk_ids)))
-        ends = list(itertools.accumulate(lengths))
-        # one host-to-device copy for every index the step needs
-        packed = torch.tensor([*ids_host, *pos_host, 0, *ends, *slot_ids], dtype=torch.int64).to(dev)
-        cu_cpu = torch.tensor([0, *ends], dtype=torch.int64)
+        cu_host = [0, *itertools.accumulate(lengths)]
+        nosync = self.packed_nosync(dev)
+        offsets, pairs = chunk_index_host(lengths) if nosync else ([], [])
+        # every index the step needs in one host-to-device copy that does not wait for the GPU
+        ids, positions, cu, slots, chunk_offsets, chunk_indices = pack_int64(
+            [ids_host, pos_host, cu_host, slot_ids, offsets, pairs], dev
+        )
+        index = PackedIndex(cu, chunk_offsets, chunk_indices.view(-1, 2)) if nosync else None
+        cu_cpu = torch.tensor(cu_host, dtype=torch.int64)
         t = len(ids_host)
-        ids, positions = packed[:t], packed[t : 2 * t]
-        cu = packed[2 * t : 2 * t + len(chunks) + 1]
-        slots = packed[2 * t + len(chunks) + 1 :]
 
         def attend(z: torch.Tensor, lw: FastLayer, i: int) -> torch.Tensor:
             q, k, v = prep_qkv(z, h, 0, lw.theta, positions=positions)
-            o = prefill_attention_packed(q, k, v, lw.g_gamma, pool[i], slots, cu, lengths, slot_ids, cu_cpu)
+            o = prefill_attention_packed(
+                q, k, v, lw.g_gamma, pool[i], slots, cu, lengths, slot_ids, cu_cpu, index=index
+            )
             return o.reshape(t, h * d)
 
         a = self._run(ids, attend)
