@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["generate"], description="Celery queues a GPU worker consumes."
     )
     workers: int = Field(default=1, ge=1, description="GPU worker processes `tnllm up` starts.")
+    task_events: bool = Field(
+        default=True,
+        description="Celery task events (sent, received, started, succeeded...), which Flower's task list "
+        "needs; off saves a Redis publish per event in the API and the workers.",
+    )
     worker_shutdown_grace: float = Field(
         default=30.0,
         ge=0,

@@ -108,9 +108,9 @@ def make_celery(settings: Settings) -> Celery:
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
         },
         task_create_missing_queues=True,
-        # Events feed Flower.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Events feed Flower's task list (its worker view needs none).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         enable_utc=True,
         timezone="UTC",
     )

@@ -21,6 +21,15 @@ def test_json_only_acks_late_prefetch_one() -> None:
     assert conf.result_backend is None
 
 
+def test_task_events_on_by_default_and_switchable() -> None:
+    """On: Flower's task list is fed. TNLLM_TASK_EVENTS=false turns off both the workers' events and
+    the API's task-sent event."""
+    on = make_celery(Settings(redis_url="redis://127.0.0.1:1/0")).conf
+    assert on.worker_send_task_events and on.task_send_sent_event
+    off = make_celery(Settings(redis_url="redis://127.0.0.1:1/0", task_events=False)).conf
+    assert not off.worker_send_task_events and not off.task_send_sent_event
+
+
 def test_routes_and_priority_lists() -> None:
     settings = Settings(redis_url="redis://127.0.0.1:1/0", visibility_timeout=7200, job_time_limit=60)
     conf = make_celery(settings).conf
