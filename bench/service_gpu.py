@@ -20,16 +20,23 @@ Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packa
    ``GET ?wait=`` each; aggregate = the jobs' completion tokens (their ``usage``) / wall time from the
    first submit to the last result seen. The API has no ignore-eos: random weights almost never
    emit EOS, and the tokens counted are the ones each job reports. Beside it: the jobs' own
-   created/claimed/finished timeline, the worker engine's counters (scraped from its /metrics) and
-   the GPU clocks during the run.
+   created/claimed/finished timeline, the worker engine's counters (scraped from its /metrics), its
+   progress every 0.25 s (steps, tokens, GPU seconds since the first submit) and the GPU clocks.
 
-``--service-only --env KEY=VALUE`` re-runs step 3 alone on the same --workdir (A/B of a setting).
+``--service-only --env KEY=VALUE`` re-runs step 3 alone on the same --workdir (A/B of a setting;
+``--worker-switch-interval`` for the worker's ``sys.setswitchinterval``). Diagnostics:
+``--arrival-spread S`` adds an engine-alone pass with the requests arriving over S seconds, as the
+service's do; ``--cuda-window S`` records the GPU's kernels for S seconds in the worker and in an
+engine-alone pass (bench/worker_probe.py: kernel time vs idle gaps); ``--profile-dir`` (with
+``--profile-window``, ``--profile-native``) py-spies the worker: the GIL holder's stacks and the
+engine thread's stack every 0.1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -56,7 +63,11 @@ from service_http import (  # noqa: E402
     wait_ready,
     warm_up,
 )
+from worker_probe import profile_later  # noqa: E402
 
+DUMP_S = 0.1  # between py-spy dumps of the engine thread (each takes ~0.1 s more)
+PROGRESS_S = 0.25  # as GpuClocks samples
+WINDOW_DELAY_S = 3.0  # into the load: all jobs claimed and prefilled, 256 rows decoding
 PREFILL_BUDGET = 2048  # as bench/gpu.py's engine; the worker gets the same setting
 SHARD_BYTES = 5_000_000_000  # three shards, like the released 7B files
 PROMPT_TOKENS = 120  # what the service's chat template makes of the bench prompt (demo tokenizer)
@@ -101,7 +112,9 @@ def write_checkpoint(out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str, Any]:
+def engine_phase(
+    ckpt: Path, jobs: int, new_tokens: int, steps: int, cuda_window_s: float = 0.0, spread_s: float = 0.0
+) -> dict[str, Any]:
     """Engine only (no queue, no HTTP) on the worker's own build path; see the module docstring."""
     import torch
     from gpu import engine_decode
@@ -159,24 +172,43 @@ def engine_phase(ckpt: Path, jobs: int, new_tokens: int, steps: int) -> dict[str
             res[rep] = threaded_load(engine, rep, jobs, params, waiters)
         res[rep]["gpu_clocks"] = clocks.summary()
         print(json.dumps({rep: res[rep]}), flush=True)
+    if spread_s > 0:
+        with GpuClocks(ckpt.parent / "clocks_same_load_spread.csv") as clocks:
+            res["same_load_spread"] = threaded_load(engine, "spread", jobs, params, 0, spread_s)
+        res["same_load_spread"]["gpu_clocks"] = clocks.summary()
+        print(json.dumps({"same_load_spread": res["same_load_spread"]}), flush=True)
+    if cuda_window_s:
+        # the threaded pass again, with the same CUDA window the worker gets in the service phase
+        out = ckpt.parent / "cuda_window_engine.json"
+        window = profile_later(WINDOW_DELAY_S, cuda_window_s, out)
+        res["same_load_engine_thread_profiled"] = threaded_load(engine, "profiled", jobs, params, 0)
+        window.join()
+        res["same_load_engine_thread_profiled"]["cuda_window"] = json.loads(out.read_text())
+        print(json.dumps({"cuda_window_engine": res["same_load_engine_thread_profiled"]}), flush=True)
     return res
 
 
-def submit_same_load(engine: Any, tag: str, jobs: int, params: Any) -> list[Any]:
-    """The service's load on the engine directly: ``jobs`` requests of a PROMPT_TOKENS prompt each."""
+def same_load_request(tag: str, i: int, params: Any) -> Any:
+    """Request ``i`` of the service's load on the engine directly: a PROMPT_TOKENS prompt."""
     from gpu import prompt
 
     from worker.engine.types import EngineRequest
 
-    return [
-        engine.submit(EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params), lambda ev: None)
-        for i in range(jobs)
-    ]
+    return EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params)
 
 
-def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -> dict[str, Any]:
+def submit_same_load(engine: Any, tag: str, jobs: int, params: Any) -> list[Any]:
+    """The service's load on the engine directly: ``jobs`` requests, all at once."""
+    return [engine.submit(same_load_request(tag, i, params), lambda ev: None) for i in range(jobs)]
+
+
+def threaded_load(
+    engine: Any, tag: str, jobs: int, params: Any, waiters: int, spread_s: float = 0.0
+) -> dict[str, Any]:
     """The same-load requests through ``engine.start()`` (its background thread), with ``waiters``
-    extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters."""
+    extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters.
+    ``spread_s`` > 0 submits request i at ``i / jobs * spread_s`` instead of all at once (the
+    service's jobs reach the engine over the time their HTTP submission and claim take)."""
     from worker.job_runner import WAIT_S
 
     done = threading.Event()
@@ -192,34 +224,66 @@ def threaded_load(engine: Any, tag: str, jobs: int, params: Any, waiters: int) -
     engine.start()
     try:
         t0 = time.perf_counter()
-        handles = submit_same_load(engine, tag, jobs, params)
+        if spread_s > 0:
+            handles = []
+            for i in range(jobs):
+                time.sleep(max(0.0, t0 + spread_s * i / jobs - time.perf_counter()))
+                handles.append(engine.submit(same_load_request(tag, i, params), lambda ev: None))
+        else:
+            handles = submit_same_load(engine, tag, jobs, params)
         tokens = sum(h.result(timeout=600).completion_tokens for h in handles)
         wall = time.perf_counter() - t0
     finally:
         engine.stop()
         done.set()
     counters = counter_delta(stats_counters(stats0), stats_counters(engine.stats()))
-    return {"jobs": jobs, "waiters": waiters, "completion_tokens": tokens, "wall_s": round(wall, 3),
-            "tokens_per_s": round(tokens / wall, 1), "counters": counters}  # fmt: skip
+    return {"jobs": jobs, "waiters": waiters, "spread_s": spread_s, "completion_tokens": tokens,
+            "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 1),
+            "counters": counters}  # fmt: skip
 
 
-def profile_worker(pid: int, out: Path, delay_s: float, seconds: int) -> None:
-    """py-spy on the loaded worker: two dumps of every thread's stack and a sampled profile (collapsed
-    stacks, one line per stack with its sample count) written into ``out``."""
+def profile_worker(
+    pid: int, out: Path, delay_s: float, seconds: float, t0: float, native: bool = False
+) -> None:
+    """py-spy on the loaded worker from ``delay_s`` after the first submit for ``seconds``: a sampled
+    profile of the GIL holder (``worker_profile.txt``: collapsed stacks, one line per stack with its
+    sample count) and, meanwhile, the engine thread's stack every DUMP_S (``engine_stacks.txt``, each
+    headed by the seconds since the first submit at ``t0`` and whether it held the GIL), in ``out``.
+    ``native``: those dumps pause the worker and show C frames too (a thread waiting for the GIL
+    shows ``take_gil``/``gil_scoped_*`` under ``pthread_cond_timedwait``)."""
+    out.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy")
     if spy is None:
         (out / "py-spy-missing.txt").write_text("py-spy is not on PATH\n")
         return
     time.sleep(delay_s)
-    for i in (1, 2):
-        with open(out / f"worker_dump{i}.txt", "w") as f:
-            subprocess.run([spy, "dump", "--pid", str(pid)], stdout=f, stderr=subprocess.STDOUT, check=False)
     # --gil: only the thread holding the GIL, i.e. where the worker's host time goes; sampling every
     # thread of a 256-thread worker at 100 Hz fell seconds behind and blurred the window
-    cmd = [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200", "--format", "raw",
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(max(1, math.ceil(seconds))),  # whole seconds
+           "--rate", "200", "--format", "raw",
            "--gil", "--threads", "--nonblocking", "-o", str(out / "worker_profile.txt")]  # fmt: skip
-    with open(out / "py-spy.log", "w") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+    with open(out / "py-spy.log", "w") as log:
+        recorder = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        end = time.perf_counter() + seconds
+        with open(out / "engine_stacks.txt", "w") as stacks:
+            while time.perf_counter() < end:
+                at = time.perf_counter() - t0
+                mode = ["--native"] if native else ["--nonblocking"]
+                dump = subprocess.run([spy, "dump", *mode, "--pid", str(pid)], capture_output=True,
+                                      text=True, check=False).stdout  # fmt: skip
+                stacks.write(f"=== {at:.2f} s\n{engine_stack(dump)}\n")
+                time.sleep(DUMP_S)
+        recorder.wait()
+
+
+def engine_stack(dump: str) -> str:
+    """The engine thread's part of a ``py-spy dump`` (its header line says active/idle and +gil)."""
+    lines = dump.splitlines()
+    start = next((i for i, line in enumerate(lines) if '"tnllm-engine"' in line), None)
+    if start is None:
+        return "(no engine thread)"
+    stop = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("Thread ")), len(lines))
+    return "\n".join(lines[start:stop])
 
 
 def service_phase(
@@ -230,7 +294,11 @@ def service_phase(
     threads: int,
     device: str = "cuda",
     profile_dir: Path | None = None,
+    profile_window: tuple[float, float] = (3.0, 6.0),
+    profile_native: bool = False,
     worker_env: dict[str, str] | None = None,
+    cuda_window_s: float = 0.0,
+    switch_interval_s: float = 0.0,
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
 
@@ -248,10 +316,20 @@ def service_phase(
          "TNLLM_DATA_DIR": str(work / "data"), "TNLLM_LOG_LEVEL": "WARNING", "TNLLM_MAX_QUEUED": "100000",
          **(worker_env or {})},
     )  # fmt: skip
+    trigger, window_out = work / "cuda_window.trigger", work / "cuda_window_worker.json"
+    trigger.unlink(missing_ok=True)
+    window_out.unlink(missing_ok=True)
+    probes: list[str] = []
+    if cuda_window_s:
+        probes += ["--cuda-window", str(window_out), "--trigger", str(trigger),
+                   "--delay", str(WINDOW_DELAY_S), "--seconds", str(cuda_window_s)]  # fmt: skip
+    if switch_interval_s:
+        probes += ["--switch-interval", str(switch_interval_s)]
+    worker_argv = tnllm_argv("worker", "--hostname", "gpu@bench")
+    if probes:
+        worker_argv = [sys.executable, str(ROOT / "bench" / "worker_probe.py"), *probes, "--", *worker_argv]
     children = [
-        Child(
-            "worker", tnllm_argv("worker", "--hostname", "gpu@bench"), env=env, log_path=work / "worker.log"
-        ),
+        Child("worker", worker_argv, env=env, log_path=work / "worker.log"),
         Child("api", tnllm_argv("api", "--port", str(port)), env=env, log_path=work / "api.log"),
     ]
     url = f"http://127.0.0.1:{port}"
@@ -271,30 +349,45 @@ def service_phase(
             for i in range(jobs)
         ]  # fmt: skip
 
-        rates: list[float] = []  # the worker's own engine tokens/s (heartbeat), sampled during the run
+        # the worker engine's progress through the run: [s since the first submit, steps, tokens,
+        # GPU seconds], every PROGRESS_S (shows when it steps and when it stalls; nvidia-smi's power
+        # samples beside it show whether the GPU is busy)
+        progress: list[list[float]] = []
         done = threading.Event()
 
-        def sample_rates() -> None:
-            while not done.wait(2.0):
-                rates.extend(w.tokens_per_s for w in store.workers())
+        def sample_progress() -> None:
+            while True:
+                c = counter_delta(counters0, engine_counters(store))
+                progress.append([round(time.perf_counter() - t0, 2), c["steps"], c["generated_tokens"],
+                                 round(c["device_busy_seconds"], 3)])  # fmt: skip
+                if done.wait(PROGRESS_S):
+                    return
 
-        sampler = threading.Thread(target=sample_rates, daemon=True)
-        profiler = None
-        if profile_dir is not None:
-            worker_pid = children[0].process.pid  # type: ignore[union-attr]
-            profiler = threading.Thread(target=profile_worker, args=(worker_pid, profile_dir, 3.0, 6))
+        sampler = threading.Thread(target=sample_progress, daemon=True)
         counters0 = engine_counters(store)
         t0_epoch = time.time()
         t0 = time.perf_counter()
+        profiler = None
+        if profile_dir is not None:
+            worker_pid = children[0].process.pid  # type: ignore[union-attr]
+            profiler = threading.Thread(
+                target=profile_worker, args=(worker_pid, profile_dir, *profile_window, t0, profile_native)
+            )
         sampler.start()
         if profiler is not None:
             profiler.start()
         with GpuClocks(work / "clocks_service.csv") as clocks:
+            if cuda_window_s:
+                trigger.touch()
             ids = submit_jobs(url, bodies, threads)
             submitted = time.perf_counter() - t0
             results = collect_results(url, ids)
             wall = time.perf_counter() - t0
         done.set()
+        sampler.join()
+        end = time.monotonic() + 60
+        while cuda_window_s and not window_out.exists() and time.monotonic() < end:
+            time.sleep(0.2)  # the worker's window may still be summarising
         if profiler is not None:
             profiler.join()
 
@@ -310,11 +403,8 @@ def service_phase(
             worker_engine=counter_delta(counters0, engine_counters(store)),
             timeline=timeline(results, t0_epoch),
             gpu_clocks=clocks.summary(),
-            worker_engine_tokens_per_s={
-                "samples": len(rates),
-                "max": round(max(rates, default=0.0), 1),
-                "median": round(sorted(rates)[len(rates) // 2], 1) if rates else 0.0,
-            },
+            cuda_window=json.loads(window_out.read_text()) if window_out.exists() else None,
+            progress=progress,
         )
     finally:
         stop_all(children, 30)
@@ -333,18 +423,60 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, help="where the checkpoint and logs go (default: a temp dir)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--profile-dir", type=Path, help="py-spy the worker under load; files go here")
+    ap.add_argument(
+        "--profile-window",
+        default="3,6",
+        metavar="DELAY,SECONDS",
+        help="py-spy from DELAY s after the first submit for SECONDS (default 3,6)",
+    )
+    ap.add_argument(
+        "--worker-switch-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sys.setswitchinterval in the worker (bench/worker_probe.py; Python's default is 0.005)",
+    )
+    ap.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="the engine-thread dumps pause the worker and include C frames (shows GIL waits)",
+    )
+    ap.add_argument(
+        "--arrival-spread",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="one more engine-alone pass with the requests submitted evenly over SECONDS (as the "
+        "service's jobs arrive) instead of all at once",
+    )
+    ap.add_argument(
+        "--cuda-window",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="record the GPU's kernels for SECONDS, 3 s into the load, in the worker and in an extra "
+        "engine-alone pass (bench/worker_probe.py): kernel time vs idle gaps, read the same way in both",
+    )
     ap.add_argument("--engine-only", type=Path, help=argparse.SUPPRESS)  # child mode: checkpoint dir
     ap.add_argument(
         "--service-only",
         action="store_true",
-        help="skip the engine-alone phase (reuses --workdir's checkpoint): A/B runs of service settings",
+        help="skip the engine-alone phase (reuses --workdir's checkpoint, else writes one): A/B runs of "
+        "service settings",
     )
     ap.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of the services"
     )
     args = ap.parse_args()
     if args.engine_only:
-        result = engine_phase(args.engine_only, args.jobs, args.max_new_tokens, args.steps)
+        result = engine_phase(
+            args.engine_only,
+            args.jobs,
+            args.max_new_tokens,
+            args.steps,
+            args.cuda_window,
+            args.arrival_spread,
+        )
         (args.engine_only.parent / "engine.json").write_text(json.dumps(result))
         return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="tnllm-svc-"))
@@ -354,11 +486,15 @@ def main() -> int:
     try:
         # the engine runs in a child so that its GPU memory is free again for the worker
         cmd = [sys.executable, __file__, "--engine-only", str(ckpt), "--jobs", str(args.jobs),
-               "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps)]  # fmt: skip
-        if not (args.service_only and (ckpt / "config.json").is_file()):
+               "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps),
+               "--cuda-window", str(args.cuda_window),
+               "--arrival-spread", str(args.arrival_spread)]  # fmt: skip
+        if not args.service_only:
             subprocess.run(cmd, check=True)
-        res["engine"] = json.loads((work / "engine.json").read_text())
-        print(json.dumps(res["engine"]), flush=True)
+            res["engine"] = json.loads((work / "engine.json").read_text())
+            print(json.dumps(res["engine"]), flush=True)
+        elif not (ckpt / "config.json").is_file():
+            res["checkpoint_write_s"] = round(write_checkpoint(ckpt), 1)
         res["env"] = dict(kv.split("=", 1) for kv in args.env)
         res["service"] = service_phase(
             ckpt,
@@ -367,13 +503,19 @@ def main() -> int:
             args.max_new_tokens,
             args.threads,
             profile_dir=args.profile_dir,
+            profile_native=args.profile_native,
+            profile_window=tuple(float(x) for x in args.profile_window.split(",")),  # type: ignore[arg-type]
             worker_env=res["env"],
+            cuda_window_s=args.cuda_window,
+            switch_interval_s=args.worker_switch_interval,
         )
-        eng = res["engine"]["same_load_again"]["tokens_per_s"]
-        res["service_over_engine_same_load"] = round(res["service"]["tokens_per_s"] / eng, 3)
-        res["service_over_gpu_py_b256"] = round(
-            res["service"]["tokens_per_s"] / res["engine"]["gpu_py_engine_decode_b256"]["tokens_per_s"], 3
-        )
+        res["worker_switch_interval"] = args.worker_switch_interval
+        if "engine" in res:
+            eng = res["engine"]["same_load_again"]["tokens_per_s"]
+            res["service_over_engine_same_load"] = round(res["service"]["tokens_per_s"] / eng, 3)
+            res["service_over_gpu_py_b256"] = round(
+                res["service"]["tokens_per_s"] / res["engine"]["gpu_py_engine_decode_b256"]["tokens_per_s"], 3
+            )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
