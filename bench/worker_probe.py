@@ -14,6 +14,8 @@ thread waiting for the GIL waits before it asks the holder to drop it; Python's 
 The summary splits the window's span into time with some kernel running (``busy_ms``) and gaps
 (``gaps``: counts and total by length), and lists the kernels by total time. A step's kernels taking
 longer is a GPU-side cause (clocks, contention); long gaps are a host-side one (late launches).
+Summarising holds the process's GIL for seconds after a window of ~30 k kernels (one H100 7B decode,
+2 s): figures of the same run after the window are perturbed.
 """
 
 from __future__ import annotations
