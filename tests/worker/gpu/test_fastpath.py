@@ -176,8 +176,7 @@ def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> 
     of fla's public call reads a chunk count back from the device) and gives the public path's logits
     and states exactly."""
     nosync, public = tiny(torch.bfloat16, seed=5), tiny(torch.bfloat16, seed=5)
-    dev = torch.device(DEV)
-    assert nosync.packed_nosync(dev)
+    assert nosync.packed_nosync()
     public._packed_nosync = False
     torch.manual_seed(5)
     chunks = [

@@ -266,7 +266,7 @@ class FastTransnormer:
         return [torch.zeros((slots, *s), device=dev, dtype=dtype) for s in self.state_shapes()]
 
     # -- compute ----------------------------------------------------------------------------------
-    def packed_nosync(self, device: torch.device) -> bool:
+    def packed_nosync(self) -> bool:
         """Whether packed prefill launches fla's kernels itself with a host-built chunk index (no
         device read per layer): once per model, ``packed_path_matches`` on every attention shape
         of its layers; bf16/fp16 weights only (fp32 prefill takes the exact reference ops)."""
@@ -276,7 +276,8 @@ class FastTransnormer:
             shapes = sorted({s for s in self.state_shapes() if min(s[1:]) >= 16})
             self._packed_nosync = bool(shapes) and dt in (torch.bfloat16, torch.float16)
             if self._packed_nosync:
-                self._packed_nosync = all(packed_path_matches(h, dk, d, device, dt) for h, dk, d in shapes)
+                dev = self.embed.device
+                self._packed_nosync = all(packed_path_matches(h, dk, d, dev, dt) for h, dk, d in shapes)
                 if not self._packed_nosync:
                     log.warning("packed prefill: fla differs from the no-sync path; taking its public call")
         return self._packed_nosync
@@ -409,14 +410,14 @@ class FastTransnormer:
             ids_host.extend(chunk_ids)
             pos_host.extend(range(start, start + len(chunk_ids)))
         cu_host = [0, *itertools.accumulate(lengths)]
-        nosync = self.packed_nosync(dev)
+        nosync = self.packed_nosync()
         offsets, pairs = chunk_index_host(lengths) if nosync else ([], [])
         # every index the step needs in one host-to-device copy that does not wait for the GPU
         ids, positions, cu, slots, chunk_offsets, chunk_indices = pack_int64(
             [ids_host, pos_host, cu_host, slot_ids, offsets, pairs], dev
         )
         index = PackedIndex(cu, chunk_offsets, chunk_indices.view(-1, 2)) if nosync else None
-        cu_cpu = torch.tensor(cu_host, dtype=torch.int64)
+        cu_cpu = None if nosync else torch.tensor(cu_host, dtype=torch.int64)  # fla's public call only
         t = len(ids_host)
 
         def attend(z: torch.Tensor, lw: FastLayer, i: int) -> torch.Tensor:
