@@ -167,16 +167,15 @@ def engine_phase(
     # thread, replayed from that one), alone and then beside 256 threads parked the way the worker's
     # task threads wait (Event.wait, waking every WAIT_S): splits "how the worker runs the engine"
     # from "what else the service does" when the worker's GPU time per step differs from the above
-    for rep, waiters in (("same_load_engine_thread", 0), ("same_load_engine_thread_256_waiters", jobs)):
+    # (and, with spread_s, arriving over spread_s seconds as the service's jobs do)
+    passes = [("same_load_engine_thread", 0, 0.0), ("same_load_engine_thread_256_waiters", jobs, 0.0)]
+    if spread_s > 0:
+        passes.append(("same_load_spread", 0, spread_s))
+    for rep, waiters, spread in passes:
         with GpuClocks(ckpt.parent / f"clocks_{rep}.csv") as clocks:
-            res[rep] = threaded_load(engine, rep, jobs, params, waiters)
+            res[rep] = threaded_load(engine, rep, jobs, params, waiters, spread)
         res[rep]["gpu_clocks"] = clocks.summary()
         print(json.dumps({rep: res[rep]}), flush=True)
-    if spread_s > 0:
-        with GpuClocks(ckpt.parent / "clocks_same_load_spread.csv") as clocks:
-            res["same_load_spread"] = threaded_load(engine, "spread", jobs, params, 0, spread_s)
-        res["same_load_spread"]["gpu_clocks"] = clocks.summary()
-        print(json.dumps({"same_load_spread": res["same_load_spread"]}), flush=True)
     if cuda_window_s:
         # the threaded pass again, with the same CUDA window the worker gets in the service phase
         out = ckpt.parent / "cuda_window_engine.json"
