@@ -117,16 +117,14 @@ def test_claim_and_finish_recognise_their_own_replay(store: JobStore) -> None:
     assert rec.result.text == "x"
 
 
-class _SilentDeathProxy:
-    """A real TCP relay to Redis whose ``sever()`` makes every open connection die the way one does
-    when the server's host restarts: no FIN reaches the client (so redis-py's pool cannot see it),
-    and the next request is answered with a reset. New connections are relayed normally."""
+class _RedisRelay:
+    """A real TCP relay to Redis on ``url``: each accepted client gets its own upstream connection
+    (refused, the client is closed: Redis is down, so is the relay); subclasses move the bytes."""
 
     def __init__(self, port: int) -> None:
-        self.port, self.dead = port, False
+        self.port = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
-        self.pairs: list[tuple[socket.socket, socket.socket, list[bool]]] = []
         self.sockets: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -138,14 +136,34 @@ class _SilentDeathProxy:
                 return
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.port))
-            except OSError:  # Redis is down: so is the relay
+            except OSError:
                 client.close()
                 continue
             self.sockets += [client, upstream]
-            pair = (client, upstream, [False])
-            self.pairs.append(pair)
-            threading.Thread(target=self._up, args=pair, daemon=True).start()
-            threading.Thread(target=self._down, args=pair, daemon=True).start()
+            self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class _SilentDeathProxy(_RedisRelay):
+    """A relay whose ``sever()`` makes every open connection die the way one does when the server's
+    host restarts: no FIN reaches the client (so redis-py's pool cannot see it), and the next
+    request is answered with a reset. New connections are relayed normally."""
+
+    def __init__(self, port: int) -> None:
+        self.pairs: list[tuple[socket.socket, socket.socket, list[bool]]] = []
+        super().__init__(port)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        pair = (client, upstream, [False])
+        self.pairs.append(pair)
+        threading.Thread(target=self._up, args=pair, daemon=True).start()
+        threading.Thread(target=self._down, args=pair, daemon=True).start()
 
     def _up(self, client: socket.socket, upstream: socket.socket, dead: list[bool]) -> None:
         while data := _recv(client):
@@ -169,8 +187,7 @@ class _SilentDeathProxy:
 
     def close(self) -> None:
         self.sever()
-        for sock in self.sockets:
-            sock.close()
+        super().close()
 
 
 def _recv(sock: socket.socket) -> bytes:
@@ -453,32 +470,21 @@ def test_a_new_attempt_starts_a_new_sequence(store: JobStore) -> None:
     assert store.append("j1", "w2", "again", seq=1) not in ([], [ops.ALREADY_APPLIED])
 
 
-class _ReplyLossProxy:
-    """A real TCP relay to Redis that, once ``lose_next_reply()`` was called, lets the next command
-    run on the server but drops its reply and closes the connection: what redis-py sees when a
-    connection dies after Redis ran a script, so its Retry runs the script a second time."""
+class _ReplyLossProxy(_RedisRelay):
+    """A relay that, once ``lose_next_reply()`` was called, lets the next command run on the server
+    but drops its reply and closes the connection: what redis-py sees when a connection dies after
+    Redis ran a script, so its Retry runs the script a second time."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
         self.armed = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(port)
 
     def lose_next_reply(self) -> None:
         self.armed.set()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.port))
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._down, args=(client, upstream), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._down, args=(client, upstream), daemon=True).start()
 
     @staticmethod
     def _up(client: socket.socket, upstream: socket.socket) -> None:
@@ -497,10 +503,6 @@ class _ReplyLossProxy:
         for sock in (client, upstream):  # shutdown (not only close) wakes the relay's other thread
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        for sock in self.sockets:
             sock.close()
 
 
