@@ -13,8 +13,8 @@
   built on the host (``chunk_index_host``) it launches fla's two forward kernels itself: fla-core
   0.6.0's public call reads the chunk count back from the device in every layer (``.item()``), a
   host sync per layer that idles the GPU while the host prepares the next one (30 per prefill step
-  on the 7B; under a loaded worker each costs several ms). ``packed_path_matches`` checks that path
-  against the public call at start-up; the engine falls back to the public call if it differs.
+  on the 7B). ``packed_path_matches`` checks that path against the public call at start-up; the
+  engine falls back to the public call if it differs.
 
 Shapes: ``B`` rows, ``H`` heads, per-head width ``D``; ``DK = 2D`` on LRPE layers, else ``D``.
 State pool of one layer: fp32 (or bf16, opt-in) ``[slots, H, DK, D]``.
