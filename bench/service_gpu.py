@@ -15,21 +15,25 @@ Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packa
    parked like the worker's task threads; every pass reports the engine's counters (steps,
    overlapped steps, host time, GPU time per step from CUDA events) and nvidia-smi's clocks, power
    and throttle reasons sampled during it;
-3. the service: embedded redis-server, one ``tnllm worker`` (CUDA, 256 slots) on the checkpoint and
-   ``tnllm api`` (uvicorn); ``--jobs`` ``POST /v1/jobs`` at once from client threads, then
-   ``GET ?wait=`` each; aggregate = the jobs' completion tokens (their ``usage``) / wall time from the
-   first submit to the last result seen. The API has no ignore-eos: random weights almost never
+3. the service: embedded redis-server, one ``tnllm worker`` (CUDA, 256 slots; its engine in a child
+   process, the default ``TNLLM_ENGINE_PROCESS=true``) on the checkpoint and ``tnllm api``
+   (uvicorn); ``--jobs`` ``POST /v1/jobs`` at once from client threads, then ``GET ?wait=`` each;
+   aggregate = the jobs' completion tokens (their ``usage``) / wall time from the first submit to
+   the last result seen. The API has no ignore-eos: random weights almost never
    emit EOS, and the tokens counted are the ones each job reports. Beside it: the jobs' own
    created/claimed/finished timeline, the worker engine's counters (scraped from its /metrics), its
    progress every 0.25 s (steps, tokens, GPU seconds since the first submit) and the GPU clocks.
 
-``--service-only --env KEY=VALUE`` re-runs step 3 alone on the same --workdir (A/B of a setting;
+``--service-only --env KEY=VALUE`` re-runs step 3 alone on the same --workdir (A/B of a setting, e.g.
+``--env TNLLM_ENGINE_PROCESS=false`` for the engine on a thread of the worker;
 ``--worker-switch-interval`` for the worker's ``sys.setswitchinterval``). Diagnostics:
 ``--arrival-spread S`` adds an engine-alone pass with the requests arriving over S seconds, as the
 service's do; ``--cuda-window S`` records the GPU's kernels for S seconds in the worker and in an
-engine-alone pass (bench/worker_probe.py: kernel time vs idle gaps); ``--profile-dir`` (with
-``--profile-window``, ``--profile-native``) py-spies the worker: the GIL holder's stacks and the
-engine thread's stack every 0.1 s.
+engine-alone pass (bench/worker_probe.py: kernel time vs idle gaps; it runs the engine in the worker
+process, ``TNLLM_ENGINE_PROCESS=false``, since the probe records the process it runs in);
+``--profile-dir`` (with ``--profile-window``, ``--profile-native``) py-spies the process that runs the
+engine (the worker's engine process, or the worker): the GIL holder's stacks and the engine
+thread's stack every 0.1 s.
 """
 
 from __future__ import annotations
@@ -275,6 +279,20 @@ def profile_worker(
         recorder.wait()
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (a worker's engine process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
 def engine_stack(dump: str) -> str:
     """The engine thread's part of a ``py-spy dump`` (its header line says active/idle and +gil)."""
     lines = dump.splitlines()
@@ -320,6 +338,7 @@ def service_phase(
     window_out.unlink(missing_ok=True)
     probes: list[str] = []
     if cuda_window_s:
+        env["TNLLM_ENGINE_PROCESS"] = "false"  # the probe records CUDA in its own process
         probes += ["--cuda-window", str(window_out), "--trigger", str(trigger),
                    "--delay", str(WINDOW_DELAY_S), "--seconds", str(cuda_window_s)]  # fmt: skip
     if switch_interval_s:
@@ -369,8 +388,9 @@ def service_phase(
         profiler = None
         if profile_dir is not None:
             worker_pid = children[0].process.pid  # type: ignore[union-attr]
+            engine_pid = next(iter(child_pids(worker_pid)), worker_pid)  # its engine process, if any
             profiler = threading.Thread(
-                target=profile_worker, args=(worker_pid, profile_dir, *profile_window, t0, profile_native)
+                target=profile_worker, args=(engine_pid, profile_dir, *profile_window, t0, profile_native)
             )
         sampler.start()
         if profiler is not None:
@@ -392,6 +412,7 @@ def service_phase(
 
         completion = sum(usage(j, "completion_tokens") for j in results)
         res.update(
+            engine_process=env.get("TNLLM_ENGINE_PROCESS", "true"),
             jobs=len(results),
             submit_s=round(submitted, 3),
             wall_s=round(wall, 3),

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
     )
+    engine_process: bool = Field(
+        default=True,
+        description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
+        "worker, so Celery's threads never hold the engine's GIL; false runs it on a thread of the "
+        "worker process.",
+    )
 
     # --- webhooks ---------------------------------------------------------------------------
     webhook_secret: Annotated[list[str], NoDecode] = Field(

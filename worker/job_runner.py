@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worker.engine.types import EngineError, EngineRequest, EngineResult, SamplingParams
+from worker.engine.types import EngineError, EngineLost, EngineRequest, EngineResult, SamplingParams
 from worker.events import notify_transition
 from worker.faults import crash_now, faults_for
 from worker.jobstore.records import JobError, JobRecord, JobResult, JobStatus, Usage
@@ -116,6 +116,8 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
         request = build_request(rt, record)
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
         handle = rt.engine.submit(request, on_token=writer.on_token)
+    except EngineLost as exc:
+        return _engine_lost(record, exc)
     except ValueError as exc:  # RequestRejected, malformed conversation, template errors
         return _finish(rt, record, JobStatus.FAILED, error=JobError(type="invalid_request", message=str(exc)))
     active.attach(rt.engine, handle.request_id, writer)  # the stream pump writes its deltas from now on
@@ -178,6 +180,8 @@ def _wait(
             return handle.result(timeout=timeout)  # type: ignore[no-any-return]
         except TimeoutError:
             pass
+        except EngineLost as exc:
+            return _engine_lost(record, exc)
         except EngineError as exc:
             log.exception("job %s: engine failed", record.id)
             return _finish(
@@ -200,6 +204,14 @@ def _wait(
             engine.cancel(request_id)  # the engine retires it next step; result says "cancelled"
             cancel_sent = True
         timeout = min(WAIT_S, deadline - now + 0.001)
+
+
+def _engine_lost(record: JobRecord, exc: EngineLost) -> str:
+    """The engine process died under the job: not the job's failure. Nothing is written; the
+    reaper requeues it when its lease expires (an attempt counted, so a job that kills engines
+    ends ``worker_lost`` after ``max_attempts``)."""
+    log.warning("job %s: %s; leaving it to the reaper", record.id, exc)
+    return "engine_lost"
 
 
 def _drain(handle: Any, timeout: float = 10.0) -> None:

@@ -1,9 +1,10 @@
 """Prometheus metrics of one GPU worker process (all named ``tnllm_*``), served on its own port.
 
-A GPU worker is ONE process (a Celery thread pool around one engine), so a plain registry is
-enough. Engine numbers are read from ``Engine.stats()`` when Prometheus scrapes (nothing to keep
-in sync); GPU memory comes from ``torch.cuda`` when the engine runs on CUDA; model load time and
-identity are set once by the runtime. Job-level counters (terminal states, durations) are
+A GPU worker is ONE Celery process (a thread pool around one engine, which runs in a child
+process of it by default), so a plain registry is enough. Engine numbers are read from the
+engine's ``stats()`` when Prometheus scrapes (the engine process reports them a few times a
+second); GPU memory comes from ``torch.cuda`` in the process that runs the engine on CUDA; model
+load time and identity are set once by the runtime. Job-level counters (terminal states, durations) are
 cluster-wide and live in Redis (``infra/jobstats.py``), exposed by the API's ``/metrics``.
 
 ``WorkerMetrics.serve(host, port)`` starts the HTTP endpoint (``port=0``: the OS picks a free
@@ -31,10 +32,12 @@ class EngineCollector(Collector):
     """Turns one ``EngineStats`` snapshot into gauges and counters at scrape time."""
 
     def __init__(
-        self, stats: Callable[[], EngineStats | None], device: Callable[[], Any] | None = None
+        self,
+        stats: Callable[[], EngineStats | None],
+        memory: Callable[[], dict[str, float] | None] | None = None,
     ) -> None:
         self._stats = stats
-        self._device = device
+        self._memory = memory
 
     def collect(self) -> Iterable[Metric]:
         snap = self._stats()
@@ -85,23 +88,33 @@ class EngineCollector(Collector):
         )
         for name, doc, val in counters:
             yield CounterMetricFamily(name, doc, value=float(val))
-        yield from _gpu_memory(self._device() if self._device else None)
+        yield from _gpu_memory(self._memory() if self._memory else None)
 
 
-def _gpu_memory(device: Any) -> Iterable[Metric]:
-    """GPU memory of ``device`` when it is a CUDA device (torch is imported only then)."""
+def gpu_memory_bytes(device: Any) -> dict[str, float] | None:
+    """Allocated / reserved / free / total bytes of ``device`` when it is a CUDA device, else None
+    (torch is imported only then)."""
     if device is None or getattr(device, "type", str(device).split(":")[0]) != "cuda":
-        return
+        return None
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
+    return {
+        "allocated": float(torch.cuda.memory_allocated(device)),
+        "reserved": float(torch.cuda.memory_reserved(device)),
+        "free": float(free),
+        "total": float(total),
+    }
+
+
+def _gpu_memory(memory: dict[str, float] | None) -> Iterable[Metric]:
+    if not memory:
+        return
     family = GaugeMetricFamily(
         "tnllm_gpu_memory_bytes", "GPU memory of the engine's device.", labels=["kind"]
     )
-    family.add_metric(["allocated"], float(torch.cuda.memory_allocated(device)))
-    family.add_metric(["reserved"], float(torch.cuda.memory_reserved(device)))
-    family.add_metric(["free"], float(free))
-    family.add_metric(["total"], float(total))
+    for kind, value in memory.items():
+        family.add_metric([kind], float(value))
     yield family
 
 
@@ -111,7 +124,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._engine: Any = None
-        self._device: Any = None
+        self._memory: Callable[[], dict[str, float] | None] | None = None
         self._lock = threading.Lock()
         self._server: Any = None
         self.port: int | None = None
@@ -126,18 +139,24 @@ class WorkerMetrics:
             ["model", "device", "dtype"],
             registry=self.registry,
         )
-        self.registry.register(EngineCollector(self._engine_stats, lambda: self._device))
+        self.registry.register(EngineCollector(self._engine_stats, self._engine_memory))
 
     def _engine_stats(self) -> Any:
         with self._lock:
             engine = self._engine
         return engine.stats() if engine is not None else None
 
-    def set_engine(self, engine: Any, device: Any = None) -> None:
-        """Start reporting ``engine.stats()`` (and GPU memory when ``device`` is CUDA)."""
+    def _engine_memory(self) -> dict[str, float] | None:
+        with self._lock:
+            memory = self._memory
+        return memory() if memory is not None else None
+
+    def set_engine(self, engine: Any, memory: Callable[[], dict[str, float] | None] | None = None) -> None:
+        """Start reporting ``engine.stats()`` and, when given, the GPU memory ``memory()`` returns
+        (``gpu_memory_bytes`` in the engine's process)."""
         with self._lock:
             self._engine = engine
-            self._device = device
+            self._memory = memory
 
     def observe_model_load(self, seconds: float, *, model: str, device: str, dtype: str) -> None:
         """Record how long the model took to load and which one it is."""

@@ -1,8 +1,12 @@
 """One GPU worker process: the model and engine (loaded once), heartbeat, reaper, Celery consumer.
 
-`tnllm worker` calls ``run_worker``: it loads the model through ``build_engine`` in this process
-(never at import, never in a parent that forks), starts the engine's step loop, then runs Celery's
-``threads`` pool with one thread per engine slot, so one model copy serves every task. A background
+`tnllm worker` calls ``run_worker``: it starts the engine (never at import, never in a parent that
+forks) — by default in a child process of its own (``worker/engine_host``: the model, the GPU and
+the step loop there, so this process's Celery threads never hold the engine's GIL), or with
+``engine_process=false`` through ``build_engine`` on a thread of this process — then runs Celery's
+``threads`` pool with one thread per engine slot, so one model copy serves every task. If the
+engine process dies, the worker shuts down (exit status ``EXIT_ENGINE_LOST``) for its supervisor
+to restart it; its running jobs are requeued by the reaper when their leases expire. A background
 thread renews the leases of the jobs running here and publishes the worker's heartbeat; another
 runs the reaper (guarded by a short Redis lock so one worker acts per round), which puts jobs whose
 lease expired back on the queue or fails them with ``worker_lost`` after ``max_attempts``, and
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -41,6 +46,8 @@ log = logging.getLogger(__name__)
 REAPER_LOCK = "tnllm:reaper:lock"
 #: Exit status of a worker whose model failed to load.
 EXIT_MODEL_LOAD_FAILED = 3
+#: Exit status of a worker whose engine process died while serving.
+EXIT_ENGINE_LOST = 4
 
 _runtime: WorkerRuntime | None = None
 
@@ -109,6 +116,7 @@ class WorkerRuntime:
         self.store = JobStore.from_settings(settings)
         self.app = app or make_celery(settings)
         self.engine: Any = None
+        self.engine_lost = False
         self.model_name = settings.model
         self.metrics = WorkerMetrics()
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
@@ -120,22 +128,42 @@ class WorkerRuntime:
 
     # --- model ---------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load model + tokenizer + engine once and start its step loop."""
-        from worker.engine.factory import build_engine
-
+        """Load model + tokenizer + engine once and start its step loop (in the engine process, or
+        on a thread here when ``engine_process`` is off)."""
         started = time.monotonic()
-        self.engine = build_engine(self.settings)
-        self.engine.start()
+        memory: Any
+        if self.settings.engine_process:
+            from worker.engine_host.client import EngineClient
+
+            client = EngineClient(self.settings, on_lost=self._engine_lost)
+            client.start()
+            assert client.info is not None
+            self.engine, device, dtype, memory = (
+                client,
+                client.info.device,
+                client.info.dtype,
+                client.gpu_memory,
+            )
+        else:
+            from worker.engine.factory import build_engine
+            from worker.metrics import gpu_memory_bytes
+
+            engine = build_engine(self.settings)
+            engine.start()
+            param = next(engine.model.parameters())
+            device, dtype = str(param.device), str(param.dtype).removeprefix("torch.")
+            self.engine, memory = engine, (lambda: gpu_memory_bytes(param.device))
         elapsed = time.monotonic() - started
         log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots, elapsed)
-        param = next(self.engine.model.parameters())
-        self.metrics.observe_model_load(
-            elapsed,
-            model=self.model_name,
-            device=str(param.device),
-            dtype=str(param.dtype).removeprefix("torch."),
-        )
-        self.metrics.set_engine(self.engine, param.device)
+        self.metrics.observe_model_load(elapsed, model=self.model_name, device=device, dtype=dtype)
+        self.metrics.set_engine(self.engine, memory)
+
+    def _engine_lost(self, code: int | None) -> None:
+        """The engine process died: its requests ended with EngineLost (their jobs are left to the
+        reaper); shut this worker down so that its supervisor starts a fresh one."""
+        log.error("worker %s: the engine process exited (code %s); shutting down", self.worker_id, code)
+        self.engine_lost = True
+        os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
@@ -331,10 +359,10 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
         runtime.app.worker_main(_celery_argv(settings, runtime, threads))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-        return code
+        return EXIT_ENGINE_LOST if runtime.engine_lost else code
     finally:
         signals.worker_shutting_down.disconnect(on_shutdown)
         runtime.close()
         runtime.metrics.close()
         set_runtime(None)
-    return 0
+    return EXIT_ENGINE_LOST if runtime.engine_lost else 0

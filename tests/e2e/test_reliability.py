@@ -6,6 +6,7 @@ workers are real `tnllm worker` processes on the demo model, killed with real si
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from infra.redis_server import RedisServer
 from tests.e2e.client import Producer, debug
 from tests.fixtures.services import Stack
 from worker.jobstore import JobStatus
-from worker.runtime import EXIT_MODEL_LOAD_FAILED
+from worker.runtime import EXIT_ENGINE_LOST, EXIT_MODEL_LOAD_FAILED
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +175,60 @@ def test_a_worker_whose_model_fails_to_load_exits_non_zero(
     child = stack.start_worker("broken", wait=False, TNLLM_MODEL=str(tmp_path / "no-such-model"))
     assert child.wait(timeout=60) == EXIT_MODEL_LOAD_FAILED, child.log_tail()
     assert "failed to load" in child.log_tail(80)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_dead_engine_process_restarts_the_worker_and_its_jobs_run_again(
+    redis_url: str, stack_factory: Callable[..., Stack], producer_for: Callable[[Stack], Producer]
+) -> None:
+    """The engine process dies (CUDA fault, OOM kill) under running jobs: the worker exits with
+    EXIT_ENGINE_LOST for its supervisor to restart, writes nothing for those jobs, and the reaper
+    requeues them (an attempt counted); they then finish on the next worker."""
+    stack = stack_factory(redis_url, TNLLM_ENGINE_SLOTS="4")
+    w1 = stack.start_worker("w1")
+    assert w1.process is not None
+    (engine_pid,) = child_pids(w1.process.pid)
+    jobs = producer_for(stack)
+    ids = [jobs.submit(f"long {i}", max_new_tokens=4000) for i in range(2)]
+    deadline = time.monotonic() + 30
+    while not all((r := jobs.store.get(i)) is not None and r.status is JobStatus.RUNNING for i in ids):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(engine_pid, signal.SIGKILL)
+    assert w1.wait(timeout=30) == EXIT_ENGINE_LOST, w1.log_tail(40)
+    assert "the engine process exited" in w1.log_tail(80)
+    for job_id in ids:  # nothing was written: not failed, still leased to the dead worker
+        record = jobs.store.get(job_id)
+        assert record is not None and record.status is JobStatus.RUNNING and record.attempt == 1
+    stack.start_worker("w2")
+    records = jobs.wait_all(ids, timeout=90)
+    for record in records:
+        assert record.status is JobStatus.SUCCEEDED and record.attempt == 2, record
+        assert (record.lease_owner or "").startswith("w2@test")
+
+
+def test_the_engine_on_a_thread_of_the_worker_serves_too(
+    redis_url: str, stack_factory: Callable[..., Stack], producer_for: Callable[[Stack], Producer]
+) -> None:
+    """``engine_process=false``: no child process, the same service."""
+    stack = stack_factory(redis_url, TNLLM_ENGINE_SLOTS="4", TNLLM_ENGINE_PROCESS="false")
+    w1 = stack.start_worker("w1")
+    assert w1.process is not None and child_pids(w1.process.pid) == []
+    jobs = producer_for(stack)
+    records = jobs.wait_all([jobs.submit(f"job {i}", max_new_tokens=5) for i in range(3)], timeout=60)
+    assert all(r.status is JobStatus.SUCCEEDED and r.result and r.result.usage.completion_tokens == 5
+               for r in records)  # fmt: skip

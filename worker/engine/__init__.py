@@ -1,15 +1,17 @@
 """Continuous-batching generation engine (no Celery, HTTP or Redis inside).
 
-The request/result records come from ``worker.engine.types`` (torch-free); ``Engine``,
-``RequestHandle`` and ``build_engine`` import torch and are loaded on first use.
+The request/result records (``worker.engine.types``) and ``RequestHandle`` are torch-free;
+``Engine`` and ``build_engine`` import torch and are loaded on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from worker.engine.handle import RequestHandle
 from worker.engine.types import (
     EngineError,
+    EngineLost,
     EngineRequest,
     EngineResult,
     EngineStats,
@@ -21,6 +23,7 @@ from worker.engine.types import (
 __all__ = [
     "Engine",
     "EngineError",
+    "EngineLost",
     "EngineRequest",
     "EngineResult",
     "EngineStats",
@@ -33,10 +36,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Engine", "RequestHandle"):
-        from worker.engine import engine
+    if name == "Engine":
+        from worker.engine.engine import Engine
 
-        return getattr(engine, name)
+        return Engine
     if name == "build_engine":
         from worker.engine.factory import build_engine
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from worker.engine.handle import RequestHandle
 from worker.engine.sampling import BatchSampler, RowSampling, make_generator
 from worker.engine.scheduler import PrefillChunk, Scheduler, Sequence
 from worker.engine.stats import StatsTracker
@@ -39,42 +40,11 @@ from worker.engine.types import (
     SamplingParams,
     TokenEvent,
 )
+from worker.engine.validation import check_request
 
 log = logging.getLogger(__name__)
 
 OnToken = Callable[[TokenEvent], None]
-
-
-class RequestHandle:
-    """The caller's side of one submitted request."""
-
-    def __init__(self, engine: Engine, request_id: str) -> None:
-        self.request_id = request_id
-        self._engine = engine
-        self._done = threading.Event()
-        self._result: EngineResult | None = None
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        """The request has finished (or failed)."""
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> EngineResult:
-        """Wait for the final result; raises TimeoutError, or EngineError if the engine failed."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.request_id} still running after {timeout} s")
-        if self._error is not None:
-            raise EngineError(f"request {self.request_id} failed: {self._error}") from self._error
-        assert self._result is not None
-        return self._result
-
-    def cancel(self) -> None:
-        """Cancel this request (it leaves the batch within one step)."""
-        self._engine.cancel(self.request_id)
-
-    def _set(self, result: EngineResult | None, error: BaseException | None = None) -> None:
-        self._result, self._error = result, error
-        self._done.set()
 
 
 class _Live:
@@ -157,10 +127,18 @@ class Engine:
         self.chained_steps = 0
 
     # --- caller side (any thread) ---------------------------------------------------------------
-    def submit(self, req: EngineRequest, on_token: OnToken | None = None) -> RequestHandle:
-        """Queue a request; raises RequestRejected for a bad one before it takes a slot."""
+    def submit(
+        self,
+        req: EngineRequest,
+        on_token: OnToken | None = None,
+        on_done: Callable[[RequestHandle], None] | None = None,
+    ) -> RequestHandle:
+        """Queue a request; raises RequestRejected for a bad one before it takes a slot.
+
+        ``on_token`` gets each delta and ``on_done`` the finished handle, both on the engine thread
+        (keep them short: the batch waits)."""
         self._validate(req)
-        handle = RequestHandle(self, req.request_id)
+        handle = RequestHandle(self, req.request_id, on_done)
         seq = Sequence(req.request_id, list(req.prompt_ids), req.params.max_new_tokens)
         seq.payload = _Live(req.params, handle, on_token)
         with self._lock:
@@ -465,20 +443,9 @@ class Engine:
             self._live_ids.discard(request_id)
 
     def _validate(self, req: EngineRequest) -> None:
-        p = req.params
-        p.validate()
-        if not req.prompt_ids:
-            raise RequestRejected("the prompt is empty (at least one token is needed)")
-        bad = [t for t in req.prompt_ids if not 0 <= int(t) < self.vocab_size]
-        if bad:
-            raise RequestRejected(
-                f"prompt token id {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}"
-            )
-        total = len(req.prompt_ids) + p.max_new_tokens
-        if total > self.max_context:
-            raise RequestRejected(
-                f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({p.max_new_tokens}) = {total} "
-                f"exceeds the context limit of {self.max_context} tokens"
-            )
-        if p.stop and self.tokenizer is None:
-            raise RequestRejected("stop strings need a tokenizer, and this model has none")
+        check_request(
+            req,
+            vocab_size=self.vocab_size,
+            max_context=self.max_context,
+            has_tokenizer=self.tokenizer is not None,
+        )

@@ -16,6 +16,10 @@ class EngineError(RuntimeError):
     """The engine failed while running a request (the model raised, or the engine was stopped)."""
 
 
+class EngineLost(EngineError):
+    """The engine's process is gone: its requests did not fail, they were abandoned with it."""
+
+
 @dataclass
 class SamplingParams:
     """How one request samples and when it stops. ``temperature == 0`` means greedy."""
