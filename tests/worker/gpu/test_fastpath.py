@@ -196,3 +196,41 @@ def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> 
     want = public.prefill_many(chunks, pools[1])
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))
+
+
+@pytest.mark.parametrize("rows", [64, 200])
+def test_fused_glu_down_projection_matches_the_unfused_path(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode batches form h1 ⊙ h2 inside the down projection's GEMM (skinny kernel to 128 rows,
+    split-K kernel above); the logits are the separate product's, within bf16 GEMM rounding."""
+    import worker.model.kernels.gemm as gemm
+    import worker.model.kernels.gemv as gemv
+    from worker.model.kernels.fastpath import FastTransnormer
+
+    fast = FastTransnormer.random(
+        d_model=256, n_layers=2, n_heads=2, d_ffn=512, vocab=512, device=DEV, dtype=torch.bfloat16,
+        std=0.05, seed=3,
+    )  # fmt: skip
+    glu_calls: list[bool] = []
+    for mod, name in ((gemv, "skinny_linear"), (gemm, "splitk_linear")):
+        real = getattr(mod, name)
+
+        def spy(*args, _real=real, **kw):  # type: ignore[no-untyped-def]
+            glu_calls.append(bool(kw.get("glu", False)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(mod, name, spy)
+    torch.manual_seed(3)
+    ids = torch.randint(0, 512, (rows,), device=DEV)
+    pos = torch.arange(rows, device=DEV) % 7
+    slots = torch.arange(rows, device=DEV)
+    out = {}
+    for fused in (False, True):
+        fast.fused_glu = fused
+        glu_calls.clear()
+        out[fused] = fast.decode(ids, pos, fast.new_state_pool(rows), slots).float()
+        assert (True in glu_calls) == fused
+    scale = float(out[False].abs().max())
+    assert (out[True] - out[False]).abs().max() < 2e-2 * scale
+    assert (out[True].argmax(-1) == out[False].argmax(-1)).float().mean() > 0.95
