@@ -283,11 +283,6 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--bf16-state", action="store_true", help="also measure the bf16 state pool option")
     ap.add_argument("--compare-cublas", action="store_true", help="also run 64 rows with cuBLAS GEMMs")
-    ap.add_argument(
-        "--compare-unfused-glu",
-        action="store_true",
-        help="also run 64 and 256 rows with the GLU product as its own kernel (fused_glu off)",
-    )
     args = ap.parse_args()
     from worker.engine.engine import Engine
     from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
@@ -328,18 +323,6 @@ def main() -> int:
         }
         print("cublas", json.dumps(res["cublas_b64"]), flush=True)
         fast.skinny_gemm = True
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        runner = fast_path_for(model).runner  # type: ignore[union-attr]
-    if args.compare_unfused_glu:
-        fast = fast_path_for(model).fast  # type: ignore[union-attr]
-        fast.fused_glu = False
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        alt = fast_path_for(model).runner  # type: ignore[union-attr]
-        res["unfused_glu"] = {"graph_replay_ms": graph_times(alt, (64, 256))}
-        for b in (64, 256):
-            res["unfused_glu"][f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
-        print("unfused_glu", json.dumps(res["unfused_glu"]), flush=True)
-        fast.fused_glu = True
         prepare_fast_decode(model, engine.pool, max_batch=256)
         runner = fast_path_for(model).runner  # type: ignore[union-attr]
     res["ttft_2048_ms"] = round(engine_ttft(engine), 2)

@@ -190,33 +190,3 @@ def test_skinny_gemm(m: int) -> None:
     x = torch.randn(m, 2 * 768, device=DEV).bfloat16()[:, :768]  # row-strided, like a slice of qkvu
     assert skinny_ok(m, w)
     assert rel(skinny_linear(x, w), x.double() @ w.double().T) < 5e-3
-
-
-@pytest.mark.parametrize("m", [17, 64, 128])
-def test_skinny_gemm_with_the_glu_product_inside(m: int) -> None:
-    from worker.model.kernels.gemv import skinny_linear
-
-    f = 768
-    h = torch.randn(m, 2 * f, device=DEV).bfloat16()
-    w = torch.randn(512, f, device=DEV).bfloat16()
-    prod = h[:, :f] * h[:, f:]  # what the unfused path feeds its GEMM (rounded to bf16)
-    assert rel(skinny_linear(h, w, glu=True), prod.double() @ w.double().T) < 5e-3
-
-
-@pytest.mark.parametrize("splits", [1, 2, 3])
-@pytest.mark.parametrize("glu", [False, True])
-def test_splitk_linear(splits: int, glu: bool) -> None:
-    from worker.model.kernels.gemm import GemmConfig, splitk_linear, splitk_ok
-
-    k = 1408  # 11 blocks of 128: three splits are uneven
-    cfg = GemmConfig(bm=64, bn=64, bk=128, splits=splits, warps=4, stages=3)
-    w = torch.randn(512, k, device=DEV).bfloat16()
-    wide = torch.randn(200, 2 * k, device=DEV).bfloat16()
-    x = wide if glu else wide[:, :k]  # a row-strided view when not glu
-    inp = wide[:, :k] * wide[:, k:] if glu else x
-    assert splitk_ok(w, cfg)
-    y = splitk_linear(x, w, cfg, glu=glu)
-    assert rel(y, inp.double() @ w.double().T) < 5e-3
-    assert torch.equal(y, splitk_linear(x, w, cfg, glu=glu))  # partials added in a fixed order
-    if glu:  # the product formed in the kernel is bit for bit the one torch forms
-        assert torch.equal(y, splitk_linear(inp.contiguous(), w, cfg))

@@ -36,15 +36,8 @@ from worker.model.kernels.attention import (
     prep_qkv,
 )
 from worker.model.kernels.fused import add_rms, embed_rms, norm_gate
-from worker.model.kernels.gemm import GemmConfig
 
 log = logging.getLogger(__name__)
-
-#: Row counts up to which the GLU down projection forms h1 ⊙ h2 inside its GEMM (decode buckets).
-FUSED_GLU_MAX_ROWS = 256
-#: ``gemm.splitk_linear`` tiles for that projection at 129..256 rows (bench/gemm_sweep.py on an H100:
-#: level with cuBLAS, and the elementwise kernel it replaces cost 9.4 µs a layer at 256 rows).
-GLU_DOWN_CONFIG = GemmConfig(bm=64, bn=128, bk=128, splits=1, warps=4, stages=4)
 
 
 def pack_int64(sections: list[list[int]], device: torch.device) -> list[torch.Tensor]:
@@ -137,9 +130,6 @@ class FastTransnormer:
         self.gemv_batch1 = gemv_batch1
         # Triton GEMM for 17..128 decode rows: 8.74 vs 8.95 ms per 64-row step with cuBLAS (H100)
         self.skinny_gemm = True
-        # GLU down projection with h1 ⊙ h2 formed inside the GEMM (no elementwise kernel) for up to
-        # FUSED_GLU_MAX_ROWS rows: the skinny kernel to 128 rows, gemm.splitk_linear above
-        self.fused_glu = True
         self._packed_nosync: bool | None = None  # decided on first use (``packed_nosync``)
 
     @staticmethod
@@ -303,27 +293,13 @@ class FastTransnormer:
     def _mixers(self, x: torch.Tensor, a: torch.Tensor, i: int, attend) -> None:  # type: ignore[no-untyped-def]
         """Token mixer then channel mixer of layer i; on return x holds the new residual, a = SRMS(x)."""
         lw = self.layers[i]
-        e = self.spec.d_attn
+        e, f = self.spec.d_attn, self.spec.d_ffn
         z = self._linear(a, lw.qkvu_w, lw.qkvu_b)  # [R, 4E]: q | k | v | u
         o = attend(z, lw, i)  # [R, E]
         g = norm_gate(o, z[:, 3 * e :], self.spec.eps)
         add_rms(x, self._linear(g, lw.out_w, lw.out_b), a, self.spec.eps)
         h = self._linear(a, lw.l12_w, lw.l12_b)  # [R, 2F]
-        add_rms(x, self._glu_down(h, lw), a, self.spec.eps)
-
-    def _glu_down(self, h: torch.Tensor, lw: FastLayer) -> torch.Tensor:
-        """``(h1 ⊙ h2) · W3ᵀ (+ b3)`` for ``h = [h1 | h2]``; decode batches form the product in the GEMM."""
-        f = self.spec.d_ffn
-        rows = h.shape[0]
-        if self.fused_glu and lw.l3_b is None and rows <= FUSED_GLU_MAX_ROWS and h.stride(1) == 1:
-            from worker.model.kernels.gemm import splitk_linear, splitk_ok
-            from worker.model.kernels.gemv import skinny_linear, skinny_ok
-
-            if self.skinny_gemm and skinny_ok(rows, lw.l3_w):
-                return skinny_linear(h, lw.l3_w, glu=True)
-            if rows > 128 and splitk_ok(lw.l3_w, GLU_DOWN_CONFIG):
-                return splitk_linear(h, lw.l3_w, GLU_DOWN_CONFIG, glu=True)
-        return self._linear(h[:, :f] * h[:, f:], lw.l3_w, lw.l3_b)
+        add_rms(x, self._linear(h[:, :f] * h[:, f:], lw.l3_w, lw.l3_b), a, self.spec.eps)
 
     def _run(self, ids: torch.Tensor, attend) -> torch.Tensor:  # type: ignore[no-untyped-def]
         rows = ids.shape[0]

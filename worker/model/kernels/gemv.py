@@ -176,7 +176,7 @@ def gemv_fused(
             (32, 256, 4, 4),
         ]
     ],
-    key=["BM", "N", "K", "GLU"],
+    key=["BM", "N", "K"],
 )
 @triton.jit
 def _skinny_kernel(
@@ -190,7 +190,6 @@ def _skinny_kernel(
     stride_y,
     K: tl.constexpr,
     BM: tl.constexpr,
-    GLU: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
 ):
@@ -204,9 +203,6 @@ def _skinny_kernel(
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     for _ in range(0, K, BK):
         a = tl.load(x_ptrs, mask=m_m[:, None], other=0.0)
-        if GLU:  # x holds [h1 | h2] (K columns each): the input is h1 ⊙ h2, rounded as torch does
-            a2 = tl.load(x_ptrs + K, mask=m_m[:, None], other=0.0)
-            a = (a.to(tl.float32) * a2.to(tl.float32)).to(a.dtype)
         b = tl.load(w_ptrs)
         acc = tl.dot(a, b, acc)
         x_ptrs += BK
@@ -222,20 +218,14 @@ def skinny_ok(m: int, w: torch.Tensor) -> bool:
     return half and 16 < m <= 128 and n % 256 == 0 and k % 256 == 0 and w.stride(1) == 1
 
 
-def skinny_linear(x: torch.Tensor, w: torch.Tensor, glu: bool = False) -> torch.Tensor:
-    """``x [M, K] · w [N, K]ᵀ`` for a decode batch of 17..128 rows (x may be a row-strided view).
-
-    ``glu``: x is ``[M, 2K]`` = ``[h1 | h2]`` and the product is ``(h1 ⊙ h2) · wᵀ`` (the GLU's down
-    projection without a separate elementwise kernel; the product is rounded to x's dtype first,
-    exactly as ``h1 * h2`` would be)."""
+def skinny_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] · w [N, K]ᵀ`` for a decode batch of 17..128 rows (x may be a row-strided view)."""
     m, k = x.shape
     n = w.shape[0]
-    if glu:
-        k //= 2
-    assert x.stride(1) == 1 and k == w.shape[1]
+    assert x.stride(1) == 1
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     bm = max(16, triton.next_power_of_2(m))
     _skinny_kernel[lambda meta: (triton.cdiv(n, meta["BN"]),)](
-        x, w, y, m, n, x.stride(0), w.stride(0), y.stride(0), K=k, BM=bm, GLU=glu
+        x, w, y, m, n, x.stride(0), w.stride(0), y.stride(0), K=k, BM=bm
     )
     return y
