@@ -279,20 +279,6 @@ def profile_worker(
         recorder.wait()
 
 
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (a worker's engine process)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
 def engine_stack(dump: str) -> str:
     """The engine thread's part of a ``py-spy dump`` (its header line says active/idle and +gil)."""
     lines = dump.splitlines()
@@ -321,7 +307,7 @@ def service_phase(
 
     from infra.redis_server import RedisServer, free_port
     from infra.settings import Settings
-    from infra.supervisor import Child, child_env, stop_all, tnllm_argv
+    from infra.supervisor import Child, child_env, child_pids, stop_all, tnllm_argv
     from worker.jobstore import JobStore
 
     server = RedisServer(work / "redis", die_with_parent=True).start()

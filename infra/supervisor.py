@@ -152,3 +152,19 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``; a worker's engine process, say)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+        if parent == pid:
+            found.append(int(entry))
+    return found

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra.redis_server import RedisServer
+from infra.supervisor import child_pids
 from tests.e2e.client import Producer, debug
 from tests.fixtures.services import Stack
 from worker.jobstore import JobStatus
@@ -175,21 +176,6 @@ def test_a_worker_whose_model_fails_to_load_exits_non_zero(
     child = stack.start_worker("broken", wait=False, TNLLM_MODEL=str(tmp_path / "no-such-model"))
     assert child.wait(timeout=60) == EXIT_MODEL_LOAD_FAILED, child.log_tail()
     assert "failed to load" in child.log_tail(80)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == pid:
-                found.append(int(entry))
-    return found
 
 
 def test_a_dead_engine_process_restarts_the_worker_and_its_jobs_run_again(
