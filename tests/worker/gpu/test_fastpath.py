@@ -196,35 +196,3 @@ def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> 
     want = public.prefill_many(chunks, pools[1])
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))
-
-
-def test_splitk_table_routes_decode_gemms_and_keeps_the_logits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``FastTransnormer.splitk`` sends the named weight shapes of a 17..128-row decode through the
-    split-K kernel; the logits stay the skinny kernel's within bf16 GEMM rounding."""
-    import worker.model.kernels.fastpath as fastpath
-    from worker.model.kernels.fastpath import FastTransnormer
-    from worker.model.kernels.gemm import GemmConfig
-
-    fast = FastTransnormer.random(
-        d_model=256, n_layers=2, n_heads=2, d_ffn=512, vocab=512, device=DEV, dtype=torch.bfloat16,
-        std=0.05, seed=3,
-    )  # fmt: skip
-    shapes: list[tuple[int, int]] = []
-    real = fastpath.splitk_linear
-
-    def spy(x, w, cfg):  # type: ignore[no-untyped-def]
-        shapes.append(tuple(w.shape))
-        return real(x, w, cfg)
-
-    monkeypatch.setattr(fastpath, "splitk_linear", spy)
-    torch.manual_seed(3)
-    rows = 64
-    ids = torch.randint(0, 512, (rows,), device=DEV)
-    pos = torch.arange(rows, device=DEV) % 7
-    slots = torch.arange(rows, device=DEV)
-    plain = fast.decode(ids, pos, fast.new_state_pool(rows), slots).float()
-    assert shapes == []
-    fast.splitk = {(256, 256): GemmConfig(0, 64, 128, 2, 4, 4), (256, 512): GemmConfig(0, 128, 128, 4, 4, 4)}
-    split = fast.decode(ids, pos, fast.new_state_pool(rows), slots).float()
-    assert sorted(set(shapes)) == [(256, 256), (256, 512)] and len(shapes) == 4  # out and down, 2 layers
-    assert (split - plain).abs().max() < 2e-2 * float(plain.abs().max())

@@ -190,18 +190,3 @@ def test_skinny_gemm(m: int) -> None:
     x = torch.randn(m, 2 * 768, device=DEV).bfloat16()[:, :768]  # row-strided, like a slice of qkvu
     assert skinny_ok(m, w)
     assert rel(skinny_linear(x, w), x.double() @ w.double().T) < 5e-3
-
-
-@pytest.mark.parametrize("splits", [1, 2, 3])
-@pytest.mark.parametrize("m", [17, 64, 128])
-def test_splitk_linear(splits: int, m: int) -> None:
-    from worker.model.kernels.gemm import GemmConfig, splitk_linear, splitk_ok
-
-    k = 1408  # 11 blocks of 128: three splits are uneven
-    cfg = GemmConfig(bm=0, bn=64, bk=128, splits=splits, warps=4, stages=3)
-    w = torch.randn(512, k, device=DEV).bfloat16()
-    x = torch.randn(m, 2 * k, device=DEV).bfloat16()[:, :k]  # a row-strided view
-    assert splitk_ok(w, cfg)
-    y = splitk_linear(x, w, cfg)
-    assert rel(y, x.double() @ w.double().T) < 5e-3
-    assert torch.equal(y, splitk_linear(x, w, cfg))  # the partials are added in a fixed order

@@ -36,7 +36,6 @@ from worker.model.kernels.attention import (
     prep_qkv,
 )
 from worker.model.kernels.fused import add_rms, embed_rms, norm_gate
-from worker.model.kernels.gemm import GemmConfig, splitk_linear, splitk_ok
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +130,6 @@ class FastTransnormer:
         self.gemv_batch1 = gemv_batch1
         # Triton GEMM for 17..128 decode rows: 8.74 vs 8.95 ms per 64-row step with cuBLAS (H100)
         self.skinny_gemm = True
-        # split-K GEMM configurations by weight shape (N, K) for 17..128 rows, taking precedence
-        # over the skinny kernel (gemm.py)
-        self.splitk: dict[tuple[int, int], GemmConfig] = {}
         self._packed_nosync: bool | None = None  # decided on first use (``packed_nosync``)
 
     @staticmethod
@@ -291,9 +287,6 @@ class FastTransnormer:
             from worker.model.kernels.gemv import skinny_linear, skinny_ok
 
             if skinny_ok(x.shape[0], w):
-                cfg = self.splitk.get((w.shape[0], w.shape[1]))
-                if cfg is not None and splitk_ok(w, cfg):
-                    return splitk_linear(x, w, cfg)
                 return skinny_linear(x, w)
         return F.linear(x, w, b)
 
