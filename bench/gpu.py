@@ -283,6 +283,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--bf16-state", action="store_true", help="also measure the bf16 state pool option")
     ap.add_argument("--compare-cublas", action="store_true", help="also run 64 rows with cuBLAS GEMMs")
+    ap.add_argument(
+        "--compare-no-pdl",
+        action="store_true",
+        help="also run 1, 64 and 256 rows with programmatic dependent launch off",
+    )
     args = ap.parse_args()
     from worker.engine.engine import Engine
     from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
@@ -323,6 +328,20 @@ def main() -> int:
         }
         print("cublas", json.dumps(res["cublas_b64"]), flush=True)
         fast.skinny_gemm = True
+        prepare_fast_decode(model, engine.pool, max_batch=256)
+        runner = fast_path_for(model).runner  # type: ignore[union-attr]
+    if args.compare_no_pdl:
+        from worker.model.kernels import pdl
+
+        res["pdl"] = pdl.enabled()
+        pdl.set_enabled(False)
+        prepare_fast_decode(model, engine.pool, max_batch=256)
+        alt = fast_path_for(model).runner  # type: ignore[union-attr]
+        res["no_pdl"] = {"graph_replay_ms": graph_times(alt)}
+        for b in (1, 64, 256):
+            res["no_pdl"][f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
+        print("no_pdl", json.dumps(res["no_pdl"]), flush=True)
+        pdl.set_enabled(True)
         prepare_fast_decode(model, engine.pool, max_batch=256)
         runner = fast_path_for(model).runner  # type: ignore[union-attr]
     res["ttft_2048_ms"] = round(engine_ttft(engine), 2)

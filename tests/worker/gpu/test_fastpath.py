@@ -196,3 +196,43 @@ def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> 
     want = public.prefill_many(chunks, pools[1])
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+def test_pdl_changes_scheduling_not_results(rows: int) -> None:
+    """With programmatic dependent launch every kernel still waits for its predecessor's results:
+    graph replays with and without it give bit-identical logits and states, step after step."""
+    from worker.model.kernels import pdl
+    from worker.model.kernels.fastpath import FastTransnormer
+    from worker.model.kernels.graphs import DecodeGraphRunner
+
+    if not pdl.supported():
+        pytest.skip("no PDL on this GPU / Triton")
+    fast = FastTransnormer.random(
+        d_model=1024, n_layers=4, n_heads=8, d_ffn=2560, vocab=4096, device=DEV, dtype=torch.bfloat16,
+        std=0.03, seed=5,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    ids0 = torch.randint(0, 4096, (rows,)).tolist()
+    outs: dict[bool, list[torch.Tensor]] = {}
+    pools: dict[bool, list[torch.Tensor]] = {}
+    try:
+        for on in (False, True):
+            pdl.set_enabled(on)
+            pool = fast.new_state_pool(rows)
+            runner = DecodeGraphRunner(fast, pool, max_batch=rows, buckets=[rows])
+            runner.capture()
+            ids, steps = ids0, []
+            for step in range(5):
+                logits = runner.decode(
+                    torch.tensor(ids), torch.tensor([step] * rows), torch.arange(rows)
+                ).clone()
+                steps.append(logits)
+                ids = logits.argmax(-1).tolist()
+            outs[on], pools[on] = steps, pool
+    finally:
+        pdl.set_enabled(True)
+    for a, b in zip(outs[False], outs[True], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(pools[False], pools[True], strict=True):
+        assert torch.equal(a, b)

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.model.kernels.pdl import launch_args
+
 CHUNK = 64  # fla's chunk length (its default); ``chunk_index_host`` builds its index for it
 
 
@@ -55,7 +57,11 @@ def _decode_kernel(
     BV: tl.constexpr,
     SILU: tl.constexpr,
     LRPE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid = tl.program_id(0)
     i_v = tl.program_id(1)
     b = pid // H
@@ -163,6 +169,7 @@ def decode_attention(
         SILU=silu,
         LRPE=lrpe,
         num_warps=warps,
+        **launch_args(),
     )
     return out
 

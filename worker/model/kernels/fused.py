@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.model.kernels.pdl import launch_args
+
 
 @triton.jit
 def _add_rms_kernel(
@@ -27,7 +29,11 @@ def _add_rms_kernel(
     eps,
     HAS_Y: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n_cols
@@ -59,6 +65,7 @@ def add_rms(x: torch.Tensor, y: torch.Tensor | None, a: torch.Tensor, eps: float
         HAS_Y=y is not None,
         BLOCK=block,
         num_warps=_warps(block),
+        **launch_args(),
     )
     return a
 
@@ -74,7 +81,11 @@ def _norm_gate_kernel(
     n_cols,
     eps,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n_cols
@@ -93,8 +104,9 @@ def norm_gate(
         out = torch.empty_like(o)
     block = triton.next_power_of_2(n)
     _norm_gate_kernel[(rows,)](
-        o, u, out, o.stride(0), u.stride(0), out.stride(0), n, eps, BLOCK=block, num_warps=_warps(block)
-    )
+        o, u, out, o.stride(0), u.stride(0), out.stride(0), n, eps, BLOCK=block, num_warps=_warps(block),
+        **launch_args(),
+    )  # fmt: skip
     return out
 
 
@@ -111,7 +123,11 @@ def _embed_rms_kernel(
     scale,
     eps,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     tok = tl.load(ids_ptr + row).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -142,4 +158,5 @@ def embed_rms(
         eps,
         BLOCK=block,
         num_warps=_warps(block),
+        **launch_args(),
     )

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.model.kernels.pdl import launch_args
+
 
 @triton.jit
 def _gemv_kernel(
@@ -93,7 +95,11 @@ def _gemv_fused_kernel(
     ADD: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid = tl.program_id(0)
     offs_n = pid * BN + tl.arange(0, BN)
     m_n = offs_n < N
@@ -158,6 +164,7 @@ def gemv_fused(
         K=k,
         PRO=pro,
         ADD=residual is not None,
+        **launch_args(),
     )
     return out
 
@@ -192,7 +199,11 @@ def _skinny_kernel(
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
     pid_n = tl.program_id(0)
     offs_m = tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -226,6 +237,6 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     bm = max(16, triton.next_power_of_2(m))
     _skinny_kernel[lambda meta: (triton.cdiv(n, meta["BN"]),)](
-        x, w, y, m, n, x.stride(0), w.stride(0), y.stride(0), K=k, BM=bm
+        x, w, y, m, n, x.stride(0), w.stride(0), y.stride(0), K=k, BM=bm, **launch_args()
     )
     return y
