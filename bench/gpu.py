@@ -284,6 +284,11 @@ def main() -> int:
     ap.add_argument("--bf16-state", action="store_true", help="also measure the bf16 state pool option")
     ap.add_argument("--compare-cublas", action="store_true", help="also run 64 rows with cuBLAS GEMMs")
     ap.add_argument(
+        "--compare-torch-glu",
+        action="store_true",
+        help="also run 64 and 256 rows with torch's elementwise GLU product instead of our kernel",
+    )
+    ap.add_argument(
         "--compare-no-pdl",
         action="store_true",
         help="also run 1, 64 and 256 rows with programmatic dependent launch off",
@@ -328,6 +333,18 @@ def main() -> int:
         }
         print("cublas", json.dumps(res["cublas_b64"]), flush=True)
         fast.skinny_gemm = True
+        prepare_fast_decode(model, engine.pool, max_batch=256)
+        runner = fast_path_for(model).runner  # type: ignore[union-attr]
+    if args.compare_torch_glu:
+        fast = fast_path_for(model).fast  # type: ignore[union-attr]
+        fast.glu_kernel = False
+        prepare_fast_decode(model, engine.pool, max_batch=256)
+        alt = fast_path_for(model).runner  # type: ignore[union-attr]
+        res["torch_glu"] = {"graph_replay_ms": graph_times(alt, (64, 256))}
+        for b in (64, 256):
+            res["torch_glu"][f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
+        print("torch_glu", json.dumps(res["torch_glu"]), flush=True)
+        fast.glu_kernel = True
         prepare_fast_decode(model, engine.pool, max_batch=256)
         runner = fast_path_for(model).runner  # type: ignore[union-attr]
     if args.compare_no_pdl:

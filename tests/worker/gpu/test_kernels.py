@@ -190,3 +190,11 @@ def test_skinny_gemm(m: int) -> None:
     x = torch.randn(m, 2 * 768, device=DEV).bfloat16()[:, :768]  # row-strided, like a slice of qkvu
     assert skinny_ok(m, w)
     assert rel(skinny_linear(x, w), x.double() @ w.double().T) < 5e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_glu_product_is_torchs_bit_for_bit(dtype: torch.dtype) -> None:
+    from worker.model.kernels.fused import glu_product
+
+    h = torch.randn(70, 2 * 2752, device=DEV, dtype=dtype)  # the 7B's F / 4: not a multiple of the block
+    assert torch.equal(glu_product(h), h[:, :2752] * h[:, 2752:])

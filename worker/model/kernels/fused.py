@@ -4,6 +4,7 @@
   one read of y and one read/write of x instead of add, cast, square, mean, rsqrt, multiply.
 - ``norm_gate``: ``SRMS(o) ⊙ u`` over the full attention width E (MODEL_SPEC §4 step 7), reading u
   straight out of the qkvu projection.
+- ``glu_product``: the GLU's ``h1 ⊙ h2``, bit for bit torch's, launched like the others (PDL).
 
 SRMS(z) = z / sqrt(mean(z²) + eps), computed in fp32 (no gain, no mean subtraction).
 """
@@ -160,3 +161,31 @@ def embed_rms(
         num_warps=_warps(block),
         **launch_args(),
     )
+
+
+@triton.jit
+def _glu_kernel(h_ptr, out_ptr, stride_h, stride_o, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n_cols
+    h1 = tl.load(h_ptr + row * stride_h + offs, mask=m, other=0.0).to(tl.float32)
+    h2 = tl.load(h_ptr + row * stride_h + n_cols + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + offs, (h1 * h2).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def glu_product(h: torch.Tensor) -> torch.Tensor:
+    """``h1 ⊙ h2`` for ``h = [h1 | h2]`` ``[R, 2F]`` (feature stride 1): ``h[:, :F] * h[:, F:]``
+    exactly (products in fp32, rounded once to h's dtype), as one of the fast path's kernels, so the
+    GEMMs either side keep their dependent-launch overlap (pdl.py)."""
+    rows, two_f = h.shape
+    f = two_f // 2
+    assert h.stride(1) == 1 and two_f == 2 * f
+    out = torch.empty((rows, f), device=h.device, dtype=h.dtype)
+    block = 1024
+    _glu_kernel[(rows, triton.cdiv(f, block))](
+        h, out, h.stride(0), out.stride(0), f, BLOCK=block, num_warps=4, **launch_args()
+    )
+    return out
