@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
 import queue
 import signal
 import threading
@@ -174,7 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             vocab_size=int(engine.vocab_size),
             has_tokenizer=engine.tokenizer is not None,
             model_path=str(path),
-            pid=os.getpid(),
         )
     except Exception as exc:
         log.exception("engine process: the model failed to load")

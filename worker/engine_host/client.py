@@ -111,7 +111,7 @@ class EngineClient:
         self.info = info
         self._reader = threading.Thread(target=self._read_loop, name="tnllm-engine-reader", daemon=True)
         self._reader.start()
-        log.info("engine process %d ready: %d slots on %s/%s", info.pid, info.slots, info.device, info.dtype)
+        log.info("engine process %d ready: %d slots on %s/%s", self.pid, info.slots, info.device, info.dtype)
 
     def _wait_ready(self) -> dict[str, Any]:
         assert self._conn is not None and self._proc is not None

@@ -35,7 +35,6 @@ class EngineInfo:
     vocab_size: int
     has_tokenizer: bool
     model_path: str
-    pid: int
 
 
 def encode(message: dict[str, Any]) -> bytes:
