@@ -145,14 +145,13 @@ class WorkerRuntime:
                 client.gpu_memory,
             )
         else:
-            from worker.engine.factory import build_engine
+            from worker.engine.factory import build_engine, describe_engine
             from worker.metrics import gpu_memory_bytes
 
             engine = build_engine(self.settings)
             engine.start()
-            param = next(engine.model.parameters())
-            device, dtype = str(param.device), str(param.dtype).removeprefix("torch.")
-            self.engine, memory = engine, (lambda: gpu_memory_bytes(param.device))
+            device, dtype = describe_engine(engine)
+            self.engine, memory = engine, (lambda: gpu_memory_bytes(engine.device))
         elapsed = time.monotonic() - started
         log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots, elapsed)
         self.metrics.observe_model_load(elapsed, model=self.model_name, device=device, dtype=dtype)

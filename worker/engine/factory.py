@@ -70,6 +70,12 @@ def model_path(settings: Any) -> Path:
     return Path(resolve_model_path(settings))
 
 
+def describe_engine(engine: Engine) -> tuple[str, str]:
+    """The engine's device and weight dtype as text (``"cuda:0"``, ``"bfloat16"``): the worker's
+    metrics labels and the engine process's ``EngineInfo``."""
+    return str(engine.device), str(next(engine.model.parameters()).dtype).removeprefix("torch.")
+
+
 def build_engine(settings: Any) -> Engine:
     """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
     from worker.model import load_pretrained

@@ -161,14 +161,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(**start["settings"])
     configure_logging(settings)
     try:
-        from worker.engine.factory import build_engine, model_path
+        from worker.engine.factory import build_engine, describe_engine, model_path
 
         path = model_path(settings)  # downloads once; the engine and the worker's tokenizer use it
         engine = build_engine(settings.model_copy(update={"model": str(path)}))
+        device, dtype = describe_engine(engine)
         info = EngineInfo(
             slots=int(engine.slots),
-            device=str(engine.device),
-            dtype=str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+            device=device,
+            dtype=dtype,
             max_context=int(engine.max_context),
             vocab_size=int(engine.vocab_size),
             has_tokenizer=engine.tokenizer is not None,
