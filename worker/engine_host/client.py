@@ -107,7 +107,10 @@ class EngineClient:
         from worker.tokenization import load_tokenizer
 
         self.tokenizer = load_tokenizer(Path(info.model_path), self.settings) if info.has_tokenizer else None
-        self._stats = EngineStats(info.slots, 0, 0, 0.0, 0.0, 0.0, 0, 0, 0)
+        self._stats = EngineStats(  # until the first report: an idle engine
+            slots=info.slots, active=0, waiting=0, occupancy=0.0, tokens_per_s=0.0, step_time_s=0.0,
+            steps=0, generated_tokens=0, finished_requests=0,
+        )  # fmt: skip
         self.info = info
         self._reader = threading.Thread(target=self._read_loop, name="tnllm-engine-reader", daemon=True)
         self._reader.start()
