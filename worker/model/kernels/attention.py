@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.model.kernels.pdl import launch_args
+from worker.model.kernels.pdl import dependent_launch_prologue, launch_args
 
 CHUNK = 64  # fla's chunk length (its default); ``chunk_index_host`` builds its index for it
 
@@ -59,9 +59,7 @@ def _decode_kernel(
     LRPE: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     pid = tl.program_id(0)
     i_v = tl.program_id(1)
     b = pid // H

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.model.kernels.pdl import launch_args
+from worker.model.kernels.pdl import dependent_launch_prologue, launch_args
 
 
 @triton.jit
@@ -32,9 +32,7 @@ def _add_rms_kernel(
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n_cols
@@ -84,9 +82,7 @@ def _norm_gate_kernel(
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < n_cols
@@ -126,9 +122,7 @@ def _embed_rms_kernel(
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     tok = tl.load(ids_ptr + row).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -165,9 +159,7 @@ def embed_rms(
 
 @triton.jit
 def _glu_kernel(h_ptr, out_ptr, stride_h, stride_o, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n_cols

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.model.kernels.pdl import launch_args
+from worker.model.kernels.pdl import dependent_launch_prologue, launch_args
 
 
 @triton.jit
@@ -97,9 +97,7 @@ def _gemv_fused_kernel(
     BK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     pid = tl.program_id(0)
     offs_n = pid * BN + tl.arange(0, BN)
     m_n = offs_n < N
@@ -201,9 +199,7 @@ def _skinny_kernel(
     BK: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # let the next kernel be scheduled now; wait for the previous kernel's results
-        tl.extra.cuda.gdc_launch_dependents()
-        tl.extra.cuda.gdc_wait()
+    dependent_launch_prologue(PDL)
     pid_n = tl.program_id(0)
     offs_m = tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)

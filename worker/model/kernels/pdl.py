@@ -4,17 +4,28 @@ A decode step is ~150–240 short kernels in a row; normally the GPU lets one ke
 schedules the next. A kernel launched with PDL is scheduled while its predecessor's last wave runs
 and waits on-chip (``griddepcontrol.wait``) for that predecessor's results; each of our kernels
 lets its successor be scheduled as soon as it has started (``griddepcontrol.launch_dependents``).
-Every kernel waits before it touches memory, so each kernel's completion still implies all earlier
-ones completed. ``enabled()`` decides once per process (CUDA capability 9.0+ and a Triton that has
-the ``gdc`` calls); ``set_enabled`` overrides it (benchmarks' A/B; graphs captured afterwards use
-the new setting).
+Every kernel waits before it touches memory (``dependent_launch_prologue``, its first statement),
+so each kernel's completion still implies all earlier ones completed. ``enabled()`` decides once
+per process (CUDA capability 9.0+ and a Triton that has the ``gdc`` calls); ``set_enabled``
+overrides it (benchmarks' A/B; graphs captured afterwards use the new setting).
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 _enabled: bool | None = None
+
+
+@triton.jit
+def dependent_launch_prologue(PDL: tl.constexpr):
+    """The first statement of each of our kernels: with PDL, let the next kernel be scheduled now,
+    then wait for the previous kernel's results before touching memory."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
 
 
 def supported() -> bool:
