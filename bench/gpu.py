@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -179,6 +180,21 @@ def graph_times(runner, batches=(1, 64, 256)) -> dict:  # type: ignore[no-untype
     return out
 
 
+def variant_pass(model, engine, switch: Callable[[bool], None], batches: tuple[int, ...], steps: int) -> dict:  # type: ignore[no-untyped-def]
+    """Graph replay and engine decode at ``batches`` rows with ``switch(False)`` applied (graphs
+    recaptured), then ``switch(True)`` and the graphs recaptured again."""
+    from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
+
+    switch(False)
+    prepare_fast_decode(model, engine.pool, max_batch=256)
+    out: dict = {"graph_replay_ms": graph_times(fast_path_for(model).runner, batches)}  # type: ignore[union-attr]
+    for b in batches:
+        out[f"engine_decode_b{b}"] = engine_decode(engine, b, steps)
+    switch(True)
+    prepare_fast_decode(model, engine.pool, max_batch=256)
+    return out
+
+
 def profile_graphs(runner, path: Path) -> None:  # type: ignore[no-untyped-def]
     """Per-kernel GPU time inside graph replays at batch 1, 64 and 256 (CUPTI sees kernels in graphs)."""
     from torch.profiler import ProfilerActivity, profile
@@ -322,45 +338,25 @@ def main() -> int:
     res["no_overlap"]["engine_decode_b64_sampled"] = engine_decode(engine, 64, args.steps, sampled=True)
     engine.overlap = True
     print("no_overlap", json.dumps(res["no_overlap"]), flush=True)
+
+    # same-run A/Bs: the engine with one fast-path choice switched off, then back on
+    def fast_flag(name: str) -> Callable[[bool], None]:
+        return lambda on: setattr(fast_path_for(model).fast, name, on)  # type: ignore[union-attr]
+
+    variants: list[tuple[str, Callable[[bool], None], tuple[int, ...]]] = []
     if args.compare_cublas:
-        fast = fast_path_for(model).fast  # type: ignore[union-attr]
-        fast.skinny_gemm = False
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        alt = fast_path_for(model).runner  # type: ignore[union-attr]
-        res["cublas_b64"] = {
-            "graph_replay_ms": graph_times(alt, (64,)),
-            "engine_decode_b64": engine_decode(engine, 64, args.steps),
-        }
-        print("cublas", json.dumps(res["cublas_b64"]), flush=True)
-        fast.skinny_gemm = True
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        runner = fast_path_for(model).runner  # type: ignore[union-attr]
+        variants.append(("cublas_b64", fast_flag("skinny_gemm"), (64,)))
     if args.compare_torch_glu:
-        fast = fast_path_for(model).fast  # type: ignore[union-attr]
-        fast.glu_kernel = False
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        alt = fast_path_for(model).runner  # type: ignore[union-attr]
-        res["torch_glu"] = {"graph_replay_ms": graph_times(alt, (64, 256))}
-        for b in (64, 256):
-            res["torch_glu"][f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
-        print("torch_glu", json.dumps(res["torch_glu"]), flush=True)
-        fast.glu_kernel = True
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        runner = fast_path_for(model).runner  # type: ignore[union-attr]
+        variants.append(("torch_glu", fast_flag("glu_kernel"), (64, 256)))
     if args.compare_no_pdl:
         from worker.model.kernels import pdl
 
         res["pdl"] = pdl.enabled()
-        pdl.set_enabled(False)
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        alt = fast_path_for(model).runner  # type: ignore[union-attr]
-        res["no_pdl"] = {"graph_replay_ms": graph_times(alt)}
-        for b in (1, 64, 256):
-            res["no_pdl"][f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
-        print("no_pdl", json.dumps(res["no_pdl"]), flush=True)
-        pdl.set_enabled(True)
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        runner = fast_path_for(model).runner  # type: ignore[union-attr]
+        variants.append(("no_pdl", pdl.set_enabled, (1, 64, 256)))
+    for name, switch, batches in variants:
+        res[name] = variant_pass(model, engine, switch, batches, args.steps)
+        print(name, json.dumps(res[name]), flush=True)
+    runner = fast_path_for(model).runner  # type: ignore[union-attr]
     res["ttft_2048_ms"] = round(engine_ttft(engine), 2)
     res["context_step_ms"] = engine_context(engine)
     if args.profile:
