@@ -4,7 +4,7 @@ A real redis-server (AOF on) and a real ``tnllm api`` (uvicorn) subprocess; no G
 worker's part (claim, deltas, finish) is played by the real synchronous job store. Baseline in the
 same run: ``GET /healthz`` on the same server (the HTTP + framework floor under every route).
 
-    python bench/api.py [--requests 2000] [--concurrency 16] [--json]
+    python -m bench.api [--requests 2000] [--concurrency 16] [--json]
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import httpx
 
-from infra.redis_server import RedisServer, free_port
-from infra.settings import Settings
-from worker.jobstore import JobResult, JobStatus, JobStore
+from tnllm.config import Settings
+from tnllm.store import JobResult, JobStatus, JobStore
+from tnllm.store.server import RedisServer, free_port
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -131,7 +131,7 @@ def main() -> int:
             "TNLLM_LOG_LEVEL": "WARNING",
         }
         api = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "api", "--port", str(port)],
+            [sys.executable, "-m", "tnllm.cli.main", "api", "--port", str(port)],
             env=env,
             stdout=subprocess.DEVNULL,
         )

@@ -3,15 +3,15 @@
 Same checkpoint, same prompts, same ``max_new_tokens`` (EOS ignored so every request generates
 exactly that many), in one run:
 
-* baseline: the requests one after another through HF ``generate`` on our model (worker/model/hf.py);
+* baseline: the requests one after another through HF ``generate`` on our model (tnllm/model/hf.py);
 * ours: all requests submitted to the engine together, with ``--concurrency`` slots (1, 8, 32, 64).
 
 All requests "arrive" at t=0 in both cases: time to first token and latency count from there, so
 waiting for a turn is part of them. Reported: aggregate generated tokens/s, TTFT p50/p99,
 request latency p50/p99.
 
-    python bench/engine.py                         # small demo model, CPU
-    python bench/engine.py --model PATH --device cuda --dtype bfloat16 --concurrency 1 8 32 64 256
+    python -m bench.engine                         # small demo model, CPU
+    python -m bench.engine --model PATH --device cuda --dtype bfloat16 --concurrency 1 8 32 64 256
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from worker.engine import Engine, EngineRequest, SamplingParams
+from tnllm.engine import Engine, EngineRequest, SamplingParams
 
 
 @dataclass
@@ -85,7 +85,7 @@ class _FirstTokenClock:
 def load_hf(path: Path, device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
-    from worker.model.hf import register_with_transformers
+    from tnllm.model.hf import register_with_transformers
 
     register_with_transformers()
 
@@ -161,7 +161,7 @@ def table(rows: list[Row], baseline: Row | None) -> str:
 
 def resolve_model(arg: str) -> Path:
     if arg.startswith("demo-"):
-        from worker.model.demo import write_demo_checkpoint
+        from tnllm.model.demo import write_demo_checkpoint
 
         size = arg.removeprefix("demo-")
         out = Path(".tnllm") / "bench" / f"demo-{size}"
@@ -204,7 +204,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from worker.model import load_pretrained
+    from tnllm.model import load_pretrained
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     path = resolve_model(args.model)

@@ -1,8 +1,8 @@
 """TransNormerLLM-7B on one GPU: the engine on the CUDA fast path against its floors and a baseline.
 
-    python bench/gpu.py [--micro] [--skip-baseline] [--profile FILE] [--json FILE]
+    python -m bench.gpu [--micro] [--skip-baseline] [--profile FILE] [--json FILE]
 
-Random bf16 weights with the real 7B shapes (MODEL_SPEC §2.1) are built directly on the GPU (no
+Random bf16 weights with the real 7B shapes (docs/MODEL_SPEC.md §2.1) are built directly on the GPU (no
 checkpoint needed) inside our ``TransnormerLM``; everything else is the production code path:
 ``Engine`` (continuous batching, tokenizer-less so no detokenisation cost is measured) with the
 fast path's CUDA-graph decode prepared as ``build_engine`` does. Reports (medians):
@@ -12,7 +12,7 @@ fast path's CUDA-graph decode prepared as ``build_engine`` does. Reports (median
   GPU time of one graph replay;
 - time to first token of a 2,048-token prompt on an idle engine (submit -> first token on the host);
 - batch-1 decode step at 1k vs 32k tokens of context;
-- baseline: HF ``generate`` with our model class (worker/model/hf.py), one request at a time.
+- baseline: HF ``generate`` with our model class (tnllm/model/hf.py), one request at a time.
 """
 
 from __future__ import annotations
@@ -23,17 +23,13 @@ import itertools
 import json
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gpu_micro import copy_bandwidth, run_all, time_events
+from bench.gpu_micro import copy_bandwidth, run_all, time_events
 
 CONFIG_7B = {
     "vocab_size": 64000,
@@ -76,9 +72,9 @@ def env_info() -> dict:
 
 def random_model(seed: int = 0):  # type: ignore[no-untyped-def]
     """Our TransnormerLM with random bf16 7B-shaped weights, materialised directly on the GPU."""
-    from worker.model.checkpoint_io import lrpe_theta_init
-    from worker.model.config import TransnormerConfig
-    from worker.model.modeling import TransnormerLM
+    from tnllm.model.checkpoint_io import lrpe_theta_init
+    from tnllm.model.config import TransnormerConfig
+    from tnllm.model.modeling import TransnormerLM
 
     cfg = TransnormerConfig.from_dict(CONFIG_7B, source="bench 7B config")
     with torch.device("meta"):
@@ -102,7 +98,7 @@ def prompt(n: int, seed: int) -> list[int]:
 def engine_decode(engine, batch: int, steps: int, prompt_len: int = 64, sampled: bool = False) -> dict:  # type: ignore[no-untyped-def]
     """Aggregate decode tokens/s over full-batch steps of ``batch`` concurrent sequences (greedy, or
     temperature 0.8 / top-p 0.95 / top-k 50 with a seed per request when ``sampled``)."""
-    from worker.engine.types import EngineRequest, SamplingParams
+    from tnllm.engine.types import EngineRequest, SamplingParams
 
     count = [0]
     extra: dict = {"temperature": 0.8, "top_p": 0.95, "top_k": 50} if sampled else {}
@@ -132,7 +128,7 @@ def engine_decode(engine, batch: int, steps: int, prompt_len: int = 64, sampled:
 
 
 def engine_ttft(engine, n: int = 2048, reps: int = 5) -> float:  # type: ignore[no-untyped-def]
-    from worker.engine.types import EngineRequest, SamplingParams
+    from tnllm.engine.types import EngineRequest, SamplingParams
 
     times = []
     for r in range(reps + 1):
@@ -153,7 +149,7 @@ def engine_ttft(engine, n: int = 2048, reps: int = 5) -> float:  # type: ignore[
 
 def engine_context(engine, contexts=(1024, 32768), steps: int = 40) -> dict:  # type: ignore[no-untyped-def]
     """Batch-1 decode step (engine, graph) after a prompt of each context length."""
-    from worker.engine.types import EngineRequest, SamplingParams
+    from tnllm.engine.types import EngineRequest, SamplingParams
 
     out: dict = {}
     for ctx in contexts:
@@ -183,7 +179,7 @@ def graph_times(runner, batches=(1, 64, 256)) -> dict:  # type: ignore[no-untype
 def variant_pass(model, engine, switch: Callable[[bool], None], batches: tuple[int, ...], steps: int) -> dict:  # type: ignore[no-untyped-def]
     """Graph replay and engine decode at ``batches`` rows with ``switch(False)`` applied (graphs
     recaptured), then ``switch(True)`` and the graphs recaptured again."""
-    from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
+    from tnllm.model.kernels.binding import fast_path_for, prepare_fast_decode
 
     switch(False)
     prepare_fast_decode(model, engine.pool, max_batch=256)
@@ -214,7 +210,7 @@ def profile_graphs(runner, path: Path) -> None:  # type: ignore[no-untyped-def]
 def baseline(model, new_tokens: int = 32, prompt_len: int = 64, reps: int = 2) -> dict:  # type: ignore[no-untyped-def]
     """HF generate with our model class, one request at a time, greedy (the tutorial's way)."""
     try:
-        from worker.model.hf import TransnormerForCausalLMHF, TransnormerHFConfig
+        from tnllm.model.hf import TransnormerForCausalLMHF, TransnormerHFConfig
     except ImportError:
         return eager_baseline(model, new_tokens, prompt_len)
     hf = TransnormerForCausalLMHF(TransnormerHFConfig(**model.config.to_official_dict()), lm=model).eval()
@@ -231,7 +227,7 @@ def baseline(model, new_tokens: int = 32, prompt_len: int = 64, reps: int = 2) -
 
 
 def eager_baseline(model, new_tokens: int, prompt_len: int) -> dict:  # type: ignore[no-untyped-def]
-    """Without worker/model/hf.py: the same loop HF generate runs (whole prompt, then one token at a
+    """Without tnllm/model/hf.py: the same loop HF generate runs (whole prompt, then one token at a
     a time through ``TransnormerLM.run``, eager, batch 1), on the model's generic CUDA ops."""
     ids = torch.tensor([prompt(prompt_len, 7)], device="cuda")
 
@@ -260,7 +256,7 @@ def eager_baseline(model, new_tokens: int, prompt_len: int) -> dict:  # type: ig
 
 def bf16_state_accuracy(model, prompt_len: int = 512, steps: int = 256) -> dict:  # type: ignore[no-untyped-def]
     """Teacher-forced logits with a bf16 vs an fp32 state pool (same inputs, fast path, batch 1)."""
-    from worker.model.kernels.binding import fast_path_for
+    from tnllm.model.kernels.binding import fast_path_for
 
     fast = fast_path_for(model).fast  # type: ignore[union-attr]
     pools = {dt: fast.new_state_pool(1, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
@@ -310,8 +306,8 @@ def main() -> int:
         help="also run 1, 64 and 256 rows with programmatic dependent launch off",
     )
     args = ap.parse_args()
-    from worker.engine.engine import Engine
-    from worker.model.kernels.binding import fast_path_for, prepare_fast_decode
+    from tnllm.engine.engine import Engine
+    from tnllm.model.kernels.binding import fast_path_for, prepare_fast_decode
 
     res: dict = {"env": env_info(), "copy_TBps": round(copy_bandwidth(), 3)}
     print(json.dumps(res), flush=True)
@@ -349,7 +345,7 @@ def main() -> int:
     if args.compare_torch_glu:
         variants.append(("torch_glu", fast_flag("glu_kernel"), (64, 256)))
     if args.compare_no_pdl:
-        from worker.model.kernels import pdl
+        from tnllm.model.kernels import pdl
 
         res["pdl"] = pdl.enabled()
         variants.append(("no_pdl", pdl.set_enabled, (1, 64, 256)))

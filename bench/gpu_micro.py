@@ -1,6 +1,6 @@
 """Kernel micro-benchmarks for the CUDA fast path (one GPU; imported by bench/gpu.py, or run alone).
 
-    python bench/gpu_micro.py [--json out.json]
+    python -m bench.gpu_micro [--json out.json]
 
 Measures, on the card in hand: device copy bandwidth (the ceiling used for every floor), the in-place
 decode attention kernel per tiling against fla's ``fused_recurrent_simple_gla`` (state bytes read +
@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def time_events(fn: Callable[[], object], iters: int = 50, warmup: int = 5) -> float:
@@ -63,7 +60,7 @@ def copy_bandwidth(gib: float = 2.0) -> float:
 
 def _decode_row(b: int, dk: int, h: int, d: int) -> dict:
     """One batch size and state width: every tiling of our kernel, and fla's decode for comparison."""
-    from worker.model.kernels.attention import decode_attention
+    from tnllm.model.kernels.attention import decode_attention
 
     lrpe = dk == 2 * d
     pool = torch.randn(b, h, dk, d, device="cuda") * 0.01
@@ -140,7 +137,7 @@ GEMV_CONFIGS = [
 
 
 def _gemv_row(name: str, n: int, k: int) -> dict:
-    from worker.model.kernels.gemv import gemv
+    from tnllm.model.kernels.gemv import gemv
 
     # rotate over enough weight copies to defeat the 50 MB L2
     copies = max(2, int(4e8 // (n * k * 2)) + 1)

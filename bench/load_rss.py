@@ -3,20 +3,19 @@
 
 Writes a random 7B-shaped (or 1B-shaped) checkpoint as sharded ``pytorch_model-*.bin`` files, one
 shard at a time in a child process (never the whole model in RAM), then loads it with
-``worker.model.load_pretrained(path, "cpu", torch.bfloat16)`` in a fresh child process and reports
+``tnllm.model.load_pretrained(path, "cpu", torch.bfloat16)`` in a fresh child process and reports
 that child's peak RSS (``ru_maxrss``) right after loading and after a one-token forward pass, which
 touches every weight (the mmap-backed weights are then all resident). The files are deleted at the
 end unless ``--keep``.
 
-    python bench/load_rss.py                 # 7B if >= 20 GB RAM is available, else 1B
-    python bench/load_rss.py --size 1b --json
+    python -m bench.load_rss                 # 7B if >= 20 GB RAM is available, else 1B
+    python -m bench.load_rss --size 1b --json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 
-SIZES = {  # the released configs (MODEL_SPEC §2.1)
+SIZES = {  # the released configs (docs/MODEL_SPEC.md §2.1)
     "7b": {"decoder_embed_dim": 4096, "hidden_dim": 4096, "decoder_layers": 30, "decoder_attention_heads": 32,
            "glu_dim": 11008, "no_scale_embedding": True},
     "1b": {"decoder_embed_dim": 2048, "hidden_dim": 2048, "decoder_layers": 16, "decoder_attention_heads": 16,
@@ -54,8 +53,8 @@ def _available_bytes() -> int:
 def _child_write(out: str, size: str) -> None:
     import torch
 
-    from worker.model.checkpoint_io import iter_random_tensors, save_official_checkpoint
-    from worker.model.config import TransnormerConfig
+    from tnllm.model.checkpoint_io import iter_random_tensors, save_official_checkpoint
+    from tnllm.model.config import TransnormerConfig
 
     config = TransnormerConfig.from_dict(_config(size))
     tensors = iter_random_tensors(config, seed=0, std=0.02, dtype=torch.bfloat16)
@@ -67,7 +66,7 @@ def _child_load(path: str) -> None:
 
     import torch
 
-    from worker.model import load_pretrained
+    from tnllm.model import load_pretrained
 
     def peak() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -84,9 +83,8 @@ def _child_load(path: str) -> None:
 
 
 def _run_child(*args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "bench.load_rss", *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"child {args[0]} failed:\n{done.stderr[-2000:]}")

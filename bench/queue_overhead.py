@@ -10,7 +10,7 @@ Starts a real redis-server (AOF on), one `tnllm worker` on the tiny demo model a
   and their difference = what the queue path adds; submit throughput (202s/s from client threads)
   and completion throughput.
 
-    python bench/queue_overhead.py [--jobs 300] [--samples 100] [--threads 8] [--json]
+    python -m bench.queue_overhead [--jobs 300] [--samples 100] [--threads 8] [--json]
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 import httpx
 import redis
 
-from infra.redis_server import RedisServer, free_port
-from infra.settings import Settings
-from infra.supervisor import Child, child_env, stop_all, tnllm_argv
-from worker.celery_app import make_celery
-from worker.jobstore import JobStore
-from worker.protocol import ECHO_TASK, GENERATE_QUEUE
+from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
+from tnllm.config import Settings
+from tnllm.protocol.celery import make_celery
+from tnllm.protocol.tasks import ECHO_TASK, GENERATE_QUEUE
+from tnllm.store import JobStore
+from tnllm.store.server import RedisServer, free_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -52,7 +52,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def start_services(tmp: Path, slots: int) -> tuple[RedisServer, list[Child], str, Settings]:
     """Redis, one worker on the demo model, the API; returns them once the worker is ready."""
-    from worker.model.demo import write_demo_checkpoint
+    from tnllm.model.demo import write_demo_checkpoint
 
     model = write_demo_checkpoint(tmp / "model", size="tiny", seed=0)
     server = RedisServer(tmp / "redis", die_with_parent=True).start()

@@ -1,6 +1,6 @@
 """The full service on CPU with a demo model: many concurrent jobs vs the engine alone.
 
-    python bench/service_cpu.py [--jobs 128] [--max-new-tokens 128] [--size small|tiny] [--slots N]
+    python -m bench.service_cpu [--jobs 128] [--max-new-tokens 128] [--size small|tiny] [--slots N]
                                 [--json FILE] [--worker-env KEY=VALUE ...]
 
 What the worker process costs beside its engine (the host-side overhead that issue 7 measured on an
@@ -35,11 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from service_http import (  # noqa: E402
+from bench.service_http import (
     collect_results,
     counter_delta,
     engine_counters,
@@ -49,6 +45,8 @@ from service_http import (  # noqa: E402
     wait_ready,
     warm_up,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT = "Request {i}: tell me about linear attention and recurrent state."
 
@@ -69,10 +67,10 @@ def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: i
     """Engine only (no queue, no HTTP); see the module docstring."""
     import torch
 
-    from infra.settings import Settings
-    from worker.engine.factory import build_engine
-    from worker.engine.types import EngineRequest, SamplingParams
-    from worker.jobstore.records import GenerationParams
+    from tnllm.config import Settings
+    from tnllm.engine.factory import build_engine
+    from tnllm.engine.types import EngineRequest, SamplingParams
+    from tnllm.protocol.jobs import GenerationParams
 
     torch.set_num_threads(threads)
     settings = Settings(model=str(model), device="cpu", engine_slots=slots)
@@ -117,10 +115,10 @@ def service_phase(
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
 
-    from infra.redis_server import RedisServer, free_port
-    from infra.settings import Settings
-    from infra.supervisor import Child, child_env, stop_all, tnllm_argv
-    from worker.jobstore import JobStore
+    from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
+    from tnllm.config import Settings
+    from tnllm.store import JobStore
+    from tnllm.store.server import RedisServer, free_port
 
     server = RedisServer(work / "redis", die_with_parent=True).start()
     port = free_port()
@@ -196,7 +194,7 @@ def main() -> int:
         result = engine_phase(args.engine_only, args.jobs, args.max_new_tokens, slots, args.torch_threads)
         print(json.dumps(result), flush=True)
         return 0
-    from worker.model.demo import write_demo_checkpoint
+    from tnllm.model.demo import write_demo_checkpoint
 
     extra = dict(item.split("=", 1) for item in args.worker_env)
     res: dict[str, Any] = {
@@ -208,10 +206,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tnllm-svc-cpu-") as tmp:
         work = Path(tmp)
         model = write_demo_checkpoint(work / "model", size=args.size, seed=0)
-        cmd = [sys.executable, __file__, "--engine-only", str(model), "--jobs", str(args.jobs),
+        cmd = [sys.executable, "-m", "bench.service_cpu", "--engine-only", str(model),
+               "--jobs", str(args.jobs),
                "--max-new-tokens", str(args.max_new_tokens), "--slots", str(slots),
                "--torch-threads", str(args.torch_threads)]  # fmt: skip
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
         res["engine"] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps({"engine": res["engine"]}), flush=True)
         res["service"] = service_phase(

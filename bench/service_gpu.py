@@ -1,6 +1,6 @@
 """The full service on one GPU: 256 jobs through API + Redis + Celery worker vs the engine alone.
 
-    python bench/service_gpu.py [--jobs 256] [--max-new-tokens 512] [--workdir DIR] [--json FILE]
+    python -m bench.service_gpu [--jobs 256] [--max-new-tokens 512] [--workdir DIR] [--json FILE]
 
 Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packages. In one run:
 1. a random bf16 checkpoint with the real 7B shapes (vocab 64000, bench/gpu.py's CONFIG_7B) is
@@ -51,11 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from service_http import (  # noqa: E402
+from bench.service_http import (
     GpuClocks,
     collect_results,
     counter_delta,
@@ -67,7 +63,9 @@ from service_http import (  # noqa: E402
     wait_ready,
     warm_up,
 )
-from worker_probe import profile_later  # noqa: E402
+from bench.worker_probe import profile_later
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DUMP_S = 0.1  # between py-spy dumps of the engine thread (each takes ~0.1 s more)
 PROGRESS_S = 0.25  # as GpuClocks samples
@@ -82,16 +80,16 @@ def write_checkpoint(out: Path) -> float:
     import torch
     from gpu import CONFIG_7B
 
-    from worker.model.checkpoint_io import (
+    from tnllm.model.checkpoint_io import (
         EMBED_KEY,
         HEAD_KEY,
         expected_shapes,
         lrpe_theta_init,
         save_official_checkpoint,
     )
-    from worker.model.config import TransnormerConfig
-    from worker.model.demo import SIZES
-    from worker.model.demo_tokenizer import write_tokenizer_files
+    from tnllm.model.config import TransnormerConfig
+    from tnllm.model.demo import SIZES
+    from tnllm.model.demo_tokenizer import write_tokenizer_files
 
     t0 = time.perf_counter()
     raw = {"architectures": ["TransnormerForCausalLM"], "torch_dtype": "bfloat16", **CONFIG_7B}
@@ -123,9 +121,9 @@ def engine_phase(
     import torch
     from gpu import engine_decode
 
-    from infra.settings import Settings
-    from worker.engine.factory import build_engine
-    from worker.engine.types import SamplingParams
+    from tnllm.config import Settings
+    from tnllm.engine.factory import build_engine
+    from tnllm.engine.types import SamplingParams
 
     res: dict[str, Any] = {}
     if not (ckpt / "model.safetensors.index.json").exists() and not any(ckpt.glob("*.bin.index.json")):
@@ -195,7 +193,7 @@ def same_load_request(tag: str, i: int, params: Any) -> Any:
     """Request ``i`` of the service's load on the engine directly: a PROMPT_TOKENS prompt."""
     from gpu import prompt
 
-    from worker.engine.types import EngineRequest
+    from tnllm.engine.types import EngineRequest
 
     return EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params)
 
@@ -212,7 +210,7 @@ def threaded_load(
     extra threads each waiting on an event with the worker's ``WAIT_S`` timeout; engine counters.
     ``spread_s`` > 0 submits request i at ``i / jobs * spread_s`` instead of all at once (the
     service's jobs reach the engine over the time their HTTP submission and claim take)."""
-    from worker.job_runner import WAIT_S
+    from tnllm.worker.job_runner import WAIT_S
 
     done = threading.Event()
 
@@ -305,10 +303,10 @@ def service_phase(
 ) -> dict[str, Any]:
     """Redis + `tnllm worker` + `tnllm api`; ``jobs`` HTTP jobs at once; aggregate completion tokens/s."""
 
-    from infra.redis_server import RedisServer, free_port
-    from infra.settings import Settings
-    from infra.supervisor import Child, child_env, child_pids, stop_all, tnllm_argv
-    from worker.jobstore import JobStore
+    from tnllm.cli.supervisor import Child, child_env, child_pids, stop_all, tnllm_argv
+    from tnllm.config import Settings
+    from tnllm.store import JobStore
+    from tnllm.store.server import RedisServer, free_port
 
     server = RedisServer(work / "redis", die_with_parent=True).start()
     port = free_port()
@@ -331,7 +329,7 @@ def service_phase(
         probes += ["--switch-interval", str(switch_interval_s)]
     worker_argv = tnllm_argv("worker", "--hostname", "gpu@bench")
     if probes:
-        worker_argv = [sys.executable, str(ROOT / "bench" / "worker_probe.py"), *probes, "--", *worker_argv]
+        worker_argv = [sys.executable, "-m", "bench.worker_probe", *probes, "--", *worker_argv]
     children = [
         Child("worker", worker_argv, env=env, log_path=work / "worker.log"),
         Child("api", tnllm_argv("api", "--port", str(port)), env=env, log_path=work / "api.log"),
@@ -491,12 +489,13 @@ def main() -> int:
     res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     try:
         # the engine runs in a child so that its GPU memory is free again for the worker
-        cmd = [sys.executable, __file__, "--engine-only", str(ckpt), "--jobs", str(args.jobs),
+        cmd = [sys.executable, "-m", "bench.service_gpu", "--engine-only", str(ckpt),
+               "--jobs", str(args.jobs),
                "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps),
                "--cuda-window", str(args.cuda_window),
                "--arrival-spread", str(args.arrival_spread)]  # fmt: skip
         if not args.service_only:
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
             res["engine"] = json.loads((work / "engine.json").read_text())
             print(json.dumps(res["engine"]), flush=True)
         elif not (ckpt / "config.json").is_file():

@@ -4,7 +4,7 @@ Baselines measured in the same run: raw ``sentencepiece`` encode (what our speci
 adds on top), and decoding the whole generated id list at every step (what the windowed
 ``IncrementalDecoder`` avoids).
 
-    python bench/tokenizer.py [--size tiny|small] [--tokens 4096] [--json]
+    python -m bench.tokenizer [--size tiny|small] [--tokens 4096] [--json]
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from worker.model.demo import SIZES
-from worker.model.demo_tokenizer import corpus_lines, write_tokenizer_files
-from worker.tokenization import IncrementalDecoder, Tokenizer
+from tnllm.model.demo import SIZES
+from tnllm.model.demo_tokenizer import corpus_lines, write_tokenizer_files
+from tnllm.text.tokenizer import IncrementalDecoder, Tokenizer
 
 
 def _best(fn: Callable[[], object], repeat: int = 5) -> float:

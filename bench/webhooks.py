@@ -6,7 +6,7 @@ HTTP receiver on 127.0.0.1. Baselines measured in the same run: the job store's 
 the same signed POSTs sent directly from 8 threads (no queue, no schedule, no log) against the
 webhook worker's throughput.
 
-    python bench/webhooks.py [--events 300] [--concurrency 8] [--json]
+    python -m bench.webhooks [--events 300] [--concurrency 8] [--json]
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Any
 
 import httpx
 
-from infra.redis_server import RedisServer
-from infra.settings import Settings
-from worker.events import notify_transition
-from worker.jobstore.records import GenerationParams, JobResult, JobStatus, Usage
-from worker.jobstore.sync import JobStore, redis_client
-from worker.webhooks.signing import Signer
+from tnllm.config import Settings
+from tnllm.protocol.jobs import GenerationParams, JobResult, JobStatus, Usage
+from tnllm.store.server import RedisServer
+from tnllm.store.sync import JobStore, redis_client
+from tnllm.webhooks.signing import Signer
+from tnllm.worker.events import notify_transition
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-0123456789abcdefgh").decode()
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,11 @@ def run(n_events: int, concurrency: int) -> dict[str, Any]:
         # timed on its own); then the worker drains the backlog
         finish_s, notify_s = _transitions(store, receiver.url, "job", n_events)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "webhook-worker"], cwd=REPO, env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "tnllm.cli.main", "webhook-worker"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         receiver.wait(n_events, 300)
         arrivals = sorted(a for a, _ in receiver.arrivals)

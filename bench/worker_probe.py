@@ -1,8 +1,8 @@
 """Run a command (the GPU worker) in this interpreter with probes: a CUDA activity window, a thread
 switch interval.
 
-    python bench/worker_probe.py [--cuda-window OUT.json [--trigger FILE] [--delay S] [--seconds S]]
-        [--switch-interval S] -- python -m infra.cli worker ...
+    python -m bench.worker_probe [--cuda-window OUT.json [--trigger FILE] [--delay S] [--seconds S]]
+        [--switch-interval S] -- python -m tnllm.cli.main worker ...
 
 The command runs as ``-m MODULE`` or a script. ``--cuda-window``: a side thread waits for FILE to exist
 (if given), then DELAY_S, records CUDA activity (CUPTI, kernels inside graph replays included) for
@@ -126,7 +126,6 @@ def main(argv: list[str]) -> None:
         command = command[1:]
     if not command:
         ap.error("no command to run after --")
-    sys.path.insert(0, str(ROOT))  # the command's own imports (infra, worker) without an install
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     if args.cuda_window:

@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from api.main import create_app
-from infra.redis_server import free_port
-from infra.settings import Settings
-from worker.jobstore import GenerationParams, JobRecord, JobResult, JobStatus, JobStore, Usage
+from tnllm.api.main import create_app
+from tnllm.config import Settings
+from tnllm.store import GenerationParams, JobRecord, JobResult, JobStatus, JobStore, Usage
+from tnllm.store.server import free_port
 
 API_KEY_A = "key-alpha"
 API_KEY_B = "key-bravo"

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.main import create_app
-from infra.redis_server import RedisServer
-from infra.settings import Settings
-from worker.jobstore import JobResult, JobStatus, JobStore
-from worker.model.demo_tokenizer import write_tokenizer_files
+from tnllm.api.main import create_app
+from tnllm.config import Settings
+from tnllm.model.demo_tokenizer import write_tokenizer_files
+from tnllm.store import JobResult, JobStatus, JobStore
+from tnllm.store.server import RedisServer
 
 JSON = {"Content-Type": "application/json"}
 

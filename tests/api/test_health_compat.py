@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import httpx
 
-from api.main import create_app
-from infra.redis_server import RedisServer
-from infra.settings import Settings
 from tests.api.conftest import FakeWorkerRun, LiveServer, wait_for_queued
-from worker.jobstore import JobError, JobStatus, JobStore, WorkerInfo
+from tnllm.api.main import create_app
+from tnllm.config import Settings
+from tnllm.store import JobError, JobStatus, JobStore, WorkerInfo
+from tnllm.store.server import RedisServer
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:
@@ -130,11 +130,11 @@ async def test_compat_errors(client: httpx.AsyncClient, worker_store: JobStore) 
 def test_api_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "from infra.settings import Settings\n"
-        "from api.main import create_app\n"
+        "from tnllm.config import Settings\n"
+        "from tnllm.api.main import create_app\n"
         "app = create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
         "app.openapi()\n"
-        "bad = [m for m in ('torch', 'worker.model.modeling', 'worker.engine.engine') if m in sys.modules]\n"
+        "bad = [m for m in ('torch', 'tnllm.model.modeling', 'tnllm.engine.engine') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -13,12 +13,12 @@ import httpx
 import pytest
 import redis
 
-from api.main import create_app
-from infra.settings import Settings
 from tests.api.conftest import API_KEY_A, API_KEY_B, FakeWorkerRun
-from worker.celery_app import transport_options
-from worker.jobstore import JobStatus, JobStore
-from worker.protocol import GENERATE_QUEUE
+from tnllm.api.main import create_app
+from tnllm.config import Settings
+from tnllm.protocol.celery import transport_options
+from tnllm.protocol.tasks import GENERATE_QUEUE
+from tnllm.store import JobStatus, JobStore
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -135,7 +135,7 @@ async def test_cancel_queued_running_terminal(client: httpx.AsyncClient, worker_
 
 
 async def test_cancel_running_keeps_partial_text(client: httpx.AsyncClient, worker_store: JobStore) -> None:
-    from worker.jobstore import JobResult
+    from tnllm.store import JobResult
 
     job = await submit(client)
     run = FakeWorkerRun(worker_store, job["id"]).claim()

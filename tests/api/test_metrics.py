@@ -15,11 +15,10 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, HTTPException
 
-from api.metrics import ApiMetrics, MetricsMiddleware, broker_lists, render
-from infra import jobstats
-from infra.settings import Settings
 from tests.fixtures.metrics import value
-from worker.jobstore import (
+from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, broker_lists, render
+from tnllm.config import Settings
+from tnllm.store import (
     AsyncJobStore,
     GenerationParams,
     JobError,
@@ -29,6 +28,7 @@ from worker.jobstore import (
     Usage,
     async_redis_client,
 )
+from tnllm.store import stats as jobstats
 
 
 def make_app(metrics: ApiMetrics) -> FastAPI:
@@ -197,7 +197,7 @@ def test_multiprocess_mode_sums_processes(tmp_path: Path) -> None:
     mp = tmp_path / "prom"
     mp.mkdir()
     code = (
-        "import sys; from pathlib import Path; from api.metrics import ApiMetrics\n"
+        "import sys; from pathlib import Path; from tnllm.api.metrics import ApiMetrics\n"
         "m = ApiMetrics(multiproc_dir=Path(sys.argv[1]))\n"
         "m.observe_request('GET', '/x', 200, 0.01)\n"
         "sys.stdout.write(m.render_local().decode())\n"
@@ -219,8 +219,8 @@ def test_multiprocess_mode_sums_processes(tmp_path: Path) -> None:
 
 async def test_make_metrics_follows_the_broker_list_names(redis_url: str, aredis: aioredis.Redis) -> None:
     """The broker lists counted are the ones the workers' Celery app really uses."""
-    from api.metrics import make_metrics
-    from worker.celery_app import make_celery, send_generate
+    from tnllm.api.metrics import make_metrics
+    from tnllm.protocol.celery import make_celery, send_generate
 
     settings = Settings(redis_url=redis_url)
     app = make_celery(settings)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from tests.api.conftest import FakeWorkerRun, LiveServer
-from worker.jobstore import JobStore
+from tnllm.store import JobStore
 
 
 @dataclass

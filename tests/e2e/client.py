@@ -68,8 +68,8 @@ class Producer:
     """
 
     def __init__(self, settings: Any) -> None:
-        from worker.celery_app import make_celery
-        from worker.jobstore import JobStore
+        from tnllm.protocol.celery import make_celery
+        from tnllm.store import JobStore
 
         self.store = JobStore.from_settings(settings)
         self.app = make_celery(settings)
@@ -78,8 +78,8 @@ class Producer:
         """Store a queued job and send its message; returns the job id."""
         import uuid
 
-        from worker.celery_app import send_generate
-        from worker.jobstore import GenerationParams
+        from tnllm.protocol.celery import send_generate
+        from tnllm.store import GenerationParams
 
         job_id = uuid.uuid4().hex
         outcome = self.store.create(
@@ -109,7 +109,7 @@ class Producer:
 
     def done_entries(self, job_id: str) -> list[dict[str, str]]:
         """The ``done`` entries of a job's stream (exactly one once it is terminal)."""
-        from worker.jobstore import keys
+        from tnllm.store import keys
 
         return [f for _, f in self.store.client.xrange(keys.stream(job_id)) if f.get("t") == "done"]
 

@@ -16,17 +16,17 @@ import httpx
 import pytest
 import requests
 
-from infra.redis_server import RedisServer
-from infra.supervisor import tnllm_argv
 from tests.e2e.client import Jobs, debug
 from tests.fixtures.services import Stack
-from worker.celery_app import make_celery
-from worker.jobstore import keys
-from worker.protocol import GENERATE_QUEUE, GENERATE_TASK, broker_priority
+from tnllm.cli.supervisor import tnllm_argv
+from tnllm.protocol.celery import make_celery
+from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK, broker_priority
+from tnllm.store import keys
+from tnllm.store.server import RedisServer
 
 pytestmark = pytest.mark.slow
 # The HTTP API lands separately; until it is on the branch these tests cannot start a server.
-pytest.importorskip("api.main", reason="api.main (the HTTP API) is not on this branch yet")
+pytest.importorskip("tnllm.api.main", reason="tnllm.api.main (the HTTP API) is not on this branch yet")
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import requests
 
-from infra.redis_server import free_port
-from infra.supervisor import child_env, pid_alive
+from tnllm.cli.supervisor import child_env, pid_alive
+from tnllm.store.server import free_port
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("api.main", reason="api.main (the HTTP API) is not on this branch yet")
+pytest.importorskip("tnllm.api.main", reason="tnllm.api.main (the HTTP API) is not on this branch yet")
 
 
 def _children_of(pid: int) -> set[int]:
@@ -47,7 +47,7 @@ def test_up_with_demo_model_serves_and_stops_cleanly(tmp_path: Path) -> None:
          "TNLLM_DEFAULT_MAX_NEW_TOKENS": "8", "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     env.pop("TNLLM_REDIS_URL", None)
-    argv = [sys.executable, "-m", "infra.cli", "up", "--model", "demo", "--port", str(port),
+    argv = [sys.executable, "-m", "tnllm.cli.main", "up", "--model", "demo", "--port", str(port),
             "--flower-port", str(flower_port)]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from infra.redis_server import RedisServer
-from infra.supervisor import child_pids
 from tests.e2e.client import Producer, debug
 from tests.fixtures.services import Stack
-from worker.jobstore import JobStatus
-from worker.runtime import EXIT_ENGINE_LOST, EXIT_MODEL_LOAD_FAILED
+from tnllm.cli.supervisor import child_pids
+from tnllm.store import JobStatus
+from tnllm.store.server import RedisServer
+from tnllm.worker.runtime import EXIT_ENGINE_LOST, EXIT_MODEL_LOAD_FAILED
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import redis
 
-from infra.settings import Settings
-from worker.webhooks.pump import SchedulePump
-from worker.webhooks.runner import WebhookContext, run_delivery
-from worker.webhooks.store import SCHEDULE_KEY
+from tnllm.config import Settings
+from tnllm.store.webhooks import SCHEDULE_KEY
+from tnllm.webhooks.pump import SchedulePump
+from tnllm.webhooks.runner import WebhookContext, run_delivery
 
 SECRET = "whsec_" + base64.b64encode(b"tnllm-test-secret-0123456789abcd").decode()
 SECRET_NEXT = "whsec_" + base64.b64encode(b"tnllm-rotated-secret-9876543210x").decode()
@@ -141,7 +141,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "webhook-worker"],
+            [sys.executable, "-m", "tnllm.cli.main", "webhook-worker"],
             cwd=REPO,
             env=self.env,
             stdout=log,
@@ -205,8 +205,8 @@ def run_job(
 ) -> Any:
     """A real job record through the job store: create (with a webhook), claim, finish with
     ``status``; each transition reports to ``notify_transition`` as the GPU worker does."""
-    from worker.events import notify_transition
-    from worker.jobstore.records import GenerationParams, JobError, JobResult, JobStatus, Usage
+    from tnllm.protocol.jobs import GenerationParams, JobError, JobResult, JobStatus, Usage
+    from tnllm.worker.events import notify_transition
 
     webhook = None if url is None else {"url": url, "events": events or list(DEFAULT_EVENTS)}
     created = store.create(
@@ -229,7 +229,7 @@ DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 @pytest.fixture
 def job_store(redis_url: str) -> Iterator[Any]:
     """The real job store on the (flushed) session Redis."""
-    from worker.jobstore.sync import JobStore, redis_client
+    from tnllm.store.sync import JobStore, redis_client
 
     client = redis_client(redis_url)
     yield JobStore(client, Settings(redis_url=redis_url))

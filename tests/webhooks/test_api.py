@@ -10,10 +10,10 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from api.main import create_app
-from infra.settings import Settings
 from tests.webhooks.conftest import SECRET, Receiver, drive, make_ctx
-from worker.jobstore.sync import JobStore
+from tnllm.api.main import create_app
+from tnllm.config import Settings
+from tnllm.store.sync import JobStore
 
 
 def api_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settings:
@@ -142,8 +142,8 @@ async def test_worker_transition_of_an_api_job_is_delivered(
     receiver_factory: Callable[..., Receiver],
 ) -> None:
     """Submit through the API, run it as the GPU worker's task does, get job.succeeded signed."""
-    from worker.events import notify_transition
-    from worker.jobstore.records import JobResult, JobStatus, Usage
+    from tnllm.protocol.jobs import JobResult, JobStatus, Usage
+    from tnllm.worker.events import notify_transition
 
     receiver = receiver_factory()
     async with make_client(webhook_allowlist=["127.0.0.1"]) as client:

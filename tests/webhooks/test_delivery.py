@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 from standardwebhooks import Webhook
 
-from infra import jobstats
 from tests.webhooks.conftest import SECRET, SECRET_NEXT, Receiver, drive, make_ctx, run_job
-from worker.jobstore.sync import JobStore
-from worker.webhooks.runner import WebhookContext, run_delivery
-from worker.webhooks.store import SCHEDULE_KEY, split_member
+from tnllm.store import stats as jobstats
+from tnllm.store.sync import JobStore
+from tnllm.store.webhooks import SCHEDULE_KEY, split_member
+from tnllm.webhooks.runner import WebhookContext, run_delivery
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import uvicorn
 
 from tests.webhooks.conftest import REPO, SECRET, run_job
 from tests.webhooks.test_delivery import drive, make_ctx
-from worker.jobstore.sync import JobStore
-from worker.webhooks.signing import Signer
+from tnllm.store.sync import JobStore
+from tnllm.webhooks.signing import Signer
 
 
 def docs_receiver(monkeypatch: pytest.MonkeyPatch) -> ModuleType:

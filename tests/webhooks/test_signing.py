@@ -9,7 +9,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.webhooks.conftest import SECRET, SECRET_NEXT
-from worker.webhooks.signing import Signer, WebhookSecretError
+from tnllm.errors import WebhookSecretError
+from tnllm.webhooks.signing import Signer
 
 BODY = '{"type":"job.succeeded","timestamp":"2026-01-01T00:00:00.000Z","data":{"id":"j1"}}'
 

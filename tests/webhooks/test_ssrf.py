@@ -8,16 +8,9 @@ import ipaddress
 import httpx
 import pytest
 
-from worker.webhooks.ssrf import (
-    AddressPolicy,
-    IPAddress,
-    ResolutionError,
-    WebhookURLError,
-    acheck_url,
-    address_refusal,
-    check_url,
-)
-from worker.webhooks.transport import PinnedTransport
+from tnllm.errors import ResolutionError, WebhookURLError
+from tnllm.webhooks.ssrf import AddressPolicy, IPAddress, acheck_url, address_refusal, check_url
+from tnllm.webhooks.transport import PinnedTransport
 
 NO_ALLOW = AddressPolicy()
 ALLOW_LOOPBACK = AddressPolicy.from_allowlist(["127.0.0.1"])

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from worker.webhooks.ssrf import AddressPolicy, IPAddress
-from worker.webhooks.transport import PinnedTransport
+from tnllm.webhooks.ssrf import AddressPolicy, IPAddress
+from tnllm.webhooks.transport import PinnedTransport
 
 POLICY = AddressPolicy.from_allowlist(["127.0.0.1"])
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.settings import Settings
-from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
-from worker.runtime import REAPER_LOCK, WorkerRuntime
-from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
+from tnllm.config import Settings
+from tnllm.store import GenerationParams, JobStatus, JobStore, keys
+from tnllm.store.webhooks import SCHEDULE_KEY, WebhookStore
+from tnllm.worker.runtime import REAPER_LOCK, WorkerRuntime
 
 
 @pytest.fixture

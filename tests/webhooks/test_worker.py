@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from infra.healthcheck import check_celery
 from tests.webhooks.conftest import REPO, SECRET, Receiver, WorkerProcess, run_job
-from worker.jobstore.sync import JobStore
-from worker.webhooks.store import SCHEDULE_KEY, WebhookStore
+from tnllm.cli.healthcheck import check_celery
+from tnllm.store.sync import JobStore
+from tnllm.store.webhooks import SCHEDULE_KEY, WebhookStore
 
 pytestmark = pytest.mark.slow
 
@@ -113,8 +113,8 @@ def test_sigkill_mid_retry_loses_nothing(
 
 def test_webhook_worker_and_api_side_never_import_torch() -> None:
     code = (
-        "import sys; from infra.settings import Settings; import worker.webhooks.worker as w;"
-        "import worker.webhooks.submit, worker.events;"
+        "import sys; from tnllm.config import Settings; import tnllm.webhooks.process as w;"
+        "import tnllm.api.webhooks, tnllm.worker.events;"
         "app = w.make_webhook_celery(Settings(redis_url='redis://127.0.0.1:1/0'));"
         "w.register_webhook_task(app, lambda: None); app.loader.import_default_modules();"
         "assert 'torch' not in sys.modules, 'torch imported'"

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from infra.settings import Settings
-from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
-from worker.orphans import (
+from tnllm.config import Settings
+from tnllm.store import GenerationParams, JobStatus, JobStore, keys
+from tnllm.worker.orphans import (
     UNACKED,
     UNACKED_INDEX,
     generate_job_id,
     message_job_id,
     resend_messageless,
 )
-from worker.runtime import REAPER_LOCK, WorkerRuntime
+from tnllm.worker.runtime import REAPER_LOCK, WorkerRuntime
 
 
 @pytest.fixture

@@ -19,15 +19,15 @@ import pytest
 import redis
 import torch
 
-from infra.redis_server import RedisServer
-from infra.settings import Settings
-from worker.engine import Engine, EngineRequest, SamplingParams
-from worker.engine.engine import RequestHandle
-from worker.engine.types import TokenEvent
-from worker.job_runner import run_job
-from worker.jobstore import GenerationParams, JobStatus, JobStore, keys
-from worker.runtime import ActiveJob, WorkerRuntime
-from worker.stream_pump import DeltaWriter, StreamPump
+from tnllm.config import Settings
+from tnllm.engine import Engine, EngineRequest, SamplingParams
+from tnllm.engine.engine import RequestHandle
+from tnllm.engine.types import TokenEvent
+from tnllm.store import GenerationParams, JobStatus, JobStore, keys
+from tnllm.store.server import RedisServer
+from tnllm.worker.job_runner import run_job
+from tnllm.worker.runtime import ActiveJob, WorkerRuntime
+from tnllm.worker.stream_pump import DeltaWriter, StreamPump
 
 WORKER = "pump-test-worker"
 
@@ -43,8 +43,8 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(demo_model_dir: Path) -> tuple[Any, Any]:
-    from worker.model import load_pretrained
-    from worker.tokenization import load_tokenizer
+    from tnllm.model import load_pretrained
+    from tnllm.text.tokenizer import load_tokenizer
 
     model = load_pretrained(demo_model_dir, device="cpu", dtype=torch.float32).eval()
     return model, load_tokenizer(demo_model_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.metrics import WorkerMetrics
+from tnllm.worker.metrics import WorkerMetrics
 
 
 def test_serves_on_free_port_and_reports_model_load() -> None:

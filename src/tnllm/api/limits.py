@@ -1,0 +1,161 @@
+"""Request-size limits: the body-size middleware (413) and prompt token counting.
+
+Prompts are counted with the checkpoint's own tokenizer (``tnllm/text/tokenizer.py``, torch-free) when
+the model folder is on this machine; otherwise a coarse byte bound stands in (the worker still refuses
+prompts that do not fit the context).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tnllm.config import Settings
+from tnllm.store import GenerationParams
+
+log = logging.getLogger(__name__)
+
+#: Without a tokenizer a prompt may use this many UTF-8 bytes per allowed token (CJK text runs
+#: at about 3-6 bytes per token, English at about 4).
+FALLBACK_BYTES_PER_TOKEN = 8
+#: Seconds between attempts to find the tokenizer when the model folder is not there yet.
+TOKENIZER_RETRY_S = 30.0
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with a JSON 413, by Content-Length and by the bytes
+    actually streamed (chunked uploads). The body is buffered (at most ``max_bytes``) and replayed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "type": "payload_too_large",
+                    "message": f"request body is larger than {self.max_bytes} bytes",
+                    "field": "body",
+                    "limit": self.max_bytes,
+                }
+            }
+        ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls wait for the disconnect, as usual
+
+    return replay
+
+
+def local_model_folder(settings: Settings) -> Path | None:
+    """Where the model's files are on this machine, without downloading anything (None if absent).
+
+    Mirrors ``tnllm.model.download.resolve_model_path``, which may write or download a model.
+    """
+    from tnllm.model.download import is_model_id, model_dir_for  # stdlib-only module
+
+    model = settings.model.strip()
+    if model == "demo":
+        candidate = settings.data_dir / "demo-model"
+    elif Path(model).expanduser().is_dir():
+        candidate = Path(model).expanduser()
+    elif is_model_id(model):
+        candidate = model_dir_for(model, settings.data_dir)
+    else:
+        return None
+    return candidate if candidate.is_dir() else None
+
+
+class PromptCounter:
+    """Counts a job's prompt tokens (chat template included) with the model's tokenizer, loaded
+    lazily and retried every ``TOKENIZER_RETRY_S`` while the model folder is missing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._tokenizer: Any = None
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+
+    def tokenizer(self) -> Any:
+        """The tokenizer, or None when it is not (yet) available on this machine."""
+        with self._lock:
+            if self._tokenizer is None and time.monotonic() >= self._next_try:
+                self._next_try = time.monotonic() + TOKENIZER_RETRY_S
+                self._tokenizer = self._load()
+            return self._tokenizer
+
+    def _load(self) -> Any:
+        folder = local_model_folder(self.settings)
+        if folder is None:
+            return None
+        try:
+            from tnllm.text.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(folder, self.settings)
+        except (ImportError, OSError, ValueError) as exc:
+            log.warning("no tokenizer for prompt limits (%s); using a byte bound", exc)
+            return None
+        if tok is not None:
+            log.info("counting prompt tokens with the tokenizer in %s", folder)
+        return tok
+
+    def count(self, params: GenerationParams) -> tuple[int, bool]:
+        """(tokens, exact): exact token count with the tokenizer, else a byte-based upper estimate.
+
+        Blocking (CPU): call it in a worker thread for large prompts.
+        """
+        tok = self.tokenizer()
+        if tok is not None:
+            messages = (
+                [m.model_dump() for m in params.messages]
+                if params.messages is not None
+                else [{"role": "user", "content": params.prompt or ""}]
+            )
+            try:
+                return int(tok.count_tokens(tok.apply_chat_template(messages))), True
+            except ValueError as exc:  # a template that refuses this conversation
+                log.debug("chat template refused a conversation: %s", exc)
+        text = params.prompt or "".join(m.content for m in params.messages or [])
+        size = len(text.encode("utf-8"))
+        return -(-size // FALLBACK_BYTES_PER_TOKEN), False

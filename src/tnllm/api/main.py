@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the FastAPI application of tnllm (never imports torch).
+
+The lifespan owns the per-process services: the redis.asyncio client and job store, the pub/sub
+finish watcher, the Celery producer, the prompt token counter and the metrics registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import FastAPI
+
+from tnllm.api.deps import Services
+from tnllm.api.errors import install_error_handlers
+from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
+from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
+from tnllm.api.notify import FinishWatcher
+from tnllm.api.producer import JobProducer
+from tnllm.api.routes import compat, health, jobs
+from tnllm.config import Settings
+from tnllm.store import AsyncJobStore, async_redis_client
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Queue-backed text generation with TransNormerLLM.
+
+Submit with `POST /v1/jobs` (answer: 202 + job object), then poll `GET /v1/jobs/{id}` (`?wait=N` to
+long-poll), stream tokens with `GET /v1/jobs/{id}/stream` (SSE) or cancel. Errors are always
+`{"error": {"type", "message", ...}}`. When API keys are configured, send `Authorization: Bearer <key>`;
+jobs belong to the key that made them.
+"""
+
+
+def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
+    """The per-process services (no I/O happens until they are used)."""
+    if not settings.redis_url:
+        raise ValueError("the API needs TNLLM_REDIS_URL (or start everything with `tnllm up`)")
+    client = async_redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
+    return Services(
+        settings=settings,
+        store=AsyncJobStore(client, settings),
+        watcher=FinishWatcher(client),
+        producer=JobProducer(settings),
+        counter=PromptCounter(settings),
+        metrics=metrics,
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API application; ``settings`` is the process's one Settings object."""
+    metrics = make_metrics(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, metrics)
+        app.state.services = services
+        services.watcher.start()
+        # Load the tokenizer off the event loop now rather than inside the first request.
+        await anyio.to_thread.run_sync(services.counter.tokenizer)
+        try:
+            yield
+        finally:
+            await services.watcher.stop()
+            services.producer.close()
+            await services.store.client.aclose()
+
+    app = FastAPI(
+        title="tnllm",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(compat.router)
+    return app

@@ -1,0 +1,171 @@
+"""HTTP models of the API: request bodies and list/compat answers. The job object itself is
+``tnllm.store.JobPublic`` (shared with webhook payloads)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
+from tnllm.store import ChatMessage, JobPublic
+from tnllm.webhooks.events import WebhookSpec
+
+
+def _check_unicode(value: Any, where: str = "") -> Any:
+    """Refuse lone UTF-16 surrogates (``"\\ud800"`` is valid JSON but not encodable text), anywhere
+    in ``value``; the error names the path inside the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"invalid text{' at ' + where if where else ''}: lone surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where)
+            _check_unicode(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    return value
+
+
+#: Bounds of the ``metadata`` object (echoed back, so kept small).
+METADATA_MAX_BYTES = 4096
+METADATA_MAX_KEYS = 32
+STOP_MAX_CHARS = 256
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
+
+    Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
+    tokens ≤ TNLLM_MAX_PROMPT_TOKENS, at most TNLLM_MAX_STOP_STRINGS stop strings) are checked after
+    parsing and answered with 422 / 413 naming the field.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+    )
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="User text, wrapped in the chat template after the default system message.",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens to generate at most (default TNLLM_DEFAULT_MAX_NEW_TOKENS)."
+    )
+    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(default=0, ge=0, description="Sample among the k most likely tokens; 0 = off.")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="1 = off.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="Sampling seed (reproducible runs).")
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return _check_unicode(value)
+
+    @field_validator("messages")
+    @classmethod
+    def _prompt_xor_messages(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> Any:
+        if "prompt" not in info.data:  # prompt itself was invalid: that error is enough
+            return value
+        has_prompt = info.data["prompt"] is not None
+        if value is not None and has_prompt:
+            raise ValueError("give either 'prompt' or 'messages', not both")
+        if value is None and not has_prompt:
+            raise ValueError("one of 'prompt' or 'messages' is required")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: list[str]) -> list[str]:
+        for i, s in enumerate(value):
+            if not s:
+                raise ValueError(f"stop[{i}] must not be empty")
+            if len(s) > STOP_MAX_CHARS:
+                raise ValueError(f"stop[{i}] is longer than {STOP_MAX_CHARS} characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"at most {METADATA_MAX_KEYS} keys")
+        if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
+        return value
+
+
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    object: str = "list"
+    data: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class CompatRequest(BaseModel):
+    """Body of the tutorial's ``POST /``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return _check_unicode(value)
+
+
+class CompatResponse(BaseModel):
+    """Answer of the tutorial's ``POST /``."""
+
+    response: str
+    status: int = 200
+    time: str = Field(description="Local time `YYYY-mm-dd HH:MM:SS`.")
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"type", "message", ...}}``."""
+
+    error: ErrorDetail
+
+
+class HealthStatus(BaseModel):
+    """Answer of /healthz and /readyz."""
+
+    status: str
+    redis: bool | None = None
+    workers_ready: int | None = None
+    persistence: str | None = Field(default=None, description="`aof` or `none` (Redis persistence).")
+    problems: list[str] = Field(default_factory=list, description="Why not ready.")
+    warnings: list[str] = Field(default_factory=list, description="Ready, but worth fixing.")

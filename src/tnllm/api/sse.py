@@ -1,0 +1,67 @@
+"""Server-Sent Events of one job, read from its Redis stream.
+
+Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: the job went back to the
+queue, text so far is void) and finally ``done`` (data = the job object). Event ids are the stream
+entry ids, so ``Last-Event-ID`` resumes exactly after the last event a client saw. The stream is only
+read, so a client that goes away never affects the job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+
+from sse_starlette import ServerSentEvent
+
+from tnllm.api.submit import to_public
+from tnllm.store import AsyncJobStore
+
+#: How long one XREAD waits for new entries before the record is checked (must stay below the
+#: Redis client's socket_timeout).
+BLOCK_MS = 5000
+READ_COUNT = 256
+_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def valid_event_id(value: str) -> bool:
+    """True for a Redis stream entry id (``<ms>-<seq>``)."""
+    return bool(_ENTRY_ID.match(value))
+
+
+async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> AsyncIterator[ServerSentEvent]:
+    """Replay the job's stream after entry ``after``, then follow it live until ``done``."""
+    block: int | None = None  # first read does not wait: a finished job answers at once
+    while True:
+        entries = await store.read_stream(job_id, after=after, block_ms=block, count=READ_COUNT)
+        block = BLOCK_MS
+        if not entries:
+            # Quiet: the job may be queued, slow, or its stream may be gone (expired together
+            # with the record). A terminal record without a new done entry ends the stream here.
+            record = await store.get(job_id)
+            if record is None:
+                return
+            if record.terminal:
+                yield _done(await _public_json(store, job_id), after)
+                return
+            continue
+        for entry in entries:
+            after = entry.id
+            if entry.type == "token":
+                yield ServerSentEvent(data=json.dumps({"text": entry.text}), event="token", id=entry.id)
+            elif entry.type == "reset":
+                yield ServerSentEvent(data=json.dumps({"reason": entry.reason}), event="reset", id=entry.id)
+            else:
+                yield _done(await _public_json(store, job_id), entry.id)
+                return
+
+
+async def _public_json(store: AsyncJobStore, job_id: str) -> str:
+    record = await store.get(job_id)
+    if record is None:
+        return json.dumps({"id": job_id, "status": "expired"})
+    return (await to_public(store, record)).model_dump_json()
+
+
+def _done(data: str, event_id: str) -> ServerSentEvent:
+    return ServerSentEvent(data=data, event="done", id=event_id)

@@ -1,0 +1,65 @@
+"""``tnllm generate``: offline generation through the engine (all prompts share its batches)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
+    if args.prompt_ids:
+        try:
+            return [[int(t) for t in p.replace(" ", "").split(",") if t] for p in args.prompt_ids]
+        except ValueError as err:
+            raise SystemExit(f"tnllm generate: --prompt-ids takes comma-separated integers ({err})") from None
+    if tokenizer is None:
+        raise SystemExit("tnllm generate: this checkpoint has no tokenizer.model; use --prompt-ids")
+    texts = (
+        args.prompt
+        if args.raw
+        else [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+            for p in args.prompt
+        ]
+    )
+    return [tokenizer.encode(t) for t in texts]
+
+
+def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
+    """Run every prompt through one engine together; print text, or one JSON object per prompt."""
+    from tnllm.engine import EngineRequest, SamplingParams, build_engine
+    from tnllm.errors import RequestRejected
+
+    over = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    if over:
+        settings = type(settings).model_validate({**settings.model_dump(), **over})
+    engine = build_engine(settings)
+    prompts = _prompt_ids(args, engine.tokenizer)
+    params = dict(
+        max_new_tokens=args.max_new_tokens or settings.default_max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop or ()),
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+    )
+    reqs = [EngineRequest(f"cli-{i}", ids, SamplingParams(**params)) for i, ids in enumerate(prompts)]
+    try:
+        results = engine.generate(reqs)
+    except RequestRejected as err:
+        print(f"tnllm generate: {err}", file=sys.stderr)
+        return 2
+    for ids, res in zip(prompts, results, strict=True):
+        if args.json:
+            obj: dict[str, Any] = {"prompt_ids": ids, "ids": res.token_ids}
+            if engine.tokenizer is not None:
+                obj["text"] = res.text
+            obj["finish_reason"] = res.finish_reason
+            print(json.dumps(obj, ensure_ascii=False), flush=True)
+        else:
+            print(res.text if engine.tokenizer is not None else " ".join(map(str, res.token_ids)), flush=True)
+    return 0

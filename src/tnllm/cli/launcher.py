@@ -1,0 +1,268 @@
+"""`tnllm up` and the single-part commands (`api`, `worker`, `webhook-worker`, `flower`, `redis`).
+
+`up` runs everything for one machine as child processes (each one of the single-part commands), so
+what it starts is exactly what docker-compose or a multi-host deployment starts. This module never
+imports torch; the worker child does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from tnllm.cli.gpus import visible_gpus, worker_env
+from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
+from tnllm.config import Settings
+from tnllm.store.server import RedisServer
+
+log = logging.getLogger(__name__)
+
+#: How long `up` waits for /readyz (covers loading a large checkpoint onto the GPU).
+READY_TIMEOUT = 900.0
+#: Workers get this long to finish running jobs on shutdown before they are killed (their jobs'
+#: leases then expire and the reaper puts them back on the queue).
+WORKER_STOP_TIMEOUT = 120.0
+#: Restarts of a crashed worker before `up` gives up.
+MAX_WORKER_RESTARTS = 5
+
+
+def _setup_logging(settings: Settings) -> None:
+    from tnllm.logging import configure_logging
+
+    configure_logging(settings)
+
+
+def _wait_for_signal() -> threading.Event:
+    """An event set by SIGINT/SIGTERM (handlers installed in the main thread)."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+# --- single parts -------------------------------------------------------------------------------
+
+
+def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the embedded Redis (AOF in <data_dir>/redis) in the foreground until Ctrl-C/SIGTERM."""
+    _setup_logging(settings)
+    server = RedisServer(settings.data_dir / "redis", port=args.port, die_with_parent=True)
+    stop = _wait_for_signal()
+    server.start()
+    print(f"redis: {server.url} (data {server.data_dir})", flush=True)
+    while not stop.wait(1.0):
+        if not server.running:
+            log.error("redis-server exited unexpectedly")
+            return 1
+    server.stop()
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one GPU worker process: model + engine loaded once, Celery threads = engine slots."""
+    from tnllm.worker.runtime import run_worker
+
+    return run_worker(settings, concurrency=args.concurrency, hostname=args.hostname)
+
+
+def cmd_webhook_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the CPU worker that consumes the `webhooks` queue and pumps the retry schedule (no model)."""
+    from tnllm.webhooks.process import run_webhook_worker
+
+    _setup_logging(settings)
+    return run_webhook_worker(settings, hostname=getattr(args, "hostname", None))
+
+
+def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the Flower dashboard against the broker (auth rules in ``tnllm.cli.flower``)."""
+    from tnllm.cli.flower import run_flower
+    from tnllm.errors import FlowerConfigError
+    from tnllm.protocol.celery import make_celery
+
+    _setup_logging(settings)
+    try:
+        return run_flower(settings, make_celery(settings), args.port)
+    except FlowerConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the HTTP API under uvicorn."""
+    import uvicorn
+
+    from tnllm.api.main import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    _setup_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # keep our handler (JSON lines when log_format=json)
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+# --- everything at once -------------------------------------------------------------------------
+
+
+# The child prints one line (no traceback) and exits with this code when the model cannot be
+# resolved (unknown id offline, missing folder...): the parent then adds nothing of its own.
+_MODEL_ERROR_EXIT = 3
+_RESOLVE_CODE = f"""\
+import sys
+from tnllm.config import Settings
+from tnllm.model.download import ModelResolutionError, resolve_model_path
+try:
+    print(resolve_model_path(Settings()))
+except ModelResolutionError as exc:
+    print(f"tnllm up: error: {{exc}}", file=sys.stderr)
+    raise SystemExit({_MODEL_ERROR_EXIT})
+"""
+
+
+def _resolve_model(env: dict[str, str]) -> str:
+    """Resolve/prepare the model once in a child (downloads or writes the demo checkpoint)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RESOLVE_CODE], env=env, check=False, stdout=subprocess.PIPE, text=True
+    )
+    if out.returncode == _MODEL_ERROR_EXIT:
+        raise SystemExit(1)  # the child already said why, in one line
+    if out.returncode != 0:
+        raise SystemExit(f"could not prepare the model (exit {out.returncode}); see the messages above")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def _wait_ready(url: str, children: list[Child], stop: threading.Event, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        dead = [c for c in children if not c.alive]
+        if dead:
+            for child in dead:
+                log.error("%s exited with %s:\n%s", child.name, child.returncode, child.log_tail())
+            return False
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        stop.wait(0.5)
+    return False
+
+
+def _up_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    update: dict[str, object] = {"data_dir": settings.data_dir.resolve()}
+    for name in ("port", "flower_port", "redis_url", "workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            update[name] = value
+    return settings.model_copy(update=update)
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Start Redis (embedded unless a URL is given), the model, worker(s), webhooks, API and Flower."""
+    _setup_logging(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per /readyz poll
+    settings = _up_settings(settings, args)
+    stop = _wait_for_signal()
+    logs = settings.data_dir / "logs"
+    redis: RedisServer | None = None
+    if not settings.redis_url:
+        redis = RedisServer(settings.data_dir / "redis", die_with_parent=True).start()
+        settings = settings.model_copy(update={"redis_url": redis.url})
+        print(f"redis:   {redis.url} (embedded, append-only file in {redis.data_dir})", flush=True)
+    env = child_env(
+        os.environ,
+        {
+            "TNLLM_REDIS_URL": str(settings.redis_url),
+            "TNLLM_DATA_DIR": str(settings.data_dir),
+            "TNLLM_MODEL": settings.model,
+            "TNLLM_PORT": str(settings.port),
+            "TNLLM_FLOWER_PORT": str(settings.flower_port),
+        },
+    )
+    children: list[Child] = []
+    try:
+        model_path = _resolve_model(env)
+        env["TNLLM_MODEL"] = model_path
+        print(f"model:   {model_path}", flush=True)
+        gpus = visible_gpus(env)  # one worker per GPU (round-robin when there are more workers)
+        workers = [
+            Child(
+                f"worker-{i}",
+                tnllm_argv("worker", "--hostname", f"gpu{i}@%h"),
+                env=worker_env(i, env, settings.device, gpus),
+                log_path=logs / f"worker-{i}.log",
+                stop_timeout=WORKER_STOP_TIMEOUT,
+            )
+            for i in range(settings.workers)
+        ]
+        others = [
+            Child("webhook-worker", tnllm_argv("webhook-worker"), env=env, log_path=logs / "webhooks.log"),
+            Child("api", tnllm_argv("api"), env=env, log_path=logs / "api.log"),
+            Child("flower", tnllm_argv("flower"), env=env, log_path=logs / "flower.log"),
+        ]
+        children = [*workers, *others]
+        for child in children:
+            child.start()
+        api_url = f"http://{settings.host}:{settings.port}"
+        if not _wait_ready(f"{api_url}/readyz", children, stop, READY_TIMEOUT):
+            if stop.is_set():
+                return 0
+            print(f"tnllm did not become ready; logs in {logs}", file=sys.stderr, flush=True)
+            return 1
+        print(f"api:     {api_url}  (docs {api_url}/docs)", flush=True)
+        print(f"flower:  http://{settings.flower_address}:{settings.flower_port}", flush=True)
+        print(f"logs:    {logs}", flush=True)
+        print("ready. Ctrl-C stops everything.", flush=True)
+        return _supervise(workers, others, stop)
+    finally:
+        _shutdown(children, redis)
+
+
+def _supervise(workers: list[Child], others: list[Child], stop: threading.Event) -> int:
+    """Restart crashed workers (their jobs come back through the reaper); stop on a signal."""
+    while not stop.wait(1.0):
+        for child in workers:
+            if child.alive:
+                continue
+            if child.restarts >= MAX_WORKER_RESTARTS:
+                log.error("%s keeps exiting (%s); stopping", child.name, child.returncode)
+                return 1
+            log.warning("%s exited with %s; restarting:\n%s", child.name, child.returncode, child.log_tail())
+            child.restarts += 1
+            child.start()
+        for child in others:
+            if not child.alive:
+                log.error("%s exited with %s:\n%s", child.name, child.returncode, child.log_tail())
+                return 1
+    return 0
+
+
+def _shutdown(children: list[Child], redis: RedisServer | None) -> None:
+    """API first (no new jobs), then workers (warm shutdown), then the rest, Redis last."""
+    by_name = {c.name: c for c in children}
+    if "api" in by_name:
+        by_name["api"].stop(15)
+    workers = [c for c in children if c.name.startswith("worker-")]
+    stop_all(workers, WORKER_STOP_TIMEOUT)
+    stop_all([c for c in children if c not in workers and c.name != "api"], 15)
+    if redis is not None:
+        redis.stop()
+    print("stopped.", flush=True)

@@ -1,0 +1,199 @@
+"""The one typed settings object of every tnllm process (env prefix ``TNLLM_``).
+
+Only this module reads the environment. Each entrypoint builds ``Settings()`` once and passes it
+down. Model hyper-parameters never come from here: they come from the checkpoint's config.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "OpenNLPLab/TransNormerLLM-7B"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``a,b,c`` (env style) as well as a real list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of tnllm. Environment variables are ``TNLLM_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TNLLM_", extra="ignore", validate_default=True)
+
+    # --- where things live -------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://, rediss://, sentinel://). "
+        "Unset: `tnllm up` starts an embedded Redis.",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
+    )
+    data_dir: Path = Field(
+        default=Path(".tnllm"),
+        description="Holds the embedded Redis data (AOF), the demo checkpoint, downloads and logs.",
+    )
+
+    # --- model ------------------------------------------------------------------------------
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="`demo`, a local checkpoint folder, or a ModelScope model id (downloaded into data_dir).",
+    )
+    model_revision: str | None = Field(default=None, description="ModelScope revision for `model`.")
+    device: str = Field(default="auto", description="`auto` (cuda if available), `cpu`, `cuda`, `cuda:N`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weight dtype: `auto` is bfloat16 on CUDA, float32 on CPU."
+    )
+    state_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Recurrent-state dtype. `bfloat16` (CUDA only) halves the state traffic (256 "
+        "sequences: ~17k vs ~13.6k tokens/s on an H100) but moved logits by up to 18 % of their scale "
+        "on random 7B weights (docs/PERFORMANCE.md); validate it on your checkpoint before use.",
+    )
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template overriding the model folder's and the built-in one."
+    )
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="Default system message.")
+
+    # --- request limits ---------------------------------------------------------------------
+    default_max_new_tokens: int = Field(default=512, ge=1, description="max_new_tokens when a job omits it.")
+    max_new_tokens_limit: int = Field(default=4096, ge=1, description="Largest max_new_tokens a job may ask.")
+    max_prompt_tokens: int = Field(default=8192, ge=1, description="Largest prompt, in tokens (413 above).")
+    max_context: int = Field(
+        default=16384, ge=2, description="Prompt + max_new_tokens must fit here, else the request is refused."
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
+    )
+    max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
+    max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+
+    # --- API --------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="API bind address.")
+    port: int = Field(default=8000, description="API port.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys. Empty: no auth (all jobs belong to `anonymous`).",
+    )
+    wait_max_seconds: float = Field(default=60.0, gt=0, description="Upper bound of `?wait=`.")
+    compat_timeout: float = Field(default=600.0, gt=0, description="How long `POST /` waits for its job.")
+
+    # --- jobs and Celery --------------------------------------------------------------------
+    result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a job record is kept.")
+    job_time_limit: float = Field(default=1800.0, gt=0, description="Hard limit on one job's run, seconds.")
+    visibility_timeout: float = Field(
+        default=3600.0, gt=0, description="Redis broker visibility timeout; must exceed job_time_limit."
+    )
+    lease_ttl: float = Field(default=30.0, gt=0, description="Seconds a running job's lease lives unrenewed.")
+    lease_renew_interval: float = Field(default=10.0, gt=0, description="How often a worker renews leases.")
+    reaper_interval: float = Field(default=10.0, gt=0, description="How often expired leases are looked for.")
+    max_attempts: int = Field(default=3, ge=1, description="Runs before a job that kills workers fails.")
+    worker_concurrency: int = Field(
+        default=0, ge=0, description="Tasks per GPU worker process; 0 means the engine's slot count."
+    )
+    worker_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["generate"], description="Celery queues a GPU worker consumes."
+    )
+    workers: int = Field(default=1, ge=1, description="GPU worker processes `tnllm up` starts.")
+    task_events: bool = Field(
+        default=True,
+        description="Celery task events (sent, received, started, succeeded...), which Flower's task list "
+        "needs; off saves a Redis publish per event in the API and the workers.",
+    )
+    worker_shutdown_grace: float = Field(
+        default=30.0,
+        ge=0,
+        description="On warm shutdown, seconds running jobs get to finish before going back to the queue.",
+    )
+    stream_flush_interval: float = Field(
+        default=0.05,
+        gt=0,
+        le=5,
+        description="How often a worker writes the token deltas of all its running jobs (one Redis "
+        "pipeline) and, every second round, checks them for cancel requests; seconds.",
+    )
+    debug_faults: bool = Field(
+        default=False,
+        description="Test only: workers honour `metadata.tnllm_debug` of a job (`crash`, `delay`); "
+        "see tnllm/worker/faults.py. Never enable in production.",
+    )
+
+    # --- engine -----------------------------------------------------------------------------
+    engine_slots: int = Field(
+        default=0, ge=0, description="Concurrent sequences per worker; 0 derives it from free memory."
+    )
+    prefill_token_budget: int = Field(
+        default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
+    )
+    engine_process: bool = Field(
+        default=True,
+        description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
+        "worker, so Celery's threads never hold the engine's GIL; false runs it on a thread of the "
+        "worker process.",
+    )
+
+    # --- webhooks ---------------------------------------------------------------------------
+    webhook_secret: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated `whsec_` secrets; every one signs (rotation)."
+    )
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 60.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0],
+        description="Seconds before each retry of a failed delivery.",
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="Per-attempt delivery timeout, seconds.")
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts, IPs or CIDRs exempt from the SSRF address rules."
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, description="Deliveries a webhook worker runs at once (threads)."
+    )
+
+    # --- operations -------------------------------------------------------------------------
+    flower_port: int = Field(default=5555, description="Flower dashboard port.")
+    flower_address: str = Field(default="127.0.0.1", description="Flower bind address.")
+    flower_basic_auth: str | None = Field(
+        default=None,
+        description="`user:password` for Flower. Required when Flower binds a non-loopback address.",
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="`json`: one object per line.")
+    log_level: str = Field(default="INFO", description="Root log level.")
+    log_content: bool = Field(default=False, description="Debug only: log prompts and outputs.")
+    metrics_port: int = Field(
+        default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client's own variable: set it (an empty folder) when the API runs "
+        "several processes, so /metrics sums them.",
+    )
+
+    @field_validator("api_keys", "worker_queues", "webhook_secret", "webhook_allowlist", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("webhook_retry_delays", mode="before")
+    @classmethod
+    def _csv_floats(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Settings:
+        if self.visibility_timeout <= self.job_time_limit:
+            raise ValueError(
+                "visibility_timeout must be above job_time_limit, or Redis redelivers running jobs "
+                f"(visibility_timeout={self.visibility_timeout}, job_time_limit={self.job_time_limit})"
+            )
+        if self.lease_renew_interval >= self.lease_ttl:
+            raise ValueError("lease_renew_interval must be below lease_ttl")
+        return self

@@ -1,0 +1,115 @@
+"""build_engine(settings): resolve the checkpoint, load model and tokenizer, size the slot pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tnllm.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+CPU_DEFAULT_SLOTS = 64
+MAX_DERIVED_SLOTS = 256
+# Share of free memory the state pool may take; the rest is for weights' activations and prefill.
+STATE_MEMORY_FRACTION = 0.4
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA, float32 elsewhere; else the named dtype."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown dtype {name!r} (expected one of auto, {', '.join(dtypes)})")
+    return dtypes[name]
+
+
+def resolve_state_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The recurrent-state dtype: float32, or bfloat16 on CUDA only (the reference CPU ops keep fp32)."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        if device.type != "cuda":
+            raise ValueError(f"state_dtype bfloat16 needs a CUDA device (this worker runs on {device})")
+        return torch.bfloat16
+    raise ValueError(f"unknown state_dtype {name!r} (expected float32 or bfloat16)")
+
+
+def derive_slots(model: Any, device: torch.device, state_dtype: torch.dtype = torch.float32) -> int:
+    """How many sequences fit: a share of free device memory over the per-sequence state size."""
+    per_seq = int(model.state_bytes_per_sequence(state_dtype))
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(1, min(MAX_DERIVED_SLOTS, int(free * STATE_MEMORY_FRACTION) // per_seq))
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return CPU_DEFAULT_SLOTS
+    return max(1, min(CPU_DEFAULT_SLOTS, int(avail * STATE_MEMORY_FRACTION) // per_seq))
+
+
+def model_path(settings: Any) -> Path:
+    """The checkpoint folder: ``settings.model`` itself when it is one, else resolved (demo, download)."""
+    local = Path(settings.model).expanduser()
+    if local.is_dir():
+        return local
+    from tnllm.model.download import resolve_model_path
+
+    return Path(resolve_model_path(settings))
+
+
+def describe_engine(engine: Engine) -> tuple[str, str]:
+    """The engine's device and weight dtype as text (``"cuda:0"``, ``"bfloat16"``): the worker's
+    metrics labels and the engine process's ``EngineInfo``."""
+    return str(engine.device), str(next(engine.model.parameters()).dtype).removeprefix("torch.")
+
+
+def build_engine(settings: Any) -> Engine:
+    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
+    from tnllm.model import load_pretrained
+    from tnllm.text.tokenizer import load_tokenizer
+
+    path = model_path(settings)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    state_dtype = resolve_state_dtype(settings.state_dtype, device)
+    model = load_pretrained(path, device=device, dtype=dtype)
+    model.eval()
+    tokenizer = load_tokenizer(path, settings)
+    slots = settings.engine_slots or derive_slots(model, device, state_dtype)
+    log.info(
+        "engine: model %s on %s/%s, %d slots (%s state), prefill budget %d tokens",
+        path,
+        device,
+        dtype,
+        slots,
+        settings.state_dtype,
+        settings.prefill_token_budget,
+    )
+    engine = Engine(
+        model,
+        tokenizer,
+        slots=slots,
+        prefill_token_budget=settings.prefill_token_budget,
+        max_context=settings.max_context,
+        state_dtype=state_dtype,
+    )
+    if device.type == "cuda":
+        # CUDA fast path: tune every kernel variant now and capture the decode graphs for this pool
+        from tnllm.model.kernels.binding import prepare_fast_decode
+
+        if prepare_fast_decode(model, engine.pool, max_batch=slots):
+            log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
+    return engine

@@ -1,0 +1,132 @@
+"""The Celery application of tnllm: broker configuration, routes and priorities (torch-free).
+
+The API uses it as a producer (``send_generate``); workers (`tnllm worker`) consume with it. There is
+no result backend: the Redis job record is the truth, so every task runs with ``ignore_result``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from tnllm.cli.flower import task_display
+from tnllm.config import Settings
+from tnllm.protocol.tasks import (
+    BROKER_PRIORITY_STEPS,
+    ECHO_TASK,
+    GENERATE_QUEUE,
+    GENERATE_TASK,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+    broker_priority,
+)
+from tnllm.store import clients as redis_urls
+
+#: Separator of kombu's per-priority list names (``generate`` + sep + step).
+BROKER_SEP = ":"
+#: Modules whose tasks a worker registers (imported by the worker at startup, never by producers).
+TASK_MODULES = ["tnllm.worker.tasks"]
+
+
+def broker_url(settings: Settings) -> str:
+    """The broker URL; ``redis_url`` must be set (`tnllm up` sets it to the embedded server's)."""
+    if not settings.redis_url:
+        raise ValueError("TNLLM_REDIS_URL is not set: point it at Redis (or use `tnllm up`)")
+    return redis_urls.broker_url(settings.redis_url)
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu Redis transport options: visibility timeout, ten priority lists, sentinel master."""
+    options: dict[str, Any] = {
+        # A message not acked this long is handed out again; our leases recover dead workers long
+        # before that, so it only needs to exceed the longest job (Settings checks that).
+        "visibility_timeout": settings.visibility_timeout,
+        # One Redis list per priority; the worker pops from the lowest-numbered list first.
+        "queue_order_strategy": "priority",
+        "priority_steps": BROKER_PRIORITY_STEPS,
+        # Lists are named generate, generate:1 ... generate:9. Every producer must use this app's
+        # options (the API does, through make_celery) or it fills lists no worker pops.
+        "sep": BROKER_SEP,
+        "fanout_prefix": True,
+        "fanout_patterns": True,
+        "health_check_interval": 25,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
+    url = broker_url(settings)
+    if redis_urls.is_sentinel(url):
+        # master name: the URL's ?master_name= (kept out of the broker URL), else the setting
+        options["master_name"] = redis_urls.parse_sentinel_url(
+            str(settings.redis_url), settings.redis_sentinel_master
+        ).master
+    return options
+
+
+def _ssl_options(url: str) -> dict[str, Any] | None:
+    """rediss:// verifies the server certificate unless the URL says otherwise (ssl_cert_reqs=...)."""
+    if not url.startswith("rediss://") or "ssl_cert_reqs" in url:
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` (JSON only, acks late, priorities, retry forever)."""
+    url = broker_url(settings)
+    app = Celery("tnllm", broker=url, include=TASK_MODULES, set_as_current=False)
+    app.conf.update(
+        # Nothing but JSON crosses the broker (no pickle anywhere).
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        # Ack after the task returns; a worker that dies mid-task leaves the message to be redelivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Each thread takes one message at a time: concurrency equals the engine's free slots.
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options(settings),
+        broker_use_ssl=_ssl_options(url),
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # keep trying through Redis outages
+        broker_channel_error_retry=True,
+        # Running generations keep going through a broker outage; the job fence makes any
+        # redelivery harmless, so there is nothing to gain from cancelling them.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_queues=[Queue(GENERATE_QUEUE), Queue(WEBHOOK_QUEUE)],
+        task_default_queue=GENERATE_QUEUE,
+        task_routes={
+            GENERATE_TASK: {"queue": GENERATE_QUEUE},
+            ECHO_TASK: {"queue": GENERATE_QUEUE},
+            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+        },
+        task_create_missing_queues=True,
+        # Events feed Flower's task list (its worker view needs none).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app
+
+
+def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
+
+    Flower and Celery's logs show it as ``job=<id> prompt_tokens=N priority=P`` (never the prompt).
+    """
+    app.send_task(
+        GENERATE_TASK,
+        args=[job_id],
+        queue=GENERATE_QUEUE,
+        priority=broker_priority(priority),
+        ignore_result=True,
+        **task_display(job_id, prompt_tokens, priority),
+    )

@@ -1,0 +1,186 @@
+"""Typed job records: what a job hash in Redis holds, and the public job object clients see.
+
+Pure pydantic (no Redis, no torch): the API, the workers and the webhook sender all build and read
+jobs through these models, so the JSON a client sees is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from tnllm.protocol.webhooks import WebhookPublic
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """Terminal states are final: no transition leaves them."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: A UTC datetime that serializes as RFC 3339 with a ``Z`` suffix.
+Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json-unless-none")]
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    """Epoch seconds (as stored in Redis) to an aware UTC datetime."""
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationParams(BaseModel):
+    """What to generate: exactly one of ``prompt`` / ``messages`` plus the sampling parameters.
+
+    The API validates limits before storing; the worker trusts these values but the engine still
+    refuses prompts that do not fit its context.
+    """
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+    def chat_messages(self, system_prompt: str) -> list[dict[str, str]]:
+        """The conversation to template: ``messages`` as given, or ``prompt`` after a system turn."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": self.prompt or ""}]
+
+
+class Usage(BaseModel):
+    """Token counts of one job."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JobResult(BaseModel):
+    """What a finished job produced (also the partial text of a cancelled running job)."""
+
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage = Field(default_factory=Usage)
+
+
+class JobError(BaseModel):
+    """Why a job failed; ``type`` is machine-readable (``worker_lost``, ``timeout``, ``invalid_request``)."""
+
+    type: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    """The job object of the HTTP API (and of webhook payloads)."""
+
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    queue_position: int | None = Field(
+        default=None, description="Queued jobs that run before this one (0 = next); only while queued."
+    )
+    priority: int
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    stop: list[str]
+    seed: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    attempts: int = 0
+    cancel_requested: bool = False
+    result: JobResult | None = None
+    error: JobError | None = None
+    webhook: WebhookPublic | None = Field(
+        default=None, description="The callback (`url`, `events`) and its delivery log (`deliveries`)."
+    )
+
+
+class JobRecord(BaseModel):
+    """Everything stored about one job (the ``job:{id}`` hash, decoded)."""
+
+    id: str
+    owner: str
+    status: JobStatus
+    priority: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    params: GenerationParams
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = 0
+    lease_owner: str | None = None
+    cancel_requested: bool = False
+    result: JobResult | None = None
+    error: JobError | None = None
+    #: The webhook subscription ``{"url", "events"}`` plus its delivery log ``"deliveries"``
+    #: (``tnllm/protocol/webhooks.py``); None when the job has no webhook.
+    webhook: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job reached succeeded, failed or cancelled."""
+        return self.status.terminal
+
+    def to_public(self, queue_position: int | None = None) -> JobPublic:
+        """The client-facing object; ``queue_position`` is only shown while queued."""
+        return JobPublic(
+            id=self.id,
+            status=self.status,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            queue_position=queue_position if self.status is JobStatus.QUEUED else None,
+            priority=self.priority,
+            **self.params.model_dump(exclude={"messages"}),
+            messages=self.params.messages,
+            metadata=self.metadata,
+            attempts=self.attempt,
+            cancel_requested=self.cancel_requested,
+            result=self.result,
+            error=self.error,
+            webhook=WebhookPublic.model_validate(self.webhook) if self.webhook else None,
+        )
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON used for every JSON field stored in Redis."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,176 @@
+"""``AsyncJobStore``: the job store on ``redis.asyncio``, for the API.
+
+Same scripts and semantics as ``sync.JobStore`` (argument building and answer decoding are shared in
+``ops.py``). It offers the client-side operations; the worker-side ones (claim, lease, append, finish,
+reap) live on the sync store the workers use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tnllm.config import Settings
+from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
+from tnllm.store import clients as redis_urls
+from tnllm.store import keys, ops, scripts
+from tnllm.store import stats as jobstats
+from tnllm.store.codec import record_from_hash
+from tnllm.store.ops import CancelOutcome, CreateOutcome, ListPage, StreamEntry, WorkerInfo
+
+
+def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    """An asyncio client configured the way the store needs (decoded strings, bounded waits).
+
+    ``socket_timeout`` must stay above the longest ``XREAD BLOCK`` the API issues.
+    """
+    kwargs.setdefault("socket_connect_timeout", 3)
+    kwargs.setdefault("socket_timeout", 30)
+    kwargs.setdefault("health_check_interval", 30)
+    # redis-py 8 caps a pool at 100 by default: more parked ?wait=/SSE requests than that would fail
+    kwargs.setdefault("max_connections", 4096)
+    # A pooled connection left over from before a Redis restart fails once with "closed by server":
+    # retry on a fresh connection instead of answering 503 (the scripts tolerate a replay).
+    kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
+    kwargs.setdefault("retry_on_error", [RedisConnectionError])
+    return redis_urls.async_client(url, decode_responses=True, **kwargs)
+
+
+class AsyncJobStore:
+    """Job records and token streams in Redis, for asyncio callers. Unknown/expired ids → None."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        ops.check_decoded(client)
+        # Any: redis-py types answers as bytes | str; ours are str (decode_responses=True).
+        self.client: Any = client
+        self.ttl = int(settings.result_ttl)
+        self._scripts = {name: client.register_script(src) for name, src in scripts.ALL.items()}
+
+    async def _run(self, call: ops.ScriptCall) -> Any:
+        return await self._scripts[call.name](keys=call.keys, args=call.args)
+
+    async def create(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        params: GenerationParams,
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        max_queued: int = 0,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+        webhook: Mapping[str, Any] | None = None,
+    ) -> CreateOutcome:
+        """Store a queued job, its index entries and idempotency key in one atomic step.
+
+        ``max_queued`` > 0 refuses (``full``) when that many jobs are queued.
+        """
+        call = ops.create_call(
+            job_id=job_id,
+            owner=owner,
+            params=params,
+            priority=priority,
+            metadata=metadata or {},
+            ttl=self.ttl,
+            max_queued=max_queued,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            webhook=webhook,
+            now=time.time(),
+        )
+        return ops.parse_create(await self._run(call), call, body_hash)
+
+    async def discard(self, job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> bool:
+        """Undo ``create`` of a still-queued job whose Celery message could not be sent."""
+        return bool(await self._run(ops.discard_call(job_id, owner, idempotency_key, body_hash)))
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job record, or None for an unknown or expired id."""
+        return record_from_hash(await self.client.hgetall(keys.job(job_id)))
+
+    async def queue_position(self, job_id: str) -> int | None:
+        """Queued jobs that run before this one (0 = next), None when not queued."""
+        rank = await self.client.zrank(keys.QUEUE, job_id)
+        return None if rank is None else int(rank)
+
+    async def queue_positions(self, job_ids: Sequence[str]) -> list[int | None]:
+        """``queue_position`` of many jobs in one round trip."""
+        if not job_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.zrank(keys.QUEUE, job_id)
+        return [None if r is None else int(r) for r in await pipe.execute()]
+
+    async def queue_depth(self) -> int:
+        """Jobs waiting in the queue."""
+        return int(await self.client.zcard(keys.QUEUE))
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Queued → cancelled at once; running → ``cancel_requested`` (the worker stops it)."""
+        outcome = ops.parse_cancel(await self._run(ops.cancel_call(job_id, self.ttl, time.time())))
+        if outcome.kind == "cancelled":
+            await jobstats.arecord_finished(self.client, "cancelled")
+        return outcome
+
+    async def read_stream(
+        self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None
+    ) -> list[StreamEntry]:
+        """Stream entries after entry id ``after``, waiting up to ``block_ms`` when there are none."""
+        answer = await self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
+        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+
+    async def list_jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> ListPage:
+        """One page of ``owner``'s jobs, newest first, optionally of one status.
+
+        ``cursor`` is a previous page's ``next_cursor`` (ValueError when malformed). A page scans
+        at most ``ops.LIST_SCAN_CAP`` index rows, so a rare status may yield a short page with a
+        cursor; ``next_cursor`` is None once the index is exhausted.
+        """
+        start = ops.decode_cursor(cursor) if cursor else None
+        page = ListPage([], None, [])
+        index = keys.owner_jobs(owner)
+        offset = 0
+        while offset < ops.LIST_SCAN_CAP:
+            top = start[0] if start else "+inf"
+            raw = await self.client.zrevrangebyscore(
+                index, top, "-inf", start=offset, num=ops.LIST_BATCH, withscores=True
+            )
+            offset += len(raw)
+            rows = [(i, s) for i, s in raw if ops.after_cursor(s, i, start)]
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(keys.job(job_id))
+            full, last = ops.page_step(page, rows, await pipe.execute() if rows else [], status, limit)
+            if full or (offset >= ops.LIST_SCAN_CAP and len(raw) == ops.LIST_BATCH):
+                page.next_cursor = ops.encode_cursor(*last) if last else None
+                break
+            if len(raw) < ops.LIST_BATCH:  # the index is exhausted
+                break
+        if page.stale:
+            await self.client.zrem(index, *page.stale)
+        return page
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is current."""
+        ids = await self.client.zrangebyscore(keys.WORKERS, time.time(), "+inf")
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(keys.worker(worker_id))
+        return [WorkerInfo.from_hash(h) for h in await pipe.execute() if h]
+
+    async def aof_enabled(self) -> bool:
+        """Whether Redis runs with append-only persistence (``INFO persistence``)."""
+        info = await self.client.info("persistence")
+        return bool(int(info.get("aof_enabled", 0)))

@@ -1,0 +1,444 @@
+"""I/O-free halves of the store operations: build script arguments, decode script answers.
+
+``sync.JobStore`` and ``aio.AsyncJobStore`` both call these, so the two clients cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tnllm.protocol.jobs import GenerationParams, JobError, JobRecord, JobResult, JobStatus, dumps
+from tnllm.protocol.tasks import MAX_PRIORITY
+from tnllm.store import keys
+from tnllm.store.codec import new_record_fields, record_from_hash
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One invocation of a script of ``scripts.ALL``."""
+
+    name: str
+    keys: list[str]
+    args: list[str | int | float]
+    #: CREATE only: the hash it writes, so the caller gets the record without reading it back.
+    record_fields: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """What ``create`` did: ``created`` (new job), ``replayed`` (same idempotency key and body),
+    ``conflict`` (same key, other body), ``full`` (queue at ``max_queued``)."""
+
+    kind: Literal["created", "replayed", "conflict", "full"]
+    job_id: str | None = None
+    queue_depth: int | None = None
+    record: JobRecord | None = None  # ``created``: the stored record, as written
+    queue_position: int | None = None  # ``created``: jobs ahead of it right after the write
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """``won`` is True only for the caller that moved the job queued → running."""
+
+    won: bool
+    status: JobStatus | None  # status found when lost (None: unknown/expired job)
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class LeaseStatus:
+    """Answer of ``renew_lease``: does the caller still own the job, and was a cancel requested?"""
+
+    owned: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """``cancelled`` (was queued, now terminal), ``requested`` (running: the worker will stop it),
+    ``terminal`` (already finished; ``status`` says how) or ``missing``."""
+
+    kind: Literal["cancelled", "requested", "terminal", "missing"]
+    status: JobStatus | None
+
+
+@dataclass(frozen=True)
+class ReapOutcome:
+    """What the reaper did with one running job: ``requeued`` (send a new Celery message!),
+    ``failed`` (worker_lost after max attempts), ``cancelled``, ``alive``, ``skipped``, ``missing``."""
+
+    action: Literal["requeued", "failed", "cancelled", "alive", "skipped", "missing", "not_owner"]
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One entry of ``stream:{id}``; ``id`` doubles as the SSE event id."""
+
+    id: str
+    type: Literal["token", "reset", "done"]
+    text: str = ""
+    status: JobStatus | None = None
+    reason: str | None = None
+
+
+@dataclass
+class WorkerInfo:
+    """A worker's heartbeat (hash ``tnllm:workers:{id}``), written every few seconds with a TTL."""
+
+    id: str
+    hostname: str = ""
+    pid: int = 0
+    model: str = ""
+    model_loaded: bool = False
+    slots: int = 0
+    free_slots: int = 0
+    tokens_per_s: float = 0.0
+    queues: list[str] = field(default_factory=list)
+    updated_at: float = 0.0
+    metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
+
+    def to_hash(self) -> dict[str, str]:
+        """Hash fields (strings) as stored."""
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "pid": str(self.pid),
+            "model": self.model,
+            "model_loaded": "1" if self.model_loaded else "0",
+            "slots": str(self.slots),
+            "free_slots": str(self.free_slots),
+            "tokens_per_s": repr(float(self.tokens_per_s)),
+            "queues": ",".join(self.queues),
+            "updated_at": repr(float(self.updated_at or time.time())),
+            "metrics_port": str(self.metrics_port),
+        }
+
+    @classmethod
+    def from_hash(cls, h: Mapping[str, str]) -> WorkerInfo:
+        """Decode a heartbeat hash."""
+        return cls(
+            id=h.get("id", ""),
+            hostname=h.get("hostname", ""),
+            pid=int(h.get("pid") or 0),
+            model=h.get("model", ""),
+            model_loaded=h.get("model_loaded") == "1",
+            slots=int(h.get("slots") or 0),
+            free_slots=int(h.get("free_slots") or 0),
+            tokens_per_s=float(h.get("tokens_per_s") or 0.0),
+            queues=[q for q in (h.get("queues") or "").split(",") if q],
+            updated_at=float(h.get("updated_at") or 0.0),
+            metrics_port=int(h.get("metrics_port") or 0),
+        )
+
+
+def _placeholder_idem(owner: str) -> str:
+    # Scripts take a fixed KEYS list; an unused idempotency slot still names a key of the owner.
+    return keys.idempotency(owner, "-")
+
+
+def create_call(
+    *,
+    job_id: str,
+    owner: str,
+    params: GenerationParams,
+    priority: int,
+    metadata: Mapping[str, Any],
+    ttl: int,
+    max_queued: int,
+    idempotency_key: str | None,
+    body_hash: str,
+    webhook: Mapping[str, Any] | None,
+    now: float,
+) -> ScriptCall:
+    """Arguments of the CREATE script."""
+    created_ms = int(now * 1000)
+    score = keys.queue_score(priority, created_ms, MAX_PRIORITY)
+    fields = new_record_fields(
+        job_id=job_id,
+        owner=owner,
+        priority=priority,
+        created=now,
+        params=params,
+        metadata=metadata,
+        queue_score=score,
+        webhook=webhook,
+    )
+    flat: list[str | int | float] = []
+    for name, value in fields.items():
+        flat += [name, value]
+    idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else _placeholder_idem(owner)
+    idem_value = f"{job_id}|{body_hash}" if idempotency_key else ""
+    return ScriptCall(
+        "create",
+        [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key],
+        [
+            job_id,
+            ttl,
+            max_queued,
+            int(now * 1_000_000),
+            score,
+            idem_value,
+            min(keys.IDEMPOTENCY_TTL, ttl),
+            int((now - ttl) * 1_000_000),
+            *flat,
+        ],
+        record_fields=fields,
+    )
+
+
+def parse_create(raw: Sequence[str], call: ScriptCall, body_hash: str) -> CreateOutcome:
+    """Decode the CREATE answer of ``call``."""
+    job_id = str(call.args[0])
+    record = record_from_hash(call.record_fields or {})
+    kind = raw[0]
+    if kind == "created":
+        position = int(raw[2]) if len(raw) > 2 and str(raw[2]).isdigit() else None
+        return CreateOutcome("created", job_id, record=record, queue_position=position)
+    if kind == "full":
+        return CreateOutcome("full", queue_depth=int(raw[1]))
+    if kind == "replay":
+        stored_id, _, stored_hash = raw[1].partition("|")
+        if stored_id == job_id:  # our own first attempt, replayed by a client-side retry
+            return CreateOutcome("created", job_id, record=record)
+        return CreateOutcome("replayed" if stored_hash == body_hash else "conflict", stored_id)
+    # "exists": with random 144-bit ids only our own first attempt (a retried call) can have
+    # stored this id already.
+    return CreateOutcome("created", job_id, record=record)
+
+
+def discard_call(job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> ScriptCall:
+    """Arguments of DISCARD (undo a create whose Celery message could not be sent)."""
+    idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else _placeholder_idem(owner)
+    idem_value = f"{job_id}|{body_hash}" if idempotency_key else ""
+    return ScriptCall(
+        "discard", [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key], [job_id, idem_value]
+    )
+
+
+def claim_call(job_id: str, worker_id: str, lease_ttl: float, ttl: int, now: float) -> ScriptCall:
+    """Arguments of CLAIM."""
+    return ScriptCall(
+        "claim",
+        [keys.job(job_id), keys.lease(job_id), keys.QUEUE, keys.RUNNING],
+        [job_id, worker_id, repr(now), int(lease_ttl * 1000), ttl],
+    )
+
+
+def parse_claim(raw: Sequence[str]) -> ClaimOutcome:
+    """Decode the CLAIM answer."""
+    if raw[0] == "won":
+        return ClaimOutcome(True, JobStatus.RUNNING, int(raw[1]))
+    return ClaimOutcome(False, JobStatus(raw[1]) if raw[0] == "lost" else None)
+
+
+def renew_call(job_id: str, worker_id: str, lease_ttl: float) -> ScriptCall:
+    """Arguments of RENEW."""
+    return ScriptCall("renew", [keys.job(job_id), keys.lease(job_id)], [worker_id, int(lease_ttl * 1000)])
+
+
+def parse_renew(raw: Sequence[int]) -> LeaseStatus:
+    """Decode the RENEW answer."""
+    return LeaseStatus(bool(int(raw[0])), bool(int(raw[1])))
+
+
+#: APPEND's answer for a flush whose sequence number was applied already (nothing written again).
+ALREADY_APPLIED = "applied"
+
+
+def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0) -> ScriptCall:
+    """Arguments of APPEND (``seq`` 0 = unnumbered, always written)."""
+    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, seq, *texts])
+
+
+@dataclass(frozen=True)
+class AppendAck:
+    """One job's answer of ``append_many``: still owned by the caller? its text written? cancel asked?"""
+
+    owned: bool
+    written: bool
+    cancel_requested: bool
+
+
+def append_many_call(
+    worker_id: str, texts: Mapping[str, str], ttl: int, seqs: Mapping[str, int] | None = None
+) -> ScriptCall:
+    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag;
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered)."""
+    job_keys: list[str] = []
+    for job_id in texts:
+        job_keys += [keys.job(job_id), keys.stream(job_id)]
+    numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
+    return ScriptCall("append_many", job_keys, [worker_id, ttl, len(texts), *texts.values(), *numbers])
+
+
+def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:
+    """Decode the APPEND_MANY answer (one code per job, in order)."""
+    acks: dict[str, AppendAck] = {}
+    for job_id, value in zip(job_ids, raw, strict=True):
+        code = int(value)
+        acks[job_id] = AppendAck(owned=code != 0, written=code & 3 == 1, cancel_requested=bool(code & 4))
+    return acks
+
+
+def finish_call(
+    job_id: str,
+    worker_id: str,
+    status: JobStatus,
+    result: JobResult | None,
+    error: JobError | None,
+    ttl: int,
+    now: float,
+) -> ScriptCall:
+    """Arguments of FINISH."""
+    if not status.terminal:
+        raise ValueError(f"finish needs a terminal status, got {status}")
+    return ScriptCall(
+        "finish",
+        [keys.job(job_id), keys.lease(job_id), keys.RUNNING, keys.stream(job_id)],
+        [
+            job_id,
+            worker_id,
+            status.value,
+            repr(now),
+            result.model_dump_json() if result else "",
+            error.model_dump_json() if error else "",
+            ttl,
+            keys.FINISHED_CHANNEL,
+        ],
+    )
+
+
+def cancel_call(job_id: str, ttl: int, now: float) -> ScriptCall:
+    """Arguments of CANCEL."""
+    return ScriptCall(
+        "cancel",
+        [keys.job(job_id), keys.QUEUE, keys.stream(job_id)],
+        [job_id, repr(now), ttl, keys.FINISHED_CHANNEL, keys.CANCEL_CHANNEL],
+    )
+
+
+def parse_cancel(raw: Sequence[str]) -> CancelOutcome:
+    """Decode the CANCEL answer."""
+    kind = raw[0]
+    return CancelOutcome(kind, JobStatus(raw[1]) if raw[1] else None)  # type: ignore[arg-type]
+
+
+def _requeue_keys(job_id: str) -> list[str]:
+    return [keys.job(job_id), keys.lease(job_id), keys.QUEUE, keys.RUNNING, keys.stream(job_id)]
+
+
+def reap_call(job_id: str, max_attempts: int, ttl: int, now: float) -> ScriptCall:
+    """Arguments of REAP (lease expired: requeue, or fail with worker_lost after max_attempts)."""
+    error = JobError(
+        type="worker_lost",
+        message=f"the worker running this job stopped {max_attempts} time(s); giving up",
+    )
+    return ScriptCall(
+        "reap",
+        _requeue_keys(job_id),
+        [job_id, repr(now), ttl, keys.FINISHED_CHANNEL, max_attempts, dumps(error.model_dump())],
+    )
+
+
+def release_call(job_id: str, worker_id: str, ttl: int, now: float) -> ScriptCall:
+    """Arguments of RELEASE (the owner hands a running job back on a clean shutdown)."""
+    return ScriptCall(
+        "release", _requeue_keys(job_id), [job_id, repr(now), ttl, keys.FINISHED_CHANNEL, worker_id]
+    )
+
+
+def parse_reap(raw: Sequence[str]) -> ReapOutcome:
+    """Decode the REAP / RELEASE answer."""
+    action = raw[0]
+    attempt = int(raw[1]) if raw[1].lstrip("-").isdigit() else 0
+    return ReapOutcome(action, attempt)  # type: ignore[arg-type]
+
+
+def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
+    """Decode one stream entry."""
+    kind = fields.get("t", "token")
+    if kind == "done":
+        return StreamEntry(entry_id, "done", status=JobStatus(fields["status"]))
+    if kind == "reset":
+        return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
+    return StreamEntry(entry_id, "token", text=fields.get("text", ""))
+
+
+def check_decoded(client: Any) -> None:
+    """The store needs a client built with ``decode_responses=True``."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+    if not kwargs.get("decode_responses"):
+        raise ValueError("the job store needs a Redis client created with decode_responses=True")
+
+
+#: Rows read from an owner's index per round trip while listing, and the most one page may scan.
+LIST_BATCH = 100
+LIST_SCAN_CAP = 2000
+
+
+def encode_cursor(score: float, job_id: str) -> str:
+    """Opaque listing cursor: the position of the last job returned."""
+    raw = f"{int(score)}:{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Inverse of ``encode_cursor``; ValueError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, _, job_id = raw.partition(":")
+        if not job_id:
+            raise ValueError("no job id")
+        return int(score), job_id
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise ValueError(f"invalid cursor: {cursor!r}") from exc
+
+
+def after_cursor(score: float, job_id: str, cursor: tuple[int, str] | None) -> bool:
+    """True when a row of ZREVRANGEBYSCORE (ties in reverse lexical order) comes after ``cursor``."""
+    if cursor is None:
+        return True
+    c_score, c_id = cursor
+    return score < c_score or (int(score) == c_score and job_id < c_id)
+
+
+@dataclass
+class ListPage:
+    """One page of an owner's jobs, newest first."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
+    stale: list[str]  # ids whose record expired; the caller may ZREM them
+
+
+def page_step(
+    page: ListPage,
+    rows: Sequence[tuple[str, float]],
+    hashes: Sequence[Mapping[str, str]],
+    status: JobStatus | None,
+    limit: int,
+) -> tuple[bool, tuple[float, str] | None]:
+    """Fold one batch of index rows and their hashes into ``page``.
+
+    Returns (page full, last row examined).
+    """
+    last: tuple[float, str] | None = None
+    for (job_id, score), fields in zip(rows, hashes, strict=True):
+        last = (score, job_id)
+        record = record_from_hash(fields)
+        if record is None:
+            page.stale.append(job_id)
+            continue
+        if status is not None and record.status is not status:
+            continue
+        page.records.append(record)
+        if len(page.records) >= limit:
+            return True, last
+    return False, last

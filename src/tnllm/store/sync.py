@@ -1,0 +1,322 @@
+"""``JobStore``: the job store on the synchronous redis-py client (Celery workers, reaper, tests).
+
+Every state transition is one Lua script (``scripts.py``); argument building and answer decoding
+are shared with the asyncio twin in ``aio.py`` through ``ops.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from tnllm.config import Settings
+from tnllm.protocol.jobs import GenerationParams, JobError, JobRecord, JobResult, JobStatus
+from tnllm.store import clients as redis_urls
+from tnllm.store import keys, ops, scripts
+from tnllm.store import stats as jobstats
+from tnllm.store.codec import record_from_hash
+from tnllm.store.ops import (
+    AppendAck,
+    CancelOutcome,
+    ClaimOutcome,
+    CreateOutcome,
+    LeaseStatus,
+    ListPage,
+    ReapOutcome,
+    StreamEntry,
+    WorkerInfo,
+)
+
+MAX_POOL_CONNECTIONS = 4096  # per client pool; connections are opened only as threads need them
+
+
+def redis_client(url: str, **kwargs: Any) -> redis.Redis:
+    """A sync client configured the way the store needs (decoded strings, bounded waits).
+
+    Any URL the broker takes: redis://, rediss://, unix://, sentinel:// (``tnllm.store.clients``).
+    """
+    kwargs.setdefault("socket_connect_timeout", 5)
+    kwargs.setdefault("socket_timeout", 30)
+    kwargs.setdefault("health_check_interval", 30)
+    # A pooled connection left over from before a Redis restart fails once with "closed by server":
+    # retry on a fresh connection, as the API's client does. Connection errors only, not timeouts:
+    # a command that timed out may still run on a slow server. CLAIM and FINISH recognise their own
+    # replay, APPEND and APPEND_MANY theirs through the flush's sequence number (scripts.py).
+    kwargs.setdefault(
+        "retry",
+        Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, supported_errors=(RedisConnectionError,)),
+    )
+    kwargs.setdefault("retry_on_error", [RedisConnectionError])
+    # redis-py 8 caps a pool at 100 connections by default; a GPU worker runs one Celery thread per
+    # slot (256) that all use the store at once, and the cap made jobs fail with "Too many connections".
+    kwargs.setdefault("max_connections", MAX_POOL_CONNECTIONS)
+    return redis_urls.sync_client(url, decode_responses=True, **kwargs)
+
+
+class JobStore:
+    """Job records, leases and token streams in Redis, for synchronous callers.
+
+    Unknown or expired ids give None (never a made-up record).
+    """
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        ops.check_decoded(client)
+        # Any: redis-py types answers as bytes | str; ours are str (decode_responses=True).
+        self.client: Any = client
+        self.ttl = int(settings.result_ttl)
+        self.lease_ttl = float(settings.lease_ttl)
+        self.max_attempts = int(settings.max_attempts)
+        self._scripts = {name: client.register_script(src) for name, src in scripts.ALL.items()}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """Connect to ``settings.redis_url``."""
+        if not settings.redis_url:
+            raise ValueError("TNLLM_REDIS_URL is not set")
+        return cls(redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master), settings)
+
+    def _run(self, call: ops.ScriptCall) -> Any:
+        return self._scripts[call.name](keys=call.keys, args=call.args)
+
+    def _run_many(self, calls: Sequence[ops.ScriptCall]) -> list[Any]:
+        """Run script calls in one non-transactional pipeline (one round trip, plus SCRIPT EXISTS).
+
+        A connection-level error (Redis down) raises; a script that failed on its own gives its
+        exception object in its place, so one bad job cannot hide the others' answers.
+        """
+        if not calls:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self._scripts[call.name](keys=call.keys, args=call.args, client=pipe)
+        return list(pipe.execute(raise_on_error=False))
+
+    # --- creation (the API uses the async twin; kept here for tools and tests) ---------------
+    def create(
+        self,
+        *,
+        job_id: str,
+        owner: str,
+        params: GenerationParams,
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        max_queued: int = 0,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+        webhook: Mapping[str, Any] | None = None,
+    ) -> CreateOutcome:
+        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``."""
+        call = ops.create_call(
+            job_id=job_id,
+            owner=owner,
+            params=params,
+            priority=priority,
+            metadata=metadata or {},
+            ttl=self.ttl,
+            max_queued=max_queued,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            webhook=webhook,
+            now=time.time(),
+        )
+        return ops.parse_create(self._run(call), call, body_hash)
+
+    # --- reading -------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job record, or None for an unknown or expired id."""
+        return record_from_hash(self.client.hgetall(keys.job(job_id)))
+
+    def queue_position(self, job_id: str) -> int | None:
+        """Queued jobs that run before this one (0 = next), None when not queued."""
+        rank = self.client.zrank(keys.QUEUE, job_id)
+        return None if rank is None else int(rank)
+
+    def queue_depth(self) -> int:
+        """Jobs waiting in the queue."""
+        return int(self.client.zcard(keys.QUEUE))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """True once a cancel was asked for this job."""
+        return self.client.hget(keys.job(job_id), "cancel_requested") == "1"
+
+    def read_stream(
+        self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None
+    ) -> list[StreamEntry]:
+        """Stream entries after entry id ``after`` (waiting up to ``block_ms`` when there are none)."""
+        answer = self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
+        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+
+    def list_jobs(
+        self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
+    ) -> ListPage:
+        """One page of ``owner``'s jobs, newest first (see ``aio.AsyncJobStore.list_jobs``)."""
+        start = ops.decode_cursor(cursor) if cursor else None
+        page = ListPage([], None, [])
+        index = keys.owner_jobs(owner)
+        offset = 0
+        while offset < ops.LIST_SCAN_CAP:
+            top = start[0] if start else "+inf"
+            raw = self.client.zrevrangebyscore(
+                index, top, "-inf", start=offset, num=ops.LIST_BATCH, withscores=True
+            )
+            offset += len(raw)
+            rows = [(i, s) for i, s in raw if ops.after_cursor(s, i, start)]
+            pipe = self.client.pipeline(transaction=False)
+            for job_id, _ in rows:
+                pipe.hgetall(keys.job(job_id))
+            full, last = ops.page_step(page, rows, pipe.execute() if rows else [], status, limit)
+            if full or (offset >= ops.LIST_SCAN_CAP and len(raw) == ops.LIST_BATCH):
+                page.next_cursor = ops.encode_cursor(*last) if last else None
+                break
+            if len(raw) < ops.LIST_BATCH:  # the index is exhausted
+                break
+        if page.stale:
+            self.client.zrem(index, *page.stale)
+        return page
+
+    # --- worker side ---------------------------------------------------------------------------
+    def claim(self, job_id: str, worker_id: str, *, now: float | None = None) -> ClaimOutcome:
+        """CAS queued → running for ``worker_id`` (lease, attempt += 1, started_at).
+
+        Only one caller ever wins; a duplicate delivery of a running or terminal job loses. A caller
+        that retries after a transient error passes the same ``now`` each time: a claim that had
+        already run answers "won" again instead of "lost".
+        """
+        now = time.time() if now is None else now
+        outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
+        if outcome.won:
+            jobstats.record_started(self.client, keys.job(job_id), now)
+        return outcome
+
+    def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
+        """Extend the lease of a job this worker runs; says whether it still owns it and if a
+        cancel was requested."""
+        return ops.parse_renew(self._run(ops.renew_call(job_id, worker_id, self.lease_ttl)))
+
+    def renew_leases(self, job_ids: Sequence[str], worker_id: str) -> dict[str, LeaseStatus | Exception]:
+        """``renew_lease`` for many jobs in one pipeline; a job whose script failed maps to the error."""
+        calls = [ops.renew_call(job_id, worker_id, self.lease_ttl) for job_id in job_ids]
+        return {
+            job_id: raw if isinstance(raw, Exception) else ops.parse_renew(raw)
+            for job_id, raw in zip(job_ids, self._run_many(calls), strict=True)
+        }
+
+    def lease_alive(self, job_id: str) -> bool:
+        """True while the job's lease key exists."""
+        return bool(self.client.exists(keys.lease(job_id)))
+
+    def append(self, job_id: str, worker_id: str, *texts: str, seq: int = 0) -> list[str]:
+        """Append token deltas to the job's stream; returns the entry ids, or [] when the caller no
+        longer owns the running job (then it must stop generating).
+
+        ``seq`` > 0 numbers the flush (per attempt, increasing; the same number on every retry of
+        the same text): a number applied already writes nothing and answers
+        ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
+        """
+        if not texts:
+            return []
+        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq)))
+
+    def append_many(
+        self, worker_id: str, texts: Mapping[str, str], seqs: Mapping[str, int] | None = None
+    ) -> dict[str, AppendAck]:
+        """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
+        per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
+        whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
+        job's flush as for ``append``: a number applied already counts as written (nothing written
+        again), so a retried call is safe. Raises when Redis is unreachable."""
+        if not texts:
+            return {}
+        call = ops.append_many_call(worker_id, texts, self.ttl, seqs)
+        return ops.parse_append_many(self._run(call), list(texts))
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: JobStatus,
+        *,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Write the terminal state if ``worker_id`` still owns the running job; False otherwise
+        (another worker took it over, or it was reaped): then nothing is written. As with
+        ``claim``, a retry with the same ``now`` answers True for a write that had already run."""
+        now = time.time() if now is None else now
+        call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
+        done = bool(int(self._run(call)[0]))
+        if done:
+            reason = error.type if error else None
+            jobstats.record_finished(self.client, keys.job(job_id), status.value, now, reason)
+        return done
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Queued → cancelled at once; running → ``cancel_requested`` (and a notification)."""
+        now = time.time()
+        outcome = ops.parse_cancel(self._run(ops.cancel_call(job_id, self.ttl, now)))
+        if outcome.kind == "cancelled":
+            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        return outcome
+
+    def release(self, job_id: str, worker_id: str) -> ReapOutcome:
+        """Hand a running job back to the queue on a clean shutdown (the attempt is not counted).
+        ``requeued``: the caller must send a new Celery message."""
+        now = time.time()
+        outcome = ops.parse_reap(self._run(ops.release_call(job_id, worker_id, self.ttl, now)))
+        if outcome.action == "cancelled":
+            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        return outcome
+
+    # --- reaper --------------------------------------------------------------------------------
+    def expired_leases(self, limit: int = 1000) -> list[str]:
+        """Running jobs whose lease key is gone (their worker died or stalled)."""
+        ids = self.client.zrange(keys.RUNNING, 0, limit - 1)
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(keys.lease(job_id))
+        return [job_id for job_id, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+
+    def reap(self, job_id: str) -> ReapOutcome:
+        """For a running job whose lease expired: requeue it, or fail it with ``worker_lost`` once
+        it used ``max_attempts``. ``requeued``: the caller must send a new Celery message."""
+        now = time.time()
+        outcome = ops.parse_reap(self._run(ops.reap_call(job_id, self.max_attempts, self.ttl, now)))
+        if outcome.action in ("failed", "cancelled"):
+            reason = "worker_lost" if outcome.action == "failed" else None
+            jobstats.record_finished(self.client, keys.job(job_id), outcome.action, now, reason)
+        return outcome
+
+    # --- workers -------------------------------------------------------------------------------
+    def heartbeat_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Publish this worker's heartbeat for ``ttl`` seconds (readiness, ETA)."""
+        info.updated_at = time.time()
+        key = keys.worker(info.id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=info.to_hash())
+        pipe.expire(key, max(1, int(ttl)))
+        pipe.zadd(keys.WORKERS, {info.id: info.updated_at + ttl})
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", f"({info.updated_at}")
+        pipe.expire(keys.WORKERS, max(1, int(ttl)))
+        pipe.execute()
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Drop a worker's heartbeat at clean shutdown."""
+        self.client.delete(keys.worker(worker_id))
+        self.client.zrem(keys.WORKERS, worker_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is current."""
+        ids = self.client.zrangebyscore(keys.WORKERS, time.time(), "+inf")
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in ids:
+            pipe.hgetall(keys.worker(worker_id))
+        return [WorkerInfo.from_hash(h) for h in (pipe.execute() if ids else []) if h]

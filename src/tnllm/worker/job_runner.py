@@ -1,0 +1,261 @@
+"""Run one job on this worker: fence → engine request → stream deltas → finish (no tensor code).
+
+The engine thread hands token deltas to a ``DeltaWriter`` (a queue put, never Redis); the process's
+``StreamPump`` (tnllm/worker/stream_pump.py) writes them to the job's stream for every running job in one
+pipeline per round and reads cancel requests, and the heartbeat thread renews the lease. The task
+thread only waits on its engine request (``WAIT_S`` at a time) and looks at local flags: lost lease,
+cancel, warm-shutdown release, time limit; at the end it flushes what is left and writes the result.
+Every write checks that this worker still owns the job, so a job taken over by another worker
+(after this one stalled) is never written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tnllm.engine.types import EngineRequest, EngineResult, SamplingParams
+from tnllm.errors import EngineError, EngineLost, LeaseLost
+from tnllm.protocol.jobs import JobError, JobRecord, JobResult, JobStatus, Usage
+from tnllm.worker.events import notify_transition
+from tnllm.worker.faults import crash_now, faults_for
+from tnllm.worker.stream_pump import TRANSIENT, DeltaWriter
+
+if TYPE_CHECKING:
+    from tnllm.worker.runtime import ActiveJob, WorkerRuntime
+
+__all__ = ["TRANSIENT", "DeltaWriter", "LeaseLost", "build_request", "retry_transient", "run_job"]
+
+log = logging.getLogger(__name__)
+
+#: Longest wait of a task thread between looks at its flags (release, time limit); lost leases and
+#: cancels end the engine request themselves (the pump or heartbeat cancels it), waking it at once.
+WAIT_S = 0.5
+#: How often a held job (debug ``delay`` fault) looks at its flags.
+HOLD_POLL_S = 0.05
+
+T = TypeVar("T")
+
+
+def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
+    """Call ``fn`` until it does not raise a transient Redis error or ``deadline_s`` passes."""
+    end = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if time.monotonic() >= end:
+                raise
+            log.warning("%s: Redis unavailable (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
+    """The engine request of a job: chat template + tokenizer for the prompt, sampling params."""
+    p = record.params
+    prompt_ids = rt.prompt_ids(p.chat_messages(rt.settings.system_prompt))
+    params = SamplingParams(
+        max_new_tokens=p.max_new_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        repetition_penalty=p.repetition_penalty,
+        stop=tuple(p.stop),
+        seed=p.seed,
+    )
+    return EngineRequest(request_id=f"{record.id}:{record.attempt}", prompt_ids=prompt_ids, params=params)
+
+
+def run_job(rt: WorkerRuntime, job_id: str) -> str:
+    """Run one delivery of ``job_id``; returns what happened (for logs and tests)."""
+    store = rt.store
+    claimed_at = time.time()  # one value for every retry: a claim that ran but lost its reply is ours
+    claim = retry_transient(
+        lambda: store.claim(job_id, rt.worker_id, now=claimed_at),
+        what=f"claim {job_id}",
+        deadline_s=rt.settings.lease_ttl,
+    )
+    if not claim.won:
+        # A duplicate delivery (visibility timeout, reaper requeue racing a slow worker...) of a job
+        # that is running elsewhere, already terminal, cancelled while queued, or expired.
+        log.info("job %s: not claimed (status %s); skipping this delivery", job_id, claim.status)
+        return f"skipped:{claim.status}"
+    active = rt.track(job_id)
+    try:
+        record = store.get(job_id)
+        if record is None:
+            return "missing"
+        notify_transition(store, record, "job.running")
+        return _run_claimed(rt, record, active)
+    finally:
+        rt.untrack(job_id, active)
+
+
+def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str:
+    settings = rt.settings
+    deadline = active.started + settings.job_time_limit
+    faults = faults_for(record.metadata, settings.debug_faults)
+    if faults.crash:
+        crash_now(record.id)
+    if faults.delay:
+        early = _hold(active, min(time.monotonic() + faults.delay, deadline))
+        if early == "lost":
+            return "lease_lost"
+        if early == "release":
+            return _release(rt, record)
+        if early == "cancel":
+            empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
+            return _finish(rt, record, JobStatus.CANCELLED, result=empty)
+    if time.monotonic() >= deadline:
+        return _timed_out(rt, record)
+    try:
+        request = build_request(rt, record)
+        writer = DeltaWriter(rt.store, record.id, rt.worker_id)
+        handle = rt.engine.submit(request, on_token=writer.on_token)
+    except EngineLost as exc:
+        return _engine_lost(record, exc)
+    except ValueError as exc:  # RequestRejected, malformed conversation, template errors
+        return _finish(rt, record, JobStatus.FAILED, error=JobError(type="invalid_request", message=str(exc)))
+    active.attach(rt.engine, handle.request_id, writer)  # the stream pump writes its deltas from now on
+    outcome = _wait(rt, record, active, handle, deadline)
+    if isinstance(outcome, str):
+        return outcome
+    if active.lost.is_set():  # the pump or heartbeat found another owner (and ended the request)
+        log.warning("job %s: lease lost; abandoning this run", record.id)
+        return "lease_lost"
+    try:
+        # Redis may be down right now: keep trying a while (the result itself holds the full text).
+        end = time.monotonic() + rt.finish_retry_s
+        while not writer.flush() and time.monotonic() < end:
+            time.sleep(0.2)
+    except LeaseLost:
+        return "lease_lost"
+    status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
+    result = JobResult(
+        text=outcome.text,
+        finish_reason=outcome.finish_reason,
+        usage=Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens),
+    )
+    return _finish(rt, record, status, result=result)
+
+
+def _hold(active: ActiveJob, until: float) -> str | None:
+    """Sleep until ``until`` (debug delay) unless the job is lost, released or cancelled first."""
+    while time.monotonic() < until:
+        if active.lost.is_set():
+            return "lost"
+        if active.release.is_set():
+            return "release"
+        if active.cancel.is_set():  # set by the stream pump or the heartbeat
+            return "cancel"
+        time.sleep(HOLD_POLL_S)
+    return None
+
+
+def _timed_out(rt: WorkerRuntime, record: JobRecord) -> str:
+    message = f"job exceeded the time limit of {rt.settings.job_time_limit:g}s"
+    return _finish(rt, record, JobStatus.FAILED, error=JobError(type="timeout", message=message))
+
+
+def _wait(
+    rt: WorkerRuntime, record: JobRecord, active: ActiveJob, handle: Any, deadline: float
+) -> EngineResult | str:
+    """Wait for the engine; the result, or a string saying how the job ended early.
+
+    No Redis here: the stream pump writes the deltas and sets ``active.cancel`` / ``active.lost``
+    (cancelling the engine request itself, which ends this wait); this thread wakes every
+    ``WAIT_S`` for the flags only it acts on (release, time limit) and for flags set before the
+    request was attached to the job.
+    """
+    engine = rt.engine
+    request_id = handle.request_id
+    cancel_sent = False
+    timeout = 0.0  # look at the flags at once: a cancel may have come before the request existed
+    while True:
+        try:
+            return handle.result(timeout=timeout)  # type: ignore[no-any-return]
+        except TimeoutError:
+            pass
+        except EngineLost as exc:
+            return _engine_lost(record, exc)
+        except EngineError as exc:
+            log.exception("job %s: engine failed", record.id)
+            return _finish(
+                rt, record, JobStatus.FAILED, error=JobError(type="engine_error", message=str(exc))
+            )
+        if active.lost.is_set():
+            engine.cancel(request_id)
+            log.warning("job %s: lease lost; abandoning this run", record.id)
+            return "lease_lost"
+        now = time.monotonic()
+        if now > deadline:
+            engine.cancel(request_id)
+            _drain(handle)
+            return _timed_out(rt, record)
+        if active.release.is_set():
+            engine.cancel(request_id)
+            _drain(handle)
+            return _release(rt, record)
+        if not cancel_sent and active.cancel.is_set():
+            engine.cancel(request_id)  # the engine retires it next step; result says "cancelled"
+            cancel_sent = True
+        timeout = min(WAIT_S, deadline - now + 0.001)
+
+
+def _engine_lost(record: JobRecord, exc: EngineLost) -> str:
+    """The engine process died under the job: not the job's failure. Nothing is written; the
+    reaper requeues it when its lease expires (an attempt counted, so a job that kills engines
+    ends ``worker_lost`` after ``max_attempts``)."""
+    log.warning("job %s: %s; leaving it to the reaper", record.id, exc)
+    return "engine_lost"
+
+
+def _drain(handle: Any, timeout: float = 10.0) -> None:
+    with contextlib.suppress(TimeoutError, EngineError):
+        handle.result(timeout=timeout)
+
+
+def _finish(
+    rt: WorkerRuntime,
+    record: JobRecord,
+    status: JobStatus,
+    *,
+    result: JobResult | None = None,
+    error: JobError | None = None,
+) -> str:
+    """Write the terminal state (retrying through Redis outages) while this worker owns the job."""
+    store = rt.store
+    rt.pump.discard(record.id)  # its stream is complete: the pump must not read our end as a loss
+
+    finished_at = time.time()  # one value for every retry, so a write that ran is recognised
+
+    def write() -> bool:
+        return bool(
+            store.finish(record.id, rt.worker_id, status, result=result, error=error, now=finished_at)
+        )
+
+    written = retry_transient(write, what=f"finish {record.id}", deadline_s=rt.finish_retry_s)
+    if not written:
+        log.warning("job %s: not finished by this worker (taken over or reaped)", record.id)
+        return "lease_lost"
+    notify_transition(store, store.get(record.id), f"job.{status.value}")
+    return str(status.value)
+
+
+def _release(rt: WorkerRuntime, record: JobRecord) -> str:
+    """Warm shutdown ran out of grace: put the job back on the queue for another worker."""
+    rt.pump.discard(record.id)
+    outcome = retry_transient(
+        lambda: rt.store.release(record.id, rt.worker_id),
+        what=f"release {record.id}",
+        deadline_s=rt.finish_retry_s,
+    )
+    if outcome.action == "requeued":
+        rt.send_generate(record.id, record.priority)
+        log.info("job %s: released back to the queue on shutdown", record.id)
+    return f"released:{outcome.action}"

@@ -1,0 +1,85 @@
+"""`tnllm generate`: every prompt through one engine; greedy ids match the official golden numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.model import TINY_A
+from tnllm.cli.main import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
+    assert main(["generate", *argv]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_prompt_ids_together_reproduce_the_official_greedy_continuations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    expected = json.loads((TINY_A / "expected.json").read_text())["sequences"]
+    argv = ["--model", str(TINY_A), "--max-new-tokens", "20", "--temperature", "0", "--ignore-eos", "--json"]
+    for seq in expected:
+        argv += ["--prompt-ids", ",".join(map(str, seq["input_ids"]))]
+    out = run_cli(capsys, *argv)
+    assert [o["prompt_ids"] for o in out] == [s["input_ids"] for s in expected]
+    assert [o["ids"] for o in out] == [s["greedy"]["new_tokens"] for s in expected]
+    assert all("text" not in o for o in out)  # tiny-a ships no tokenizer
+
+
+def test_text_prompt_uses_the_chat_template(capsys: pytest.CaptureFixture[str], demo_model_dir: Path) -> None:
+    from tnllm.text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(demo_model_dir)
+    assert tok is not None
+    base = ["--model", str(demo_model_dir), "--max-new-tokens", "6", "--ignore-eos", "--json"]
+    chat, raw = (
+        run_cli(capsys, *base, "--prompt", "你好"),
+        run_cli(capsys, *base, "--raw", "--prompt", "你好"),
+    )
+    templated = tok.apply_chat_template([{"role": "user", "content": "你好"}])
+    assert chat[0]["prompt_ids"] == tok.encode(templated) and raw[0]["prompt_ids"] == tok.encode("你好")
+    for o in (chat[0], raw[0]):
+        assert len(o["ids"]) == 6 and o["text"] == tok.decode(o["ids"])
+
+
+def test_over_the_context_limit_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TNLLM_MAX_CONTEXT", "10")
+    assert main(["generate", "--model", str(TINY_A), "--prompt-ids", "1,2,3", "--max-new-tokens", "8"]) == 2
+    assert "exceeds the context limit of 10 tokens" in capsys.readouterr().err
+
+
+def test_stop_strings_and_repetition_penalty(
+    capsys: pytest.CaptureFixture[str], demo_model_dir: Path
+) -> None:
+    base = [
+        "--model",
+        str(demo_model_dir),
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+        "--json",
+        "--prompt",
+        "hi",
+    ]
+    plain = run_cli(capsys, *base)[0]
+    assert plain["finish_reason"] == "length" and len(plain["text"]) > 4
+    stop = plain["text"][len(plain["text"]) // 2 :][:2]
+    cut = run_cli(capsys, *base, "--stop", "\x00never", "--stop", stop)[0]
+    assert cut["finish_reason"] == "stop"
+    assert plain["text"].startswith(cut["text"]) and stop not in cut["text"]
+    assert plain["text"].find(stop) == len(cut["text"])
+    # the random demo model starts repeating itself after ~26 tokens; the penalty holds that off
+    longer = [a if a != "24" else "60" for a in base]
+
+    def repeats(o: dict) -> int:
+        return sum(t in o["prompt_ids"] or t in o["ids"][:i] for i, t in enumerate(o["ids"]))
+
+    free, penalised = run_cli(capsys, *longer)[0], run_cli(capsys, *longer, "--repetition-penalty", "1.3")[0]
+    assert repeats(penalised) < repeats(free)
+    assert main(["generate", *base, "--repetition-penalty", "0"]) == 2
+    assert "repetition_penalty must be > 0" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""The embedded redis-server: real process, AOF persistence across SIGKILL, password, restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from tnllm.errors import RedisServerError
+from tnllm.store.server import RedisServer, find_redis_server, free_port
+
+
+def test_binary_is_found() -> None:
+    assert Path(find_redis_server()).name == "redis-server"
+
+
+def test_session_server_answers(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert client.ping()
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+    client.close()
+
+
+def test_aof_survives_sigkill_and_restart_on_same_port(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory()
+    port, url = server.port, server.url
+    client = redis.Redis.from_url(url)
+    client.set("k", "v")
+    time.sleep(1.3)  # appendfsync everysec: give the fsync a second
+    server.kill()
+    assert not server.running
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    server.start()
+    assert server.port == port
+    assert redis.Redis.from_url(url).get("k") == b"v"
+    assert (server.data_dir / "appendonly.aof").exists()
+
+
+def test_password_is_required(redis_factory: Callable[..., RedisServer]) -> None:
+    server = redis_factory(password="s3cr:t")
+    assert server.url.startswith("redis://:s3cr%3At@")
+    assert redis.Redis.from_url(server.url).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=server.host, port=server.port).ping()
+
+
+def test_clean_stop_and_port_in_use(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "a") as first:
+        pid = first.process.pid if first.process else None
+        assert pid and first.ping()
+        with pytest.raises(RedisServerError, match="in use"):
+            RedisServer(tmp_path / "b", port=first.port).start()
+    assert not first.running and not first.ping()
+
+
+def test_free_port_is_bindable() -> None:
+    assert 0 < free_port() < 65536

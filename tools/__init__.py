@@ -1,0 +1,1 @@
+"""Maintainer tools: generators of the docs' generated sections (``python -m tools.api_doc``)."""

@@ -1,1 +1,0 @@
-"""tnllm GPU/CPU worker side: model, engine and Celery tasks."""
