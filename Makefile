@@ -57,10 +57,10 @@ fmt: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 
 bench-engine: $(VENV)/.installed-dev
-	$(BIN)/python bench/engine.py $(ARGS)
+	$(BIN)/python -m bench.engine $(ARGS)
 
 bench-queue: $(VENV)/.installed-dev
-	$(BIN)/python bench/queue_overhead.py $(ARGS)
+	$(BIN)/python -m bench.queue_overhead $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
