@@ -69,7 +69,6 @@ KNOWN: set[tuple[str, str]] = {
 }
 KNOWN_CYCLES: list[list[str]] = [
     ["tnllm.model.kernels", "tnllm.model.kernels.attention", "tnllm.model.ops"],
-    ["tnllm.worker.runtime", "tnllm.worker.stream_pump"],
 ]
 
 
@@ -193,7 +192,7 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 
 @pytest.mark.parametrize(
-    "modules", [["tnllm.api.main"], ["tnllm.worker.tasks", "tnllm.worker.runtime", "tnllm.webhooks.process"]]
+    "modules", [["tnllm.api.main"], ["tnllm.worker.tasks", "tnllm.worker.process", "tnllm.webhooks.process"]]
 )
 def test_torch_free_processes(modules: list[str]) -> None:
     """The API, the GPU worker process (its engine runs in a child) and the webhook worker never

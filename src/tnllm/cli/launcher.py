@@ -73,7 +73,7 @@ def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run one GPU worker process: model + engine loaded once, Celery threads = engine slots."""
-    from tnllm.worker.runtime import run_worker
+    from tnllm.worker.process import run_worker
 
     return run_worker(settings, concurrency=args.concurrency, hostname=args.hostname)
 
