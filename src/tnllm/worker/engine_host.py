@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from tnllm.config import Settings
 from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineStats, TokenEvent
+from tnllm.text.tokenizer import Tokenizer
 
 #: The GPU memory figures of the engine's device (None on CPU), read when metrics are scraped.
 MemoryProbe = Callable[[], dict[str, float] | None]
@@ -26,8 +27,10 @@ class WorkerEngine(Protocol):
     @property
     def slots(self) -> int: ...
 
-    #: The model's tokenizer (None when the folder has none: token-id prompts only).
-    tokenizer: Any
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer (None when the folder has none: token-id prompts only)."""
+        ...
 
     def submit(
         self,

@@ -105,7 +105,7 @@ class WorkerRuntime:
         tokenizer = self.running_engine().tokenizer
         if tokenizer is None:
             raise ValueError("the model folder has no tokenizer.model: text prompts are not supported")
-        return list(tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True)))
+        return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
     def send_generate(self, job_id: str, priority: int) -> None:
         """Enqueue a new Celery message for a job put back on the queue."""
