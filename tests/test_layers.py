@@ -36,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "webhooks": BASE | {"protocol", "text", "store"},
     "worker": BASE | {"protocol", "text", "store", "engine"},
     "api": BASE | {"protocol", "text", "store", "webhooks"},
-    "cli": BASE | {"protocol", "text", "store", "model", "engine", "webhooks", "worker", "api"},
+    # cli also reads the package root (``tnllm.__version__`` for ``tnllm --version``)
+    "cli": BASE | {"__init__", "protocol", "text", "store", "model", "engine", "webhooks", "worker", "api"},
 }
 ACCELERATOR = {"torch", "triton", "fla", "transformers", "safetensors", "modelscope", "numpy"}
 SERVING = {"redis", "celery", "kombu", "httpx", "fastapi", "starlette", "uvicorn", "sse_starlette", "flower"}
