@@ -109,9 +109,10 @@ class JobErrorType(StrEnum):
 
 
 class JobError(BaseModel):
-    """Why a job failed; ``type`` is machine-readable: a ``JobErrorType`` when written now (a plain
-    string, so a record written by another version still reads)."""
+    """Why a job failed; ``type`` is machine-readable (``worker_lost``, ``timeout``, ``invalid_request``)."""
 
+    #: A ``JobErrorType`` value when written; typed ``str`` so that a record written by another
+    #: version still reads (and the OpenAPI document stays as it is).
     type: str
     message: str
 
