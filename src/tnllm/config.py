@@ -6,6 +6,7 @@ down. Model hyper-parameters never come from here: they come from the checkpoint
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +15,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "OpenNLPLab/TransNormerLLM-7B"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment: the base of a child process's (``tnllm up``)."""
+    return dict(os.environ)
 
 
 def _split_csv(value: object) -> object:

@@ -19,7 +19,7 @@ from tests.fixtures.services import Stack
 from tnllm.cli.supervisor import child_pids
 from tnllm.store import JobStatus
 from tnllm.store.server import RedisServer
-from tnllm.worker.runtime import EXIT_ENGINE_LOST, EXIT_MODEL_LOAD_FAILED
+from tnllm.worker.process import EXIT_ENGINE_LOST, EXIT_MODEL_LOAD_FAILED
 
 pytestmark = pytest.mark.slow
 

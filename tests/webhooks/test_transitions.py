@@ -9,7 +9,8 @@ import pytest
 from tnllm.config import Settings
 from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.store.webhooks import SCHEDULE_KEY, WebhookStore
-from tnllm.worker.runtime import REAPER_LOCK, WorkerRuntime
+from tnllm.worker.reaper import REAPER_LOCK
+from tnllm.worker.runtime import WorkerRuntime
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_reaper_failure_enqueues_job_failed(runtime: WorkerRuntime) -> None:
     assert store.claim("r2", "dead-worker").won
     store.client.delete(keys.lease("r2"))  # the worker died
     store.client.delete(REAPER_LOCK)
-    assert runtime.reap_once() == [("r2", "failed")]
+    assert runtime.reaper.reap_once() == [("r2", "failed")]
     record = store.get("r2")
     assert record is not None and record.status is JobStatus.FAILED
     log = WebhookStore(store.client, store.ttl).load("r2")

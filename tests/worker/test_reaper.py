@@ -17,7 +17,8 @@ from tnllm.worker.orphans import (
     message_job_id,
     resend_messageless,
 )
-from tnllm.worker.runtime import REAPER_LOCK, WorkerRuntime
+from tnllm.worker.reaper import REAPER_LOCK
+from tnllm.worker.runtime import WorkerRuntime
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> 
         assert store.claim("j1", "dead-worker").won
         store.client.delete(keys.lease("j1"))  # the worker died: its lease is gone
         store.client.delete(REAPER_LOCK)
-        done = runtime.reap_once()
+        done = runtime.reaper.reap_once()
         if attempt == 1:
             assert done == [("j1", "requeued")]
             record = store.get("j1")
@@ -68,14 +69,14 @@ def test_reaper_leaves_live_leases_and_takes_turns(runtime: WorkerRuntime, setti
     store = runtime.store
     _create(store, "j2")
     assert store.claim("j2", "alive-worker").won
-    assert runtime.reap_once() == []
+    assert runtime.reaper.reap_once() == []
     other = WorkerRuntime(settings, hostname="other@host")
     try:
         store.client.delete(keys.lease("j2"))
         # the first runtime holds this round's lock: the other one does nothing
-        assert other.reap_once() == []
+        assert other.reaper.reap_once() == []
         store.client.delete(REAPER_LOCK)
-        assert other.reap_once() == [("j2", "requeued")]
+        assert other.reaper.reap_once() == [("j2", "requeued")]
     finally:
         other.close()
 
@@ -111,11 +112,11 @@ def test_reaper_resends_messages_parked_with_a_dead_worker(runtime: WorkerRuntim
         store.client.zadd(UNACKED_INDEX, {tag: time.time() - 60})
     assert generate_job_id(store.client.hget(UNACKED, "tag-1")) == "queued-1"
     assert store.claim("done-1", "w").won and store.finish("done-1", "w", JobStatus.SUCCEEDED)
-    assert runtime.reap_once() == [("queued-1", "resent")]
+    assert runtime.reaper.reap_once() == [("queued-1", "resent")]
     assert _messages(store, "generate") == ["queued-1"]  # sent again at its priority
     assert store.client.hlen(UNACKED) == 0 and store.client.zcard(UNACKED_INDEX) == 0
     store.client.delete(REAPER_LOCK)
-    assert runtime.reap_once() == []  # once only
+    assert runtime.reaper.reap_once() == []  # once only
 
 
 def test_reaper_sends_a_message_for_queued_jobs_that_have_none(runtime: WorkerRuntime) -> None:

@@ -25,9 +25,11 @@ from tnllm.engine.engine import RequestHandle
 from tnllm.engine.types import TokenEvent
 from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.store.server import RedisServer
+from tnllm.worker.active import ActiveJob
+from tnllm.worker.deltas import DeltaWriter
 from tnllm.worker.job_runner import run_job
-from tnllm.worker.runtime import ActiveJob, WorkerRuntime
-from tnllm.worker.stream_pump import DeltaWriter, StreamPump
+from tnllm.worker.runtime import WorkerRuntime
+from tnllm.worker.stream_pump import StreamPump
 
 WORKER = "pump-test-worker"
 
@@ -443,7 +445,7 @@ def test_run_job_streams_through_the_pump_and_cancels_quickly(
         tokens = [f["text"] for _, f in entries if f.get("t") == "token"]
         assert "".join(tokens) == record.result.text
         assert entries[-1][1]["t"] == "done"
-    assert runtime.pump.jobs() == [] and runtime.active_jobs() == []
+    assert runtime.pump.jobs() == [] and runtime.active.snapshot() == []
     # a job that its own task finished is no lost lease (the pump lets go of it before the finish)
     assert not [r for r in caplog.records if "lease lost" in r.getMessage()]
 
@@ -483,7 +485,7 @@ def test_a_job_claimed_again_by_the_same_process_abandons_its_earlier_attempt(
     running = store.get("again")
     assert running is not None
     if running.status is JobStatus.RUNNING:  # the new attempt is still served: heartbeat and pump
-        served = runtime.active_jobs()
+        served = runtime.active.snapshot()
         assert len(served) == 1 and not served[0].lost.is_set()
         assert runtime.pump.jobs() == served
         assert store.cancel("again").kind == "requested"
@@ -495,4 +497,4 @@ def test_a_job_claimed_again_by_the_same_process_abandons_its_earlier_attempt(
     kinds = [f.get("t") for _, f in entries]
     after_reset = entries[len(kinds) - 1 - kinds[::-1].index("reset") + 1 :]
     assert "".join(f["text"] for _, f in after_reset if f.get("t") == "token") == done.result.text
-    assert runtime.active_jobs() == [] and runtime.pump.jobs() == []
+    assert runtime.active.snapshot() == [] and runtime.pump.jobs() == []

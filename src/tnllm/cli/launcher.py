@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
 from tnllm.cli.gpus import visible_gpus, worker_env
 from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
-from tnllm.config import Settings
+from tnllm.config import Settings, environment
 from tnllm.store.server import RedisServer
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     """Run one GPU worker process: model + engine loaded once, Celery threads = engine slots."""
-    from tnllm.worker.runtime import run_worker
+    from tnllm.worker.process import run_worker
 
     return run_worker(settings, concurrency=args.concurrency, hostname=args.hostname)
 
@@ -127,7 +127,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 _MODEL_ERROR_EXIT = 3
 _RESOLVE_CODE = f"""\
 import sys
-from tnllm.config import Settings
+from tnllm.config import Settings, environment
 from tnllm.model.download import ModelResolutionError, resolve_model_path
 try:
     print(resolve_model_path(Settings()))
@@ -187,37 +187,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         redis = RedisServer(settings.data_dir / "redis", die_with_parent=True).start()
         settings = settings.model_copy(update={"redis_url": redis.url})
         print(f"redis:   {redis.url} (embedded, append-only file in {redis.data_dir})", flush=True)
-    env = child_env(
-        os.environ,
-        {
-            "TNLLM_REDIS_URL": str(settings.redis_url),
-            "TNLLM_DATA_DIR": str(settings.data_dir),
-            "TNLLM_MODEL": settings.model,
-            "TNLLM_PORT": str(settings.port),
-            "TNLLM_FLOWER_PORT": str(settings.flower_port),
-        },
-    )
+    env = _up_env(settings)
     children: list[Child] = []
     try:
         model_path = _resolve_model(env)
         env["TNLLM_MODEL"] = model_path
         print(f"model:   {model_path}", flush=True)
-        gpus = visible_gpus(env)  # one worker per GPU (round-robin when there are more workers)
-        workers = [
-            Child(
-                f"worker-{i}",
-                tnllm_argv("worker", "--hostname", f"gpu{i}@%h"),
-                env=worker_env(i, env, settings.device, gpus),
-                log_path=logs / f"worker-{i}.log",
-                stop_timeout=WORKER_STOP_TIMEOUT,
-            )
-            for i in range(settings.workers)
-        ]
-        others = [
-            Child("webhook-worker", tnllm_argv("webhook-worker"), env=env, log_path=logs / "webhooks.log"),
-            Child("api", tnllm_argv("api"), env=env, log_path=logs / "api.log"),
-            Child("flower", tnllm_argv("flower"), env=env, log_path=logs / "flower.log"),
-        ]
+        workers, others = _up_children(settings, env, logs)
         children = [*workers, *others]
         for child in children:
             child.start()
@@ -234,6 +210,41 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         return _supervise(workers, others, stop)
     finally:
         _shutdown(children, redis)
+
+
+def _up_env(settings: Settings) -> dict[str, str]:
+    """The environment every child of `up` gets: this one plus the settings `up` decided."""
+    return child_env(
+        environment(),
+        {
+            "TNLLM_REDIS_URL": str(settings.redis_url),
+            "TNLLM_DATA_DIR": str(settings.data_dir),
+            "TNLLM_MODEL": settings.model,
+            "TNLLM_PORT": str(settings.port),
+            "TNLLM_FLOWER_PORT": str(settings.flower_port),
+        },
+    )
+
+
+def _up_children(settings: Settings, env: dict[str, str], logs: Path) -> tuple[list[Child], list[Child]]:
+    """The worker children (one per GPU, round-robin when there are more workers) and the others."""
+    gpus = visible_gpus(env)
+    workers = [
+        Child(
+            f"worker-{i}",
+            tnllm_argv("worker", "--hostname", f"gpu{i}@%h"),
+            env=worker_env(i, env, settings.device, gpus),
+            log_path=logs / f"worker-{i}.log",
+            stop_timeout=WORKER_STOP_TIMEOUT,
+        )
+        for i in range(settings.workers)
+    ]
+    others = [
+        Child("webhook-worker", tnllm_argv("webhook-worker"), env=env, log_path=logs / "webhooks.log"),
+        Child("api", tnllm_argv("api"), env=env, log_path=logs / "api.log"),
+        Child("flower", tnllm_argv("flower"), env=env, log_path=logs / "flower.log"),
+    ]
+    return workers, others
 
 
 def _supervise(workers: list[Child], others: list[Child], stop: threading.Event) -> int:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import tnllm
+
 # subcommand -> "module:function"; the function takes (settings, args) and returns an exit code.
 HANDLERS: dict[str, str] = {
     "up": "tnllm.cli.launcher:cmd_up",
@@ -19,8 +21,8 @@ HANDLERS: dict[str, str] = {
     "webhook-worker": "tnllm.cli.launcher:cmd_webhook_worker",
     "flower": "tnllm.cli.launcher:cmd_flower",
     "redis": "tnllm.cli.launcher:cmd_redis",
-    "download": "tnllm.model.download:cmd_download",
-    "demo-model": "tnllm.model.demo:cmd_demo_model",
+    "download": "tnllm.cli.model_cmds:cmd_download",
+    "demo-model": "tnllm.cli.model_cmds:cmd_demo_model",
     "generate": "tnllm.cli.generate:cmd_generate",
 }
 
@@ -32,6 +34,7 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = argparse.ArgumentParser(prog="tnllm", description="TransNormerLLM generation service")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {tnllm.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start Redis (embedded if no URL), worker(s), API and Flower")

@@ -9,14 +9,11 @@ nonsense, but every code path (byte pieces, Chinese, batching) is exercised for 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import shutil
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,16 +130,3 @@ def write_demo_checkpoint(
 def is_demo_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` holds a complete demo checkpoint (the marker is written last)."""
     return (Path(path) / MARKER_FILE).is_file()
-
-
-def cmd_demo_model(settings: Any, args: argparse.Namespace) -> int:
-    """``tnllm demo-model DIR [--size tiny|small] [--seed N]``: write a demo checkpoint, print its path."""
-    start = time.perf_counter()
-    try:
-        out = write_demo_checkpoint(args.dir, size=args.size, seed=args.seed)
-    except (OSError, ValueError) as exc:
-        print(f"tnllm demo-model: error: {exc}", file=sys.stderr)
-        return 1
-    log.info("wrote %s demo checkpoint in %.1fs", args.size, time.perf_counter() - start)
-    print(out.resolve())
-    return 0

@@ -6,12 +6,10 @@ is imported only when a download actually happens.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -129,22 +127,3 @@ def validate_checkpoint_folder(folder: str | Path) -> None:
         raise ModelResolutionError(f"{path} is not a TransNormerLLM checkpoint: {exc}") from exc
     if not (path / "tokenizer.model").is_file():
         log.warning("%s has no tokenizer.model: only --prompt-ids generation will work", path)
-
-
-def cmd_download(settings: Any, args: argparse.Namespace) -> int:
-    """``tnllm download [MODEL_ID] [--dir DIR] [--revision REV]``: fetch a checkpoint, print its folder."""
-    model_id = args.model_id or (settings.model if is_model_id(str(settings.model)) else DEFAULT_MODEL_ID)
-    revision = args.revision or settings.model_revision
-    try:
-        target = Path(args.dir) if args.dir else model_dir_for(model_id, settings.data_dir)
-        if not is_model_id(model_id):
-            raise ModelResolutionError(f"{model_id!r} is not a ModelScope model id (owner/name)")
-        folder = download_model(model_id, target, revision)
-    except ModelResolutionError as exc:
-        print(f"tnllm download: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("tnllm download: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(folder.resolve())
-    return 0

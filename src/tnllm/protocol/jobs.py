@@ -95,9 +95,24 @@ class JobResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class JobErrorType(StrEnum):
+    """The machine-readable reasons a job fails (``JobError.type``; also the failure-counter label)."""
+
+    #: Its worker stopped ``max_attempts`` times while running it (the reaper gave up).
+    WORKER_LOST = "worker_lost"
+    #: It ran longer than ``job_time_limit``.
+    TIMEOUT = "timeout"
+    #: The engine refused it (prompt too long for the context, malformed conversation, ...).
+    INVALID_REQUEST = "invalid_request"
+    #: The engine failed while generating it.
+    ENGINE_ERROR = "engine_error"
+
+
 class JobError(BaseModel):
     """Why a job failed; ``type`` is machine-readable (``worker_lost``, ``timeout``, ``invalid_request``)."""
 
+    #: A ``JobErrorType`` value when written; typed ``str`` so that a record written by another
+    #: version still reads (and the OpenAPI document stays as it is).
     type: str
     message: str
 

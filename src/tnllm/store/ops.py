@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tnllm.protocol.jobs import GenerationParams, JobError, JobRecord, JobResult, JobStatus, dumps
+from tnllm.protocol.jobs import (
+    GenerationParams,
+    JobError,
+    JobErrorType,
+    JobRecord,
+    JobResult,
+    JobStatus,
+    dumps,
+)
 from tnllm.protocol.tasks import MAX_PRIORITY
 from tnllm.store import keys
 from tnllm.store.codec import new_record_fields, record_from_hash
@@ -336,7 +344,7 @@ def _requeue_keys(job_id: str) -> list[str]:
 def reap_call(job_id: str, max_attempts: int, ttl: int, now: float) -> ScriptCall:
     """Arguments of REAP (lease expired: requeue, or fail with worker_lost after max_attempts)."""
     error = JobError(
-        type="worker_lost",
+        type=JobErrorType.WORKER_LOST,
         message=f"the worker running this job stopped {max_attempts} time(s); giving up",
     )
     return ScriptCall(

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from tnllm.config import Settings
-from tnllm.protocol.jobs import GenerationParams, JobError, JobRecord, JobResult, JobStatus
+from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRecord, JobResult, JobStatus
 from tnllm.store import clients as redis_urls
 from tnllm.store import keys, ops, scripts
 from tnllm.store import stats as jobstats
@@ -291,7 +291,7 @@ class JobStore:
         now = time.time()
         outcome = ops.parse_reap(self._run(ops.reap_call(job_id, self.max_attempts, self.ttl, now)))
         if outcome.action in ("failed", "cancelled"):
-            reason = "worker_lost" if outcome.action == "failed" else None
+            reason = JobErrorType.WORKER_LOST if outcome.action == "failed" else None
             jobstats.record_finished(self.client, keys.job(job_id), outcome.action, now, reason)
         return outcome
 

@@ -15,19 +15,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from enum import Enum, StrEnum
+from typing import TypeVar
 
+from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineResult, SamplingParams
 from tnllm.errors import EngineError, EngineLost, LeaseLost
-from tnllm.protocol.jobs import JobError, JobRecord, JobResult, JobStatus, Usage
+from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
+from tnllm.worker.active import ActiveJob
+from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 from tnllm.worker.events import notify_transition
 from tnllm.worker.faults import crash_now, faults_for
-from tnllm.worker.stream_pump import TRANSIENT, DeltaWriter
+from tnllm.worker.runtime import WorkerRuntime
 
-if TYPE_CHECKING:
-    from tnllm.worker.runtime import ActiveJob, WorkerRuntime
-
-__all__ = ["TRANSIENT", "DeltaWriter", "LeaseLost", "build_request", "retry_transient", "run_job"]
+__all__ = ["WAIT_S", "JobOutcome", "build_request", "retry_transient", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,56 @@ WAIT_S = 0.5
 HOLD_POLL_S = 0.05
 
 T = TypeVar("T")
+
+
+class JobOutcome(StrEnum):
+    """How one delivery of a job ended (the task's return value, for logs and tests)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    #: The job record vanished between the claim and the read (expired).
+    MISSING = "missing"
+    #: Another owner has the job now (another worker, or a newer attempt here): nothing written.
+    LEASE_LOST = "lease_lost"
+    #: The engine process died under the job: nothing written, the reaper requeues it.
+    ENGINE_LOST = "engine_lost"
+    #: Not claimed: a duplicate delivery of a job in this state (or of an unknown one).
+    SKIPPED_QUEUED = "skipped:queued"
+    SKIPPED_RUNNING = "skipped:running"
+    SKIPPED_SUCCEEDED = "skipped:succeeded"
+    SKIPPED_FAILED = "skipped:failed"
+    SKIPPED_CANCELLED = "skipped:cancelled"
+    SKIPPED_UNKNOWN = "skipped:unknown"
+    #: Warm shutdown ran out of grace: requeued, cancelled (a cancel was pending), or already gone.
+    RELEASED_REQUEUED = "released:requeued"
+    RELEASED_CANCELLED = "released:cancelled"
+    RELEASED_NOT_OWNER = "released:not_owner"
+
+    @classmethod
+    def finished(cls, status: JobStatus) -> JobOutcome:
+        """The outcome of a job this delivery finished with terminal ``status``."""
+        return cls(status.value)
+
+    @classmethod
+    def skipped(cls, status: JobStatus | None) -> JobOutcome:
+        """The outcome of a delivery that found the job ``status`` (None: unknown or expired)."""
+        return cls(f"skipped:{status.value if status is not None else 'unknown'}")
+
+    @classmethod
+    def released(cls, action: str) -> JobOutcome:
+        """The outcome of a release whose script answered ``action``."""
+        if action == "requeued":
+            return cls.RELEASED_REQUEUED
+        return cls.RELEASED_CANCELLED if action == "cancelled" else cls.RELEASED_NOT_OWNER
+
+
+class _Interrupt(Enum):
+    """What ended a debug hold early."""
+
+    LOST = "lost"
+    RELEASE = "release"
+    CANCEL = "cancel"
 
 
 def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
@@ -71,7 +122,7 @@ def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
     return EngineRequest(request_id=f"{record.id}:{record.attempt}", prompt_ids=prompt_ids, params=params)
 
 
-def run_job(rt: WorkerRuntime, job_id: str) -> str:
+def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:
     """Run one delivery of ``job_id``; returns what happened (for logs and tests)."""
     store = rt.store
     claimed_at = time.time()  # one value for every retry: a claim that ran but lost its reply is ours
@@ -84,19 +135,19 @@ def run_job(rt: WorkerRuntime, job_id: str) -> str:
         # A duplicate delivery (visibility timeout, reaper requeue racing a slow worker...) of a job
         # that is running elsewhere, already terminal, cancelled while queued, or expired.
         log.info("job %s: not claimed (status %s); skipping this delivery", job_id, claim.status)
-        return f"skipped:{claim.status}"
+        return JobOutcome.skipped(claim.status)
     active = rt.track(job_id)
     try:
         record = store.get(job_id)
         if record is None:
-            return "missing"
+            return JobOutcome.MISSING
         notify_transition(store, record, "job.running")
         return _run_claimed(rt, record, active)
     finally:
         rt.untrack(job_id, active)
 
 
-def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str:
+def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> JobOutcome:
     settings = rt.settings
     deadline = active.started + settings.job_time_limit
     faults = faults_for(record.metadata, settings.debug_faults)
@@ -104,11 +155,11 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
         crash_now(record.id)
     if faults.delay:
         early = _hold(active, min(time.monotonic() + faults.delay, deadline))
-        if early == "lost":
-            return "lease_lost"
-        if early == "release":
+        if early is _Interrupt.LOST:
+            return JobOutcome.LEASE_LOST
+        if early is _Interrupt.RELEASE:
             return _release(rt, record)
-        if early == "cancel":
+        if early is _Interrupt.CANCEL:
             empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
             return _finish(rt, record, JobStatus.CANCELLED, result=empty)
     if time.monotonic() >= deadline:
@@ -116,25 +167,27 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     try:
         request = build_request(rt, record)
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
-        handle = rt.engine.submit(request, on_token=writer.on_token)
+        engine = rt.running_engine()
+        handle = engine.submit(request, on_token=writer.on_token)
     except EngineLost as exc:
         return _engine_lost(record, exc)
     except ValueError as exc:  # RequestRejected, malformed conversation, template errors
-        return _finish(rt, record, JobStatus.FAILED, error=JobError(type="invalid_request", message=str(exc)))
-    active.attach(rt.engine, handle.request_id, writer)  # the stream pump writes its deltas from now on
+        error = JobError(type=JobErrorType.INVALID_REQUEST, message=str(exc))
+        return _finish(rt, record, JobStatus.FAILED, error=error)
+    active.attach(engine, handle.request_id, writer)  # the stream pump writes its deltas from now on
     outcome = _wait(rt, record, active, handle, deadline)
-    if isinstance(outcome, str):
+    if isinstance(outcome, JobOutcome):
         return outcome
     if active.lost.is_set():  # the pump or heartbeat found another owner (and ended the request)
         log.warning("job %s: lease lost; abandoning this run", record.id)
-        return "lease_lost"
+        return JobOutcome.LEASE_LOST
     try:
         # Redis may be down right now: keep trying a while (the result itself holds the full text).
         end = time.monotonic() + rt.finish_retry_s
         while not writer.flush() and time.monotonic() < end:
             time.sleep(0.2)
     except LeaseLost:
-        return "lease_lost"
+        return JobOutcome.LEASE_LOST
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
     result = JobResult(
         text=outcome.text,
@@ -144,54 +197,53 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> str
     return _finish(rt, record, status, result=result)
 
 
-def _hold(active: ActiveJob, until: float) -> str | None:
+def _hold(active: ActiveJob, until: float) -> _Interrupt | None:
     """Sleep until ``until`` (debug delay) unless the job is lost, released or cancelled first."""
     while time.monotonic() < until:
         if active.lost.is_set():
-            return "lost"
+            return _Interrupt.LOST
         if active.release.is_set():
-            return "release"
+            return _Interrupt.RELEASE
         if active.cancel.is_set():  # set by the stream pump or the heartbeat
-            return "cancel"
+            return _Interrupt.CANCEL
         time.sleep(HOLD_POLL_S)
     return None
 
 
-def _timed_out(rt: WorkerRuntime, record: JobRecord) -> str:
+def _timed_out(rt: WorkerRuntime, record: JobRecord) -> JobOutcome:
     message = f"job exceeded the time limit of {rt.settings.job_time_limit:g}s"
-    return _finish(rt, record, JobStatus.FAILED, error=JobError(type="timeout", message=message))
+    return _finish(rt, record, JobStatus.FAILED, error=JobError(type=JobErrorType.TIMEOUT, message=message))
 
 
 def _wait(
-    rt: WorkerRuntime, record: JobRecord, active: ActiveJob, handle: Any, deadline: float
-) -> EngineResult | str:
-    """Wait for the engine; the result, or a string saying how the job ended early.
+    rt: WorkerRuntime, record: JobRecord, active: ActiveJob, handle: RequestHandle, deadline: float
+) -> EngineResult | JobOutcome:
+    """Wait for the engine; the result, or how the job ended early.
 
     No Redis here: the stream pump writes the deltas and sets ``active.cancel`` / ``active.lost``
     (cancelling the engine request itself, which ends this wait); this thread wakes every
     ``WAIT_S`` for the flags only it acts on (release, time limit) and for flags set before the
     request was attached to the job.
     """
-    engine = rt.engine
+    engine = rt.running_engine()
     request_id = handle.request_id
     cancel_sent = False
     timeout = 0.0  # look at the flags at once: a cancel may have come before the request existed
     while True:
         try:
-            return handle.result(timeout=timeout)  # type: ignore[no-any-return]
+            return handle.result(timeout=timeout)
         except TimeoutError:
             pass
         except EngineLost as exc:
             return _engine_lost(record, exc)
         except EngineError as exc:
             log.exception("job %s: engine failed", record.id)
-            return _finish(
-                rt, record, JobStatus.FAILED, error=JobError(type="engine_error", message=str(exc))
-            )
+            error = JobError(type=JobErrorType.ENGINE_ERROR, message=str(exc))
+            return _finish(rt, record, JobStatus.FAILED, error=error)
         if active.lost.is_set():
             engine.cancel(request_id)
             log.warning("job %s: lease lost; abandoning this run", record.id)
-            return "lease_lost"
+            return JobOutcome.LEASE_LOST
         now = time.monotonic()
         if now > deadline:
             engine.cancel(request_id)
@@ -207,15 +259,15 @@ def _wait(
         timeout = min(WAIT_S, deadline - now + 0.001)
 
 
-def _engine_lost(record: JobRecord, exc: EngineLost) -> str:
+def _engine_lost(record: JobRecord, exc: EngineLost) -> JobOutcome:
     """The engine process died under the job: not the job's failure. Nothing is written; the
     reaper requeues it when its lease expires (an attempt counted, so a job that kills engines
     ends ``worker_lost`` after ``max_attempts``)."""
     log.warning("job %s: %s; leaving it to the reaper", record.id, exc)
-    return "engine_lost"
+    return JobOutcome.ENGINE_LOST
 
 
-def _drain(handle: Any, timeout: float = 10.0) -> None:
+def _drain(handle: RequestHandle, timeout: float = 10.0) -> None:
     with contextlib.suppress(TimeoutError, EngineError):
         handle.result(timeout=timeout)
 
@@ -227,7 +279,7 @@ def _finish(
     *,
     result: JobResult | None = None,
     error: JobError | None = None,
-) -> str:
+) -> JobOutcome:
     """Write the terminal state (retrying through Redis outages) while this worker owns the job."""
     store = rt.store
     rt.pump.discard(record.id)  # its stream is complete: the pump must not read our end as a loss
@@ -242,12 +294,12 @@ def _finish(
     written = retry_transient(write, what=f"finish {record.id}", deadline_s=rt.finish_retry_s)
     if not written:
         log.warning("job %s: not finished by this worker (taken over or reaped)", record.id)
-        return "lease_lost"
+        return JobOutcome.LEASE_LOST
     notify_transition(store, store.get(record.id), f"job.{status.value}")
-    return str(status.value)
+    return JobOutcome.finished(status)
 
 
-def _release(rt: WorkerRuntime, record: JobRecord) -> str:
+def _release(rt: WorkerRuntime, record: JobRecord) -> JobOutcome:
     """Warm shutdown ran out of grace: put the job back on the queue for another worker."""
     rt.pump.discard(record.id)
     outcome = retry_transient(
@@ -258,4 +310,4 @@ def _release(rt: WorkerRuntime, record: JobRecord) -> str:
     if outcome.action == "requeued":
         rt.send_generate(record.id, record.priority)
         log.info("job %s: released back to the queue on shutdown", record.id)
-    return f"released:{outcome.action}"
+    return JobOutcome.released(outcome.action)

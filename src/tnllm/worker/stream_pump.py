@@ -5,131 +5,27 @@ The engine thread hands deltas to each job's ``DeltaWriter`` (a queue put, never
 APPEND_MANY script, which for each job checks the fence (status running, owned by this worker),
 appends the text and reads ``cancel_requested``. A job this worker no longer owns is marked lost
 and its engine request cancelled (nothing more is written); a cancel request sets the job's flag
-and cancels its engine request, so generation stops within about one round. Before, each of up to
-256 task threads made these round trips itself (~7,700 Redis calls/s of Python in the worker
-process, competing for the GIL with the engine's step loop).
+and cancels its engine request, so generation stops within about one round (one Redis call per
+round for every job, instead of a few per job and delta from each task thread).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from typing import TYPE_CHECKING, Any
 
-import redis
-
-from tnllm.engine.types import TokenEvent
-from tnllm.errors import LeaseLost
 from tnllm.store.ops import AppendAck
-
-if TYPE_CHECKING:
-    from tnllm.worker.runtime import ActiveJob
+from tnllm.store.sync import JobStore
+from tnllm.worker.active import ActiveJob
+from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 
 log = logging.getLogger(__name__)
-
-#: Redis errors that mean "try again shortly" (an outage or a restart), not "give up".
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-
-
-class DeltaWriter:
-    """Collects deltas from the engine thread; the pump (and the task's final flush) write them.
-
-    ``lock`` serialises writers of the same job (pump thread and task thread), so text is written
-    once and in order. Each flush carries a sequence number (1, 2, ... for this writer, i.e. this
-    attempt of the job) that Redis remembers (scripts.py): text whose write failed without an
-    answer may have been applied, so it stays pending *as it was* under its number and a resend
-    of applied text is recognised, not written twice; deltas arriving meanwhile wait for the next
-    number. Text that Redis refused for sure (XADD failed) takes them along under its number.
-    """
-
-    def __init__(self, store: Any, job_id: str, worker_id: str) -> None:
-        self.store = store
-        self.job_id = job_id
-        self.worker_id = worker_id
-        self.lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pending = ""
-        self._seq = 0  # the number of the last text taken (``_pending``'s while it is set)
-        self._in_doubt = False  # ``_pending``'s write failed unanswered: resend it unchanged
-        self._failing = False
-
-    @property
-    def seq(self) -> int:
-        """The sequence number of the text ``take`` returned (send it along)."""
-        return self._seq
-
-    def on_token(self, event: TokenEvent) -> None:
-        """Engine-thread callback: never blocks."""
-        if event.text:
-            self._inbox.put(event.text)
-
-    def take(self) -> str:
-        """The text to write next ('' if none), numbered ``seq``: the pending text unchanged while
-        its write is in doubt, else the pending text and the deltas arrived since, joined (under a
-        new number when nothing was pending). The caller holds ``lock``."""
-        if self._in_doubt:
-            return self._pending
-        parts = [self._pending] if self._pending else []
-        while True:
-            try:
-                parts.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        if parts and not self._pending:
-            self._seq += 1
-        self._pending = "".join(parts)
-        return self._pending
-
-    def written(self) -> None:
-        """What ``take`` returned is in the stream now. The caller holds ``lock``."""
-        self._pending = ""
-        self._in_doubt = False
-        self._failing = False
-
-    def write_failed(self, exc: BaseException) -> None:
-        """The write of what ``take`` returned failed without an answer (it may have been applied):
-        it stays pending, unchanged, under its number (logged once per outage)."""
-        self._in_doubt = True
-        self._log_failure(exc)
-
-    def write_refused(self, exc: BaseException) -> None:
-        """Redis answered that it did not write what ``take`` returned: it stays pending, and may
-        grow, under its number."""
-        self._in_doubt = False
-        self._log_failure(exc)
-
-    def _log_failure(self, exc: BaseException) -> None:
-        if not self._failing:
-            log.warning("job %s: stream write failed (%s); will retry", self.job_id, exc)
-        self._failing = True
-
-    def flush(self) -> bool:
-        """Append everything that arrived; True when nothing is left unwritten.
-
-        While Redis is down the text stays pending for the next flush. Raises LeaseLost when the
-        store says this worker no longer owns the job. Safe beside the pump (``lock``).
-        """
-        with self.lock:
-            while text := self.take():
-                try:
-                    ids = self.store.append(self.job_id, self.worker_id, text, seq=self._seq)
-                except Exception as exc:  # no answer: it may have been applied
-                    self.write_failed(exc)
-                    if not isinstance(exc, TRANSIENT):
-                        raise
-                    return False
-                self._failing = False
-                if not ids:
-                    raise LeaseLost(self.job_id)
-                self.written()  # also when the answer is ALREADY_APPLIED: it is in the stream
-            return True
 
 
 class StreamPump:
     """One thread per worker process: batched stream writes and cancel checks for all running jobs."""
 
-    def __init__(self, store: Any, worker_id: str, interval: float) -> None:
+    def __init__(self, store: JobStore, worker_id: str, interval: float) -> None:
         self.store = store
         self.worker_id = worker_id
         self.interval = interval

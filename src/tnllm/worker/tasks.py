@@ -18,13 +18,14 @@ ECHO_REPLY_TTL = 300
 
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True)
 def generate(job_id: str) -> str:
-    """Run job ``job_id``; returns what happened (``succeeded``, ``skipped:running``, ...)."""
+    """Run job ``job_id``; returns what happened (a ``JobOutcome`` value: ``succeeded``,
+    ``skipped:running``, ...), as a plain string for Celery's log line and JSON."""
     from tnllm.logging import job_context
     from tnllm.worker.job_runner import run_job
     from tnllm.worker.runtime import get_runtime
 
     with job_context(job_id):  # every log line of this job carries its id
-        return run_job(get_runtime(), job_id)
+        return run_job(get_runtime(), job_id).value
 
 
 @shared_task(name=ECHO_TASK, ignore_result=True, acks_late=True)
