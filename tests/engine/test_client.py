@@ -129,9 +129,9 @@ def test_refusals_are_the_engines_and_come_at_once(client: EngineClient) -> None
         client.submit(EngineRequest("empty", [], SamplingParams()))
     with pytest.raises(RequestRejected, match="vocabulary"):
         client.submit(EngineRequest("oov", [10**7], SamplingParams()))
-    with pytest.raises(RequestRejected, match="^top_p: Input should be greater than 0$"):
+    with pytest.raises(RequestRejected, match=r"^top_p: Input should be greater than 0$"):
         client.submit(EngineRequest.from_json("p", [5], {"max_new_tokens": 4, "top_p": 0.0}))
-    with pytest.raises(RequestRejected, match="^max_new_tokens: must be resolved"):
+    with pytest.raises(RequestRejected, match=r"^max_new_tokens: must be resolved"):
         client.submit(EngineRequest("unresolved", [5], SamplingParams()))
     slow = client.submit(EngineRequest("dup", [5], SamplingParams(max_new_tokens=200, ignore_eos=True)))
     with pytest.raises(RequestRejected, match="already running"):
@@ -260,9 +260,9 @@ def test_wire_round_trips(tmp_path: Path) -> None:
     wire = decode(encode({"op": "submit", "request": request_to_wire(req)}))["request"]
     assert wire["params"] == params.model_dump(mode="json")
     assert request_from_wire(wire) == req and request_from_wire(wire).params == params
-    with pytest.raises(RequestRejected, match="^temperature: Input should be less than or equal to 5$"):
+    with pytest.raises(RequestRejected, match=r"^temperature: Input should be less than or equal to 5$"):
         request_from_wire({**wire, "params": {**wire["params"], "temperature": 6}})
-    with pytest.raises(RequestRejected, match="^bogus: Extra inputs are not permitted$"):
+    with pytest.raises(RequestRejected, match=r"^bogus: Extra inputs are not permitted$"):
         request_from_wire({**wire, "params": {**wire["params"], "bogus": 1}})
     from tnllm.engine.types import EngineResult
 

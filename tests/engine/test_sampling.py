@@ -108,7 +108,10 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
 
     alone = [sample(logits[2:3], [row(7, temperature=0.9, top_p=0.8)]) for _ in range(3)]
     others = [row(1, temperature=2.0), RowSampling(), row(3, temperature=1.0, top_k=3)]
-    others += [RowSampling(SamplingParams(repetition_penalty=1.5), seen_ids=[1, 2]), row(5, temperature=0.5, top_k=1)]
+    others += [
+        RowSampling(SamplingParams(repetition_penalty=1.5), seen_ids=[1, 2]),
+        row(5, temperature=0.5, top_k=1),
+    ]
     crowd = sample(logits, [*others[:2], row(7, temperature=0.9, top_p=0.8), *others[2:]])
     assert alone[0] == alone[1] == alone[2] == [crowd[2]]
     assert crowd[1] == int(logits[1].argmax()) and crowd[5] == int(logits[5].argmax())

@@ -250,12 +250,7 @@ def test_chat_template_file_wins_over_config_and_setting_wins_over_both(folder: 
 
 def test_chat_template_list_form_in_config(folder: Path) -> None:
     _edit_config(folder, chat_template=[{"name": "default", "template": "D{{ messages|length }}"}])
-    assert (
-        Tokenizer.from_pretrained(folder).apply_chat_template(
-            [{"role": "user", "content": "q"}]
-        )
-        == "D1"
-    )
+    assert Tokenizer.from_pretrained(folder).apply_chat_template([{"role": "user", "content": "q"}]) == "D1"
 
 
 @pytest.mark.parametrize(

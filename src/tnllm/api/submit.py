@@ -71,10 +71,12 @@ async def check_prompt_size(services: Services, params: GenerationParams) -> int
             field=field,
             limit=settings.max_prompt_tokens,
         )
-    if exact and tokens + params.max_new_tokens > settings.max_context:
+    max_new = params.max_new_tokens
+    assert max_new is not None  # resolved by generation_params
+    if exact and tokens + max_new > settings.max_context:
         raise ApiError(
             422,
-            f"max_new_tokens: prompt ({tokens} tokens) + max_new_tokens ({params.max_new_tokens}) "
+            f"max_new_tokens: prompt ({tokens} tokens) + max_new_tokens ({max_new}) "
             f"exceeds the model context of {settings.max_context} tokens",
             field="max_new_tokens",
         )

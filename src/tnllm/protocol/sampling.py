@@ -60,7 +60,7 @@ class SamplingParams(BaseModel):
         """Only the sampling fields (of a job body or record that composes this contract)."""
         if type(self) is SamplingParams:
             return self
-        return SamplingParams.model_validate(self.model_dump(include=SAMPLING_FIELDS))
+        return SamplingParams.model_validate(self.model_dump(include=set(SAMPLING_FIELDS)))
 
 
 #: The field names of the contract, in declaration order.

@@ -34,7 +34,6 @@ SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-
 @dataclass(frozen=True)
 class SpecialTokens:
     """The special-token strings of a tokenizer (``None`` where the tokenizer has none).
