@@ -71,6 +71,7 @@ def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: i
     from tnllm.engine.factory import build_engine
     from tnllm.engine.types import EngineRequest, SamplingParams
     from tnllm.protocol.jobs import GenerationParams
+    from tnllm.text.prompt import render_prompt
 
     torch.set_num_threads(threads)
     settings = Settings(model=str(model), device="cpu", engine_slots=slots)
@@ -78,8 +79,7 @@ def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: i
     tok = engine.tokenizer
 
     def prompt_ids(i: int) -> list[int]:
-        messages = GenerationParams(prompt=PROMPT.format(i=i)).chat_messages(settings.system_prompt)
-        return list(tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True)))
+        return render_prompt(tok, GenerationParams(prompt=PROMPT.format(i=i)), settings.system_prompt)
 
     prompts = [prompt_ids(i) for i in range(jobs)]
     params = SamplingParams(max_new_tokens=new_tokens)

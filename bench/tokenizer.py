@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from tnllm.model.demo import SIZES
 from tnllm.model.demo_tokenizer import corpus_lines, write_tokenizer_files
-from tnllm.text.tokenizer import IncrementalDecoder, Tokenizer
+from tnllm.text.detok import IncrementalDecoder
+from tnllm.text.tokenizer import Tokenizer
 
 
 def _best(fn: Callable[[], object], repeat: int = 5) -> float:

@@ -7,14 +7,42 @@ down. Model hyper-parameters never come from here: they come from the checkpoint
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: The model a deployment serves when TNLLM_MODEL is unset (a ModelScope id).
 DEFAULT_MODEL = "OpenNLPLab/TransNormerLLM-7B"
+#: The system message put before a conversation that has none (TNLLM_SYSTEM_PROMPT).
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+#: ``TNLLM_MODEL=demo``: the tiny random checkpoint written into the data dir.
+DEMO_MODEL = "demo"
+# owner/name as ModelScope spells them; nothing that could climb out of the models folder
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_model_id(value: str) -> bool:
+    """Whether ``value`` is shaped like a ModelScope model id (``owner/name``)."""
+    return bool(_MODEL_ID.match(value)) and ".." not in value
+
+
+def model_folder(model: str, data_dir: Path) -> Path | None:
+    """Where the checkpoint of ``model`` (Settings.model) lives on this machine, whether or not it
+    is there yet; nothing is written or downloaded. ``demo`` → ``<data_dir>/demo-model``; an
+    existing folder → itself; a ModelScope id → ``<data_dir>/models/<owner>/<name>``; anything
+    else (a missing path, a file) → None."""
+    model = model.strip()
+    if model == DEMO_MODEL:
+        return Path(data_dir) / "demo-model"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if is_model_id(model):
+        return Path(data_dir) / "models" / model
+    return None
 
 
 def environment() -> dict[str, str]:

@@ -9,6 +9,9 @@ import pytest
 
 from tests.fixtures.model import TINY_A
 from tnllm.cli.main import main
+from tnllm.config import Settings
+from tnllm.protocol.jobs import GenerationParams
+from tnllm.text.prompt import render_prompt
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> list[dict]:
@@ -39,8 +42,10 @@ def test_text_prompt_uses_the_chat_template(capsys: pytest.CaptureFixture[str], 
         run_cli(capsys, *base, "--prompt", "你好"),
         run_cli(capsys, *base, "--raw", "--prompt", "你好"),
     )
-    templated = tok.apply_chat_template([{"role": "user", "content": "你好"}])
-    assert chat[0]["prompt_ids"] == tok.encode(templated) and raw[0]["prompt_ids"] == tok.encode("你好")
+    # the worker's rendering (render_prompt, default system message included)
+    templated = render_prompt(tok, GenerationParams(prompt="你好"), Settings().system_prompt)
+    assert chat[0]["prompt_ids"] == templated and raw[0]["prompt_ids"] == tok.encode("你好")
+    assert tok.decode(templated).startswith("<|im_start|>system\nYou are a helpful assistant.")
     for o in (chat[0], raw[0]):
         assert len(o["ids"]) == 6 and o["text"] == tok.decode(o["ids"])
 
@@ -82,4 +87,13 @@ def test_stop_strings_and_repetition_penalty(
     free, penalised = run_cli(capsys, *longer)[0], run_cli(capsys, *longer, "--repetition-penalty", "1.3")[0]
     assert repeats(penalised) < repeats(free)
     assert main(["generate", *base, "--repetition-penalty", "0"]) == 2
-    assert "repetition_penalty must be > 0" in capsys.readouterr().err
+    assert "repetition_penalty: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_out_of_range_flags_are_refused_as_the_api_words_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags build the one SamplingParams: its range checks, the API's wording, before any load."""
+    argv = ["generate", "--model", str(TINY_A), "--prompt-ids", "1,2,3"]
+    assert main([*argv, "--temperature", "6"]) == 2
+    assert "tnllm generate: temperature: Input should be less than or equal to 5" in capsys.readouterr().err
+    assert main([*argv, "--stop", ""]) == 2
+    assert "tnllm generate: stop: stop[0] must not be empty" in capsys.readouterr().err

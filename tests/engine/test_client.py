@@ -23,6 +23,8 @@ from tnllm.config import Settings
 from tnllm.engine.client import EngineClient
 from tnllm.engine.types import EngineRequest, SamplingParams, TokenEvent
 from tnllm.engine.wire import (
+    decode,
+    encode,
     request_from_wire,
     request_to_wire,
     result_from_wire,
@@ -127,8 +129,10 @@ def test_refusals_are_the_engines_and_come_at_once(client: EngineClient) -> None
         client.submit(EngineRequest("empty", [], SamplingParams()))
     with pytest.raises(RequestRejected, match="vocabulary"):
         client.submit(EngineRequest("oov", [10**7], SamplingParams()))
-    with pytest.raises(RequestRejected, match="top_p"):
-        client.submit(EngineRequest("p", [5], SamplingParams(top_p=0.0)))
+    with pytest.raises(RequestRejected, match=r"^top_p: Input should be greater than 0$"):
+        client.submit(EngineRequest.from_json("p", [5], {"max_new_tokens": 4, "top_p": 0.0}))
+    with pytest.raises(RequestRejected, match=r"^max_new_tokens: must be resolved"):
+        client.submit(EngineRequest("unresolved", [5], SamplingParams()))
     slow = client.submit(EngineRequest("dup", [5], SamplingParams(max_new_tokens=200, ignore_eos=True)))
     with pytest.raises(RequestRejected, match="already running"):
         client.submit(EngineRequest("dup", [6], SamplingParams(max_new_tokens=2)))
@@ -252,6 +256,14 @@ def test_wire_round_trips(tmp_path: Path) -> None:
     )  # fmt: skip
     req = EngineRequest("j:1", [1, 2, 3], params)
     assert request_from_wire(request_to_wire(req)) == req
+    # the wire's params are the contract's JSON dump, validated again on the engine's side
+    wire = decode(encode({"op": "submit", "request": request_to_wire(req)}))["request"]
+    assert wire["params"] == params.model_dump(mode="json")
+    assert request_from_wire(wire) == req and request_from_wire(wire).params == params
+    with pytest.raises(RequestRejected, match=r"^temperature: Input should be less than or equal to 5$"):
+        request_from_wire({**wire, "params": {**wire["params"], "temperature": 6}})
+    with pytest.raises(RequestRejected, match=r"^bogus: Extra inputs are not permitted$"):
+        request_from_wire({**wire, "params": {**wire["params"], "bogus": 1}})
     from tnllm.engine.types import EngineResult
 
     result = EngineResult("j:1", "text", [4, 5], "stop", 3, 2)

@@ -21,19 +21,22 @@ def test_refusals_happen_before_a_slot_is_taken(make_engine: Any) -> None:
         engine.submit(greedy([], 5))
     with pytest.raises(RequestRejected, match="vocabulary"):
         engine.submit(greedy([10**7], 5))
-    with pytest.raises(RequestRejected, match="top_p"):
-        engine.submit(EngineRequest("x", [5], SamplingParams(top_p=0.0)))
+    with pytest.raises(RequestRejected, match=r"^top_p: Input should be greater than 0$"):
+        engine.submit(EngineRequest.from_json("x", [5], {"max_new_tokens": 4, "top_p": 0.0}))
+    with pytest.raises(RequestRejected, match=r"^max_new_tokens: must be resolved"):
+        engine.submit(EngineRequest("x", [5], SamplingParams()))
     assert engine.generate([greedy(list(range(3, 43)), 10)])[0].completion_tokens == 10  # exactly 50 fits
     s = engine.stats()
     assert (s.active, s.waiting) == (0, 0)
 
 
 def test_eos_stops_unless_ignored(make_engine: Any, engine_model: Any) -> None:
-    """Near-uniform seeded draws hit EOS somewhere; the same seeds without ignore_eos stop right there."""
+    """Hot (the hottest allowed) seeded draws hit EOS somewhere; the same seeds without ignore_eos
+    stop right there."""
     eos = int(engine_model.config.eos_token_id)
 
     def draws(ignore_eos: bool) -> list[Any]:
-        params = dict(max_new_tokens=64, temperature=1e6, ignore_eos=ignore_eos)
+        params = dict(max_new_tokens=64, temperature=5.0, ignore_eos=ignore_eos)
         reqs = [EngineRequest(f"e{i}", [5, i + 3], SamplingParams(seed=i, **params)) for i in range(128)]  # type: ignore[arg-type]
         return make_engine(slots=128, budget=4096).generate(reqs)
 

@@ -74,7 +74,7 @@ def test_repetition_penalty_avoids_seen_tokens(make_engine: Any) -> None:
         repeats += t in seen
         seen.add(t)
     assert repeats > 0  # the random model loops when greedy ...
-    penalised = make_engine().generate([greedy(prompt, 40, repetition_penalty=1e4)])[0].token_ids
+    penalised = make_engine().generate([greedy(prompt, 40, repetition_penalty=10.0)])[0].token_ids
     assert len(set(penalised)) == len(penalised) and not set(penalised) & set(
         prompt
     )  # ... not with a penalty
@@ -92,16 +92,26 @@ def test_filters_on_known_rows() -> None:
     assert pen.tolist() == [1.0, 1.5, 2.0, -2.0]
 
 
+def test_a_row_samples_with_its_requests_params_object() -> None:
+    """RowSampling refers to the request's SamplingParams (no field copies that could drift)."""
+    params = SamplingParams(max_new_tokens=3, temperature=0.7, top_k=2, top_p=0.5, repetition_penalty=1.1)
+    row = RowSampling(params, seen_ids=[1])
+    assert row.params is params and (row.temperature, row.penalty) == (0.7, 1.1)
+
+
 def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 50, generator=g)
 
-    def row(seed: int, **kw: float) -> RowSampling:
-        return RowSampling(generator=torch.Generator().manual_seed(seed), **kw)  # type: ignore[arg-type]
+    def row(seed: int, **kw: Any) -> RowSampling:
+        return RowSampling(SamplingParams(**kw), generator=torch.Generator().manual_seed(seed))
 
     alone = [sample(logits[2:3], [row(7, temperature=0.9, top_p=0.8)]) for _ in range(3)]
     others = [row(1, temperature=2.0), RowSampling(), row(3, temperature=1.0, top_k=3)]
-    others += [RowSampling(repetition_penalty=1.5, seen_ids=[1, 2]), row(5, temperature=0.5, top_k=1)]
+    others += [
+        RowSampling(SamplingParams(repetition_penalty=1.5), seen_ids=[1, 2]),
+        row(5, temperature=0.5, top_k=1),
+    ]
     crowd = sample(logits, [*others[:2], row(7, temperature=0.9, top_p=0.8), *others[2:]])
     assert alone[0] == alone[1] == alone[2] == [crowd[2]]
     assert crowd[1] == int(logits[1].argmax()) and crowd[5] == int(logits[5].argmax())

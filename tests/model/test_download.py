@@ -187,3 +187,30 @@ def test_real_modelscope_against_a_closed_local_port(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tnllm download: error: cannot download OpenNLPLab/TransNormerLLM-385M")
     assert "--model demo" in last and "Traceback" not in proc.stderr
+
+
+def test_one_model_folder_mapping_for_the_api_the_engine_and_downloads(
+    demo_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.model_folder is pure (writes and downloads nothing); resolve_model_path (the engine
+    factory's) and the API's local_model_folder both answer with it."""
+    from tnllm.api.limits import local_model_folder
+    from tnllm.config import model_folder
+
+    data = tmp_path / "fresh"
+    assert model_folder("demo", data) == data / "demo-model"
+    assert model_folder(f" {demo_model_dir} ", data) == demo_model_dir
+    assert model_folder("OpenNLPLab/TransNormerLLM-1B", data) == data / "models/OpenNLPLab/TransNormerLLM-1B"
+    assert model_folder(str(tmp_path / "missing"), data) is None
+    assert model_folder(str(demo_model_dir / "config.json"), data) is None
+    assert not data.exists()  # nothing written
+    # the API sees a folder only once it is there; the engine's resolution lands on the same path
+    demo = Settings(model="demo", data_dir=data)
+    assert local_model_folder(demo) is None
+    assert resolve_model_path(demo) == model_folder("demo", data) == local_model_folder(demo)
+    _install(monkeypatch, FakeModelScope(demo_model_dir))
+    hub = Settings(model="OpenNLPLab/TransNormerLLM-385M", data_dir=data)
+    assert local_model_folder(hub) is None
+    assert resolve_model_path(hub) == model_folder(hub.model, data) == local_model_folder(hub)
+    local = Settings(model=str(demo_model_dir), data_dir=data)
+    assert resolve_model_path(local) == local_model_folder(local) == demo_model_dir

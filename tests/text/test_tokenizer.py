@@ -14,7 +14,13 @@ import sentencepiece as spm
 
 from tnllm.config import Settings
 from tnllm.errors import TokenizerError
-from tnllm.text.tokenizer import DEFAULT_CHAT_TEMPLATE, IncrementalDecoder, Tokenizer, load_tokenizer
+from tnllm.protocol.jobs import ChatMessage, GenerationParams
+from tnllm.text.chat import DEFAULT_CHAT_TEMPLATE
+from tnllm.text.detok import IncrementalDecoder
+from tnllm.text.prompt import render_prompt, render_prompt_text
+from tnllm.text.tokenizer import Tokenizer, load_tokenizer
+
+SYSTEM = Settings().system_prompt
 
 ROUND_TRIP_TEXTS = [
     "你好",
@@ -186,7 +192,7 @@ def test_load_tokenizer_none_without_tokenizer_model(tmp_path: Path, demo_tokeni
 
 # ---- chat template ---------------------------------------------------------------------------
 def test_default_chat_template_is_the_tutorial_chatml_prompt(tok: Tokenizer) -> None:
-    prompt = tok.apply_chat_template([{"role": "user", "content": "你好"}])
+    prompt = render_prompt_text(tok, GenerationParams(prompt="你好"), SYSTEM)
     assert prompt == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n你好<|im_end|>\n"
@@ -202,7 +208,8 @@ def test_chat_template_keeps_given_system_and_history(tok: Tokenizer) -> None:
         {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "bye"},
     ]
-    prompt = tok.apply_chat_template(messages, add_generation_prompt=False)
+    job = GenerationParams(messages=[ChatMessage.model_validate(m) for m in messages])
+    prompt = render_prompt_text(tok, job, SYSTEM).removesuffix("<|im_start|>assistant\n")
     assert prompt == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
         "<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\nbye<|im_end|>\n"
@@ -210,19 +217,23 @@ def test_chat_template_keeps_given_system_and_history(tok: Tokenizer) -> None:
     assert "helpful assistant" not in prompt
 
 
-def test_system_prompt_setting_and_disabling(demo_tokenizer_dir: Path) -> None:
-    custom = load_tokenizer(demo_tokenizer_dir, Settings(system_prompt="Answer in French."))
-    assert custom is not None
-    assert custom.apply_chat_template([{"role": "user", "content": "x"}]).startswith(
+def test_system_prompt_setting_and_disabling(tok: Tokenizer) -> None:
+    """The default system message is render_prompt's (the tokenizer renders exactly what it gets)."""
+    job = GenerationParams(prompt="x")
+    assert render_prompt_text(tok, job, "Answer in French.").startswith(
         "<|im_start|>system\nAnswer in French.<|im_end|>\n"
     )
-    bare = Tokenizer.from_pretrained(demo_tokenizer_dir, system_prompt="")
-    assert bare.apply_chat_template([{"role": "user", "content": "x"}]).startswith("<|im_start|>user\n")
+    for none in ("", None):
+        assert render_prompt_text(tok, job, none).startswith("<|im_start|>user\n")
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}]).startswith("<|im_start|>user\n")
+    chat = GenerationParams(messages=[ChatMessage(role="user", content="x")])
+    assert render_prompt(tok, chat, SYSTEM) == render_prompt(tok, job, SYSTEM)
+    assert render_prompt(tok, job, SYSTEM) == tok.encode(render_prompt_text(tok, job, SYSTEM))
 
 
 def test_chat_template_from_tokenizer_config(folder: Path) -> None:
     _edit_config(folder, chat_template="{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
-    tok = Tokenizer.from_pretrained(folder, system_prompt=None)
+    tok = Tokenizer.from_pretrained(folder)
     assert tok.apply_chat_template([{"role": "user", "content": "q"}]) == "[user] q\n"
 
 
@@ -239,12 +250,7 @@ def test_chat_template_file_wins_over_config_and_setting_wins_over_both(folder: 
 
 def test_chat_template_list_form_in_config(folder: Path) -> None:
     _edit_config(folder, chat_template=[{"name": "default", "template": "D{{ messages|length }}"}])
-    assert (
-        Tokenizer.from_pretrained(folder, system_prompt=None).apply_chat_template(
-            [{"role": "user", "content": "q"}]
-        )
-        == "D1"
-    )
+    assert Tokenizer.from_pretrained(folder).apply_chat_template([{"role": "user", "content": "q"}]) == "D1"
 
 
 @pytest.mark.parametrize(
@@ -329,7 +335,8 @@ def test_incremental_decoder_equals_full_decode_on_random_ids(tok: Tokenizer, sk
 
 def test_tokenization_does_not_import_torch() -> None:
     code = (
-        "import sys, tnllm.text.tokenizer as t, tnllm.model.demo_tokenizer\n"
+        "import sys, tnllm.text.tokenizer, tnllm.text.chat, tnllm.text.detok, tnllm.text.prompt\n"
+        "import tnllm.model.demo_tokenizer\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])

@@ -66,11 +66,12 @@ def test_a_delivery_of_an_unknown_job_is_skipped_as_unknown(runtime: WorkerRunti
 
 
 def test_a_request_the_engine_refuses_fails_as_invalid_request(runtime: WorkerRuntime) -> None:
-    _create(runtime, "bad", top_p=0.0)  # the API refuses this; the engine's own check must too
+    # within the contract's ranges, but beyond what this engine holds (its context limit)
+    _create(runtime, "bad", max_new_tokens=runtime.engine.max_context)
     assert run_job(runtime, "bad") is JobOutcome.FAILED
     record = runtime.store.get("bad")
     assert record is not None and record.error is not None
-    assert record.error.type == JobErrorType.INVALID_REQUEST and "top_p" in record.error.message
+    assert record.error.type == JobErrorType.INVALID_REQUEST and "context limit" in record.error.message
 
 
 def test_a_job_over_its_time_limit_fails_as_timeout(runtime: WorkerRuntime) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tnllm.config import Settings
+from tnllm.config import Settings, model_folder
 from tnllm.store import GenerationParams
+from tnllm.text.prompt import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +90,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def local_model_folder(settings: Settings) -> Path | None:
-    """Where the model's files are on this machine, without downloading anything (None if absent).
-
-    Mirrors ``tnllm.model.download.resolve_model_path``, which may write or download a model.
-    """
-    from tnllm.model.download import is_model_id, model_dir_for  # stdlib-only module
-
-    model = settings.model.strip()
-    if model == "demo":
-        candidate = settings.data_dir / "demo-model"
-    elif Path(model).expanduser().is_dir():
-        candidate = Path(model).expanduser()
-    elif is_model_id(model):
-        candidate = model_dir_for(model, settings.data_dir)
-    else:
-        return None
-    return candidate if candidate.is_dir() else None
+    """Where the model's files are on this machine (``tnllm.config.model_folder``, the workers'
+    mapping), without writing or downloading anything; None while the folder is absent."""
+    folder = model_folder(settings.model, settings.data_dir)
+    return folder if folder is not None and folder.is_dir() else None
 
 
 class PromptCounter:
@@ -147,13 +136,8 @@ class PromptCounter:
         """
         tok = self.tokenizer()
         if tok is not None:
-            messages = (
-                [m.model_dump() for m in params.messages]
-                if params.messages is not None
-                else [{"role": "user", "content": params.prompt or ""}]
-            )
-            try:
-                return int(tok.count_tokens(tok.apply_chat_template(messages))), True
+            try:  # the worker's own rendering, so the count is the prompt the engine gets
+                return len(render_prompt(tok, params, self.settings.system_prompt)), True
             except ValueError as exc:  # a template that refuses this conversation
                 log.debug("chat template refused a conversation: %s", exc)
         text = params.prompt or "".join(m.content for m in params.messages or [])

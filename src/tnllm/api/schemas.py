@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tnllm.protocol.sampling import SamplingParams
 from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
 from tnllm.store import ChatMessage, JobPublic
 from tnllm.webhooks.events import WebhookSpec
@@ -34,10 +35,10 @@ def _check_unicode(value: Any, where: str = "") -> Any:
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
-STOP_MAX_CHARS = 256
 
 
-class JobCreate(BaseModel):
+# The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
+class JobCreate(SamplingParams):
     """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
 
     Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
@@ -61,15 +62,6 @@ class JobCreate(BaseModel):
         validate_default=True,
         description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
     )
-    max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Tokens to generate at most (default TNLLM_DEFAULT_MAX_NEW_TOKENS)."
-    )
-    temperature: float = Field(default=0.0, ge=0.0, le=5.0, description="0 = greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    top_k: int = Field(default=0, ge=0, description="Sample among the k most likely tokens; 0 = off.")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, description="1 = off.")
-    stop: list[str] = Field(default_factory=list, description="Strings that end generation (not included).")
-    seed: int | None = Field(default=None, ge=0, lt=2**63, description="Sampling seed (reproducible runs).")
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
@@ -94,16 +86,6 @@ class JobCreate(BaseModel):
             raise ValueError("give either 'prompt' or 'messages', not both")
         if value is None and not has_prompt:
             raise ValueError("one of 'prompt' or 'messages' is required")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, value: list[str]) -> list[str]:
-        for i, s in enumerate(value):
-            if not s:
-                raise ValueError(f"stop[{i}] must not be empty")
-            if len(s) > STOP_MAX_CHARS:
-                raise ValueError(f"stop[{i}] is longer than {STOP_MAX_CHARS} characters")
         return value
 
     @field_validator("metadata")

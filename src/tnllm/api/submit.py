@@ -35,8 +35,12 @@ IDEMPOTENCY_KEY_MAX = 255
 
 
 def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
-    """The stored generation parameters; 422 naming the field for deployment limits."""
-    max_new = body.max_new_tokens or settings.default_max_new_tokens
+    """The stored generation parameters, ``max_new_tokens`` resolved to the deployment's default
+    where the body omits it (the one place a job's default is applied); 422 naming the field for
+    deployment limits."""
+    sampling = body.sampling().resolved(settings.default_max_new_tokens)
+    max_new = sampling.max_new_tokens
+    assert max_new is not None
     if max_new > settings.max_new_tokens_limit:
         raise ApiError(
             422,
@@ -45,17 +49,7 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
-    return GenerationParams(
-        prompt=body.prompt,
-        messages=body.messages,
-        max_new_tokens=max_new,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        repetition_penalty=body.repetition_penalty,
-        stop=body.stop,
-        seed=body.seed,
-    )
+    return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
 
 
 async def check_prompt_size(services: Services, params: GenerationParams) -> int:
@@ -77,10 +71,12 @@ async def check_prompt_size(services: Services, params: GenerationParams) -> int
             field=field,
             limit=settings.max_prompt_tokens,
         )
-    if exact and tokens + params.max_new_tokens > settings.max_context:
+    max_new = params.max_new_tokens
+    assert max_new is not None  # resolved by generation_params
+    if exact and tokens + max_new > settings.max_context:
         raise ApiError(
             422,
-            f"max_new_tokens: prompt ({tokens} tokens) + max_new_tokens ({params.max_new_tokens}) "
+            f"max_new_tokens: prompt ({tokens} tokens) + max_new_tokens ({max_new}) "
             f"exceeds the model context of {settings.max_context} tokens",
             field="max_new_tokens",
         )
@@ -104,6 +100,8 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     """Fingerprint of the request as validated (formatting and key order do not matter)."""
     canonical = body.model_dump(mode="json")
     canonical["max_new_tokens"] = params.max_new_tokens
+    if not canonical["ignore_eos"]:  # absent from bodies hashed before the field existed
+        del canonical["ignore_eos"]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 

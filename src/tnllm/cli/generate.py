@@ -7,38 +7,17 @@ import json
 import sys
 from typing import Any
 
+from pydantic import ValidationError
 
-def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> list[list[int]]:
-    if args.prompt_ids:
-        try:
-            return [[int(t) for t in p.replace(" ", "").split(",") if t] for p in args.prompt_ids]
-        except ValueError as err:
-            raise SystemExit(f"tnllm generate: --prompt-ids takes comma-separated integers ({err})") from None
-    if tokenizer is None:
-        raise SystemExit("tnllm generate: this checkpoint has no tokenizer.model; use --prompt-ids")
-    texts = (
-        args.prompt
-        if args.raw
-        else [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-            for p in args.prompt
-        ]
-    )
-    return [tokenizer.encode(t) for t in texts]
+from tnllm.protocol.jobs import GenerationParams
+from tnllm.protocol.sampling import SamplingParams, error_message
+from tnllm.text.prompt import render_prompt
 
 
-def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
-    """Run every prompt through one engine together; print text, or one JSON object per prompt."""
-    from tnllm.engine import EngineRequest, SamplingParams, build_engine
-    from tnllm.errors import RequestRejected
-
-    over = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
-    if over:
-        settings = type(settings).model_validate({**settings.model_dump(), **over})
-    engine = build_engine(settings)
-    prompts = _prompt_ids(args, engine.tokenizer)
-    params = dict(
-        max_new_tokens=args.max_new_tokens or settings.default_max_new_tokens,
+def sampling_from_args(args: argparse.Namespace, default_max_new_tokens: int) -> SamplingParams:
+    """The contract's SamplingParams from the flags, ``max_new_tokens`` resolved (ValidationError)."""
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
@@ -46,8 +25,38 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
         stop=tuple(args.stop or ()),
         seed=args.seed,
         ignore_eos=args.ignore_eos,
-    )
-    reqs = [EngineRequest(f"cli-{i}", ids, SamplingParams(**params)) for i, ids in enumerate(prompts)]
+    ).resolved(default_max_new_tokens)
+
+
+def _prompt_ids(args: argparse.Namespace, tokenizer: Any, system_prompt: str) -> list[list[int]]:
+    if args.prompt_ids:
+        try:
+            return [[int(t) for t in p.replace(" ", "").split(",") if t] for p in args.prompt_ids]
+        except ValueError as err:
+            raise SystemExit(f"tnllm generate: --prompt-ids takes comma-separated integers ({err})") from None
+    if tokenizer is None:
+        raise SystemExit("tnllm generate: this checkpoint has no tokenizer.model; use --prompt-ids")
+    if args.raw:
+        return [tokenizer.encode(t) for t in args.prompt]
+    return [render_prompt(tokenizer, GenerationParams(prompt=p), system_prompt) for p in args.prompt]
+
+
+def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
+    """Run every prompt through one engine together; print text, or one JSON object per prompt."""
+    from tnllm.engine import EngineRequest, build_engine
+    from tnllm.errors import RequestRejected
+
+    try:
+        params = sampling_from_args(args, settings.default_max_new_tokens)
+    except ValidationError as err:
+        print(f"tnllm generate: {error_message(err)}", file=sys.stderr)
+        return 2
+    over = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
+    if over:
+        settings = type(settings).model_validate({**settings.model_dump(), **over})
+    engine = build_engine(settings)
+    prompts = _prompt_ids(args, engine.tokenizer, settings.system_prompt)
+    reqs = [EngineRequest(f"cli-{i}", ids, params) for i, ids in enumerate(prompts)]
     try:
         results = engine.generate(reqs)
     except RequestRejected as err:

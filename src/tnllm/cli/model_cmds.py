@@ -12,17 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from tnllm.config import Settings
+from tnllm.config import DEFAULT_MODEL, Settings, is_model_id
 from tnllm.errors import ModelResolutionError
 from tnllm.model.demo import write_demo_checkpoint
-from tnllm.model.download import DEFAULT_MODEL_ID, download_model, is_model_id, model_dir_for
+from tnllm.model.download import download_model, model_dir_for
 
 log = logging.getLogger(__name__)
 
 
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     """``tnllm download [MODEL_ID] [--dir DIR] [--revision REV]``: fetch a checkpoint, print its folder."""
-    model_id = args.model_id or (settings.model if is_model_id(str(settings.model)) else DEFAULT_MODEL_ID)
+    model_id = args.model_id or (settings.model if is_model_id(str(settings.model)) else DEFAULT_MODEL)
     revision = args.revision or settings.model_revision
     try:
         target = Path(args.dir) if args.dir else model_dir_for(model_id, settings.data_dir)

@@ -138,7 +138,7 @@ class Engine:
         (keep them short: the batch waits)."""
         self._validate(req)
         handle = RequestHandle(self, req.request_id, on_done)
-        seq = Sequence(req.request_id, list(req.prompt_ids), req.params.max_new_tokens)
+        seq = Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens)
         seq.payload = _Live(req.params, handle, on_token)
         with self._lock:
             if self._stopping:
@@ -391,7 +391,7 @@ class Engine:
         live: _Live = seq.payload
         p = live.params
         seen = [*seq.prompt_ids, *seq.output_ids] if p.repetition_penalty != 1.0 else ()
-        return RowSampling(p.temperature, p.top_k, p.top_p, p.repetition_penalty, seen, live.generator)
+        return RowSampling(p, seen, live.generator)
 
     def _append(self, seq: Sequence, tok: int) -> None:
         """Record a sampled token, stream its text, and retire the sequence if it is done."""

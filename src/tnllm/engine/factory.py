@@ -61,10 +61,8 @@ def derive_slots(model: Any, device: torch.device, state_dtype: torch.dtype = to
 
 
 def model_path(settings: Any) -> Path:
-    """The checkpoint folder: ``settings.model`` itself when it is one, else resolved (demo, download)."""
-    local = Path(settings.model).expanduser()
-    if local.is_dir():
-        return local
+    """The checkpoint folder of ``settings.model`` (``tnllm.config.model_folder``), written (demo)
+    or downloaded first when it is not there yet."""
     from tnllm.model.download import resolve_model_path
 
     return Path(resolve_model_path(settings))

@@ -15,23 +15,30 @@ rows step after step (the penalty's seen-token sets change every step).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from tnllm.protocol.sampling import SamplingParams
 
 _TINY = 1e-30  # an Exp(1) draw of exactly 0 must not turn p / E into inf or nan
 
 
 @dataclass
 class RowSampling:
-    """What the sampler needs to know about one row of a decode batch."""
+    """One row of a decode batch: its request's parameters plus the row's sampling state."""
 
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
+    params: SamplingParams = field(default_factory=SamplingParams)
     seen_ids: Sequence[int] = ()  # prompt + generated ids, for the repetition penalty
     generator: torch.Generator | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self.params.temperature
+
+    @property
+    def penalty(self) -> float:
+        return self.params.repetition_penalty
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen_ids: Sequence[int], penalty: float) -> torch.Tensor:
@@ -83,28 +90,28 @@ class BatchSampler:
     def __init__(self, rows: Sequence[RowSampling], device: torch.device | str) -> None:
         dev = torch.device(device)
         self.rows = list(rows)
-        self.all_greedy = all(r.temperature <= 0 and r.repetition_penalty == 1.0 for r in rows)
-        self.penalised = [i for i, r in enumerate(rows) if r.repetition_penalty != 1.0 and r.seen_ids]
+        self.all_greedy = all(r.temperature <= 0 and r.penalty == 1.0 for r in rows)
+        self.penalised = [i for i, r in enumerate(rows) if r.penalty != 1.0 and r.seen_ids]
         #: the same object may sample the next step of the same rows (nothing here changes per step)
         self.reusable = not self.penalised
         greedy = [i for i, r in enumerate(rows) if r.temperature <= 0]
         drawn = [i for i, r in enumerate(rows) if r.temperature > 0]
         self._greedy = torch.tensor(greedy, dtype=torch.long, device=dev) if greedy else None
         self._drawn = torch.tensor(drawn, dtype=torch.long, device=dev) if drawn else None
-        params = [rows[i] for i in drawn]
-        self._generators = [r.generator for r in params]
+        self._generators = [rows[i].generator for i in drawn]
+        params = [rows[i].params for i in drawn]
         self._temps = (
-            torch.tensor([r.temperature for r in params], device=dev).unsqueeze(-1) if drawn else None
+            torch.tensor([p.temperature for p in params], device=dev).unsqueeze(-1) if drawn else None
         )
         self._top_k = None
         self._kmax = 0
-        if any(r.top_k > 0 for r in params):
-            self._top_k = torch.tensor([r.top_k for r in params], dtype=torch.long, device=dev)
+        if any(p.top_k > 0 for p in params):
+            self._top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=dev)
             # rows without a top-k keep everything: their effective k is the vocabulary size
-            self._kmax = max(r.top_k if r.top_k > 0 else 1 << 62 for r in params)
+            self._kmax = max(p.top_k if p.top_k > 0 else 1 << 62 for p in params)
         self._top_p = None
-        if any(r.top_p < 1.0 for r in params):
-            self._top_p = torch.tensor([r.top_p for r in params], device=dev)
+        if any(p.top_p < 1.0 for p in params):
+            self._top_p = torch.tensor([p.top_p for p in params], device=dev)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample one id per row of ``logits [B, V]``; a ``[B]`` long tensor on the logits' device."""
@@ -116,7 +123,7 @@ class BatchSampler:
             logits = logits.clone()
             for i in self.penalised:
                 r = self.rows[i]
-                logits[i] = apply_repetition_penalty(logits[i], r.seen_ids, r.repetition_penalty)
+                logits[i] = apply_repetition_penalty(logits[i], r.seen_ids, r.penalty)
         out = torch.empty(len(self.rows), dtype=torch.long, device=logits.device)
         if self._greedy is not None:
             out[self._greedy] = torch.argmax(logits.index_select(0, self._greedy), dim=-1)

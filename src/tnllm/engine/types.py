@@ -1,51 +1,51 @@
-"""Request, event and result records of the engine (torch-free, so task adapters can import them)."""
+"""Request, event and result records of the engine (torch-free, so task adapters can import them).
+
+A request's sampling parameters are the protocol's ``SamplingParams`` (``tnllm.protocol.sampling``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import ValidationError
 
 from tnllm.errors import RequestRejected
+from tnllm.protocol.sampling import SamplingParams, error_message
+
+__all__ = ["EngineRequest", "EngineResult", "EngineStats", "FinishReason", "SamplingParams", "TokenEvent"]
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass
-class SamplingParams:
-    """How one request samples and when it stops. ``temperature == 0`` means greedy."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] | list[str] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-    def validate(self) -> None:
-        """Raise RequestRejected naming the first out-of-range field."""
-        if self.max_new_tokens < 1:
-            raise RequestRejected(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
-        if not self.temperature >= 0:
-            raise RequestRejected(f"temperature must be >= 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise RequestRejected(f"top_p must be in (0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            raise RequestRejected(f"top_k must be >= 0 (got {self.top_k})")
-        if not self.repetition_penalty > 0:
-            raise RequestRejected(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise RequestRejected("stop strings must be non-empty strings")
-
-
-@dataclass
 class EngineRequest:
-    """One generation request: prompt token ids and sampling parameters."""
+    """One generation request: prompt token ids and the protocol's sampling parameters.
+
+    ``from_json`` builds one from JSON data (the wire's), refusing a bad value with
+    ``RequestRejected`` worded as the HTTP API words its 422. ``max_new_tokens`` must be resolved
+    (an int) before the engine takes the request (``check_request``).
+    """
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+
+    @classmethod
+    def from_json(cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any]) -> EngineRequest:
+        """A request whose params come as JSON data; RequestRejected naming the first bad field."""
+        try:
+            return cls(request_id, prompt_ids, SamplingParams.model_validate(params))
+        except ValidationError as exc:
+            raise RequestRejected(error_message(exc)) from None
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The resolved token budget; RequestRejected while unresolved."""
+        if self.params.max_new_tokens is None:
+            raise RequestRejected("max_new_tokens: must be resolved to a number before the engine")
+        return self.params.max_new_tokens
 
 
 @dataclass

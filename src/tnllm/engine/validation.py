@@ -1,4 +1,7 @@
-"""Checks a request must pass before it takes a slot (torch-free: the engine client runs them too)."""
+"""Checks a request must pass before it takes a slot (torch-free: the engine client runs them too).
+
+Only what depends on the engine is checked here (vocabulary, context, tokenizer, a resolved token
+budget); the parameters' own ranges are the protocol's ``SamplingParams`` validation."""
 
 from __future__ import annotations
 
@@ -9,16 +12,16 @@ from tnllm.errors import RequestRejected
 def check_request(req: EngineRequest, *, vocab_size: int, max_context: int, has_tokenizer: bool) -> None:
     """Raise RequestRejected naming the first problem of ``req`` for an engine with these limits."""
     p = req.params
-    p.validate()
     if not req.prompt_ids:
         raise RequestRejected("the prompt is empty (at least one token is needed)")
     bad = [t for t in req.prompt_ids if not 0 <= int(t) < vocab_size]
     if bad:
         raise RequestRejected(f"prompt token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
-    total = len(req.prompt_ids) + p.max_new_tokens
+    max_new = req.max_new_tokens
+    total = len(req.prompt_ids) + max_new
     if total > max_context:
         raise RequestRejected(
-            f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({p.max_new_tokens}) = {total} "
+            f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({max_new}) = {total} "
             f"exceeds the context limit of {max_context} tokens"
         )
     if p.stop and not has_tokenizer:

@@ -15,12 +15,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, SamplingParams
+from tnllm.engine.types import EngineRequest, EngineResult, EngineStats
 
 #: How often the engine process reports its stats (the worker's metrics and heartbeat read them).
 STATS_INTERVAL_S = 0.25
 
-_SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 _STATS_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineStats))
 
 
@@ -51,17 +50,14 @@ def decode(frame: bytes) -> dict[str, Any]:
 
 
 def request_to_wire(req: EngineRequest) -> dict[str, Any]:
-    """A request as JSON-ready data."""
-    params = dataclasses.asdict(req.params)
-    params["stop"] = list(req.params.stop)
+    """A request as JSON-ready data: its params are the contract's JSON dump."""
+    params = req.params.model_dump(mode="json")
     return {"id": req.request_id, "prompt_ids": [int(t) for t in req.prompt_ids], "params": params}
 
 
 def request_from_wire(data: dict[str, Any]) -> EngineRequest:
-    """The request ``request_to_wire`` encoded."""
-    params = {k: v for k, v in data["params"].items() if k in _SAMPLING_FIELDS}
-    params["stop"] = tuple(params.get("stop", ()))
-    return EngineRequest(data["id"], list(data["prompt_ids"]), SamplingParams(**params))
+    """The request ``request_to_wire`` encoded (the params validated again: RequestRejected if bad)."""
+    return EngineRequest.from_json(data["id"], list(data["prompt_ids"]), data["params"])
 
 
 def result_to_wire(result: EngineResult) -> dict[str, Any]:

@@ -9,25 +9,16 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
+from tnllm.config import DEMO_MODEL, is_model_id, model_folder
 from tnllm.errors import ModelResolutionError
 
 log = logging.getLogger(__name__)
 
-DEMO = "demo"
-DEFAULT_MODEL_ID = "OpenNLPLab/TransNormerLLM-7B"
 COMPLETE_MARKER = "tnllm_download.json"
-# owner/name as ModelScope spells them; nothing that could climb out of the models folder
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HINT = "use `--model demo` for a random demo checkpoint, or `--model /path/to/checkpoint` for a local folder"
-
-
-def is_model_id(value: str) -> bool:
-    """Whether ``value`` is shaped like a ModelScope model id (``owner/name``)."""
-    return bool(_MODEL_ID.match(value)) and ".." not in value
 
 
 def model_dir_for(model_id: str, data_dir: str | Path) -> Path:
@@ -38,29 +29,27 @@ def model_dir_for(model_id: str, data_dir: str | Path) -> Path:
 
 
 def resolve_model_path(settings: Any) -> Path:
-    """The local checkpoint folder for ``settings.model``, creating or downloading it if needed.
-
-    ``demo`` -> ``<data_dir>/demo-model`` (written once); an existing folder -> itself; anything
-    else -> a ModelScope id, downloaded into ``<data_dir>/models/<id>`` unless already complete.
+    """The local checkpoint folder for ``settings.model`` (``tnllm.config.model_folder``), creating
+    or downloading it if needed: the demo checkpoint is written once, a ModelScope id downloaded
+    unless already complete.
     """
     model = str(settings.model).strip()
-    data_dir = Path(settings.data_dir)
-    if model == DEMO:
+    folder = model_folder(model, Path(settings.data_dir))
+    if model == DEMO_MODEL:
         from tnllm.model.demo import is_demo_checkpoint, write_demo_checkpoint
 
-        folder = data_dir / "demo-model"
+        assert folder is not None
         if not is_demo_checkpoint(folder):
             log.info("writing the tiny demo checkpoint to %s", folder)
             write_demo_checkpoint(folder, size="tiny", replace_any=True)
         return folder
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelResolutionError(f"model {model!r} is a file; give the checkpoint folder")
-    if not is_model_id(model):
+    if folder is None:
+        if Path(model).expanduser().exists():
+            raise ModelResolutionError(f"model {model!r} is a file; give the checkpoint folder")
         raise ModelResolutionError(f"model folder {model!r} does not exist; {_HINT}")
-    return download_model(model, model_dir_for(model, data_dir), settings.model_revision)
+    if folder == Path(model).expanduser():  # an existing folder, named as itself
+        return folder
+    return download_model(model, folder, settings.model_revision)
 
 
 def download_model(model_id: str, target: str | Path, revision: str | None = None) -> Path:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from tnllm.protocol.sampling import SamplingParams, resolved_schema
 from tnllm.protocol.webhooks import WebhookPublic
 
 
@@ -56,28 +57,16 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class GenerationParams(BaseModel):
-    """What to generate: exactly one of ``prompt`` / ``messages`` plus the sampling parameters.
+class GenerationParams(SamplingParams):
+    """What to generate: exactly one of ``prompt`` / ``messages`` plus the sampling parameters (stored
+    flat, as the job body gives them).
 
-    The API validates limits before storing; the worker trusts these values but the engine still
-    refuses prompts that do not fit its context.
+    The API validates limits and resolves ``max_new_tokens`` before storing; the worker trusts these
+    values but the engine still refuses prompts that do not fit its context.
     """
 
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    stop: list[str] = Field(default_factory=list)
-    seed: int | None = None
-
-    def chat_messages(self, system_prompt: str) -> list[dict[str, str]]:
-        """The conversation to template: ``messages`` as given, or ``prompt`` after a system turn."""
-        if self.messages is not None:
-            return [m.model_dump() for m in self.messages]
-        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": self.prompt or ""}]
 
 
 class Usage(BaseModel):
@@ -117,8 +106,11 @@ class JobError(BaseModel):
     message: str
 
 
-class JobPublic(BaseModel):
+# The sampling fields are the stored (resolved) ``SamplingParams``, inherited: declared once.
+class JobPublic(SamplingParams):
     """The job object of the HTTP API (and of webhook payloads)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False, json_schema_extra=resolved_schema)
 
     id: str
     object: Literal["job"] = "job"
@@ -132,13 +124,6 @@ class JobPublic(BaseModel):
     priority: int
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    stop: list[str]
-    seed: int | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
     cancel_requested: bool = False

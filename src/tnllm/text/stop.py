@@ -66,7 +66,7 @@ class TextStream:
     """Detokenizer + stop strings for one sequence; ``push`` returns the delta to stream."""
 
     def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
-        from tnllm.text.tokenizer import IncrementalDecoder
+        from tnllm.text.detok import IncrementalDecoder
 
         self._inc = IncrementalDecoder(tokenizer)
         self._stops = StopStrings(stops)

@@ -1,4 +1,5 @@
-"""The checkpoint's sentencepiece tokenizer, incremental detokenisation and the chat template.
+"""The checkpoint's sentencepiece tokenizer (the chat template is ``tnllm.text.chat``, streaming
+text ``tnllm.text.detok``, prompt rendering ``tnllm.text.prompt``).
 
 Torch-free on purpose: the API process imports this module to count prompt tokens.
 
@@ -25,25 +26,12 @@ from typing import Any
 import sentencepiece as spm
 
 from tnllm.errors import TokenizerError
+from tnllm.text.chat import DEFAULT_CHAT_TEMPLATE, compile_chat_template, render_chat
 
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
-
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-
-# The ChatML template that older transformers applied by default to tokenizers without their own
-# (the TransNormerLLM tutorial's prompt format). The default system message is added in Python
-# (see ``Tokenizer.apply_chat_template``) so overriding templates get it too.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-CHAT_ROLES = ("system", "user", "assistant")
-REPLACEMENT_CHAR = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -113,7 +101,6 @@ class Tokenizer:
         add_bos_token: bool = False,
         add_eos_token: bool = False,
         chat_template: str | None = None,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     ) -> None:
         self.sp = sp_model
         self._size = int(sp_model.get_piece_size())  # asked on every decode: a SWIG call each time
@@ -121,7 +108,6 @@ class Tokenizer:
         self.add_bos_token = add_bos_token
         self.add_eos_token = add_eos_token
         self.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
-        self.system_prompt = system_prompt
         st = self.special_tokens
         self.bos_id = self._special_id(st.bos)
         self.eos_id = self._special_id(st.eos)
@@ -142,14 +128,12 @@ class Tokenizer:
         path: str | Path,
         *,
         chat_template: str | None = None,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     ) -> Tokenizer:
         """Read ``tokenizer.model`` + ``tokenizer_config.json`` + ``special_tokens_map.json`` in ``path``.
 
         The chat template is, in order of precedence: ``chat_template`` (e.g. Settings.chat_template),
         ``chat_template.jinja`` in the folder, the ``chat_template`` key of tokenizer_config.json, the
-        built-in ChatML template. ``system_prompt`` is the system message added when a conversation
-        has none (``None`` or ``""``: add none).
+        built-in ChatML template.
         """
         folder = Path(path)
         model_file = folder / TOKENIZER_FILE
@@ -187,7 +171,6 @@ class Tokenizer:
             add_bos_token=bool(config.get("add_bos_token", True)),
             add_eos_token=bool(config.get("add_eos_token", False)),
             chat_template=template,
-            system_prompt=system_prompt,
         )
 
     def _special_id(self, token: str | None) -> int | None:
@@ -272,140 +255,23 @@ class Tokenizer:
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """Render a conversation into the prompt text (not token ids).
-
-        ``messages`` are ``{"role": "system"|"user"|"assistant", "content": str}``; when none has role
-        system and ``system_prompt`` is set, ``{"role": "system", "content": system_prompt}`` is put
-        first. Raises ``ValueError`` naming the problem for a malformed conversation.
-        """
-        checked = validate_messages(messages)
-        if self.system_prompt and not any(m["role"] == "system" for m in checked):
-            checked.insert(0, {"role": "system", "content": self.system_prompt})
-        try:
-            return str(
-                self._compiled_template.render(
-                    messages=checked,
-                    add_generation_prompt=add_generation_prompt,
-                    bos_token=self.special_tokens.bos or "",
-                    eos_token=self.special_tokens.eos or "",
-                )
-            )
-        except TokenizerError:
-            raise
-        except Exception as exc:  # jinja2 errors of a user-supplied template
-            raise TokenizerError(f"chat template failed: {exc}") from exc
-
-
-def validate_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
-    """Check a conversation's shape; returns plain dict copies."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise ValueError("messages must be a list of {role, content} objects")
-    if not messages:
-        raise ValueError("messages must not be empty")
-    out: list[dict[str, str]] = []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, Mapping):
-            raise ValueError(f"messages[{i}] must be an object with role and content")
-        role, content = msg.get("role"), msg.get("content")
-        if role not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{i}].content must be a string")
-        out.append({"role": str(role), "content": content})
-    return out
-
-
-def compile_chat_template(source: str) -> Any:
-    """Compile a Jinja chat template in a sandbox (templates may come from a downloaded folder)."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TokenizerError(f"chat template: {message}")
-
-    # trim_blocks/lstrip_blocks as transformers renders templates, so published templates match
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(source)
-    except TemplateError as exc:
-        raise TokenizerError(f"invalid chat template: {exc}") from exc
+        """Render exactly this conversation into the prompt text (not token ids); no system message is
+        added (``tnllm.text.prompt.render_prompt`` adds the default one). Raises ``ValueError``
+        naming the problem for a malformed conversation."""
+        return render_chat(
+            self._compiled_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.special_tokens.bos or "",
+            eos_token=self.special_tokens.eos or "",
+        )
 
 
 def load_tokenizer(path: str | Path, settings: Any | None = None) -> Tokenizer | None:
     """The tokenizer of a checkpoint folder, or ``None`` when it has no tokenizer.model.
 
-    ``settings`` (an ``tnllm.config.Settings``) supplies ``chat_template`` and ``system_prompt``.
+    ``settings`` (an ``tnllm.config.Settings``) supplies ``chat_template``.
     """
     if not (Path(path) / TOKENIZER_FILE).is_file():
         return None
-    if settings is None:
-        return Tokenizer.from_pretrained(path)
-    return Tokenizer.from_pretrained(
-        path, chat_template=settings.chat_template, system_prompt=settings.system_prompt
-    )
-
-
-class IncrementalDecoder:
-    """Streaming text for a growing list of generated ids.
-
-    The text is that of decoding the whole id list (sentencepiece pieces can merge, and byte pieces
-    only form a character together); each ``push`` returns only the new suffix. Text ending in
-    U+FFFD is held back while it may still be an incomplete UTF-8 character; ``flush`` releases it
-    at the end. The concatenation of every returned delta equals ``tokenizer.decode(ids)``.
-
-    Only a short window is decoded per push (as text-generation-inference does): the ids emitted
-    by the previous delta plus the new ones. Both decodes of a window start with the same piece, so
-    sentencepiece's leading-space removal cancels out and the difference is the full-text suffix.
-    Ids that ``decode`` drops whatever surrounds them (outside the vocabulary; special tokens when
-    skipped) never enter ``ids``: they add no text, and since no text means no delta, a long run of
-    them would otherwise widen the window, and the cost of every push, token after token.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self._prefix_offset = 0  # window start: first id of the previous delta
-        self._read_offset = 0  # ids before this are emitted
-        self._parts: list[str] = []
-        size, specials = tokenizer.vocab_size, tokenizer.special_ids if skip_special_tokens else frozenset()
-        self._silent = lambda i: not 0 <= i < size or i in specials
-
-    @property
-    def text(self) -> str:
-        """Everything returned so far."""
-        return "".join(self._parts)
-
-    def push(self, ids: int | Iterable[int]) -> str:
-        """Add generated ids; return the text that became final ("" if none)."""
-        silent, before = self._silent, len(self.ids)
-        if isinstance(ids, int):
-            if not silent(ids):
-                self.ids.append(ids)
-        else:
-            self.ids.extend(i for i in map(int, ids) if not silent(i))
-        if len(self.ids) == before:  # the window is unchanged, so is its verdict: nothing new
-            return ""
-        prefix_text, new_text = self._window()
-        if len(new_text) <= len(prefix_text) or new_text.endswith(REPLACEMENT_CHAR):
-            return ""
-        return self._advance(new_text[len(prefix_text) :])
-
-    def flush(self) -> str:
-        """Return whatever was held back (call once the sequence is finished)."""
-        prefix_text, new_text = self._window()
-        if len(new_text) <= len(prefix_text):
-            return ""
-        return self._advance(new_text[len(prefix_text) :])
-
-    def _window(self) -> tuple[str, str]:
-        decode = self.tokenizer.decode
-        window = self.ids[self._prefix_offset :]
-        prefix_text = decode(window[: self._read_offset - self._prefix_offset], self.skip_special_tokens)
-        return prefix_text, decode(window, self.skip_special_tokens)
-
-    def _advance(self, delta: str) -> str:
-        self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
-        self._parts.append(delta)
-        return delta
+    return Tokenizer.from_pretrained(path, chat_template=settings.chat_template if settings else None)

@@ -19,7 +19,7 @@ from enum import Enum, StrEnum
 from typing import TypeVar
 
 from tnllm.engine.handle import RequestHandle
-from tnllm.engine.types import EngineRequest, EngineResult, SamplingParams
+from tnllm.engine.types import EngineRequest, EngineResult
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
 from tnllm.worker.active import ActiveJob
@@ -107,19 +107,9 @@ def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
 
 
 def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
-    """The engine request of a job: chat template + tokenizer for the prompt, sampling params."""
+    """The engine request of a job: its rendered prompt and its stored sampling params, as they are."""
     p = record.params
-    prompt_ids = rt.prompt_ids(p.chat_messages(rt.settings.system_prompt))
-    params = SamplingParams(
-        max_new_tokens=p.max_new_tokens,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        top_k=p.top_k,
-        repetition_penalty=p.repetition_penalty,
-        stop=tuple(p.stop),
-        seed=p.seed,
-    )
-    return EngineRequest(request_id=f"{record.id}:{record.attempt}", prompt_ids=prompt_ids, params=params)
+    return EngineRequest(f"{record.id}:{record.attempt}", rt.prompt_ids(p), p.sampling())
 
 
 def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:

@@ -25,7 +25,9 @@ from celery.utils.nodenames import default_nodename, host_format
 
 from tnllm.config import Settings
 from tnllm.protocol.celery import make_celery, send_generate
+from tnllm.protocol.jobs import GenerationParams
 from tnllm.store.sync import JobStore
+from tnllm.text.prompt import render_prompt
 from tnllm.worker.active import ActiveJob, ActiveJobs
 from tnllm.worker.engine_host import WorkerEngine, start_engine
 from tnllm.worker.leases import Heartbeat
@@ -100,12 +102,12 @@ class WorkerRuntime:
         self.engine_lost = True
         os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template (as `tnllm generate` does)."""
+    def prompt_ids(self, job: GenerationParams) -> list[int]:
+        """Token ids of a job's prompt (``render_prompt``, as the API counts it and `tnllm generate` does)."""
         tokenizer = self.running_engine().tokenizer
         if tokenizer is None:
             raise ValueError("the model folder has no tokenizer.model: text prompts are not supported")
-        return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        return render_prompt(tokenizer, job, self.settings.system_prompt)
 
     def send_generate(self, job_id: str, priority: int) -> None:
         """Enqueue a new Celery message for a job put back on the queue."""
