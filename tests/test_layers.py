@@ -68,7 +68,6 @@ KNOWN: set[tuple[str, str]] = {
     ("tnllm.worker.metrics", "torch"),
 }
 KNOWN_CYCLES: list[list[str]] = [
-    ["tnllm.model.kernels", "tnllm.model.kernels.attention", "tnllm.model.ops"],
     ["tnllm.worker.runtime", "tnllm.worker.stream_pump"],
 ]
 

@@ -259,15 +259,15 @@ class EngineClient:
             with self._lock:
                 running = self._running.pop(result.request_id, None)
             if running is not None:
-                running.handle._set(result)
+                running.handle.set_result(result)
         elif kind == "f":
             with self._lock:
                 running = self._running.pop(event[1], None)
             if running is not None:
-                running.handle._set(None, EngineError(event[2]))
+                running.handle.set_error(EngineError(event[2]))
 
     def _fail_all(self, err: EngineError) -> None:
         with self._lock:
             running, self._running = self._running, {}
         for item in running.values():
-            item.handle._set(None, err)
+            item.handle.set_error(err)

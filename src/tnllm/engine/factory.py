@@ -1,4 +1,4 @@
-"""build_engine(settings): resolve the checkpoint, load model and tokenizer, size the slot pool."""
+"""build_engine(config): resolve the checkpoint, load model and tokenizer, size the pool, pick the backend."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from tnllm.engine.engine import Engine
+from tnllm.engine.backend import select_backend
+from tnllm.engine.core import Engine
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def describe_engine(engine: Engine) -> tuple[str, str]:
 
 
 def build_engine(settings: Any) -> Engine:
-    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
+    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool, and the
+    backend (``select_backend``: the CUDA fast path where it fits, else the reference model)."""
     from tnllm.model import load_pretrained
     from tnllm.text.tokenizer import load_tokenizer
 
@@ -105,11 +107,9 @@ def build_engine(settings: Any) -> Engine:
         prefill_token_budget=settings.prefill_token_budget,
         max_context=settings.max_context,
         state_dtype=state_dtype,
+        backend=select_backend(model),
     )
-    if device.type == "cuda":
-        # CUDA fast path: tune every kernel variant now and capture the decode graphs for this pool
-        from tnllm.model.kernels.binding import prepare_fast_decode
-
-        if prepare_fast_decode(model, engine.pool, max_batch=slots):
-            log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
+    # the fast backend tunes every kernel variant now and captures the decode graphs for this pool
+    if engine.runner.prepare(max_batch=slots):
+        log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
     return engine
