@@ -131,7 +131,7 @@ def engine_phase(
         torch.cuda.empty_cache()
     settings = Settings(model=str(ckpt), device="cuda", engine_slots=256, prefill_token_budget=PREFILL_BUDGET)
     t0 = time.perf_counter()
-    engine = build_engine(settings)
+    engine = build_engine(settings.engine_config())
     res["engine_build_s"] = round(time.perf_counter() - t0, 1)
     res["gpu_py_engine_decode_b256"] = engine_decode(engine, 256, steps)
     print(json.dumps(res), flush=True)

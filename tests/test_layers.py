@@ -60,12 +60,10 @@ FORBIDDEN: dict[str, set[str]] = {
 KNOWN: set[tuple[str, str]] = {
     ("tnllm.api.limits", "tnllm.model.download"),
     ("tnllm.api.producer", "tnllm.cli.flower"),
-    ("tnllm.engine.child", "tnllm.worker.metrics"),
     ("tnllm.logging", "tnllm.protocol.tasks"),
     ("tnllm.protocol.celery", "tnllm.cli.flower"),
     ("tnllm.protocol.celery", "tnllm.store.clients"),
     ("tnllm.store.webhooks", "tnllm.webhooks.events"),
-    ("tnllm.worker.metrics", "torch"),
 }
 KNOWN_CYCLES: list[list[str]] = [
     ["tnllm.worker.runtime", "tnllm.worker.stream_pump"],

@@ -35,7 +35,7 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
     over = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
     if over:
         settings = type(settings).model_validate({**settings.model_dump(), **over})
-    engine = build_engine(settings)
+    engine = build_engine(settings.engine_config())
     prompts = _prompt_ids(args, engine.tokenizer)
     params = dict(
         max_new_tokens=args.max_new_tokens or settings.default_max_new_tokens,

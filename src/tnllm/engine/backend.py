@@ -8,8 +8,7 @@ Nothing is cached on the model: the runner holds its backend.
 The fast backend owns the module it is built from: ``FastTransnormer.from_model`` concatenates each
 layer's l1/l2 weights into one ``[2F, D]`` tensor and re-points the module's two parameters at views
 of it. The values are unchanged, so the reference methods still compute the same numbers, and no
-weight is stored twice on the GPU (a copy would cost 2·F·D per layer, a third of a 7B model's
-channel-mixer memory).
+weight is stored twice on the GPU (a copy would cost 2·F·D more weights per layer).
 """
 
 from __future__ import annotations

@@ -130,32 +130,16 @@ class WorkerRuntime:
     def load(self) -> None:
         """Load model + tokenizer + engine once and start its step loop (in the engine process, or
         on a thread here when ``engine_process`` is off)."""
+        from tnllm.engine.client import make_engine_client
+
         started = time.monotonic()
-        memory: Any
-        if self.settings.engine_process:
-            from tnllm.engine.client import EngineClient
-
-            client = EngineClient(self.settings, on_lost=self._engine_lost)
-            client.start()
-            assert client.info is not None
-            self.engine, device, dtype, memory = (
-                client,
-                client.info.device,
-                client.info.dtype,
-                client.gpu_memory,
-            )
-        else:
-            from tnllm.engine.factory import build_engine, describe_engine
-            from tnllm.worker.metrics import gpu_memory_bytes
-
-            engine = build_engine(self.settings)
-            engine.start()
-            device, dtype = describe_engine(engine)
-            self.engine, memory = engine, (lambda: gpu_memory_bytes(engine.device))
+        client = make_engine_client(self.settings, on_lost=self._engine_lost)
+        client.start()
+        self.engine, info = client, client.engine_info
         elapsed = time.monotonic() - started
         log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, self.engine.slots, elapsed)
-        self.metrics.observe_model_load(elapsed, model=self.model_name, device=device, dtype=dtype)
-        self.metrics.set_engine(self.engine, memory)
+        self.metrics.observe_model_load(elapsed, model=self.model_name, device=info.device, dtype=info.dtype)
+        self.metrics.set_engine(self.engine, client.gpu_memory)
 
     def _engine_lost(self, code: int | None) -> None:
         """The engine process died: its requests ended with EngineLost (their jobs are left to the

@@ -108,7 +108,7 @@ class FastTransnormer:
         self.head = embed if head is None else head  # tied unless the checkpoint says otherwise
         self.layers = layers
         self.gemv_batch1 = gemv_batch1
-        # Triton GEMM for 17..128 decode rows: 8.74 vs 8.95 ms per 64-row step with cuBLAS (H100)
+        # Triton GEMM for 17..128 decode rows rather than cuBLAS (faster there: docs/PERFORMANCE.md)
         self.skinny_gemm = True
         # the GLU product as our own (PDL-launched) kernel rather than torch's elementwise multiply
         self.glu_kernel = True
@@ -415,7 +415,7 @@ class FastTransnormer:
         self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1, 37, 300)
     ) -> None:
         """Compile and autotune every prefill/decode kernel variant the engine uses once (fla's first
-        chunk call tunes for ~30 s per variant), using ``scratch_slot`` (and, for the several-prompt
+        chunk call autotunes each variant, for seconds), using ``scratch_slot`` (and, for the several-prompt
         case, one neighbouring slot) and zeroing them again afterwards.
 
         The engine prefills through ``prefill_many``, so that is what is warmed. Triton compiles a
