@@ -72,8 +72,8 @@ def env_info() -> dict:
 
 def random_model(seed: int = 0):  # type: ignore[no-untyped-def]
     """Our TransnormerLM with random bf16 7B-shaped weights, materialised directly on the GPU."""
-    from tnllm.model.checkpoint_io import lrpe_theta_init
     from tnllm.model.config import TransnormerConfig
+    from tnllm.model.formulas import lrpe_theta_init
     from tnllm.model.modeling import TransnormerLM
 
     cfg = TransnormerConfig.from_dict(CONFIG_7B, source="bench 7B config")
@@ -179,15 +179,13 @@ def graph_times(runner, batches=(1, 64, 256)) -> dict:  # type: ignore[no-untype
 def variant_pass(model, engine, switch: Callable[[bool], None], batches: tuple[int, ...], steps: int) -> dict:  # type: ignore[no-untyped-def]
     """Graph replay and engine decode at ``batches`` rows with ``switch(False)`` applied (graphs
     recaptured), then ``switch(True)`` and the graphs recaptured again."""
-    from tnllm.model.kernels.binding import fast_path_for, prepare_fast_decode
-
     switch(False)
-    prepare_fast_decode(model, engine.pool, max_batch=256)
-    out: dict = {"graph_replay_ms": graph_times(fast_path_for(model).runner, batches)}  # type: ignore[union-attr]
+    engine.runner.prepare(max_batch=256)
+    out: dict = {"graph_replay_ms": graph_times(engine.backend.runner, batches)}
     for b in batches:
         out[f"engine_decode_b{b}"] = engine_decode(engine, b, steps)
     switch(True)
-    prepare_fast_decode(model, engine.pool, max_batch=256)
+    engine.runner.prepare(max_batch=256)
     return out
 
 
@@ -254,11 +252,9 @@ def eager_baseline(model, new_tokens: int, prompt_len: int) -> dict:  # type: ig
     }
 
 
-def bf16_state_accuracy(model, prompt_len: int = 512, steps: int = 256) -> dict:  # type: ignore[no-untyped-def]
+def bf16_state_accuracy(backend, prompt_len: int = 512, steps: int = 256) -> dict:  # type: ignore[no-untyped-def]
     """Teacher-forced logits with a bf16 vs an fp32 state pool (same inputs, fast path, batch 1)."""
-    from tnllm.model.kernels.binding import fast_path_for
-
-    fast = fast_path_for(model).fast  # type: ignore[union-attr]
+    fast = backend.fast
     pools = {dt: fast.new_state_pool(1, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
     ids = torch.tensor(prompt(prompt_len, 11), device="cuda")
     outs = {dt: fast.prefill(ids, 0, p, 0) for dt, p in pools.items()}
@@ -306,8 +302,8 @@ def main() -> int:
         help="also run 1, 64 and 256 rows with programmatic dependent launch off",
     )
     args = ap.parse_args()
-    from tnllm.engine.engine import Engine
-    from tnllm.model.kernels.binding import fast_path_for, prepare_fast_decode
+    from tnllm.engine import Engine
+    from tnllm.engine.backend import FastBackend
 
     res: dict = {"env": env_info(), "copy_TBps": round(copy_bandwidth(), 3)}
     print(json.dumps(res), flush=True)
@@ -319,10 +315,11 @@ def main() -> int:
         res["baseline_hf_generate"] = baseline(model)
         print(json.dumps(res["baseline_hf_generate"]), flush=True)
     t0 = time.perf_counter()
-    engine = Engine(model, None, slots=256, prefill_token_budget=2048, max_context=40000)
-    assert prepare_fast_decode(model, engine.pool, max_batch=256), "no fast path on this machine"
+    fast = FastBackend(model)
+    engine = Engine(model, None, slots=256, prefill_token_budget=2048, max_context=40000, backend=fast)
+    assert engine.runner.prepare(max_batch=256), "no fast path on this machine"
     res["startup_s"] = round(time.perf_counter() - t0, 1)
-    runner = fast_path_for(model).runner  # type: ignore[union-attr]
+    runner = fast.runner
     res["graph_replay_ms"] = graph_times(runner)
     for b in (1, 64, 256):
         res[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
@@ -337,7 +334,7 @@ def main() -> int:
 
     # same-run A/Bs: the engine with one fast-path choice switched off, then back on
     def fast_flag(name: str) -> Callable[[bool], None]:
-        return lambda on: setattr(fast_path_for(model).fast, name, on)  # type: ignore[union-attr]
+        return lambda on: setattr(fast.fast, name, on)
 
     variants: list[tuple[str, Callable[[bool], None], tuple[int, ...]]] = []
     if args.compare_cublas:
@@ -352,7 +349,7 @@ def main() -> int:
     for name, switch, batches in variants:
         res[name] = variant_pass(model, engine, switch, batches, args.steps)
         print(name, json.dumps(res[name]), flush=True)
-    runner = fast_path_for(model).runner  # type: ignore[union-attr]
+    runner = fast.runner
     res["ttft_2048_ms"] = round(engine_ttft(engine), 2)
     res["context_step_ms"] = engine_context(engine)
     if args.profile:
@@ -360,14 +357,16 @@ def main() -> int:
     if args.bf16_state:
         del engine, runner
         torch.cuda.empty_cache()
-        engine = Engine(model, None, slots=256, prefill_token_budget=2048, max_context=40000)
-        engine.pool = [p.to(torch.bfloat16) for p in engine.pool]
+        engine = Engine(
+            model, None, slots=256, prefill_token_budget=2048, max_context=40000,
+            state_dtype=torch.bfloat16, backend=fast,
+        )  # fmt: skip
         torch.cuda.empty_cache()
-        prepare_fast_decode(model, engine.pool, max_batch=256)
-        bf16: dict = {"graph_replay_ms": graph_times(fast_path_for(model).runner)}  # type: ignore[union-attr]
+        engine.runner.prepare(max_batch=256)
+        bf16: dict = {"graph_replay_ms": graph_times(fast.runner)}
         for b in (1, 64, 256):
             bf16[f"engine_decode_b{b}"] = engine_decode(engine, b, args.steps)
-        bf16["accuracy_vs_fp32_state"] = bf16_state_accuracy(model)
+        bf16["accuracy_vs_fp32_state"] = bf16_state_accuracy(fast)
         res["bf16_state"] = bf16
         print(json.dumps(bf16), flush=True)
     text = json.dumps(res, indent=1)

@@ -75,7 +75,7 @@ def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: i
 
     torch.set_num_threads(threads)
     settings = Settings(model=str(model), device="cpu", engine_slots=slots)
-    engine = build_engine(settings)
+    engine = build_engine(settings.engine_config())
     tok = engine.tokenizer
 
     def prompt_ids(i: int) -> list[int]:

@@ -78,18 +78,18 @@ PROMPT_TOKENS = 120  # what the service's chat template makes of the bench promp
 def write_checkpoint(out: Path) -> float:
     """Random 7B-shaped bf16 checkpoint (weights drawn on the GPU: fast) + tokenizer; seconds taken."""
     import torch
-    from gpu import CONFIG_7B
 
+    from bench.gpu import CONFIG_7B
     from tnllm.model.checkpoint_io import (
         EMBED_KEY,
         HEAD_KEY,
         expected_shapes,
-        lrpe_theta_init,
         save_official_checkpoint,
     )
     from tnllm.model.config import TransnormerConfig
     from tnllm.model.demo import SIZES
     from tnllm.model.demo_tokenizer import write_tokenizer_files
+    from tnllm.model.formulas import lrpe_theta_init
 
     t0 = time.perf_counter()
     raw = {"architectures": ["TransnormerForCausalLM"], "torch_dtype": "bfloat16", **CONFIG_7B}
@@ -119,8 +119,8 @@ def engine_phase(
 ) -> dict[str, Any]:
     """Engine only (no queue, no HTTP) on the worker's own build path; see the module docstring."""
     import torch
-    from gpu import engine_decode
 
+    from bench.gpu import engine_decode
     from tnllm.config import Settings
     from tnllm.engine.factory import build_engine
     from tnllm.engine.types import SamplingParams
@@ -131,7 +131,7 @@ def engine_phase(
         torch.cuda.empty_cache()
     settings = Settings(model=str(ckpt), device="cuda", engine_slots=256, prefill_token_budget=PREFILL_BUDGET)
     t0 = time.perf_counter()
-    engine = build_engine(settings)
+    engine = build_engine(settings.engine_config())
     res["engine_build_s"] = round(time.perf_counter() - t0, 1)
     res["gpu_py_engine_decode_b256"] = engine_decode(engine, 256, steps)
     print(json.dumps(res), flush=True)
@@ -191,8 +191,7 @@ def engine_phase(
 
 def same_load_request(tag: str, i: int, params: Any) -> Any:
     """Request ``i`` of the service's load on the engine directly: a PROMPT_TOKENS prompt."""
-    from gpu import prompt
-
+    from bench.gpu import prompt
     from tnllm.engine.types import EngineRequest
 
     return EngineRequest(f"{tag}{i}", prompt(PROMPT_TOKENS, 1000 + i), params)

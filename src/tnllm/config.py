@@ -2,6 +2,8 @@
 
 Only this module reads the environment. Each entrypoint builds ``Settings()`` once and passes it
 down. Model hyper-parameters never come from here: they come from the checkpoint's config.json.
+Typed views hand a consumer only its own knobs: ``Settings.engine_config()`` is what the engine
+(and the engine process's wire) gets, with no Redis URL, API key or webhook secret in it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The model a deployment serves when TNLLM_MODEL is unset (a ModelScope id).
@@ -231,3 +233,29 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's view of these settings (``EngineConfig``)."""
+        return EngineConfig(**self.model_dump(include=set(EngineConfig.model_fields)))
+
+
+class EngineConfig(BaseModel):
+    """What building and running an engine reads (field meanings: ``Settings``); no defaults here,
+    so ``Settings`` stays the one place that declares them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    model_revision: str | None
+    data_dir: Path
+    device: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    state_dtype: Literal["float32", "bfloat16"]
+    chat_template: str | None
+    system_prompt: str
+    engine_slots: int
+    prefill_token_budget: int
+    max_context: int
+    log_format: Literal["text", "json"]
+    log_level: str
+    log_content: bool

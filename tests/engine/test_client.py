@@ -19,17 +19,20 @@ from typing import Any
 
 import pytest
 
-from tnllm.config import Settings
-from tnllm.engine.client import EngineClient
+from tnllm.config import EngineConfig, Settings
+from tnllm.engine.client import make_engine_client
+from tnllm.engine.inproc_client import InprocEngineClient
+from tnllm.engine.proc_client import ProcessEngineClient
 from tnllm.engine.types import EngineRequest, SamplingParams, TokenEvent
 from tnllm.engine.wire import (
+    config_from_wire,
+    config_to_wire,
     decode,
     encode,
     request_from_wire,
     request_to_wire,
     result_from_wire,
     result_to_wire,
-    settings_to_wire,
 )
 from tnllm.errors import EngineError, EngineLoadFailed, EngineLost, RequestRejected
 
@@ -49,10 +52,14 @@ def engine_settings(model: Path, tmp: Path, **over: Any) -> Settings:
     )
 
 
+def engine_config(model: Path, tmp: Path, **over: Any) -> EngineConfig:
+    return engine_settings(model, tmp, **over).engine_config()
+
+
 @pytest.fixture
-def client(demo_model_dir: Path, tmp_path: Path) -> Iterator[EngineClient]:
+def client(demo_model_dir: Path, tmp_path: Path) -> Iterator[ProcessEngineClient]:
     lost: list[int | None] = []
-    engine = EngineClient(engine_settings(demo_model_dir, tmp_path), on_lost=lost.append)
+    engine = ProcessEngineClient(engine_config(demo_model_dir, tmp_path), on_lost=lost.append)
     engine.start()
     engine.lost_codes = lost  # type: ignore[attr-defined]
     yield engine
@@ -95,11 +102,11 @@ def requests(tokenizer: Any, stop: str) -> list[EngineRequest]:
 
 
 def test_results_match_the_in_process_engine(
-    client: EngineClient, demo_model_dir: Path, tmp_path: Path
+    client: ProcessEngineClient, demo_model_dir: Path, tmp_path: Path
 ) -> None:
     from tnllm.engine.factory import build_engine
 
-    local = build_engine(engine_settings(demo_model_dir, tmp_path))
+    local = build_engine(engine_config(demo_model_dir, tmp_path))
     plain = EngineRequest(
         "plain", local.tokenizer.encode("a b c"), SamplingParams(max_new_tokens=40, ignore_eos=True)
     )
@@ -122,7 +129,7 @@ def test_results_match_the_in_process_engine(
     assert sorted(done) == sorted(expected)
 
 
-def test_refusals_are_the_engines_and_come_at_once(client: EngineClient) -> None:
+def test_refusals_are_the_engines_and_come_at_once(client: ProcessEngineClient) -> None:
     with pytest.raises(RequestRejected, match="context limit of 256"):
         client.submit(EngineRequest("long", list(range(3, 200)), SamplingParams(max_new_tokens=100)))
     with pytest.raises(RequestRejected, match="empty"):
@@ -146,7 +153,7 @@ def test_refusals_are_the_engines_and_come_at_once(client: EngineClient) -> None
     )
 
 
-def test_cancel_keeps_the_partial_text_and_stats_arrive(client: EngineClient) -> None:
+def test_cancel_keeps_the_partial_text_and_stats_arrive(client: ProcessEngineClient) -> None:
     seen = threading.Event()
     handle = client.submit(
         EngineRequest("c", [5, 6, 7], SamplingParams(max_new_tokens=200, ignore_eos=True)),
@@ -166,7 +173,7 @@ def test_cancel_keeps_the_partial_text_and_stats_arrive(client: EngineClient) ->
     assert client.gpu_memory() is None  # CPU
 
 
-def test_sigterm_and_sigint_do_not_stop_the_engine_process(client: EngineClient) -> None:
+def test_sigterm_and_sigint_do_not_stop_the_engine_process(client: ProcessEngineClient) -> None:
     """A terminal's Ctrl-C or a group SIGTERM must not end generation under a warm shutdown."""
     assert client.pid is not None
     os.kill(client.pid, signal.SIGTERM)
@@ -178,7 +185,7 @@ def test_sigterm_and_sigint_do_not_stop_the_engine_process(client: EngineClient)
     assert result.completion_tokens == 3
 
 
-def test_death_ends_running_requests_with_engine_lost(client: EngineClient) -> None:
+def test_death_ends_running_requests_with_engine_lost(client: ProcessEngineClient) -> None:
     started = threading.Event()
     handle = client.submit(
         EngineRequest("long", [5, 6], SamplingParams(max_new_tokens=250, ignore_eos=True)),
@@ -195,7 +202,7 @@ def test_death_ends_running_requests_with_engine_lost(client: EngineClient) -> N
 
 def test_stop_fails_what_still_runs(demo_model_dir: Path, tmp_path: Path) -> None:
     lost: list[int | None] = []
-    engine = EngineClient(engine_settings(demo_model_dir, tmp_path), on_lost=lost.append)
+    engine = ProcessEngineClient(engine_config(demo_model_dir, tmp_path), on_lost=lost.append)
     engine.start()
     pid = engine.pid
     assert pid is not None
@@ -212,7 +219,7 @@ def test_stop_fails_what_still_runs(demo_model_dir: Path, tmp_path: Path) -> Non
 def test_a_model_that_cannot_load_names_the_problem(tmp_path: Path) -> None:
     empty = tmp_path / "not-a-checkpoint"
     empty.mkdir()
-    engine = EngineClient(engine_settings(empty, tmp_path / "data"))
+    engine = ProcessEngineClient(engine_config(empty, tmp_path / "data"))
     with pytest.raises(EngineLoadFailed, match=r"config\.json"):
         engine.start()
     assert engine.pid is not None and not alive(engine.pid)
@@ -224,10 +231,10 @@ def test_the_engine_process_never_outlives_its_worker(demo_model_dir: Path, tmp_
         f"""
         import sys, time
         from tnllm.config import Settings
-        from tnllm.engine.client import EngineClient
+        from tnllm.engine.proc_client import ProcessEngineClient
         from tnllm.engine.types import EngineRequest, SamplingParams
-        client = EngineClient(Settings(model={str(demo_model_dir)!r}, device="cpu", engine_slots=2,
-                                       data_dir={str(tmp_path)!r}))
+        client = ProcessEngineClient(Settings(model={str(demo_model_dir)!r}, device="cpu", engine_slots=2,
+                                              data_dir={str(tmp_path)!r}).engine_config())
         client.start()
         client.submit(EngineRequest("r", [5], SamplingParams(max_new_tokens=100000 // 8, ignore_eos=True)))
         print(client.pid, flush=True)
@@ -268,8 +275,43 @@ def test_wire_round_trips(tmp_path: Path) -> None:
 
     result = EngineResult("j:1", "text", [4, 5], "stop", 3, 2)
     assert result_from_wire(result_to_wire(result)) == result
+    config = Settings(
+        model="demo", engine_slots=7, state_dtype="bfloat16", data_dir=str(tmp_path), chat_template="{{ x }}",
+    ).engine_config()  # fmt: skip
+    assert config_from_wire(config_to_wire(config)) == config
+
+
+def test_no_secret_crosses_the_engine_wire(tmp_path: Path) -> None:
+    """The start frame carries the engine config only: no API key, webhook secret, Redis password."""
+    secrets = ["api-key-1", "whsec-42", "redis-pw-7", "flower:pw-9"]
     settings = Settings(
-        model="demo", api_keys=["k1", "k2"], worker_queues=["a", "b"], webhook_retry_delays=[1.0, 2.5],
-        engine_slots=7, state_dtype="bfloat16", data_dir=str(tmp_path), engine_process=False,
+        model="demo", data_dir=str(tmp_path), api_keys=[secrets[0]], webhook_secret=[secrets[1]],
+        redis_url=f"redis://:{secrets[2]}@127.0.0.1:6379/0", flower_basic_auth=secrets[3],
     )  # fmt: skip
-    assert Settings(**settings_to_wire(settings)) == settings
+    frame = encode(ProcessEngineClient(settings.engine_config()).start_message()).decode()
+    assert not [s for s in secrets if s in frame]
+    sent = set(config_from_wire(__import__("json").loads(frame)["config"]).model_dump())
+    assert sent == set(EngineConfig.model_fields)
+    assert not sent & {"api_keys", "webhook_secret", "redis_url", "flower_basic_auth"}
+
+
+def test_the_in_process_client_is_the_same_interface(demo_model_dir: Path, tmp_path: Path) -> None:
+    """``engine_process=false``: the worker gets an ``InprocEngineClient`` with the same calls."""
+    assert isinstance(make_engine_client(engine_settings(demo_model_dir, tmp_path)), ProcessEngineClient)
+    client = make_engine_client(engine_settings(demo_model_dir, tmp_path, engine_process=False))
+    assert isinstance(client, InprocEngineClient)
+    with pytest.raises(EngineError, match="not started"):
+        client.submit(EngineRequest("early", [5], SamplingParams(max_new_tokens=2)))
+    client.start()
+    try:
+        assert client.slots == SLOTS and client.tokenizer is not None and client.gpu_memory() is None
+        assert client.engine_info.device == "cpu" and client.engine_info.dtype == "float32"
+        with pytest.raises(RequestRejected):
+            client.submit(EngineRequest("long", [5] * 300, SamplingParams(max_new_tokens=2)))
+        req = EngineRequest("r", [5, 6, 7], SamplingParams(max_new_tokens=6, ignore_eos=True))
+        deltas: list[TokenEvent] = []
+        result = client.submit(req, on_token=deltas.append).result(timeout=60)
+        assert [t for ev in deltas for t in ev.token_ids] == result.token_ids and len(result.token_ids) == 6
+        assert client.stats().finished_requests == 1
+    finally:
+        client.stop()

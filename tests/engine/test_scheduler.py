@@ -6,7 +6,7 @@ from tnllm.engine.scheduler import Scheduler, Sequence
 
 
 def seq(rid: str, n_prompt: int, max_new: int = 4) -> Sequence:
-    return Sequence(rid, list(range(1, n_prompt + 1)), max_new)
+    return Sequence(rid, list(range(1, n_prompt + 1)), max_new, None)
 
 
 def test_more_requests_than_slots_wait_fifo_and_slots_are_reused() -> None:

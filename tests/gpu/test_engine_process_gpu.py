@@ -16,13 +16,13 @@ pytestmark = [
 
 def test_engine_process_serves_on_cuda(demo_model_dir: Path, tmp_path: Path) -> None:
     from tnllm.config import Settings
-    from tnllm.engine.client import EngineClient
+    from tnllm.engine.proc_client import ProcessEngineClient
     from tnllm.engine.types import EngineRequest, SamplingParams
 
     settings = Settings(
         model=str(demo_model_dir), device="cuda", engine_slots=4, max_context=512, data_dir=str(tmp_path)
     )
-    client = EngineClient(settings)
+    client = ProcessEngineClient(settings.engine_config())
     client.start()  # the child loads, tunes and captures its graphs on the GPU
     try:
         assert client.info is not None and client.info.device.startswith("cuda")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -171,6 +175,34 @@ def test_nosync_packed_path_matches_flas_public_call(shape: tuple[int, int, int]
     assert packed_path_matches(*shape, torch.device(DEV), torch.bfloat16)
 
 
+@contextlib.contextmanager
+def sync_debug_error() -> Iterator[None]:
+    """CUDA's sync-debug mode set to "error" for the block, the previous mode restored in a ``finally``.
+
+    Setting it warns (a UserWarning: the mode is a prototype); under ``filterwarnings=error`` that
+    warning would raise after the mode is already set and leave it on for every later test, so it is
+    silenced here, and the mode is set inside the ``try``.
+    """
+    before = torch.cuda.get_sync_debug_mode()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, message=".*[Ss]ync.*")
+            torch.cuda.set_sync_debug_mode("error")
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, message=".*[Ss]ync.*")
+            torch.cuda.set_sync_debug_mode(before)
+
+
+def test_sync_debug_error_restores_the_mode_even_when_the_block_raises() -> None:
+    before = torch.cuda.get_sync_debug_mode()
+    with pytest.raises(RuntimeError, match="boom"), sync_debug_error():
+        assert torch.cuda.get_sync_debug_mode() == 2  # "error"
+        raise RuntimeError("boom")
+    assert torch.cuda.get_sync_debug_mode() == before
+
+
 def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> None:
     """A packed prefill step on the no-sync path runs with CUDA's sync check set to error (each layer
     of fla's public call reads a chunk count back from the device) and gives the public path's logits
@@ -188,11 +220,8 @@ def test_packed_prefill_never_waits_for_the_gpu_and_equals_the_public_path() -> 
     torch.cuda.synchronize()
     for p in pools[0]:
         p.zero_()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_debug_error():
         got = nosync.prefill_many(chunks, pools[0])
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     want = public.prefill_many(chunks, pools[1])
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(*pools, strict=True))

@@ -33,9 +33,9 @@ def lrpe_ref(x: torch.Tensor, theta: torch.Tensor, pos: torch.Tensor) -> torch.T
 
 
 def rates(h: int, layer: int = 0, n_layers: int = 4) -> torch.Tensor:
-    from tnllm.model.kernels.fastpath import base_slopes, layer_rates
+    from tnllm.model.formulas import layer_decay
 
-    return layer_rates(base_slopes(h), layer, n_layers).to(DEV)
+    return layer_decay(h, layer, n_layers).to(DEV)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -45,15 +45,16 @@ def test_graph_runner_takes_device_ids_without_changing_the_step() -> None:
 
 def test_chained_engine_equals_plain_engine_on_the_fast_path(tiny_checkpoint: Path) -> None:
     from tnllm.engine import Engine, EngineRequest, SamplingParams
+    from tnllm.engine.backend import FastBackend
     from tnllm.model import load_pretrained
-    from tnllm.model.kernels.binding import prepare_fast_decode
 
     model = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
     vocab = model.config.vocab_size
     results = {}
     for overlap in (False, True):
-        engine = Engine(model, None, slots=8, prefill_token_budget=64, overlap=overlap)
-        assert prepare_fast_decode(model, engine.pool, max_batch=8)
+        backend = FastBackend(model)
+        engine = Engine(model, None, slots=8, prefill_token_budget=64, overlap=overlap, backend=backend)
+        assert engine.runner.prepare(max_batch=8)
         reqs = []
         for i in range(6):
             kw: dict = {"max_new_tokens": 24, "ignore_eos": True}
@@ -71,21 +72,25 @@ def test_bf16_state_engine_tracks_the_fp32_state_engine(tiny_checkpoint: Path) -
     """The opt-in bf16 state pool (TNLLM_STATE_DTYPE=bfloat16): same prompt, teacher-forced by the
     fp32 engine's greedy tokens, logits close to the fp32 state's (bf16 tolerance)."""
     from tnllm.engine import Engine
+    from tnllm.engine.backend import FastBackend
     from tnllm.model import load_pretrained
-    from tnllm.model.kernels.binding import prepare_fast_decode
 
     model = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
-    engines = {dt: Engine(model, None, slots=4, state_dtype=dt) for dt in (torch.float32, torch.bfloat16)}
+    fast = FastBackend(model)  # one backend for both pools: graphs for the bf16 one, eager for fp32
+    engines = {
+        dt: Engine(model, None, slots=4, state_dtype=dt, backend=fast)
+        for dt in (torch.float32, torch.bfloat16)
+    }
     assert engines[torch.bfloat16].pool[0].dtype == torch.bfloat16
-    assert prepare_fast_decode(model, engines[torch.bfloat16].pool, max_batch=4)
+    assert engines[torch.bfloat16].runner.prepare(max_batch=4)
     ids = [(5 * j) % model.config.vocab_size for j in range(40)]
     logits = {}
     for dt, engine in engines.items():
-        out = [model.prefill(torch.tensor(ids[:30], device="cuda"), 0, engine.pool, 0)]
+        out = [fast.prefill(torch.tensor(ids[:30], device="cuda"), 0, engine.pool, 0)]
         for p in range(30, 40):
             tok = torch.tensor([ids[p]], device="cuda")
             # through the graph the logits are a view of a static buffer: copy before the next step
-            out.append(model.decode(tok, torch.tensor([p]), engine.pool, slice(0, 1))[0].clone())
+            out.append(fast.decode(tok, torch.tensor([p]), engine.pool, slice(0, 1))[0].clone())
         logits[dt] = torch.stack(out)
     a, b = logits[torch.float32], logits[torch.bfloat16]
     assert float((a - b).abs().max()) < 0.1 * float(a.abs().max())

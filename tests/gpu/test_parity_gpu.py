@@ -27,18 +27,26 @@ def gpu_fp32(tiny_a_path: Path):  # type: ignore[no-untyped-def]
     return load_pretrained(tiny_a_path, device="cuda", dtype=torch.float32)
 
 
-@pytest.mark.parametrize("index", range(5))
-def test_tiny_a_fp32_gpu_matches_official(gpu_fp32, tiny_a_path: Path, index: int) -> None:  # type: ignore[no-untyped-def]
-    from tnllm.model.kernels.binding import fast_path_for
+@pytest.fixture(scope="module")
+def gpu_fp32_fast(gpu_fp32):  # type: ignore[no-untyped-def]
+    """The fast backend the engine factory picks for the fp32 GPU model."""
+    from tnllm.engine.backend import FastBackend, select_backend
 
-    assert fast_path_for(gpu_fp32) is not None, "fast path not taken"
+    backend = select_backend(gpu_fp32)
+    assert isinstance(backend, FastBackend), "fast path not taken"
+    return backend
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_tiny_a_fp32_gpu_matches_official(gpu_fp32, gpu_fp32_fast, tiny_a_path: Path, index: int) -> None:  # type: ignore[no-untyped-def]
+    fast = gpu_fp32_fast
     seq = json.loads((tiny_a_path / "expected.json").read_text())["sequences"][index]
     n = seq["length"]
     pool = gpu_fp32.new_state_pool(3)
     for layer in pool:
         layer.fill_(float("nan"))
     gpu_fp32.reset_slot(pool, 1)
-    logits = gpu_fp32.prefill(torch.tensor(seq["input_ids"]), 0, pool, 1, last_only=False).double().cpu()
+    logits = fast.prefill(torch.tensor(seq["input_ids"]), 0, pool, 1, last_only=False).double().cpu()
     wanted = {n - 1: seq["logits_last"], **{int(k): v for k, v in seq["logits_at"].items()}}
     worst = max(
         (logits[p] - torch.tensor(r, dtype=torch.float64)).abs().max().item() for p, r in wanted.items()
@@ -48,7 +56,7 @@ def test_tiny_a_fp32_gpu_matches_official(gpu_fp32, tiny_a_path: Path, index: in
     tokens, pos, last = [], n, logits[-1]
     for _ in range(len(seq["greedy"]["new_tokens"])):
         tokens.append(int(last.argmax()))
-        last = gpu_fp32.decode(torch.tensor([tokens[-1]]), torch.tensor([pos]), pool, torch.tensor([1]))[0]
+        last = fast.decode(torch.tensor([tokens[-1]]), torch.tensor([pos]), pool, torch.tensor([1]))[0]
         pos += 1
     assert tokens == seq["greedy"]["new_tokens"]
     assert torch.isnan(pool[0][0]).all() and torch.isnan(pool[0][2]).all()
@@ -61,9 +69,11 @@ def test_bf16_gpu_against_cpu_reference(tiny_checkpoint: Path, tiny_model) -> No
     ops) and the fp32 weights (what serving in bf16 costs in total). Argmax must agree wherever the
     reference's top-2 gap exceeds 2 % of the logit scale.
     """
+    from tnllm.engine.backend import FastBackend
     from tnllm.model import load_pretrained
 
-    gpu = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    model = load_pretrained(tiny_checkpoint, device="cuda", dtype=torch.bfloat16)
+    gpu = FastBackend(model)
     rounded = load_pretrained(tiny_checkpoint, device="cpu", dtype=torch.float32)
     for name, p in rounded.named_parameters():
         if not name.endswith("lrpe.theta"):
@@ -74,7 +84,7 @@ def test_bf16_gpu_against_cpu_reference(tiny_checkpoint: Path, tiny_model) -> No
     for length in (1, 17, 300):
         ids = torch.randint(0, tiny_model.config.vocab_size, (length + 16,), generator=g)
         refs = {"rounded": rounded(ids[None])[0].double(), "fp32": tiny_model(ids[None])[0].double()}
-        pool = gpu.new_state_pool(2)
+        pool = model.new_state_pool(2)
         got = [gpu.prefill(ids[:length], 0, pool, 1, last_only=False).double().cpu()]
         for p in range(length, length + 16):
             got.append(gpu.decode(ids[p : p + 1], torch.tensor([p]), pool, torch.tensor([1])).double().cpu())
@@ -97,13 +107,13 @@ def test_bf16_gpu_against_cpu_reference(tiny_checkpoint: Path, tiny_model) -> No
 
 def test_contract_ops_match_reference() -> None:
     """kernels.prefill_attention / decode_attention (used by TransnormerLM.forward on CUDA) vs ops."""
-    from tnllm.model import kernels, ops
+    from tnllm.model import formulas, kernels, ops
 
     torch.manual_seed(5)
     n, h, t, dk, d = 2, 4, 70, 32, 16
     q, k = torch.rand(n, h, t, dk), torch.rand(n, h, t, dk)
     v = torch.randn(n, h, t, d)
-    lam = ops.layer_decay(h, 1, 3)
+    lam = formulas.layer_decay(h, 1, 3)
     s0 = torch.randn(n, h, dk, d)
     ro, rs = ops.prefill_attention(q, k, v, lam, s0)
     go, gs = kernels.prefill_attention(q.cuda(), k.cuda(), v.cuda(), lam.cuda(), s0.cuda())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tnllm.model import ops
+from tnllm.model import formulas, ops
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ def _final_state(k, v, decay):  # type: ignore[no-untyped-def]
 def test_prefill_recurrent_quadratic_agree(lrpe: bool, heads: int, t: int, layer: int) -> None:
     d = 8
     q, k, v = _inputs(2, heads, t, d, lrpe)
-    decay = ops.layer_decay(heads, layer, 3)
+    decay = formulas.layer_decay(heads, layer, 3)
     zero = torch.zeros(2, heads, q.shape[-1], d)
     block_out, block_state = ops.prefill_attention(q, k, v, decay, zero)
     rec_out, rec_state = _recurrent(q, k, v, decay, zero)
@@ -78,7 +78,7 @@ def test_prefill_recurrent_quadratic_agree(lrpe: bool, heads: int, t: int, layer
 def test_chunked_prefill_continues_from_state(lrpe: bool, chunks: tuple[int, ...]) -> None:
     heads, d, t = 6, 8, 300
     q, k, v = _inputs(1, heads, t, d, lrpe, seed=1)
-    decay = ops.layer_decay(heads, 1, 3)
+    decay = formulas.layer_decay(heads, 1, 3)
     state = torch.zeros(1, heads, q.shape[-1], d)
     whole, whole_state = ops.prefill_attention(q, k, v, decay, state)
     outs, start = [], 0
@@ -103,7 +103,7 @@ def test_decode_rows_are_independent() -> None:
     q, k, v = _inputs(5, heads, 1, d, lrpe=True, seed=2)
     gen = torch.Generator().manual_seed(4)
     state = torch.randn(5, heads, 2 * d, d, generator=gen)
-    decay = ops.layer_decay(heads, 0, 2)
+    decay = formulas.layer_decay(heads, 0, 2)
     out, new = ops.decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], decay, state)
     for row in range(5):
         o1, s1 = ops.decode_attention(
@@ -129,13 +129,3 @@ def test_lrpe_depends_only_on_relative_position() -> None:
 
     assert torch.allclose(score(10, 3), score(1007, 1000), atol=1e-4)
     assert not torch.allclose(score(10, 3), score(10, 4), atol=1e-4)
-
-
-def test_slopes_match_spec() -> None:
-    assert ops.base_slopes(4) == [0.25, 0.0625, 0.015625, 0.00390625]
-    assert ops.base_slopes(6) == [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]
-    s32 = torch.tensor(ops.base_slopes(32), dtype=torch.float32)
-    assert [f"{x:.9g}" for x in s32.tolist()[:4]] == ["0.840896428", "0.707106769", "0.594603539", "0.5"]
-    assert f"{s32[-1].item():.9g}" == "0.00390625"
-    factors = [ops.layer_decay(32, i, 30)[3].item() / 0.5 for i in (0, 1, 28, 29)]  # head 3 has base 0.5
-    assert [f"{x:.9g}" for x in factors] == ["1.00001001", "0.965527236", "0.0344927572", "9.99999975e-06"]

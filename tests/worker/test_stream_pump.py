@@ -21,7 +21,7 @@ import torch
 
 from tnllm.config import Settings
 from tnllm.engine import Engine, EngineRequest, SamplingParams
-from tnllm.engine.engine import RequestHandle
+from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import TokenEvent
 from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.store.server import RedisServer

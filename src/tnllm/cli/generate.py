@@ -54,7 +54,7 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
     over = {k: v for k, v in (("device", args.device), ("dtype", args.dtype)) if v}
     if over:
         settings = type(settings).model_validate({**settings.model_dump(), **over})
-    engine = build_engine(settings)
+    engine = build_engine(settings.engine_config())
     prompts = _prompt_ids(args, engine.tokenizer, settings.system_prompt)
     reqs = [EngineRequest(f"cli-{i}", ids, params) for i, ids in enumerate(prompts)]
     try:

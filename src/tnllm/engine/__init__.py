@@ -29,7 +29,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Engine":
-        from tnllm.engine.engine import Engine
+        from tnllm.engine.core import Engine
 
         return Engine
     if name == "build_engine":

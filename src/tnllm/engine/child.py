@@ -1,6 +1,6 @@
-"""The engine process: ``python -m tnllm.engine.child --fd N``, started by ``EngineClient``.
+"""The engine process: ``python -m tnllm.engine.child --fd N``, started by ``ProcessEngineClient``.
 
-It reads the worker's settings from the socket, builds the engine exactly as an in-process worker
+It reads the worker's ``EngineConfig`` from the socket, builds the engine exactly as an in-process worker
 does (``build_engine``: load, tune kernels, capture graphs), reports ``ready`` and then serves:
 the main thread reads submits and cancels, the engine steps on its own thread, and a sender
 thread batches the engine's deltas and results into frames. It ignores SIGINT and SIGTERM: the
@@ -27,6 +27,7 @@ from tnllm.engine.types import TokenEvent
 from tnllm.engine.wire import (
     STATS_INTERVAL_S,
     EngineInfo,
+    config_from_wire,
     decode,
     encode,
     request_from_wire,
@@ -56,7 +57,7 @@ class EngineHost:
 
     def serve(self) -> int:
         """Report ready, start the engine, relay messages; returns the exit status."""
-        from tnllm.worker.metrics import gpu_memory_bytes
+        from tnllm.engine.stats import gpu_memory_bytes
 
         self.conn.send_bytes(encode({"op": "ready", "info": dataclasses.asdict(self.info)}))
         self.engine.start()
@@ -146,7 +147,6 @@ class EngineHost:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the engine process."""
-    from tnllm.config import Settings
     from tnllm.logging import configure_logging
 
     parser = argparse.ArgumentParser(description="tnllm engine process (started by a GPU worker)")
@@ -159,23 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = decode(conn.recv_bytes())
     except (EOFError, OSError):
         return 1
-    settings = Settings(**start["settings"])
-    configure_logging(settings)
+    config = config_from_wire(start["config"])
+    configure_logging(config)
     try:
-        from tnllm.engine.factory import build_engine, describe_engine, model_path
+        from tnllm.engine.factory import build_engine, engine_info, model_path
 
-        path = model_path(settings)  # downloads once; the engine and the worker's tokenizer use it
-        engine = build_engine(settings.model_copy(update={"model": str(path)}))
-        device, dtype = describe_engine(engine)
-        info = EngineInfo(
-            slots=int(engine.slots),
-            device=device,
-            dtype=dtype,
-            max_context=int(engine.max_context),
-            vocab_size=int(engine.vocab_size),
-            has_tokenizer=engine.tokenizer is not None,
-            model_path=str(path),
-        )
+        path = model_path(config)  # downloads once; the engine and the worker's tokenizer use it
+        engine = build_engine(config.model_copy(update={"model": str(path)}))
+        info = engine_info(engine, path)
     except Exception as exc:
         log.exception("engine process: the model failed to load")
         with contextlib.suppress(OSError):

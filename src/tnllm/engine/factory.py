@@ -1,4 +1,4 @@
-"""build_engine(settings): resolve the checkpoint, load model and tokenizer, size the slot pool."""
+"""build_engine(config): resolve the checkpoint, load model and tokenizer, size the pool, pick the backend."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any
 
 import torch
 
-from tnllm.engine.engine import Engine
+from tnllm.config import EngineConfig
+from tnllm.engine.backend import select_backend
+from tnllm.engine.core import Engine
+from tnllm.engine.wire import EngineInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,54 +63,61 @@ def derive_slots(model: Any, device: torch.device, state_dtype: torch.dtype = to
     return max(1, min(CPU_DEFAULT_SLOTS, int(avail * STATE_MEMORY_FRACTION) // per_seq))
 
 
-def model_path(settings: Any) -> Path:
-    """The checkpoint folder of ``settings.model`` (``tnllm.config.model_folder``), written (demo)
+def model_path(config: EngineConfig) -> Path:
+    """The checkpoint folder of ``config.model`` (``tnllm.config.model_folder``), written (demo)
     or downloaded first when it is not there yet."""
     from tnllm.model.download import resolve_model_path
 
-    return Path(resolve_model_path(settings))
+    return Path(resolve_model_path(config))
 
 
-def describe_engine(engine: Engine) -> tuple[str, str]:
-    """The engine's device and weight dtype as text (``"cuda:0"``, ``"bfloat16"``): the worker's
-    metrics labels and the engine process's ``EngineInfo``."""
-    return str(engine.device), str(next(engine.model.parameters()).dtype).removeprefix("torch.")
+def engine_info(engine: Engine, path: Path) -> EngineInfo:
+    """What an engine client reports of its engine: limits, and the device and weight dtype as
+    text (``"cuda:0"``, ``"bfloat16"``, the worker's metrics labels)."""
+    return EngineInfo(
+        slots=int(engine.slots),
+        device=str(engine.device),
+        dtype=str(next(engine.model.parameters()).dtype).removeprefix("torch."),
+        max_context=int(engine.max_context),
+        vocab_size=int(engine.vocab_size),
+        has_tokenizer=engine.tokenizer is not None,
+        model_path=str(path),
+    )
 
 
-def build_engine(settings: Any) -> Engine:
-    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool."""
+def build_engine(config: EngineConfig) -> Engine:
+    """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool, and the
+    backend (``select_backend``: the CUDA fast path where it fits, else the reference model)."""
     from tnllm.model import load_pretrained
     from tnllm.text.tokenizer import load_tokenizer
 
-    path = model_path(settings)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
-    state_dtype = resolve_state_dtype(settings.state_dtype, device)
+    path = model_path(config)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    state_dtype = resolve_state_dtype(config.state_dtype, device)
     model = load_pretrained(path, device=device, dtype=dtype)
     model.eval()
-    tokenizer = load_tokenizer(path, settings)
-    slots = settings.engine_slots or derive_slots(model, device, state_dtype)
+    tokenizer = load_tokenizer(path, config)
+    slots = config.engine_slots or derive_slots(model, device, state_dtype)
     log.info(
         "engine: model %s on %s/%s, %d slots (%s state), prefill budget %d tokens",
         path,
         device,
         dtype,
         slots,
-        settings.state_dtype,
-        settings.prefill_token_budget,
+        config.state_dtype,
+        config.prefill_token_budget,
     )
     engine = Engine(
         model,
         tokenizer,
         slots=slots,
-        prefill_token_budget=settings.prefill_token_budget,
-        max_context=settings.max_context,
+        prefill_token_budget=config.prefill_token_budget,
+        max_context=config.max_context,
         state_dtype=state_dtype,
+        backend=select_backend(model),
     )
-    if device.type == "cuda":
-        # CUDA fast path: tune every kernel variant now and capture the decode graphs for this pool
-        from tnllm.model.kernels.binding import prepare_fast_decode
-
-        if prepare_fast_decode(model, engine.pool, max_batch=slots):
-            log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
+    # the fast backend tunes every kernel variant now and captures the decode graphs for this pool
+    if engine.runner.prepare(max_batch=slots):
+        log.info("engine: CUDA graphs captured for decode batches up to %d", slots)
     return engine

@@ -20,7 +20,10 @@ class Cancels(Protocol):
 
 
 class RequestHandle:
-    """Waits for one request's result; ``on_done`` (if given) runs once it is set, on the setter's thread."""
+    """Waits for one request's result; ``on_done`` (if given) runs once it is set, on the setter's thread.
+
+    Like ``concurrent.futures.Future``: the caller waits (``result``, ``done``) or cancels; whoever
+    runs the request ends it with ``set_result`` / ``set_error``."""
 
     def __init__(
         self,
@@ -59,7 +62,16 @@ class RequestHandle:
         """Cancel this request (it leaves the batch within one step)."""
         self._engine.cancel(self.request_id)
 
-    def _set(self, result: EngineResult | None, error: BaseException | None = None) -> None:
+    # --- the owner's side: the engine (or engine client) that created the handle ends it -----------
+    def set_result(self, result: EngineResult) -> None:
+        """End the request with its result (the first ``set_*`` call wins; later ones are ignored)."""
+        self._finish(result, None)
+
+    def set_error(self, error: BaseException) -> None:
+        """End the request with an error (the first ``set_*`` call wins; later ones are ignored)."""
+        self._finish(None, error)
+
+    def _finish(self, result: EngineResult | None, error: BaseException | None) -> None:
         if self._done.is_set():
             return
         self._result, self._error = result, error

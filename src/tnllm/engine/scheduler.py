@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
+
+R = TypeVar("R")
 
 
 @dataclass(eq=False)
-class Sequence:
-    """One request's progress. ``payload`` carries the engine's per-request objects."""
+class Sequence(Generic[R]):
+    """One request's progress; ``request`` is the caller's per-request state (the engine's
+    ``LiveRequest``), opaque to the scheduler."""
 
     request_id: str
     prompt_ids: list[int]
     max_new_tokens: int
-    payload: Any = None
+    request: R
     slot: int = -1
     prefilled: int = 0  # prompt tokens already consumed into the slot's state
     output_ids: list[int] = field(default_factory=list)
@@ -39,10 +42,10 @@ class Sequence:
 
 
 @dataclass
-class PrefillChunk:
+class PrefillChunk(Generic[R]):
     """Prompt tokens ``seq.prompt_ids[start:start+length]`` to consume into ``seq.slot``."""
 
-    seq: Sequence
+    seq: Sequence[R]
     start: int
     length: int
 
@@ -53,12 +56,12 @@ class PrefillChunk:
 
 
 @dataclass
-class StepPlan:
+class StepPlan(Generic[R]):
     """The work of one engine step."""
 
-    cancelled: list[Sequence] = field(default_factory=list)
-    prefill: list[PrefillChunk] = field(default_factory=list)
-    decode: list[Sequence] = field(default_factory=list)  # holding slots 0 .. len(decode)-1, in order
+    cancelled: list[Sequence[R]] = field(default_factory=list)
+    prefill: list[PrefillChunk[R]] = field(default_factory=list)
+    decode: list[Sequence[R]] = field(default_factory=list)  # holding slots 0 .. len(decode)-1, in order
     swaps: list[tuple[int, int]] = field(default_factory=list)  # slot states to exchange before running
 
     @property
@@ -67,7 +70,7 @@ class StepPlan:
         return not self.prefill and not self.decode
 
 
-class Scheduler:
+class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
     def __init__(self, slots: int, prefill_token_budget: int) -> None:
@@ -75,21 +78,21 @@ class Scheduler:
             raise ValueError("slots and prefill_token_budget must be >= 1")
         self.num_slots = slots
         self.budget = prefill_token_budget
-        self.waiting: deque[Sequence] = deque()
-        self.running: dict[int, Sequence] = {}  # slot -> sequence, in admission order
+        self.waiting: deque[Sequence[R]] = deque()
+        self.running: dict[int, Sequence[R]] = {}  # slot -> sequence, in admission order
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
-        self._by_id: dict[str, Sequence] = {}
+        self._by_id: dict[str, Sequence[R]] = {}
         self._admissions = 0
 
     # --- bookkeeping ----------------------------------------------------------------------------
-    def add(self, seq: Sequence) -> None:
+    def add(self, seq: Sequence[R]) -> None:
         """Queue a new sequence (request ids must be unique among live sequences)."""
         if seq.request_id in self._by_id:
             raise ValueError(f"request id {seq.request_id!r} is already in the engine")
         self._by_id[seq.request_id] = seq
         self.waiting.append(seq)
 
-    def get(self, request_id: str) -> Sequence | None:
+    def get(self, request_id: str) -> Sequence[R] | None:
         """The live sequence with this id, if any."""
         return self._by_id.get(request_id)
 
@@ -101,7 +104,7 @@ class Scheduler:
         seq.cancelled = True
         return True
 
-    def finish(self, seq: Sequence) -> None:
+    def finish(self, seq: Sequence[R]) -> None:
         """Retire a sequence now and free its slot."""
         if seq.finished:
             return
@@ -114,7 +117,7 @@ class Scheduler:
         else:
             self.waiting.remove(seq)
 
-    def drain(self) -> list[Sequence]:
+    def drain(self) -> list[Sequence[R]]:
         """Retire every live sequence (engine failure or shutdown); returns them."""
         live = [*self.running.values(), *self.waiting]
         for seq in live:
@@ -137,9 +140,9 @@ class Scheduler:
         """Anything to run or retire."""
         return bool(self.running or self.waiting)
 
-    def schedule(self) -> StepPlan:
+    def schedule(self) -> StepPlan[R]:
         """Retire cancelled sequences, admit waiting ones, and plan prefill chunks and decodes."""
-        plan = StepPlan()
+        plan: StepPlan[R] = StepPlan()
         for seq in [s for s in (*self.running.values(), *self.waiting) if s.cancelled]:
             self.finish(seq)
             plan.cancelled.append(seq)
@@ -163,7 +166,7 @@ class Scheduler:
         plan.decode.sort(key=lambda s: s.slot)
         return plan
 
-    def _pack(self, decode: list[Sequence]) -> list[tuple[int, int]]:
+    def _pack(self, decode: list[Sequence[R]]) -> list[tuple[int, int]]:
         """Move the decoding sequences into slots 0..n-1 so the model updates one contiguous block
         of the state pool in place. Returns the slot pairs whose states the engine must exchange."""
         n = len(decode)

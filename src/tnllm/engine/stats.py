@@ -1,10 +1,11 @@
-"""Engine load figures: step time and generated tokens/s over a sliding window."""
+"""Engine load figures: step time and generated tokens/s over a sliding window; device memory."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from tnllm.engine.types import EngineStats
 
@@ -85,3 +86,19 @@ class StatsTracker:
     def _trim(self, now: float) -> None:
         while self._recent and now - self._recent[0][0] > self._window:
             self._recent.popleft()
+
+
+def gpu_memory_bytes(device: Any) -> dict[str, float] | None:
+    """Allocated / reserved / free / total bytes of ``device`` when it is a CUDA device, else None
+    (torch is imported only then: the engine client's process may have none)."""
+    if device is None or getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    return {
+        "allocated": float(torch.cuda.memory_allocated(device)),
+        "reserved": float(torch.cuda.memory_reserved(device)),
+        "free": float(free),
+        "total": float(total),
+    }

@@ -1,6 +1,6 @@
 """The wire format between a worker and its engine process: one JSON object per frame.
 
-Worker → engine: ``start`` (the settings, first), ``submit`` (a request), ``cancel`` (an id),
+Worker → engine: ``start`` (the ``EngineConfig``, first), ``submit`` (a request), ``cancel`` (an id),
 ``stop``. Engine → worker: ``ready`` (``EngineInfo``) or ``load_failed`` (an error), then
 ``events`` frames: an ordered list of ``["t", id, text, token_ids]`` (a delta), ``["d", result]``
 (a request finished) and ``["f", id, message]`` (a request failed), with the engine's stats and
@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tnllm.config import EngineConfig
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats
 
 #: How often the engine process reports its stats (the worker's metrics and heartbeat read them).
@@ -75,6 +76,11 @@ def stats_from_wire(data: dict[str, Any]) -> EngineStats:
     return EngineStats(**{k: v for k, v in data.items() if k in _STATS_FIELDS})
 
 
-def settings_to_wire(settings: Any) -> dict[str, Any]:
-    """The worker's settings, for the engine process to rebuild exactly (``Settings(**data)``)."""
-    return dict(settings.model_dump(mode="json"))
+def config_to_wire(config: EngineConfig) -> dict[str, Any]:
+    """The engine config, for the engine process to rebuild exactly (``config_from_wire``)."""
+    return dict(config.model_dump(mode="json"))
+
+
+def config_from_wire(data: dict[str, Any]) -> EngineConfig:
+    """The engine config ``config_to_wire`` encoded (unknown keys refused)."""
+    return EngineConfig(**data)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from tnllm.model.config import TransnormerConfig
+from tnllm.model.formulas import lrpe_theta_init
 
 EMBED_KEY = "model.embed_tokens.weight"
 HEAD_KEY = "lm_head.weight"
@@ -34,12 +35,6 @@ def expected_shapes(config: TransnormerConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = TransnormerLM(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
-
-
-def lrpe_theta_init(num_heads: int, head_dim: int) -> Tensor:
-    """θ by the official init formula ``10000^(-2j/(H·head_dim))``, shape ``[H, 1, head_dim]``."""
-    d = num_heads * head_dim
-    return (10000 ** (-2 / d * torch.arange(d))).reshape(num_heads, 1, -1).to(torch.float32)
 
 
 def iter_random_tensors(

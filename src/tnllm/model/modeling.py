@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tnllm.model import formulas, seam
 from tnllm.model import ops as ref_ops
 from tnllm.model.config import TransnormerConfig
 
@@ -70,17 +71,13 @@ class NormLinearAttention(nn.Module):
         self.act: Callable[[Tensor], Tensor] = ref_ops.activation(config.linear_act_fun)
         self.lrpe = Lrpe(self.num_heads, d_model // self.num_heads) if use_lrpe else None
 
-    @property
-    def key_dim(self) -> int:
-        return 2 * self.head_dim if self.lrpe is not None else self.head_dim
-
     def forward(
         self,
         x: Tensor,
         positions: Tensor,
         state: Tensor,
         decay: Tensor,
-        ops: ref_ops.AttentionOps,
+        ops: seam.AttentionOps,
         step: bool,
         inplace: bool = False,
     ) -> tuple[Tensor, Tensor]:
@@ -98,7 +95,7 @@ class NormLinearAttention(nn.Module):
             q = ref_ops.lrpe(q, self.lrpe.theta, positions)  # [N, H, T, 2d]
             k = ref_ops.lrpe(k, self.lrpe.theta, positions)
         if step and inplace:
-            o = ref_ops.decode_step_inplace(ops, q[:, :, 0], k[:, :, 0], v[:, :, 0], decay, state)
+            o = seam.decode_step_inplace(ops, q[:, :, 0], k[:, :, 0], v[:, :, 0], decay, state)
             new_state = state
             o = o.unsqueeze(2)  # [N, H, 1, d]
         elif step:
@@ -147,7 +144,7 @@ class TransnormerLM(nn.Module):
         with torch.device("cpu"):
             self._decay_cpu = torch.stack(
                 [
-                    ref_ops.layer_decay(config.num_heads, i, config.num_layers)
+                    formulas.layer_decay(config.num_heads, i, config.num_layers)
                     for i in range(config.num_layers)
                 ]
             )  # [L, H]
@@ -164,14 +161,15 @@ class TransnormerLM(nn.Module):
 
     def state_shapes(self) -> list[tuple[int, int, int]]:
         """Per layer ``(H, dk_i, d)``; fixed size, independent of sequence length."""
+        cfg = self.config
         return [
-            (self.config.num_heads, layer.token_mixer.key_dim, self.config.head_dim)
+            formulas.state_shape(cfg.num_heads, cfg.head_dim, layer.token_mixer.lrpe is not None)
             for layer in self._layers()
         ]
 
     def state_bytes_per_sequence(self, dtype: torch.dtype = torch.float32) -> int:
-        elem = torch.empty((), dtype=dtype, device="cpu").element_size()
-        return sum(h * dk * d for h, dk, d in self.state_shapes()) * elem
+        """Bytes of one sequence's state in ``dtype`` (docs/MODEL_SPEC.md §7.2)."""
+        return formulas.state_bytes(self.state_shapes(), dtype)
 
     def new_state_pool(
         self, slots: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
@@ -209,9 +207,6 @@ class TransnormerLM(nn.Module):
         t = int(input_ids.shape[0])
         if t == 0:
             raise ValueError("prefill needs at least one token")
-        fast = self._fast()
-        if fast is not None:
-            return fast.prefill(input_ids, start_pos, pool, slot, last_only)
         states = [layer_state[slot : slot + 1] for layer_state in pool]
         positions = torch.arange(start_pos, start_pos + t, device=self.device).unsqueeze(0)  # [1, T]
         logits, new_states = self.run(
@@ -224,13 +219,10 @@ class TransnormerLM(nn.Module):
     @torch.no_grad()
     def prefill_many(self, chunks: list[tuple[list[int], int, int]], pool: list[Tensor]) -> Tensor:
         """Several prompt chunks ``(ids, start_pos, slot)`` (distinct slots) -> fp32 logits ``[N, V]``
-        of each chunk's last token, every slot's state updated in place. On CUDA one packed forward
-        for all of them; the reference path runs them one by one (same numbers either way)."""
+        of each chunk's last token, every slot's state updated in place, one chunk after the other
+        (the engine's fast backend packs them into one forward; same numbers either way)."""
         if not chunks:
             raise ValueError("prefill_many needs at least one chunk")
-        fast = self._fast()
-        if fast is not None:
-            return fast.prefill_many(chunks, pool)
         rows = [
             self.prefill(torch.tensor(ids, dtype=torch.long, device=self.device), start, pool, slot).float()
             for ids, start, slot in chunks
@@ -246,9 +238,6 @@ class TransnormerLM(nn.Module):
         ``slots`` may be a ``slice`` of B consecutive slots: their states are then updated in place
         through views of the pool (no gather/scatter copies), which is what the engine passes.
         """
-        fast = self._fast()
-        if fast is not None:
-            return fast.decode(input_ids, positions, pool, slots)
         if isinstance(slots, slice):
             views = [layer_state[slots] for layer_state in pool]
             logits, _ = self.run(
@@ -286,7 +275,7 @@ class TransnormerLM(nn.Module):
         ``inplace`` (decode steps only), which writes the new states into them.
         """
         input_ids = input_ids.to(self.device)
-        ops = ref_ops.ops_for(self.device)
+        ops = seam.ops_for(self.device)
         decay = self._decay()
         x = self.model.embed_tokens(input_ids) * self.config.embed_scale  # [N, T, D]
         new_states = []
@@ -300,14 +289,6 @@ class TransnormerLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self._head(self.model.final_norm(x)), new_states
-
-    def _fast(self):  # type: ignore[no-untyped-def]
-        """The CUDA fast path (tnllm/model/kernels) for GPU weights, else None (reference path)."""
-        if self.device.type != "cuda":
-            return None
-        from tnllm.model.kernels.binding import fast_path_for
-
-        return fast_path_for(self)
 
     def _layers(self) -> list[DecoderLayer]:
         return cast(list[DecoderLayer], list(self.model.layers))

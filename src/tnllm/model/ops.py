@@ -1,62 +1,21 @@
-"""The attention seam: decay rates, LRPE and decayed causal linear attention (reference PyTorch).
+"""The reference attention ops: q/k activations, LRPE and decayed causal linear attention (PyTorch).
 
 Shapes: ``N`` sequences, ``H`` heads, ``T`` tokens, ``dk`` q/k width (2d on LRPE layers), ``d`` v width.
 Every sequence carries its own fp32 state ``S [N, H, dk, d]``; positions are explicit per sequence.
 
 The reference path follows docs/MODEL_SPEC.md §5.2/§5.3 operation by operation in fp32, which reproduces the
-official fp32 logits. A fast implementation (``tnllm.model.kernels``) provides the same two functions,
-``prefill_attention`` and ``decode_attention``; :func:`ops_for` picks one from the weights' device.
+official fp32 logits. These functions are the contract: the CUDA kernels (``tnllm.model.kernels``)
+provide the same ``prefill_attention`` / ``decode_attention``, and ``tnllm.model.seam`` picks one
+of the two for a device (this module imports neither; the kernels may fall back on it).
 """
 
 from __future__ import annotations
-
-import functools
-import math
-from types import ModuleType
-from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 BLOCK = 256  # official prefill block length
-
-
-class AttentionOps(Protocol):
-    """What a kernel module provides (the reference functions below are the contract)."""
-
-    def prefill_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor]: ...
-
-    def decode_attention(
-        self, q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor
-    ) -> tuple[Tensor, Tensor]: ...
-
-
-# ---- decay rates (docs/MODEL_SPEC.md §4 step 5) ------------------------------------------------------
-def base_slopes(num_heads: int) -> list[float]:
-    """ALiBi-style per-head base slopes in double precision (powers of two and not)."""
-
-    def power_of_two(n: int) -> list[float]:
-        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
-        return [start * start**i for i in range(n)]
-
-    if math.log2(num_heads).is_integer():
-        return power_of_two(num_heads)
-    closest = 2 ** math.floor(math.log2(num_heads))
-    return power_of_two(closest) + base_slopes(2 * closest)[0::2][: num_heads - closest]
-
-
-def layer_decay(num_heads: int, layer: int, num_layers: int) -> Tensor:
-    """fp32 decay rate λ per head for one layer, shape ``[H]``.
-
-    The layer factor is rounded to fp32 before the fp32 product, as the official fp32 tensor times a
-    Python float does; rounding the exact product instead differs by one ulp on ~1/4 of the values.
-    """
-    base = torch.tensor(base_slopes(num_heads), dtype=torch.float32)
-    factor = torch.tensor(1 - layer / (num_layers - 1) + 1e-5, dtype=torch.float32)
-    return base * factor
 
 
 # ---- activations and LRPE --------------------------------------------------------------------
@@ -161,19 +120,6 @@ def decode_attention_(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Ten
     return torch.matmul(q.unsqueeze(-2), state).squeeze(-2)  # [N, H, 1, dk] @ [N, H, dk, d]
 
 
-def decode_step_inplace(
-    ops: AttentionOps, q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor
-) -> Tensor:
-    """One recurrent step that writes the new state into ``state``: the implementation's in-place op
-    (``decode_attention_``) when it has one, else its out-of-place op and a copy."""
-    inplace = getattr(ops, "decode_attention_", None)
-    if inplace is not None:
-        return cast(Tensor, inplace(q, k, v, decay, state))
-    out, new = ops.decode_attention(q, k, v, decay, state)
-    state.copy_(new)
-    return out
-
-
 def quadratic_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tensor:
     """Direct O(T²) evaluation from a zero state (a test oracle, docs/MODEL_SPEC.md §4 step 6), fp64."""
     t = q.shape[2]
@@ -183,30 +129,3 @@ def quadratic_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor) -> Tenso
     mask = torch.where(dist >= 0, torch.exp(-lam * dist.clamp(min=0)), torch.zeros((), dtype=torch.float64))
     scores = torch.matmul(q.double(), k.double().transpose(-1, -2)) * mask
     return torch.matmul(scores, v.double())
-
-
-# ---- implementation choice ------------------------------------------------------------------
-def _reference() -> ModuleType:
-    import sys
-
-    return sys.modules[__name__]
-
-
-def ops_for(device: torch.device) -> AttentionOps:
-    """Attention implementation for weights on ``device``: CUDA kernels when present, else this module."""
-    return _ops_for_type(device.type)
-
-
-@functools.cache
-def _ops_for_type(device_type: str) -> AttentionOps:
-    # Cached: a failed import is not remembered by Python and would be retried on every forward.
-    if device_type == "cuda":
-        try:
-            from tnllm.model import kernels  # type: ignore[attr-defined]
-        except ImportError:
-            pass
-        else:
-            available = getattr(kernels, "available", lambda: True)
-            if available():
-                return cast(AttentionOps, kernels)
-    return cast(AttentionOps, _reference())

@@ -12,10 +12,10 @@ import logging
 import os
 
 from tnllm.config import Settings
+from tnllm.engine.client import EngineClient
 from tnllm.store.ops import WorkerInfo
 from tnllm.store.sync import JobStore
 from tnllm.worker.active import ActiveJob
-from tnllm.worker.engine_host import WorkerEngine
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Heartbeat:
         """How long a heartbeat stays valid (a few renew intervals)."""
         return max(self.settings.lease_ttl, 3 * self.settings.lease_renew_interval)
 
-    def beat(self, jobs: list[ActiveJob], engine: WorkerEngine | None, metrics_port: int) -> None:
+    def beat(self, jobs: list[ActiveJob], engine: EngineClient | None, metrics_port: int) -> None:
         """Renew the leases of ``jobs`` (the jobs running here), then publish the heartbeat."""
         self.renew(jobs)
         self.store.heartbeat_worker(self.info(len(jobs), engine, metrics_port), ttl=self.ttl)
@@ -51,7 +51,7 @@ class Heartbeat:
             elif status.cancel_requested:
                 job.request_cancel()
 
-    def info(self, busy: int, engine: WorkerEngine | None, metrics_port: int) -> WorkerInfo:
+    def info(self, busy: int, engine: EngineClient | None, metrics_port: int) -> WorkerInfo:
         """This worker's heartbeat record, with ``busy`` jobs running."""
         slots = int(engine.slots) if engine is not None else 0
         tokens_per_s = 0.0

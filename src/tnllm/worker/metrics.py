@@ -3,7 +3,8 @@
 A GPU worker is ONE Celery process (a thread pool around one engine, which runs in a child
 process of it by default), so a plain registry is enough. Engine numbers are read from the
 engine's ``stats()`` when Prometheus scrapes (the engine process reports them a few times a
-second); GPU memory comes from ``torch.cuda`` in the process that runs the engine on CUDA; model
+second); GPU memory comes from the engine client (``EngineClient.gpu_memory``: measured by the
+process that runs the engine on CUDA); model
 load time and identity are set once by the runtime. Job-level counters (terminal states, durations) are
 cluster-wide and live in Redis (``tnllm/store/stats.py``), exposed by the API's ``/metrics``.
 
@@ -91,22 +92,6 @@ class EngineCollector(Collector):
         yield from _gpu_memory(self._memory() if self._memory else None)
 
 
-def gpu_memory_bytes(device: Any) -> dict[str, float] | None:
-    """Allocated / reserved / free / total bytes of ``device`` when it is a CUDA device, else None
-    (torch is imported only then)."""
-    if device is None or getattr(device, "type", str(device).split(":")[0]) != "cuda":
-        return None
-    import torch
-
-    free, total = torch.cuda.mem_get_info(device)
-    return {
-        "allocated": float(torch.cuda.memory_allocated(device)),
-        "reserved": float(torch.cuda.memory_reserved(device)),
-        "free": float(free),
-        "total": float(total),
-    }
-
-
 def _gpu_memory(memory: dict[str, float] | None) -> Iterable[Metric]:
     if not memory:
         return
@@ -153,7 +138,7 @@ class WorkerMetrics:
 
     def set_engine(self, engine: Any, memory: Callable[[], dict[str, float] | None] | None = None) -> None:
         """Start reporting ``engine.stats()`` and, when given, the GPU memory ``memory()`` returns
-        (``gpu_memory_bytes`` in the engine's process)."""
+        (the engine client's ``gpu_memory``)."""
         with self._lock:
             self._engine = engine
             self._memory = memory

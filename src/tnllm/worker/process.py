@@ -1,11 +1,11 @@
 """One GPU worker process: ``tnllm worker`` calls ``run_worker``.
 
-It starts the engine (never at import, never in a parent that forks; ``engine_host.py``), then runs
-Celery's ``threads`` pool with one thread per engine slot, so one model copy serves every task. If
-the engine process dies, the worker shuts down (exit status ``EXIT_ENGINE_LOST``) for its
-supervisor to restart it; its running jobs are requeued by the reaper when their leases expire. A
-warm shutdown waits ``worker_shutdown_grace`` for running tasks, then releases the rest back to
-the queue.
+It starts the engine (``tnllm.engine.client.make_engine_client``; never at import, never in a
+parent that forks), then runs Celery's ``threads`` pool with one thread per engine slot, so one
+model copy serves every task. If the engine process dies, the worker shuts down (exit status
+``EXIT_ENGINE_LOST``) for its supervisor to restart it; its running jobs are requeued by the reaper
+when their leases expire. A warm shutdown waits ``worker_shutdown_grace`` for running tasks, then
+releases the rest back to the queue.
 """
 
 from __future__ import annotations

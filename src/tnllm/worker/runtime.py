@@ -1,7 +1,7 @@
 """The one object a worker process's tasks run against: ``get_runtime()`` inside a task.
 
 ``WorkerRuntime`` ties together what the process holds: the settings, the job store, the Celery
-app, the engine (``engine_host.py``), the running jobs (``active.py``), the stream pump
+app, the engine (a ``tnllm.engine.client.EngineClient``), the running jobs (``active.py``), the stream pump
 (``stream_pump.py``), the heartbeat and lease renewal (``leases.py``) and the reaper
 (``reaper.py``), plus the two background threads that run the last two. ``process.run_worker``
 builds it, installs it with ``set_runtime`` and starts Celery.
@@ -24,12 +24,12 @@ from celery import Celery
 from celery.utils.nodenames import default_nodename, host_format
 
 from tnllm.config import Settings
+from tnllm.engine.client import EngineClient, make_engine_client
 from tnllm.protocol.celery import make_celery, send_generate
 from tnllm.protocol.jobs import GenerationParams
 from tnllm.store.sync import JobStore
 from tnllm.text.prompt import render_prompt
 from tnllm.worker.active import ActiveJob, ActiveJobs
-from tnllm.worker.engine_host import WorkerEngine, start_engine
 from tnllm.worker.leases import Heartbeat
 from tnllm.worker.metrics import WorkerMetrics
 from tnllm.worker.reaper import Reaper
@@ -65,7 +65,7 @@ class WorkerRuntime:
         self.worker_id = f"{self.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = JobStore.from_settings(settings)
         self.app = app or make_celery(settings)
-        self.engine: WorkerEngine | None = None
+        self.engine: EngineClient | None = None
         self.engine_lost = False
         self.metrics = WorkerMetrics()
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
@@ -78,18 +78,20 @@ class WorkerRuntime:
 
     # --- engine --------------------------------------------------------------------------------
     def load(self) -> None:
-        """Start the engine once (model, tokenizer, step loop) and report it to the metrics."""
+        """Start the engine once (model, tokenizer, step loop: in the engine process, or on a thread
+        here when ``engine_process`` is off) and report it to the metrics."""
         started = time.monotonic()
-        ready = start_engine(self.settings, on_lost=self._engine_lost)
-        self.engine = ready.engine
+        client = make_engine_client(self.settings, on_lost=self._engine_lost)
+        client.start()
+        self.engine, info = client, client.engine_info
         elapsed = time.monotonic() - started
-        log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, ready.engine.slots, elapsed)
+        log.info("worker %s: engine ready (%d slots) in %.1fs", self.worker_id, client.slots, elapsed)
         self.metrics.observe_model_load(
-            elapsed, model=self.settings.model, device=ready.device, dtype=ready.dtype
+            elapsed, model=self.settings.model, device=info.device, dtype=info.dtype
         )
-        self.metrics.set_engine(ready.engine, ready.memory)
+        self.metrics.set_engine(client, client.gpu_memory)
 
-    def running_engine(self) -> WorkerEngine:
+    def running_engine(self) -> EngineClient:
         """The engine (tasks run only after ``load``)."""
         if self.engine is None:
             raise RuntimeError("the worker's engine is not loaded")

@@ -1,6 +1,6 @@
 """CUDA fast path for TransNormerLLM (GPU only; nothing here is imported on a CPU-only path).
 
-This package is the kernels module of the ops seam (``tnllm.model.ops.ops_for``): it provides the
+This package is the kernels module of the attention seam (``tnllm.model.seam.ops_for``): it provides the
 reference's ``prefill_attention`` / ``decode_attention`` contract on CUDA tensors through fla-core,
 plus ``available()``. Importing the package itself pulls in neither triton nor fla.
 
@@ -8,7 +8,7 @@ Modules:
 - ``attention``: Triton decode step over a slot pool (in place, one pass over the state) and the
   prefill wrapper around fla-core's ``chunk_simple_gla``.
 - ``fused``: Triton embedding/residual-add + SRMS and SRMS + gate kernels.
-- ``gemv``: a batch-1 matrix-vector kernel (measured against cuBLAS by bench/gpu_micro.py).
+- ``gemv``: a batch-1 matrix-vector kernel (bench/gpu_micro.py compares it with cuBLAS).
 - ``fastpath``: ``FastTransnormer``, the model's prefill/decode on CUDA built from its weights.
 - ``graphs``: ``DecodeGraphRunner``, decode steps captured in CUDA graphs per batch-size bucket.
 """
@@ -80,7 +80,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tens
 
 
 def decode_attention_(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, state: Tensor) -> Tensor:
-    """In-place form of ``decode_attention`` (``ops.decode_step_inplace`` uses it): one pass over
+    """In-place form of ``decode_attention`` (``seam.decode_step_inplace`` uses it): one pass over
     ``state`` (a contiguous ``[N, H, dk, d]`` view, e.g. a slice of the pool) with the Triton kernel.
 
     q, k ``[N, H, dk]`` already activated and rotated, v ``[N, H, d]``. Returns out ``[N, H, d]``.

@@ -102,9 +102,9 @@ def _decode_kernel(
 
 
 def _decode_tiling(dk: int, d: int, batch: int) -> tuple[int, int, int]:
-    """(BLOCK_K, BV, num_warps). Measured on an H100 (bench/gpu_micro.py): 64-wide v blocks with 8 warps
-    stream the state at 2.85 TB/s for batch >= 64 (fla: 2.88); 32-wide blocks start more programs
-    at batch 1, where the state sits in L2 anyway."""
+    """(BLOCK_K, BV, num_warps). 64-wide v blocks with 8 warps stream the state at fla's rate for
+    large batches (bench/gpu_micro.py; figures in docs/PERFORMANCE.md); 32-wide blocks start more
+    programs at small batches, where the state sits in L2 anyway."""
     block_k = triton.next_power_of_2(dk)
     bv = min(triton.next_power_of_2(d), 64 if batch >= 16 else 32)
     return block_k, bv, 8 if block_k * bv >= 4096 else 4

@@ -6,8 +6,8 @@ is how it is computed:
 
 - weights in the model's dtype (bf16 for serving), the residual stream in fp32, the recurrent state
   fp32 by default;
-- the two channel-mixer up-projections run as one GEMM over a concatenated weight (the module's
-  ``l1``/``l2`` parameters are re-pointed at views of it, so no memory is duplicated);
+- the two channel-mixer up-projections run as one GEMM over a concatenated weight (``from_model``
+  re-points the module's ``l1``/``l2`` parameters at views of it, so no memory is duplicated);
 - per layer, decode is 4 GEMMs + 5 Triton kernels (embed/add+SRMS, fused attention step,
   SRMS+gate, GLU product), with SiLU, LRPE (fp32 angles) and the state update fused into one pass
   over the state (``attention.decode_attention``); prefill uses fla's ``chunk_simple_gla``.
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tnllm.model.formulas import layer_decay, lrpe_theta_init, state_shape
 from tnllm.model.kernels.attention import (
     PackedIndex,
     chunk_index_host,
@@ -91,28 +92,6 @@ class FastLayer:
     l3_b: torch.Tensor | None = None
 
 
-def layer_rates(base: torch.Tensor, layer: int, n_layers: int) -> torch.Tensor:
-    """λ of one layer from the fp32 base slopes ``[H]`` (docs/MODEL_SPEC.md §4 step 5: factor rounded
-    first)."""
-    factor = torch.tensor(1.0 - layer / (n_layers - 1) + 1e-5, dtype=torch.float32)
-    return (base.float() * factor.to(base.device)).float()
-
-
-def base_slopes(n_heads: int) -> torch.Tensor:
-    """The ALiBi-style base slope per head (docs/MODEL_SPEC.md §4 step 5), fp32 ``[H]``."""
-
-    def pow2(n: int) -> list[float]:
-        r = 2.0 ** (-8.0 / n)
-        return [r * r**h for h in range(n)]
-
-    if math.log2(n_heads).is_integer():
-        vals = pow2(n_heads)
-    else:
-        p = 2 ** math.floor(math.log2(n_heads))
-        vals = pow2(p) + pow2(2 * p)[0::2][: n_heads - p]
-    return torch.tensor(vals, dtype=torch.float64).float()
-
-
 class FastTransnormer:
     """Prefill/decode of one model on one CUDA device; state pools as in ``TransnormerLM``."""
 
@@ -129,7 +108,7 @@ class FastTransnormer:
         self.head = embed if head is None else head  # tied unless the checkpoint says otherwise
         self.layers = layers
         self.gemv_batch1 = gemv_batch1
-        # Triton GEMM for 17..128 decode rows: 8.74 vs 8.95 ms per 64-row step with cuBLAS (H100)
+        # Triton GEMM for 17..128 decode rows rather than cuBLAS (faster there: docs/PERFORMANCE.md)
         self.skinny_gemm = True
         # the GLU product as our own (PDL-launched) kernel rather than torch's elementwise multiply
         self.glu_kernel = True
@@ -148,15 +127,15 @@ class FastTransnormer:
 
     @classmethod
     def from_model(cls, model) -> FastTransnormer:  # type: ignore[no-untyped-def]
-        """Build from a ``TransnormerLM`` on CUDA, sharing its weights.
+        """Build from a ``TransnormerLM`` on CUDA, taking its weights over.
 
-        The l1/l2 weights are concatenated once and the module's parameters re-pointed at views of
-        the result, so the model keeps working and no weight is stored twice.
+        Each layer's l1/l2 weights are concatenated once and the module's two parameters re-pointed
+        at views of the result: the module's values (and its reference methods' numbers) stay the
+        same and no weight is stored twice. The engine's ``FastBackend`` is the one caller.
         """
         cfg = model.config
-        decay = model._decay()  # [L, H] fp32 λ on the model's device
         layers = []
-        for i, layer in enumerate(model._layers()):
+        for i, layer in enumerate(model.model.layers):
             tm, cm = layer.token_mixer, layer.channel_mixer
             biases = (
                 tuple(m.bias for m in (tm.qkvu_proj, tm.out_proj, cm.l1, cm.l2, cm.l3))
@@ -169,7 +148,7 @@ class FastTransnormer:
                 cm.l1.weight.data,
                 cm.l2.weight.data,
                 cm.l3.weight.data,
-                decay[i],
+                layer_decay(cfg.num_heads, i, cfg.num_layers),
                 tm.lrpe.theta.data if tm.lrpe is not None else None,
                 biases,
             )
@@ -238,21 +217,17 @@ class FastTransnormer:
         def w(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, device=device, dtype=dtype, generator=g) * std
 
-        base = base_slopes(n_heads)
         d = d_model // n_heads
         layers = []
         for i in range(n_layers):
-            theta = None
-            if i in lrpe_layers:
-                idx = torch.arange(n_heads * d, dtype=torch.float32)
-                theta = (10000.0 ** (-2.0 * idx / (n_heads * d))).reshape(n_heads, 1, d).to(device)
+            theta = lrpe_theta_init(n_heads, d).to(device) if i in lrpe_layers else None
             layer, _ = cls.make_layer(
                 w(4 * d_model, d_model),
                 w(d_model, d_model),
                 w(d_ffn, d_model),
                 w(d_ffn, d_model),
                 w(d_model, d_ffn),
-                layer_rates(base, i, n_layers),
+                layer_decay(n_heads, i, n_layers),
                 theta,
             )
             layers.append(layer)
@@ -262,7 +237,7 @@ class FastTransnormer:
     # -- state ------------------------------------------------------------------------------------
     def state_shapes(self) -> list[tuple[int, int, int]]:
         h, d = self.spec.n_heads, self.spec.head_dim
-        return [(h, 2 * d if lw.theta is not None else d, d) for lw in self.layers]
+        return [state_shape(h, d, lw.theta is not None) for lw in self.layers]
 
     def new_state_pool(self, slots: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
         dev = self.embed.device
@@ -440,7 +415,7 @@ class FastTransnormer:
         self, pool: list[torch.Tensor], scratch_slot: int, lengths: tuple[int, ...] = (64, 1, 37, 300)
     ) -> None:
         """Compile and autotune every prefill/decode kernel variant the engine uses once (fla's first
-        chunk call tunes for ~30 s per variant), using ``scratch_slot`` (and, for the several-prompt
+        chunk call autotunes each variant, for seconds), using ``scratch_slot`` (and, for the several-prompt
         case, one neighbouring slot) and zeroing them again afterwards.
 
         The engine prefills through ``prefill_many``, so that is what is warmed. Triton compiles a

@@ -168,7 +168,7 @@ def gemv_fused(
 
 
 # ---- skinny GEMM (16 < M <= 128 decode rows) -----------------------------------------------------
-# At 64 rows cuBLAS streams the weights at ~2.4 TB/s (78 % of the copy ceiling, bench/gpu.py profile);
+# At these row counts cuBLAS streams the weights well below the copy ceiling (docs/PERFORMANCE.md);
 # this tensor-core kernel keeps every row of the batch in one M tile so each weight tile is read once.
 @triton.autotune(
     configs=[

@@ -1,0 +1,28 @@
+"""The engine-side live state of one request (torch-free at import: the scheduler holds it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tnllm.engine.handle import RequestHandle
+from tnllm.engine.types import SamplingParams, TokenEvent
+from tnllm.text.stop import TextStream
+
+if TYPE_CHECKING:
+    import torch
+
+OnToken = Callable[[TokenEvent], None]
+
+
+@dataclass(eq=False)
+class LiveRequest:
+    """What the engine keeps for a request while it runs (``Sequence.request``)."""
+
+    params: SamplingParams
+    handle: RequestHandle
+    on_token: OnToken | None = None
+    stream: TextStream | None = None  # incremental text and stop strings (None without a tokenizer)
+    generator: torch.Generator | None = None  # seeded sampling (None for greedy)
+    text_parts: list[str] = field(default_factory=list)

@@ -1,0 +1,131 @@
+"""The engine's tensor work: the slot pool, the backend, input tensors, prefill, decode, slot swaps.
+
+``ModelRunner`` owns the state pool and the ``ModelBackend`` the factory picked (reference or fast);
+the core loop hands it scheduled chunks and decode rows and gets logits back. ``Pending`` is a
+launched step whose sampled ids are still on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tnllm.engine.backend import ModelBackend, ReferenceBackend
+from tnllm.engine.request import LiveRequest
+from tnllm.engine.sampling import BatchSampler
+from tnllm.engine.scheduler import PrefillChunk, Sequence
+from tnllm.model.modeling import TransnormerLM
+
+Seq = Sequence[LiveRequest]
+
+
+@dataclass
+class Pending:
+    """A step whose sampled ids are still on the device (read by the next step)."""
+
+    rows: list[Seq]
+    tokens: torch.Tensor  # [R] sampled ids on the device
+    sampler: BatchSampler
+    chainable: bool  # rows are the packed decode batch (row i in slot i), nothing else ran
+    host: torch.Tensor | None = None  # pinned copy of ``tokens`` (CUDA)
+    copied: Any = None  # CUDA event recorded after the copy
+    started: Any = None  # CUDA event recorded before the step's first launch (timing)
+
+    def read(self) -> list[int]:
+        """The sampled ids on the host (waits for this step only, not for later launches)."""
+        ids = self.tokens
+        if self.copied is not None:
+            self.copied.synchronize()
+            assert self.host is not None
+            ids = self.host
+        return [int(t) for t in ids.tolist()]
+
+
+class ModelRunner:
+    """One model's backend and its pool of per-sequence recurrent states."""
+
+    def __init__(
+        self,
+        model: TransnormerLM,
+        slots: int,
+        backend: ModelBackend | None = None,
+        state_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model
+        self.backend = backend if backend is not None else ReferenceBackend(model)
+        self.device = next(model.parameters()).device
+        self.pool = model.new_state_pool(slots, device=self.device, dtype=state_dtype)
+
+    def prepare(self, max_batch: int) -> bool:
+        """Serving start-up of the backend on this pool (kernels tuned, graphs captured)."""
+        return self.backend.prepare(self.pool, max_batch)
+
+    def mark(self) -> Any:
+        """A timing event recorded now on the device's stream (CUDA), else None."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def pend(
+        self, rows: list[Seq], tokens: torch.Tensor, sampler: BatchSampler, chainable: bool, started: Any
+    ) -> Pending:
+        """A launched step; on CUDA its ids start copying to pinned host memory now."""
+        pending = Pending(rows, tokens, sampler, chainable, started=started)
+        if tokens.device.type == "cuda":
+            pending.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            pending.host.copy_(tokens, non_blocking=True)
+            pending.copied = self.mark()
+        return pending
+
+    def prefill(self, chunks: list[PrefillChunk[LiveRequest]]) -> list[torch.Tensor]:
+        """Consume prompt chunks (one packed forward); returns the last logits of each chunk that
+        completes its prompt."""
+        if not chunks:
+            return []
+        for ch in chunks:
+            if ch.start == 0:
+                self.model.reset_slot(self.pool, ch.seq.slot)
+        logits = self.backend.prefill_many(
+            [(ch.seq.prompt_ids[ch.start : ch.start + ch.length], ch.start, ch.seq.slot) for ch in chunks],
+            self.pool,
+        )
+        for ch in chunks:
+            ch.seq.prefilled += ch.length
+        done = [i for i, ch in enumerate(chunks) if ch.completes_prompt]
+        if not done:
+            return []
+        if len(done) == len(chunks):
+            return [logits]
+        return [logits[torch.tensor(done, device=logits.device)]]
+
+    def swap_slots(self, swaps: list[tuple[int, int]]) -> None:
+        """Exchange the states of slot pairs (the scheduler packs decoding sequences low).
+
+        The pairs are disjoint (a mover leaves a slot >= n for a hole < n), so one gather and one
+        scatter per layer exchange them all, with one host-to-device copy of the indices."""
+        if not swaps:
+            return
+        a = [x for x, _ in swaps]
+        b = [y for _, y in swaps]
+        assert len(set(a + b)) == 2 * len(swaps), "slot swaps must be disjoint pairs"
+        idx = torch.tensor([a + b, b + a], device=self.device)  # row 0: targets, row 1: sources
+        for layer_state in self.pool:  # [slots, H, dk, d]
+            layer_state.index_copy_(0, idx[0], layer_state.index_select(0, idx[1]))
+
+    def decode(self, seqs: list[Seq], positions: list[int], ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One batched decode step: each sequence feeds its last token (or ``ids``, already on the
+        device) at its own position.
+
+        The scheduler packed the decoding sequences into slots 0..B-1, so the backend updates that
+        block of the pool in place (a ``slice``, no gather/scatter).
+        """
+        assert all(s.slot == i for i, s in enumerate(seqs)), "decode slots are packed"
+        # host tensors: the backend moves them (the CUDA graph path stages them in one pinned copy)
+        if ids is None:
+            ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
+        pos = torch.tensor(positions, dtype=torch.long)
+        return self.backend.decode(ids, pos, self.pool, slice(0, len(seqs))).float()  # [B, V]
