@@ -60,7 +60,6 @@ FORBIDDEN: dict[str, set[str]] = {
 KNOWN: set[tuple[str, str]] = {
     ("tnllm.api.limits", "tnllm.model.download"),
     ("tnllm.engine.child", "tnllm.worker.metrics"),
-    ("tnllm.logging", "tnllm.protocol.tasks"),
     ("tnllm.worker.metrics", "torch"),
 }
 KNOWN_CYCLES: list[list[str]] = [

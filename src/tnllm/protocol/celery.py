@@ -13,6 +13,7 @@ from celery import Celery
 from kombu import Queue
 
 from tnllm.config import Settings
+from tnllm.logging import tag_job_tasks
 from tnllm.protocol.tasks import (
     BROKER_PRIORITY_STEPS,
     ECHO_TASK,
@@ -75,6 +76,7 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` (JSON only, acks late, priorities, retry forever)."""
     url = broker_url(settings)
+    tag_job_tasks(GENERATE_TASK, WEBHOOK_TASK)  # their logs carry the job id (tnllm.logging)
     app = Celery("tnllm", broker=url, include=TASK_MODULES, set_as_current=False)
     app.conf.update(
         # Nothing but JSON crosses the broker (no pickle anywhere).
