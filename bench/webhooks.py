@@ -32,8 +32,9 @@ import httpx
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobResult, JobStatus, Usage
+from tnllm.store.clients import redis_client
 from tnllm.store.server import RedisServer
-from tnllm.store.sync import JobStore, redis_client
+from tnllm.store.sync import JobStore
 from tnllm.webhooks.signing import Signer
 from tnllm.worker.events import notify_transition
 

@@ -57,17 +57,6 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 
 
-#: Violations that predate the layout issue and are being removed (issue 14); this set only shrinks.
-KNOWN: set[tuple[str, str]] = {
-    ("tnllm.api.producer", "tnllm.cli.flower"),
-    ("tnllm.logging", "tnllm.protocol.tasks"),
-    ("tnllm.protocol.celery", "tnllm.cli.flower"),
-    ("tnllm.protocol.celery", "tnllm.store.clients"),
-    ("tnllm.store.webhooks", "tnllm.webhooks.events"),
-}
-KNOWN_CYCLES: list[list[str]] = []
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -130,14 +119,10 @@ def test_every_room_is_known() -> None:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_run_one_way(module: str) -> None:
     mine = room(module)
-    wrong = sorted(
-        t
-        for t in GRAPH[module]
-        if room(t) != mine and room(t) not in ALLOWED[mine] and (module, t) not in KNOWN
-    )
+    wrong = sorted(t for t in GRAPH[module] if room(t) != mine and room(t) not in ALLOWED[mine])
     assert not wrong, f"{module} ({mine}) may not import {wrong}"
     external = {n.split(".")[0] for n in imports_of(module) if n.split(".")[0] != "tnllm"}
-    banned = sorted(n for n in external & FORBIDDEN.get(mine, set()) if (module, n) not in KNOWN)
+    banned = sorted(external & FORBIDDEN.get(mine, set()))
     assert not banned, f"{module} ({mine}) may not import {banned}"
 
 
@@ -179,7 +164,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle() -> None:
-    assert [c for c in _cycles(GRAPH) if c not in KNOWN_CYCLES] == []
+    assert _cycles(GRAPH) == []
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
@@ -196,14 +181,3 @@ def test_torch_free_processes(modules: list[str]) -> None:
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_known_violations_are_still_real() -> None:
-    """An entry of KNOWN / KNOWN_CYCLES that no longer happens must be deleted (the list only shrinks)."""
-    stale = [
-        (m, t)
-        for m, t in KNOWN
-        if t not in GRAPH.get(m, set()) and t not in {n.split(".")[0] for n in imports_of(m)}
-    ]
-    assert stale == []
-    assert [c for c in KNOWN_CYCLES if c not in _cycles(GRAPH)] == []

@@ -112,8 +112,10 @@ def test_configure_twice_keeps_one_handler(capture: io.StringIO) -> None:
 
 def test_job_ids_of_celery_tasks_and_records(capture: io.StringIO) -> None:
     from tnllm.logging import task_job_id
+    from tnllm.protocol.celery import make_celery
     from tnllm.protocol.tasks import ECHO_TASK, GENERATE_TASK, WEBHOOK_TASK
 
+    make_celery(Settings(redis_url="redis://127.0.0.1:1/0")).close()  # registers its job tasks
     assert task_job_id(GENERATE_TASK, ["j1"]) == "j1"
     assert task_job_id(WEBHOOK_TASK, ["j2|3", 7]) == "j2"
     assert task_job_id(ECHO_TASK, ["k", "v"]) is None and task_job_id(GENERATE_TASK, []) is None

@@ -170,11 +170,19 @@ def _celery_logging_is_ours(**_: Any) -> None:
     """A ``setup_logging`` receiver: its presence tells Celery not to replace the root handlers."""
 
 
+#: Celery tasks whose first argument names their job (``id`` or ``id|n``); see ``tag_job_tasks``.
+_JOB_TASKS: set[str] = set()
+
+
+def tag_job_tasks(*task_names: str) -> None:
+    """Tag every record logged while one of these Celery tasks runs with the job its first argument
+    names (``id`` or ``id|n``). The Celery app factory registers its tasks (``protocol.celery``)."""
+    _JOB_TASKS.update(task_names)
+
+
 def task_job_id(task_name: str, args: Any) -> str | None:
     """The job a Celery task works on, from its arguments (generate: the id; webhook: ``id|n``)."""
-    from tnllm.protocol.tasks import GENERATE_TASK, WEBHOOK_TASK
-
-    if not args or task_name not in (GENERATE_TASK, WEBHOOK_TASK):
+    if not args or task_name not in _JOB_TASKS:
         return None
     return str(args[0]).partition("|")[0] or None
 

@@ -16,7 +16,7 @@ import redis
 from tests.api.conftest import API_KEY_A, API_KEY_B, FakeWorkerRun
 from tnllm.api.main import create_app
 from tnllm.config import Settings
-from tnllm.protocol.celery import transport_options
+from tnllm.protocol.celery import broker_lists
 from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import JobStatus, JobStore
 
@@ -237,10 +237,10 @@ async def test_priority_reaches_the_broker(
     await submit(client, priority=0)
     await submit(client, priority=0)
     r = worker_store.client
-    sep = transport_options(settings)["sep"]  # the workers' configuration: they pop these lists
+    lists = broker_lists(GENERATE_QUEUE)  # the workers' configuration: they pop these lists
     # kombu's Redis transport: one list per priority step, lower number popped first
-    assert r.llen(GENERATE_QUEUE) == 1  # job priority 9 -> broker priority 0
-    assert r.llen(GENERATE_QUEUE + sep + "9") == 2  # job priority 0 -> broker priority 9
+    assert r.llen(lists[0]) == 1  # job priority 9 -> broker priority 0
+    assert r.llen(lists[9]) == 2  # job priority 0 -> broker priority 9
     high, *_ = (await client.get("/v1/jobs", params={"status": "queued"})).json()["data"][::-1]
     assert high["priority"] == 9 and high["queue_position"] == 0
 

@@ -16,8 +16,9 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, HTTPException
 
 from tests.fixtures.metrics import value
-from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, broker_lists, render
+from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, render
 from tnllm.config import Settings
+from tnllm.protocol.celery import broker_lists
 from tnllm.store import (
     AsyncJobStore,
     GenerationParams,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tnllm.cli.flower import basic_auth_users, check, flower_argv, is_loopback, task_display
+from tnllm.cli.flower import basic_auth_users, check, flower_argv, is_loopback
 from tnllm.config import Settings
 from tnllm.errors import FlowerConfigError
 
@@ -46,9 +46,3 @@ def test_argv_has_no_secret_and_no_config_file() -> None:
     assert "--conf=/dev/null" in argv and "--read_only=True" in argv
     assert not any("s3cret" in a for a in argv)
     assert "--port=6001" in flower_argv(s, port=6001)
-
-
-def test_task_display_never_has_prompt() -> None:
-    shown = task_display("abc123", 17, 5)
-    assert shown == {"argsrepr": "job=abc123 prompt_tokens=17 priority=5", "kwargsrepr": "{}"}
-    assert task_display("x", None, 0)["argsrepr"] == "job=x prompt_tokens=? priority=0"

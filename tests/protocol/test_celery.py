@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 
 import pytest
+import redis
 
+from tnllm.api.producer import JobProducer
 from tnllm.config import Settings
-from tnllm.protocol.celery import make_celery, transport_options
-from tnllm.protocol.tasks import ECHO_TASK, GENERATE_TASK, WEBHOOK_TASK
+from tnllm.protocol.celery import broker_lists, make_celery, send_generate, task_display, transport_options
+from tnllm.protocol.tasks import ECHO_TASK, GENERATE_QUEUE, GENERATE_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
+from tnllm.worker.orphans import message_job_id
 
 
 def test_json_only_acks_late_prefetch_one() -> None:
@@ -57,3 +61,56 @@ def test_rediss_verifies_certificates() -> None:
 def test_needs_a_redis_url() -> None:
     with pytest.raises(ValueError, match="TNLLM_REDIS_URL"):
         make_celery(Settings(redis_url=None))
+
+
+def test_task_display_never_has_prompt() -> None:
+    shown = task_display("abc123", 17, 5)
+    assert shown == {"argsrepr": "job=abc123 prompt_tokens=17 priority=5", "kwargsrepr": "{}"}
+    assert task_display("x", None, 0)["argsrepr"] == "job=x prompt_tokens=? priority=0"
+
+
+def _waiting(client: redis.Redis, name: str) -> list[dict]:
+    return [json.loads(raw) for raw in client.lrange(name, 0, -1)]
+
+
+def test_generate_messages_are_one_shape_from_every_producer(redis_url: str) -> None:
+    """The API's producer and the workers' send_generate (requeue, release, reaper, rescue) put the
+    same message on a real broker: task id = job id, the broker priority, the generate queue."""
+    settings = Settings(redis_url=redis_url)
+    app = make_celery(settings)
+    producer = JobProducer(settings)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        send_generate(app, "from-worker", 7)
+        producer.send_generate_blocking("from-api", 7, prompt_tokens=3)
+        messages = _waiting(client, broker_lists(GENERATE_QUEUE)[2])  # job priority 7 -> broker 2
+    finally:
+        app.close()
+        producer.close()
+        client.close()
+    messages.sort(key=lambda m: m["headers"]["id"])
+    assert [m["headers"]["id"] for m in messages] == ["from-api", "from-worker"]
+    for m in messages:
+        assert m["headers"]["task"] == GENERATE_TASK and m["properties"]["priority"] == 2
+        assert m["properties"]["delivery_info"]["routing_key"] == GENERATE_QUEUE
+        assert message_job_id(m) == m["headers"]["id"]  # the job id is the only argument
+    assert messages[0]["headers"]["argsrepr"] == "job=from-api prompt_tokens=3 priority=7"
+
+
+@pytest.mark.parametrize("queue", [GENERATE_QUEUE, WEBHOOK_QUEUE])
+def test_broker_lists_are_the_lists_kombu_creates(redis_url: str, queue: str) -> None:
+    """One message per broker priority step, sent through the real app: kombu fills exactly the
+    lists ``broker_lists`` names, one message in each."""
+    app = make_celery(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for step in range(10):
+            app.send_task(GENERATE_TASK, args=[f"s{step}"], queue=queue, priority=step)
+        created = {k for k in client.keys(f"{queue}*") if client.type(k) == "list"}
+        names = broker_lists(queue)
+        assert created == set(names.values())
+        for step, name in names.items():
+            assert [m["headers"]["argsrepr"] for m in _waiting(client, name)] == [repr([f"s{step}"])]
+    finally:
+        app.close()
+        client.close()

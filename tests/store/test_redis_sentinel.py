@@ -14,8 +14,8 @@ import redis
 from tnllm.config import Settings
 from tnllm.protocol.celery import make_celery
 from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK
+from tnllm.protocol.urls import SentinelURL, broker_url, parse_sentinel_url
 from tnllm.store import AsyncJobStore, GenerationParams, JobStore, async_redis_client
-from tnllm.store.clients import SentinelURL, broker_url, parse_sentinel_url
 from tnllm.store.server import RedisServer, find_redis_server, free_port
 
 PASSWORD = "s3cret/pw"  # a '/' must survive URL quoting

@@ -24,6 +24,7 @@ from tnllm.store import (
     keys,
     ops,
     redis_client,
+    scripts,
 )
 
 
@@ -527,3 +528,50 @@ def test_a_client_retry_after_a_lost_reply_does_not_append_twice(redis_factory, 
     finally:
         store.client.close()
         proxy.close()
+
+
+def test_cancel_recognises_its_own_replay(store: JobStore) -> None:
+    """A retry re-sends the very same CANCEL (same ``now``) after its reply was lost: it answers
+    "cancelled" again (the caller did cancel the job), while another cancel call finds it terminal."""
+    from tnllm.store import CancelKind
+
+    _create(store, "j1")
+    call = ops.cancel_call("j1", store.ttl, 1000.5)
+    first = ops.parse_cancel(store._run(call))
+    replay = ops.parse_cancel(store._run(call))
+    assert first.kind is CancelKind.CANCELLED and replay.kind is CancelKind.CANCELLED
+    again = store.cancel("j1")
+    assert again.kind is CancelKind.TERMINAL and again.status is JobStatus.CANCELLED
+
+
+def test_a_cancel_whose_reply_timed_out_is_replayed(store: JobStore, settings: Settings) -> None:
+    """The clients do not retry timeouts (a write may still run), but CANCEL is safe to replay: the
+    store sends it again and answers "cancelled" instead of raising."""
+    from tnllm.store import CancelKind
+
+    _create(store, "j1")
+    slow = JobStore(redis_client(settings.redis_url or "", socket_timeout=0.4), settings)
+    slow.client.script_load(scripts.ALL["cancel"])
+    try:
+        store.client.execute_command("CLIENT", "PAUSE", 600, "WRITE")  # scripts wait it out
+        outcome = slow.cancel("j1")
+    finally:
+        slow.client.close()
+    assert outcome.kind is CancelKind.CANCELLED
+    record = store.get("j1")
+    assert record is not None and record.status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("asyncio_client", [False, True])
+def test_one_retry_policy_for_both_clients(asyncio_client: bool) -> None:
+    """Connection errors are retried on a fresh connection; timeouts never are, sync or asyncio."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from tnllm.store import async_redis_client
+
+    make = async_redis_client if asyncio_client else redis_client
+    client = make("redis://127.0.0.1:1/0")
+    options = client.connection_pool.connection_kwargs
+    assert options["retry"]._supported_errors == (RedisConnectionError,)
+    assert options["retry_on_error"] == [RedisConnectionError] and not options.get("retry_on_timeout")
+    assert options["decode_responses"] and client.connection_pool.max_connections == 4096

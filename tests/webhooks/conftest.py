@@ -229,7 +229,8 @@ DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 @pytest.fixture
 def job_store(redis_url: str) -> Iterator[Any]:
     """The real job store on the (flushed) session Redis."""
-    from tnllm.store.sync import JobStore, redis_client
+    from tnllm.store.clients import redis_client
+    from tnllm.store.sync import JobStore
 
     client = redis_client(redis_url)
     yield JobStore(client, Settings(redis_url=redis_url))

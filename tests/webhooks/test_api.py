@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,9 +11,11 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.store.lossy import lossy_proxy
 from tests.webhooks.conftest import SECRET, Receiver, drive, make_ctx
 from tnllm.api.main import create_app
 from tnllm.config import Settings
+from tnllm.store import scripts
 from tnllm.store.sync import JobStore
 
 
@@ -34,7 +37,7 @@ def make_client(redis_url: str, tmp_path: Any) -> Callable[..., Any]:
 
     @contextlib.asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(api_settings(redis_url, tmp_path, **overrides))
+        app = create_app(api_settings(overrides.pop("redis_url", redis_url), tmp_path, **overrides))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -135,6 +138,34 @@ async def test_cancel_delivers_and_redeliver_resends(
     assert event["data"]["id"] == job_id and "deliveries" not in event["data"]["webhook"]
 
 
+async def test_cancel_whose_reply_was_lost_still_cancels_and_notifies(
+    make_client: Callable[..., Any],
+    redis_url: str,
+    job_store: JobStore,
+    receiver_factory: Callable[..., Receiver],
+) -> None:
+    """The CANCEL ran but its answer was lost with the connection: the client's retry must not
+    answer 409 (the job is cancelled, by this very call) and job.cancelled must still be sent."""
+    receiver = receiver_factory()
+    cancel_sha = hashlib.sha1(scripts.ALL["cancel"].encode()).hexdigest()
+    job_store.client.script_load(scripts.ALL["cancel"])  # so the first EVALSHA runs the script
+    async with (
+        lossy_proxy(redis_url) as proxy,
+        make_client(redis_url=proxy.url, webhook_allowlist=["127.0.0.1"]) as client,
+    ):
+        created = await client.post("/v1/jobs", json={"prompt": "hi", "webhook": {"url": receiver.url}})
+        job_id = created.json()["id"]
+        proxy.lose_reply_to(cancel_sha.encode())
+        answer = await client.post(f"/v1/jobs/{job_id}/cancel")
+        assert proxy.lost == 1  # the first run's answer really was lost
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "cancelled"
+        assert [d["event"] for d in answer.json()["webhook"]["deliveries"]] == ["job.cancelled"]
+        assert await asyncio.to_thread(drive, make_ctx(redis_url)) == ["delivered"]
+    assert len(receiver.hits) == 1
+    assert Webhook(SECRET).verify(receiver.hits[0].body, receiver.hits[0].headers)["type"] == "job.cancelled"
+
+
 async def test_worker_transition_of_an_api_job_is_delivered(
     make_client: Callable[..., Any],
     redis_url: str,
@@ -165,3 +196,29 @@ async def test_worker_transition_of_an_api_job_is_delivered(
     expected["webhook"] = {k: v for k, v in final["webhook"].items() if k != "deliveries"}
     assert done["data"] == expected  # the job object as GET /v1/jobs/{id} returns it
     assert [d["state"] for d in final["webhook"]["deliveries"]] == ["delivered", "delivered"]
+
+
+async def test_api_transition_waits_out_a_redis_outage(redis_url: str, job_store: JobStore) -> None:
+    """The API's webhook enqueue retries a transient Redis error as the workers' does: an outage
+    longer than the client's own retries, then Redis is back and the event is enqueued."""
+    from tnllm.api.webhooks import notify_transition_async
+    from tnllm.protocol.jobs import GenerationParams
+    from tnllm.store import AsyncJobStore, async_redis_client
+    from tnllm.store.webhooks import WebhookStore
+
+    hook = {"url": "https://example.com/hook", "events": ["job.cancelled"]}
+    job_store.create(job_id="j1", owner="o", params=GenerationParams(prompt="hi"), webhook=hook)
+    assert job_store.cancel("j1").kind == "cancelled"
+    record = job_store.get("j1")
+    async with lossy_proxy(redis_url) as proxy:
+        client = async_redis_client(proxy.url)
+        store = AsyncJobStore(client, Settings(redis_url=proxy.url))
+        proxy.down = True
+        notified = asyncio.create_task(notify_transition_async(store, record, "job.cancelled"))
+        await asyncio.sleep(1.5)
+        assert proxy.refused > 4 and not notified.done()  # the client gave up, the enqueue did not
+        proxy.down = False
+        await asyncio.wait_for(notified, 10)
+        await client.aclose()
+    shown = WebhookStore(job_store.client, job_store.ttl).load("j1")
+    assert shown is not None and [d["event"] for d in shown["deliveries"]] == ["job.cancelled"]

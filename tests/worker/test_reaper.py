@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tnllm.config import Settings
+from tnllm.protocol.celery import broker_lists
+from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.worker.orphans import (
     UNACKED,
@@ -58,7 +60,7 @@ def test_reaper_requeues_then_fails_with_worker_lost(runtime: WorkerRuntime) -> 
             record = store.get("j1")
             assert record is not None and record.status is JobStatus.QUEUED
             # a new Celery message at the job's priority: broker priority 9 - 7 = 2
-            assert _messages(store, "generate:2") == ["j1"]
+            assert _messages(store, broker_lists(GENERATE_QUEUE)[2]) == ["j1"]
     assert done == [("j1", "failed")]
     record = store.get("j1")
     assert record is not None and record.status is JobStatus.FAILED

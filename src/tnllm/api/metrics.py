@@ -30,8 +30,8 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tnllm.config import Settings
+from tnllm.protocol.celery import broker_lists
 from tnllm.protocol.tasks import (
-    BROKER_PRIORITY_STEPS,
     GENERATE_QUEUE,
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -41,9 +41,6 @@ from tnllm.store import keys
 from tnllm.store import stats as jobstats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-#: kombu's Redis transport keeps one list per priority step: ``queue`` for step 0 and
-#: ``queue + SEP + str(step)`` for the others.
-KOMBU_PRIORITY_SEP = "\x06\x16"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 UNMATCHED = "<unmatched>"
 
@@ -59,11 +56,9 @@ class ApiMetrics:
         *,
         submit_routes: Iterable[tuple[str, str]] = (("POST", "/v1/jobs"),),
         multiproc_dir: Path | None = None,
-        broker_sep: str = KOMBU_PRIORITY_SEP,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.multiproc_dir = multiproc_dir
-        self.broker_sep = broker_sep  # the Celery transport's list separator (broker list names)
         self.submit_routes = frozenset(submit_routes)
         self.requests = Counter(
             "tnllm_http_requests",
@@ -116,12 +111,7 @@ def make_metrics(settings: Settings | None = None) -> ApiMetrics:
     """The API's metrics for one app (multiprocess mode when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
     if settings is None:
         return ApiMetrics()
-    sep = KOMBU_PRIORITY_SEP
-    if settings.redis_url:
-        from tnllm.protocol.celery import transport_options
-
-        sep = transport_options(settings).get("sep", KOMBU_PRIORITY_SEP)
-    return ApiMetrics(multiproc_dir=settings.prometheus_multiproc_dir, broker_sep=sep)
+    return ApiMetrics(multiproc_dir=settings.prometheus_multiproc_dir)
 
 
 def route_template(scope: Scope) -> str:
@@ -162,19 +152,10 @@ class MetricsMiddleware:
 # --- scrape-time values read from Redis -------------------------------------------------------
 
 
-def broker_lists(
-    queue: str, steps: Sequence[int] = BROKER_PRIORITY_STEPS, sep: str = KOMBU_PRIORITY_SEP
-) -> dict[int, str]:
-    """Broker list name of each priority step of ``queue`` (kombu's Redis transport naming;
-    ``sep`` is the transport option of that name)."""
-    return {step: queue if step == 0 else f"{queue}{sep}{step}" for step in steps}
-
-
-async def read_broker_depths(
-    redis: Any, queues: Sequence[str], sep: str = KOMBU_PRIORITY_SEP
-) -> dict[tuple[str, int], int]:
-    """``LLEN`` of every broker list: ``{(queue, job priority): messages waiting}``."""
-    names = [(q, step, name) for q in queues for step, name in broker_lists(q, sep=sep).items()]
+async def read_broker_depths(redis: Any, queues: Sequence[str]) -> dict[tuple[str, int], int]:
+    """``LLEN`` of every broker list (``protocol.celery.broker_lists``): ``{(queue, job priority):
+    messages waiting}``."""
+    names = [(q, step, name) for q in queues for step, name in broker_lists(q).items()]
     async with redis.pipeline(transaction=False) as pipe:
         for _, _, name in names:
             pipe.llen(name)
@@ -258,14 +239,10 @@ async def render(
     redis: Any,
     *,
     queues: Sequence[str] = (GENERATE_QUEUE, WEBHOOK_QUEUE),
-    broker_sep: str | None = None,
 ) -> bytes:
-    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view.
-
-    ``broker_sep``: the broker's list separator, by default ``metrics.broker_sep``.
-    """
+    """The whole ``/metrics`` page: this process's metrics plus the Redis-backed cluster view."""
     queued = await read_queued_jobs(redis)
-    broker = await read_broker_depths(redis, queues, broker_sep or metrics.broker_sep)
+    broker = await read_broker_depths(redis, queues)
     stats = jobstats.parse(await redis.hgetall(jobstats.KEY))
     cluster = CollectorRegistry()
     cluster.register(_Static(_cluster_families(stats, queued, broker)))

@@ -1,8 +1,8 @@
 """The API's Celery producer: sends ``GENERATE_TASK`` messages by name (no worker code imported).
 
 It uses the workers' own app configuration (``tnllm.protocol.celery.make_celery``: JSON only, the same
-priority lists and separator), so the broker lists the API fills are the ones workers pop. The job
-priority becomes the broker priority (``tnllm.protocol.tasks.broker_priority``). Sending is blocking
+priority lists and separator) and the one ``send_generate``, so the broker lists the API fills are
+the ones workers pop and its messages are the workers' own. Sending is blocking
 network I/O, so async code calls it through a worker thread.
 """
 
@@ -11,10 +11,8 @@ from __future__ import annotations
 import anyio
 from celery import Celery
 
-from tnllm.cli.flower import task_display
 from tnllm.config import Settings
-from tnllm.protocol.celery import make_celery
-from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK, broker_priority
+from tnllm.protocol.celery import make_celery, send_generate
 
 
 def make_producer(settings: Settings) -> Celery:
@@ -34,25 +32,12 @@ class JobProducer:
         self.celery = make_producer(settings)
 
     def send_generate_blocking(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
-        """Enqueue ``GENERATE_TASK(job_id)``; raises on broker errors."""
-        self.celery.send_task(
-            GENERATE_TASK,
-            args=[job_id],
-            queue=GENERATE_QUEUE,
-            priority=broker_priority(priority),
-            ignore_result=True,
-            task_id=job_id,
-            **task_display(job_id, prompt_tokens, priority),
-        )
+        """Enqueue ``GENERATE_TASK(job_id)`` (``protocol.celery.send_generate``); raises on broker errors."""
+        send_generate(self.celery, job_id, priority, prompt_tokens)
 
     async def send_generate(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
         """``send_generate_blocking`` in a worker thread (kombu's client is synchronous)."""
         await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens)
-
-    def broker_sep(self) -> str:
-        """Separator of kombu's per-priority list names (``generate`` + sep + step)."""
-        options = self.celery.conf.broker_transport_options or {}
-        return str(options.get("sep", "\x06\x16"))
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Protocol
 
 from redis.asyncio import Redis as AsyncRedis
 
+from tnllm.api.schemas import WebhookSpec
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused, WebhookSecretError, WebhookURLError
+from tnllm.protocol.jobs import JobRecord
 from tnllm.store.webhooks import AsyncWebhookStore
-from tnllm.webhooks.events import WebhookSpec
 from tnllm.webhooks.signing import Signer
 from tnllm.webhooks.ssrf import AddressPolicy, AsyncResolver, acheck_url, async_system_resolve
-
-log = logging.getLogger(__name__)
 
 #: longest a submit waits for DNS before refusing the URL
 RESOLVE_TIMEOUT_S = 5.0
@@ -52,15 +50,12 @@ class _Store(Protocol):
     ttl: int
 
 
-async def notify_transition_async(store: _Store, job_id: str, event: str, job: dict[str, Any]) -> None:
-    """Enqueue ``event`` for a transition the API made (``job`` = the job object after it).
-
-    Never raises: the transition stands whatever happens to its webhook.
+async def notify_transition_async(store: _Store, job: JobRecord | None, event: str) -> None:
+    """Enqueue ``event`` for a transition the API made (``job`` = the record after it), as the
+    workers' ``notify_transition`` does: the same flow (``tnllm.store.webhooks.notify``), the same
+    retry through a Redis outage. Never raises: the transition stands whatever happens to its webhook.
     """
-    try:
-        await AsyncWebhookStore(store.client, store.ttl).enqueue(job_id, event, job)
-    except Exception:
-        log.exception("job %s: webhook %s not enqueued", job_id, event)
+    await AsyncWebhookStore(store.client, store.ttl).notify(job, event)
 
 
 async def redeliver(store: _Store, job_id: str) -> int:

@@ -6,8 +6,9 @@ to Flower in-process (tornado options), never on a command line that ``ps`` show
 read-only: cancelling or revoking from the dashboard would bypass the job state machine (cancel
 through the API instead). Flower's ``/healthcheck`` answers without auth, for container checks.
 
-Tasks carry only a job id, so Flower never sees a prompt; ``task_display`` gives the producer a
-readable ``argsrepr`` (``job=<id> prompt_tokens=N priority=P``) that Flower shows as the arguments.
+Tasks carry only a job id, so Flower never sees a prompt; ``tnllm.protocol.celery.task_display``
+gives the producer a readable ``argsrepr`` (``job=<id> prompt_tokens=N priority=P``) that Flower
+shows as the arguments.
 """
 
 from __future__ import annotations
@@ -103,12 +104,3 @@ def run_flower(settings: _FlowerSettings, celery_app: Any, port: int | None = No
         "on" if users else "off",
     )
     return int(celery_app.start(argv=flower_argv(settings, port)) or 0)
-
-
-def task_display(job_id: str, prompt_tokens: int | None, priority: int) -> dict[str, str]:
-    """``send_task`` keyword arguments that make a generate task readable in Flower and logs.
-
-    Flower and Celery's own logs show ``argsrepr``/``kwargsrepr`` instead of the real arguments.
-    """
-    tokens = "?" if prompt_tokens is None else str(int(prompt_tokens))
-    return {"argsrepr": f"job={job_id} prompt_tokens={tokens} priority={int(priority)}", "kwargsrepr": "{}"}

@@ -12,8 +12,8 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from tnllm.cli.flower import task_display
 from tnllm.config import Settings
+from tnllm.logging import tag_job_tasks
 from tnllm.protocol.tasks import (
     BROKER_PRIORITY_STEPS,
     ECHO_TASK,
@@ -23,9 +23,10 @@ from tnllm.protocol.tasks import (
     WEBHOOK_TASK,
     broker_priority,
 )
-from tnllm.store import clients as redis_urls
+from tnllm.protocol.urls import broker_url as kombu_url
+from tnllm.protocol.urls import is_sentinel, parse_sentinel_url
 
-#: Separator of kombu's per-priority list names (``generate`` + sep + step).
+#: Separator of kombu's per-priority list names (``generate`` + sep + step); a transport option.
 BROKER_SEP = ":"
 #: Modules whose tasks a worker registers (imported by the worker at startup, never by producers).
 TASK_MODULES = ["tnllm.worker.tasks"]
@@ -35,7 +36,7 @@ def broker_url(settings: Settings) -> str:
     """The broker URL; ``redis_url`` must be set (`tnllm up` sets it to the embedded server's)."""
     if not settings.redis_url:
         raise ValueError("TNLLM_REDIS_URL is not set: point it at Redis (or use `tnllm up`)")
-    return redis_urls.broker_url(settings.redis_url)
+    return kombu_url(settings.redis_url)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -57,9 +58,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": True,
     }
     url = broker_url(settings)
-    if redis_urls.is_sentinel(url):
+    if is_sentinel(url):
         # master name: the URL's ?master_name= (kept out of the broker URL), else the setting
-        options["master_name"] = redis_urls.parse_sentinel_url(
+        options["master_name"] = parse_sentinel_url(
             str(settings.redis_url), settings.redis_sentinel_master
         ).master
     return options
@@ -75,6 +76,7 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` (JSON only, acks late, priorities, retry forever)."""
     url = broker_url(settings)
+    tag_job_tasks(GENERATE_TASK, WEBHOOK_TASK)  # their logs carry the job id (tnllm.logging)
     app = Celery("tnllm", broker=url, include=TASK_MODULES, set_as_current=False)
     app.conf.update(
         # Nothing but JSON crosses the broker (no pickle anywhere).
@@ -117,10 +119,28 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def broker_lists(queue: str) -> dict[int, str]:
+    """The Redis list kombu keeps each broker priority step of ``queue`` in: ``queue`` for step 0,
+    ``queue + BROKER_SEP + step`` for the others (kombu's Redis transport naming)."""
+    return {step: queue if step == 0 else f"{queue}{BROKER_SEP}{step}" for step in BROKER_PRIORITY_STEPS}
+
+
+def task_display(job_id: str, prompt_tokens: int | None, priority: int) -> dict[str, str]:
+    """``send_task`` keyword arguments that make a generate task readable in Flower and logs.
+
+    Flower and Celery's own logs show ``argsrepr``/``kwargsrepr`` instead of the real arguments, so
+    they read ``job=<id> prompt_tokens=N priority=P`` and never see a prompt.
+    """
+    tokens = "?" if prompt_tokens is None else str(int(prompt_tokens))
+    return {"argsrepr": f"job={job_id} prompt_tokens={tokens} priority={int(priority)}", "kwargsrepr": "{}"}
+
+
 def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
     """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
 
-    Flower and Celery's logs show it as ``job=<id> prompt_tokens=N priority=P`` (never the prompt).
+    The one way every producer sends it (the API, a worker's requeue and release, the reaper and
+    the orphan rescuer). The task id is the job id, so Flower and Celery's logs name the job; a job
+    sent again keeps its id. Flower shows it as ``task_display`` says (never the prompt).
     """
     app.send_task(
         GENERATE_TASK,
@@ -128,5 +148,6 @@ def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | 
         queue=GENERATE_QUEUE,
         priority=broker_priority(priority),
         ignore_result=True,
+        task_id=job_id,
         **task_display(job_id, prompt_tokens, priority),
     )

@@ -1,4 +1,5 @@
-"""The delivery log's shape, as stored in the job hash and shown in the job object (pure, no I/O).
+"""Webhook event names and the delivery log's shape, as stored in the job hash and shown in the job
+object (pure, no I/O).
 
 The job object's ``"webhook"`` is ``{"url", "events", "deliveries": [{"event", "webhook_id",
 "state": "pending"|"delivered"|"failed", "attempts": [{"at", "status_code", "error", "duration_ms"}],
@@ -14,6 +15,17 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+Event = Literal["job.running", "job.succeeded", "job.failed", "job.cancelled"]
+ALL_EVENTS: tuple[str, ...] = ("job.running", "job.succeeded", "job.failed", "job.cancelled")
+TERMINAL_EVENTS: tuple[str, ...] = ("job.succeeded", "job.failed", "job.cancelled")
+#: job status -> the event its transition emits
+EVENT_FOR_STATUS: dict[str, str] = {
+    "running": "job.running",
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+}
 
 
 class WebhookAttempt(BaseModel):

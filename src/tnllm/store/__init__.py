@@ -14,24 +14,30 @@ from tnllm.protocol.jobs import (
     JobStatus,
     Usage,
 )
-from tnllm.store.aio import AsyncJobStore, async_redis_client
+from tnllm.store.aio import AsyncJobStore
+from tnllm.store.clients import async_redis_client, redis_client
+from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
+    CancelKind,
     CancelOutcome,
     ClaimOutcome,
+    CreateKind,
     CreateOutcome,
     LeaseStatus,
-    ListPage,
+    ReapAction,
     ReapOutcome,
     StreamEntry,
     WorkerInfo,
 )
-from tnllm.store.sync import JobStore, redis_client
+from tnllm.store.sync import JobStore
 
 __all__ = [
     "AsyncJobStore",
+    "CancelKind",
     "CancelOutcome",
     "ChatMessage",
     "ClaimOutcome",
+    "CreateKind",
     "CreateOutcome",
     "GenerationParams",
     "JobError",
@@ -42,6 +48,7 @@ __all__ = [
     "JobStore",
     "LeaseStatus",
     "ListPage",
+    "ReapAction",
     "ReapOutcome",
     "StreamEntry",
     "Usage",

@@ -1,8 +1,10 @@
 """``AsyncJobStore``: the job store on ``redis.asyncio``, for the API.
 
-Same scripts and semantics as ``sync.JobStore`` (argument building and answer decoding are shared in
-``ops.py``). It offers the client-side operations; the worker-side ones (claim, lease, append, finish,
-reap) live on the sync store the workers use.
+Same scripts and semantics as ``sync.JobStore``: argument building and answer decoding are shared in
+``ops.py``, and the operations both offer with more than one round trip are written once as flows
+(``flow.py``, ``listing.py``) that this store drives with ``flow.run_async``. It offers the
+client-side operations; the worker-side ones (claim, lease, append, finish, reap) live on the sync
+store the workers use.
 """
 
 from __future__ import annotations
@@ -12,34 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
-from tnllm.store import clients as redis_urls
-from tnllm.store import keys, ops, scripts
-from tnllm.store import stats as jobstats
+from tnllm.store import flow, keys, listing, ops, scripts
 from tnllm.store.codec import record_from_hash
-from tnllm.store.ops import CancelOutcome, CreateOutcome, ListPage, StreamEntry, WorkerInfo
-
-
-def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
-    """An asyncio client configured the way the store needs (decoded strings, bounded waits).
-
-    ``socket_timeout`` must stay above the longest ``XREAD BLOCK`` the API issues.
-    """
-    kwargs.setdefault("socket_connect_timeout", 3)
-    kwargs.setdefault("socket_timeout", 30)
-    kwargs.setdefault("health_check_interval", 30)
-    # redis-py 8 caps a pool at 100 by default: more parked ?wait=/SSE requests than that would fail
-    kwargs.setdefault("max_connections", 4096)
-    # A pooled connection left over from before a Redis restart fails once with "closed by server":
-    # retry on a fresh connection instead of answering 503 (the scripts tolerate a replay).
-    kwargs.setdefault("retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
-    kwargs.setdefault("retry_on_error", [RedisConnectionError])
-    return redis_urls.async_client(url, decode_responses=True, **kwargs)
+from tnllm.store.listing import ListPage
+from tnllm.store.ops import CancelOutcome, CreateOutcome, StreamEntry, WorkerInfo
 
 
 class AsyncJobStore:
@@ -54,6 +35,9 @@ class AsyncJobStore:
 
     async def _run(self, call: ops.ScriptCall) -> Any:
         return await self._scripts[call.name](keys=call.keys, args=call.args)
+
+    async def _drive(self, operation: flow.Flow) -> Any:
+        return await flow.run_async(operation, self.client, self._scripts)
 
     async def create(
         self,
@@ -115,9 +99,7 @@ class AsyncJobStore:
 
     async def cancel(self, job_id: str) -> CancelOutcome:
         """Queued → cancelled at once; running → ``cancel_requested`` (the worker stops it)."""
-        outcome = ops.parse_cancel(await self._run(ops.cancel_call(job_id, self.ttl, time.time())))
-        if outcome.kind == "cancelled":
-            await jobstats.arecord_finished(self.client, "cancelled")
+        outcome: CancelOutcome = await self._drive(flow.cancel(job_id, self.ttl))
         return outcome
 
     async def read_stream(
@@ -130,45 +112,14 @@ class AsyncJobStore:
     async def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
     ) -> ListPage:
-        """One page of ``owner``'s jobs, newest first, optionally of one status.
-
-        ``cursor`` is a previous page's ``next_cursor`` (ValueError when malformed). A page scans
-        at most ``ops.LIST_SCAN_CAP`` index rows, so a rare status may yield a short page with a
-        cursor; ``next_cursor`` is None once the index is exhausted.
-        """
-        start = ops.decode_cursor(cursor) if cursor else None
-        page = ListPage([], None, [])
-        index = keys.owner_jobs(owner)
-        offset = 0
-        while offset < ops.LIST_SCAN_CAP:
-            top = start[0] if start else "+inf"
-            raw = await self.client.zrevrangebyscore(
-                index, top, "-inf", start=offset, num=ops.LIST_BATCH, withscores=True
-            )
-            offset += len(raw)
-            rows = [(i, s) for i, s in raw if ops.after_cursor(s, i, start)]
-            pipe = self.client.pipeline(transaction=False)
-            for job_id, _ in rows:
-                pipe.hgetall(keys.job(job_id))
-            full, last = ops.page_step(page, rows, await pipe.execute() if rows else [], status, limit)
-            if full or (offset >= ops.LIST_SCAN_CAP and len(raw) == ops.LIST_BATCH):
-                page.next_cursor = ops.encode_cursor(*last) if last else None
-                break
-            if len(raw) < ops.LIST_BATCH:  # the index is exhausted
-                break
-        if page.stale:
-            await self.client.zrem(index, *page.stale)
+        """One page of ``owner``'s jobs, newest first (``listing.list_jobs``)."""
+        page: ListPage = await self._drive(listing.list_jobs(owner, status, limit, cursor))
         return page
 
     async def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is current."""
-        ids = await self.client.zrangebyscore(keys.WORKERS, time.time(), "+inf")
-        if not ids:
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id in ids:
-            pipe.hgetall(keys.worker(worker_id))
-        return [WorkerInfo.from_hash(h) for h in await pipe.execute() if h]
+        found: list[WorkerInfo] = await self._drive(flow.workers())
+        return found
 
     async def aof_enabled(self) -> bool:
         """Whether Redis runs with append-only persistence (``INFO persistence``)."""

@@ -1,81 +1,67 @@
-"""Redis clients from one URL, for every kind the Celery broker accepts.
+"""Redis clients from one URL (any kind the broker takes: ``tnllm.protocol.urls``), under ONE policy.
 
-``redis://``, ``rediss://`` (TLS) and ``unix://`` go to redis-py's ``from_url``. ``sentinel://`` uses
-kombu's syntax so the job store and the broker share ``TNLLM_REDIS_URL``:
-``sentinel://[:PASSWORD@]HOST[:PORT][/DB][?master_name=NAME][;sentinel://HOST2[:PORT]...]``.
-The password and database (from the first address that gives them) belong to the master; the
-sentinels themselves are asked without auth, as kombu does. The master name comes from
-``?master_name=``, else ``sentinel_master`` (``Settings.redis_sentinel_master``).
+The retry policy, for the sync and the asyncio client alike: a connection error (a pooled
+connection closed by a Redis restart, a reset) is retried on a fresh connection; a timeout is not,
+since a command that timed out may still run on a slow server and a non-idempotent write must not
+run twice. A connection error can also hide a lost reply (the command ran, the answer did not come
+back), so every script a retry may replay recognises its own replay (``scripts/*.lua``); the store
+itself resends the few scripts that are safe to replay after a timeout (``flow.replayed_on_timeout``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-SENTINEL_SCHEME = "sentinel"
-DEFAULT_SENTINEL_PORT = 26379
-DEFAULT_MASTER = "mymaster"
+from tnllm.protocol.urls import SentinelURL, is_sentinel, parse_sentinel_url
+
+#: The errors the client retries by itself (timeouts are not among them; see the module docstring).
+RETRIED_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError,)
+#: Attempts after the first, with jittered exponential backoff from 10 ms up to 0.5 s.
+RETRIES = 3
+#: Connections per client pool; opened only as callers need them. redis-py 8 caps a pool at 100 by
+#: default: a GPU worker runs one Celery thread per slot (256) and the API parks one per ?wait=/SSE.
+MAX_POOL_CONNECTIONS = 4096
 
 
-@dataclass(frozen=True)
-class SentinelURL:
-    """A parsed ``sentinel://`` URL."""
-
-    sentinels: list[tuple[str, int]]
-    master: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.01, cap=0.5)
 
 
-def is_sentinel(url: str) -> bool:
-    """True for kombu-style ``sentinel://`` URLs."""
-    return url.strip().lower().startswith(f"{SENTINEL_SCHEME}://")
+def _options(kwargs: dict[str, Any], *, connect_timeout: float, asyncio: bool) -> dict[str, Any]:
+    """The store's client options (decoded strings, bounded waits, the retry policy) under ``kwargs``.
+
+    ``socket_timeout`` must stay above the longest ``XREAD BLOCK`` a caller issues.
+    """
+    retry = (AsyncRetry if asyncio else Retry)(_backoff(), RETRIES, supported_errors=RETRIED_ERRORS)
+    return {
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": 30,
+        "health_check_interval": 30,
+        "max_connections": MAX_POOL_CONNECTIONS,
+        "retry": retry,
+        "retry_on_error": list(RETRIED_ERRORS),
+        **kwargs,
+        "decode_responses": True,
+    }
 
 
-def parse_sentinel_url(url: str, sentinel_master: str | None = None) -> SentinelURL:
-    """Split a ``sentinel://a:26379;sentinel://b:26379/0?master_name=m`` URL; ValueError if malformed."""
-    sentinels: list[tuple[str, int]] = []
-    master, db, username, password = None, None, None, None
-    for part in (p.strip() for p in url.split(";")):
-        if not part:
-            continue
-        u = urlsplit(part)
-        if u.scheme.lower() != SENTINEL_SCHEME or not u.hostname:
-            raise ValueError(f"not a sentinel://host[:port] address: {part!r}")
-        sentinels.append((u.hostname, u.port or DEFAULT_SENTINEL_PORT))
-        if password is None and u.password is not None:
-            password = unquote(u.password)
-            username = unquote(u.username) if u.username else None
-        path = u.path.strip("/")
-        if db is None and path:
-            if not path.isdigit():
-                raise ValueError(f"the database in a sentinel URL must be a number, got {path!r}")
-            db = int(path)
-        master = master or parse_qs(u.query).get("master_name", [None])[0]
-    if not sentinels:
-        raise ValueError("empty sentinel URL")
-    return SentinelURL(sentinels, master or sentinel_master or DEFAULT_MASTER, db or 0, username, password)
+def redis_client(url: str, **kwargs: Any) -> redis.Redis:
+    """A sync client configured the way the store needs (workers, reaper, webhook worker, tools)."""
+    return sync_client(url, **_options(kwargs, connect_timeout=5, asyncio=False))
 
 
-def broker_url(url: str) -> str:
-    """``url`` as kombu takes it: ``?master_name=`` removed from sentinel addresses (kombu would pass
-    it to the connection and fail; the broker gets the name from its transport options)."""
-    if not is_sentinel(url):
-        return url
-    parts = []
-    for part in (p.strip() for p in url.split(";") if p.strip()):
-        u = urlsplit(part)
-        query = {k: v for k, v in parse_qs(u.query).items() if k != "master_name"}
-        parts.append(urlunsplit(u._replace(query=urlencode(query, doseq=True))))
-    return ";".join(parts)
+def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    """The asyncio client configured the way the store needs (the API: it fails fast, in 3 s, to a 503)."""
+    return async_client(url, **_options(kwargs, connect_timeout=3, asyncio=True))
 
 
 def _master_kwargs(spec: SentinelURL, kwargs: dict[str, Any]) -> dict[str, Any]:

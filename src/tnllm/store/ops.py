@@ -1,15 +1,16 @@
 """I/O-free halves of the store operations: build script arguments, decode script answers.
 
-``sync.JobStore`` and ``aio.AsyncJobStore`` both call these, so the two clients cannot drift apart.
+``sync.JobStore`` and ``aio.AsyncJobStore`` both call these (and the flows of ``flow.py`` and
+``listing.py`` built on them), so the two clients cannot drift apart. Outcomes a caller branches on
+are ``StrEnum`` members whose values are the scripts' own answer words.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from tnllm.protocol.jobs import (
@@ -37,12 +38,21 @@ class ScriptCall:
     record_fields: dict[str, str] | None = None
 
 
+class CreateKind(StrEnum):
+    """What ``create`` did: a new job, an idempotent replay (same key and body), a conflict (same
+    key, other body), or nothing because the queue is at ``max_queued``."""
+
+    CREATED = "created"
+    REPLAYED = "replayed"
+    CONFLICT = "conflict"
+    FULL = "full"
+
+
 @dataclass(frozen=True)
 class CreateOutcome:
-    """What ``create`` did: ``created`` (new job), ``replayed`` (same idempotency key and body),
-    ``conflict`` (same key, other body), ``full`` (queue at ``max_queued``)."""
+    """What ``create`` did (``kind``), with the job id and, when created, its record."""
 
-    kind: Literal["created", "replayed", "conflict", "full"]
+    kind: CreateKind
     job_id: str | None = None
     queue_depth: int | None = None
     record: JobRecord | None = None  # ``created``: the stored record, as written
@@ -66,21 +76,40 @@ class LeaseStatus:
     cancel_requested: bool
 
 
+class CancelKind(StrEnum):
+    """What ``cancel`` did."""
+
+    CANCELLED = "cancelled"  # was queued (or this very call cancelled it): now terminal
+    REQUESTED = "requested"  # running: the worker will stop it
+    TERMINAL = "terminal"  # already finished; the outcome's ``status`` says how
+    MISSING = "missing"
+
+
 @dataclass(frozen=True)
 class CancelOutcome:
-    """``cancelled`` (was queued, now terminal), ``requested`` (running: the worker will stop it),
-    ``terminal`` (already finished; ``status`` says how) or ``missing``."""
+    """What ``cancel`` did (``kind``) and the status it found or left."""
 
-    kind: Literal["cancelled", "requested", "terminal", "missing"]
+    kind: CancelKind
     status: JobStatus | None
+
+
+class ReapAction(StrEnum):
+    """What REAP or RELEASE did with one running job."""
+
+    REQUEUED = "requeued"  # back in the queue: the caller must send a new Celery message!
+    FAILED = "failed"  # worker_lost after max attempts
+    CANCELLED = "cancelled"  # its cancel had been requested: now terminal
+    ALIVE = "alive"  # its lease is current (reap only)
+    SKIPPED = "skipped"  # not running any more
+    MISSING = "missing"
+    NOT_OWNER = "not_owner"  # the releasing worker does not own it (release only)
 
 
 @dataclass(frozen=True)
 class ReapOutcome:
-    """What the reaper did with one running job: ``requeued`` (send a new Celery message!),
-    ``failed`` (worker_lost after max attempts), ``cancelled``, ``alive``, ``skipped``, ``missing``."""
+    """What the reaper (or a clean shutdown's release) did with one running job."""
 
-    action: Literal["requeued", "failed", "cancelled", "alive", "skipped", "missing", "not_owner"]
+    action: ReapAction
     attempt: int = 0
 
 
@@ -207,17 +236,18 @@ def parse_create(raw: Sequence[str], call: ScriptCall, body_hash: str) -> Create
     kind = raw[0]
     if kind == "created":
         position = int(raw[2]) if len(raw) > 2 and str(raw[2]).isdigit() else None
-        return CreateOutcome("created", job_id, record=record, queue_position=position)
+        return CreateOutcome(CreateKind.CREATED, job_id, record=record, queue_position=position)
     if kind == "full":
-        return CreateOutcome("full", queue_depth=int(raw[1]))
+        return CreateOutcome(CreateKind.FULL, queue_depth=int(raw[1]))
     if kind == "replay":
         stored_id, _, stored_hash = raw[1].partition("|")
         if stored_id == job_id:  # our own first attempt, replayed by a client-side retry
-            return CreateOutcome("created", job_id, record=record)
-        return CreateOutcome("replayed" if stored_hash == body_hash else "conflict", stored_id)
+            return CreateOutcome(CreateKind.CREATED, job_id, record=record)
+        replayed = stored_hash == body_hash
+        return CreateOutcome(CreateKind.REPLAYED if replayed else CreateKind.CONFLICT, stored_id)
     # "exists": with random 144-bit ids only our own first attempt (a retried call) can have
     # stored this id already.
-    return CreateOutcome("created", job_id, record=record)
+    return CreateOutcome(CreateKind.CREATED, job_id, record=record)
 
 
 def discard_call(job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> ScriptCall:
@@ -333,8 +363,7 @@ def cancel_call(job_id: str, ttl: int, now: float) -> ScriptCall:
 
 def parse_cancel(raw: Sequence[str]) -> CancelOutcome:
     """Decode the CANCEL answer."""
-    kind = raw[0]
-    return CancelOutcome(kind, JobStatus(raw[1]) if raw[1] else None)  # type: ignore[arg-type]
+    return CancelOutcome(CancelKind(raw[0]), JobStatus(raw[1]) if raw[1] else None)
 
 
 def _requeue_keys(job_id: str) -> list[str]:
@@ -363,9 +392,8 @@ def release_call(job_id: str, worker_id: str, ttl: int, now: float) -> ScriptCal
 
 def parse_reap(raw: Sequence[str]) -> ReapOutcome:
     """Decode the REAP / RELEASE answer."""
-    action = raw[0]
     attempt = int(raw[1]) if raw[1].lstrip("-").isdigit() else 0
-    return ReapOutcome(action, attempt)  # type: ignore[arg-type]
+    return ReapOutcome(ReapAction(raw[0]), attempt)
 
 
 def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
@@ -384,69 +412,3 @@ def check_decoded(client: Any) -> None:
     kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
     if not kwargs.get("decode_responses"):
         raise ValueError("the job store needs a Redis client created with decode_responses=True")
-
-
-#: Rows read from an owner's index per round trip while listing, and the most one page may scan.
-LIST_BATCH = 100
-LIST_SCAN_CAP = 2000
-
-
-def encode_cursor(score: float, job_id: str) -> str:
-    """Opaque listing cursor: the position of the last job returned."""
-    raw = f"{int(score)}:{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Inverse of ``encode_cursor``; ValueError for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, _, job_id = raw.partition(":")
-        if not job_id:
-            raise ValueError("no job id")
-        return int(score), job_id
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise ValueError(f"invalid cursor: {cursor!r}") from exc
-
-
-def after_cursor(score: float, job_id: str, cursor: tuple[int, str] | None) -> bool:
-    """True when a row of ZREVRANGEBYSCORE (ties in reverse lexical order) comes after ``cursor``."""
-    if cursor is None:
-        return True
-    c_score, c_id = cursor
-    return score < c_score or (int(score) == c_score and job_id < c_id)
-
-
-@dataclass
-class ListPage:
-    """One page of an owner's jobs, newest first."""
-
-    records: list[JobRecord]
-    next_cursor: str | None
-    stale: list[str]  # ids whose record expired; the caller may ZREM them
-
-
-def page_step(
-    page: ListPage,
-    rows: Sequence[tuple[str, float]],
-    hashes: Sequence[Mapping[str, str]],
-    status: JobStatus | None,
-    limit: int,
-) -> tuple[bool, tuple[float, str] | None]:
-    """Fold one batch of index rows and their hashes into ``page``.
-
-    Returns (page full, last row examined).
-    """
-    last: tuple[float, str] | None = None
-    for (job_id, score), fields in zip(rows, hashes, strict=True):
-        last = (score, job_id)
-        record = record_from_hash(fields)
-        if record is None:
-            page.stale.append(job_id)
-            continue
-        if status is not None and record.status is not status:
-            continue
-        page.records.append(record)
-        if len(page.records) >= limit:
-            return True, last
-    return False, last

@@ -8,7 +8,8 @@ turns the hash into counters and histograms (``tnllm/api/metrics.py``).
 
 The ``add_*`` functions only queue commands on a Redis pipeline, sync (``redis.Redis.pipeline()``)
 or asyncio (``redis.asyncio``): the caller executes it, in a MULTI with its own write if it likes.
-Everything here is torch-free; the ``add_*`` functions work with any redis-py pipeline.
+Everything here is torch-free; the ``add_*`` functions work with any redis-py pipeline (or a
+``flow.Batch``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -142,63 +141,29 @@ def parse(raw_hash: Mapping[Any, Any]) -> JobStats:
     return stats
 
 
-# --- recording from the job store (sync and asyncio clients) ----------------------------------
+# --- recording from the job store (``flow.record_started`` / ``flow.record_finished``) ---------
 # The job record's fields (``tnllm/store/codec.py``): ``created_at``/``started_at`` are epoch
 # seconds, ``result`` is JSON with ``usage``. Metrics are best effort: a failure to record is logged
 # and never fails the job transition that already happened.
 
 
-def _usage(result_json: str | None) -> tuple[int, int]:
+def usage(result_json: str | None) -> tuple[int, int]:
+    """(prompt, completion) tokens of a stored ``result`` (0, 0 when absent or unreadable)."""
     try:
-        usage = (json.loads(result_json) if result_json else {}).get("usage") or {}
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        used = (json.loads(result_json) if result_json else {}).get("usage") or {}
+        return int(used.get("prompt_tokens") or 0), int(used.get("completion_tokens") or 0)
     except (ValueError, TypeError, AttributeError):
         return 0, 0
 
 
-def _since(start: str | None, now: float) -> float | None:
+def since(start: str | None, now: float) -> float | None:
+    """Seconds from a stored epoch ``start`` to ``now`` (None when there is none)."""
     try:
         return max(0.0, now - float(start)) if start else None
     except ValueError:
         return None
 
 
-def record_started(client: Any, job_key: str, now: float) -> None:
-    """After a claim won (sync client): observe the job's time from submission to this start."""
-    try:
-        queued = _since(client.hget(job_key, "created_at"), now)
-        if queued is not None:
-            pipe = client.pipeline(transaction=False)
-            add_job_started(pipe, queued)
-            pipe.execute()
-    except RedisError:
-        log.warning("could not record job start metrics", exc_info=True)
-
-
-def record_finished(client: Any, job_key: str, status: str, now: float, reason: str | None = None) -> None:
-    """After a terminal write (sync client): count it, with run time and tokens from the record."""
-    try:
-        started, result = client.hmget(job_key, ["started_at", "result"])
-        prompt, completion = _usage(result)
-        pipe = client.pipeline(transaction=False)
-        add_job_finished(
-            pipe,
-            status,
-            _since(started, now),
-            reason=reason,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-        )
-        pipe.execute()
-    except RedisError:
-        log.warning("could not record job end metrics", exc_info=True)
-
-
-async def arecord_finished(client: Any, status: str, reason: str | None = None) -> None:
-    """asyncio twin for a job that ended without running (the API cancelled it while queued)."""
-    try:
-        pipe = client.pipeline(transaction=False)
-        add_job_finished(pipe, status, None, reason=reason)
-        await pipe.execute()
-    except RedisError:
-        log.warning("could not record job end metrics", exc_info=True)
+def log_failure(what: str, exc: BaseException) -> None:
+    """Log a metrics write that failed (the transition it observes stands)."""
+    log.warning("could not record job %s metrics", what, exc_info=exc)

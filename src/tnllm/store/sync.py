@@ -1,7 +1,8 @@
 """``JobStore``: the job store on the synchronous redis-py client (Celery workers, reaper, tests).
 
-Every state transition is one Lua script (``scripts.py``); argument building and answer decoding
-are shared with the asyncio twin in ``aio.py`` through ``ops.py``.
+Every state transition is one Lua script (``lua/*.lua``, loaded by ``scripts.py``); argument
+building and answer decoding are shared with the asyncio twin in ``aio.py`` through ``ops.py``, and
+the operations both offer with more than one round trip are flows (``flow.py``, ``listing.py``).
 """
 
 from __future__ import annotations
@@ -11,52 +12,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRecord, JobResult, JobStatus
-from tnllm.store import clients as redis_urls
-from tnllm.store import keys, ops, scripts
-from tnllm.store import stats as jobstats
+from tnllm.store import flow, keys, listing, ops, scripts
+from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
+from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
     AppendAck,
     CancelOutcome,
     ClaimOutcome,
     CreateOutcome,
     LeaseStatus,
-    ListPage,
+    ReapAction,
     ReapOutcome,
     StreamEntry,
     WorkerInfo,
 )
-
-MAX_POOL_CONNECTIONS = 4096  # per client pool; connections are opened only as threads need them
-
-
-def redis_client(url: str, **kwargs: Any) -> redis.Redis:
-    """A sync client configured the way the store needs (decoded strings, bounded waits).
-
-    Any URL the broker takes: redis://, rediss://, unix://, sentinel:// (``tnllm.store.clients``).
-    """
-    kwargs.setdefault("socket_connect_timeout", 5)
-    kwargs.setdefault("socket_timeout", 30)
-    kwargs.setdefault("health_check_interval", 30)
-    # A pooled connection left over from before a Redis restart fails once with "closed by server":
-    # retry on a fresh connection, as the API's client does. Connection errors only, not timeouts:
-    # a command that timed out may still run on a slow server. CLAIM and FINISH recognise their own
-    # replay, APPEND and APPEND_MANY theirs through the flush's sequence number (scripts.py).
-    kwargs.setdefault(
-        "retry",
-        Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3, supported_errors=(RedisConnectionError,)),
-    )
-    kwargs.setdefault("retry_on_error", [RedisConnectionError])
-    # redis-py 8 caps a pool at 100 connections by default; a GPU worker runs one Celery thread per
-    # slot (256) that all use the store at once, and the cap made jobs fail with "Too many connections".
-    kwargs.setdefault("max_connections", MAX_POOL_CONNECTIONS)
-    return redis_urls.sync_client(url, decode_responses=True, **kwargs)
 
 
 class JobStore:
@@ -83,6 +56,9 @@ class JobStore:
 
     def _run(self, call: ops.ScriptCall) -> Any:
         return self._scripts[call.name](keys=call.keys, args=call.args)
+
+    def _drive(self, operation: flow.Flow) -> Any:
+        return flow.run_sync(operation, self.client, self._scripts)
 
     def _run_many(self, calls: Sequence[ops.ScriptCall]) -> list[Any]:
         """Run script calls in one non-transactional pipeline (one round trip, plus SCRIPT EXISTS).
@@ -155,29 +131,8 @@ class JobStore:
     def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
     ) -> ListPage:
-        """One page of ``owner``'s jobs, newest first (see ``aio.AsyncJobStore.list_jobs``)."""
-        start = ops.decode_cursor(cursor) if cursor else None
-        page = ListPage([], None, [])
-        index = keys.owner_jobs(owner)
-        offset = 0
-        while offset < ops.LIST_SCAN_CAP:
-            top = start[0] if start else "+inf"
-            raw = self.client.zrevrangebyscore(
-                index, top, "-inf", start=offset, num=ops.LIST_BATCH, withscores=True
-            )
-            offset += len(raw)
-            rows = [(i, s) for i, s in raw if ops.after_cursor(s, i, start)]
-            pipe = self.client.pipeline(transaction=False)
-            for job_id, _ in rows:
-                pipe.hgetall(keys.job(job_id))
-            full, last = ops.page_step(page, rows, pipe.execute() if rows else [], status, limit)
-            if full or (offset >= ops.LIST_SCAN_CAP and len(raw) == ops.LIST_BATCH):
-                page.next_cursor = ops.encode_cursor(*last) if last else None
-                break
-            if len(raw) < ops.LIST_BATCH:  # the index is exhausted
-                break
-        if page.stale:
-            self.client.zrem(index, *page.stale)
+        """One page of ``owner``'s jobs, newest first (``listing.list_jobs``)."""
+        page: ListPage = self._drive(listing.list_jobs(owner, status, limit, cursor))
         return page
 
     # --- worker side ---------------------------------------------------------------------------
@@ -191,7 +146,7 @@ class JobStore:
         now = time.time() if now is None else now
         outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
         if outcome.won:
-            jobstats.record_started(self.client, keys.job(job_id), now)
+            self._drive(flow.record_started(keys.job(job_id), now))
         return outcome
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
@@ -254,15 +209,12 @@ class JobStore:
         done = bool(int(self._run(call)[0]))
         if done:
             reason = error.type if error else None
-            jobstats.record_finished(self.client, keys.job(job_id), status.value, now, reason)
+            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason))
         return done
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Queued → cancelled at once; running → ``cancel_requested`` (and a notification)."""
-        now = time.time()
-        outcome = ops.parse_cancel(self._run(ops.cancel_call(job_id, self.ttl, now)))
-        if outcome.kind == "cancelled":
-            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        outcome: CancelOutcome = self._drive(flow.cancel(job_id, self.ttl))
         return outcome
 
     def release(self, job_id: str, worker_id: str) -> ReapOutcome:
@@ -270,8 +222,8 @@ class JobStore:
         ``requeued``: the caller must send a new Celery message."""
         now = time.time()
         outcome = ops.parse_reap(self._run(ops.release_call(job_id, worker_id, self.ttl, now)))
-        if outcome.action == "cancelled":
-            jobstats.record_finished(self.client, keys.job(job_id), "cancelled", now)
+        if outcome.action is ReapAction.CANCELLED:
+            self._drive(flow.record_finished(keys.job(job_id), JobStatus.CANCELLED.value, now))
         return outcome
 
     # --- reaper --------------------------------------------------------------------------------
@@ -290,9 +242,9 @@ class JobStore:
         it used ``max_attempts``. ``requeued``: the caller must send a new Celery message."""
         now = time.time()
         outcome = ops.parse_reap(self._run(ops.reap_call(job_id, self.max_attempts, self.ttl, now)))
-        if outcome.action in ("failed", "cancelled"):
-            reason = JobErrorType.WORKER_LOST if outcome.action == "failed" else None
-            jobstats.record_finished(self.client, keys.job(job_id), outcome.action, now, reason)
+        if outcome.action in (ReapAction.FAILED, ReapAction.CANCELLED):
+            reason = JobErrorType.WORKER_LOST if outcome.action is ReapAction.FAILED else None
+            self._drive(flow.record_finished(keys.job(job_id), outcome.action.value, now, reason))
         return outcome
 
     # --- workers -------------------------------------------------------------------------------
@@ -315,8 +267,5 @@ class JobStore:
 
     def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is current."""
-        ids = self.client.zrangebyscore(keys.WORKERS, time.time(), "+inf")
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id in ids:
-            pipe.hgetall(keys.worker(worker_id))
-        return [WorkerInfo.from_hash(h) for h in (pipe.execute() if ids else []) if h]
+        found: list[WorkerInfo] = self._drive(flow.workers())
+        return found

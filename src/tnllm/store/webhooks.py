@@ -19,23 +19,39 @@ Keys (prefix ``tnllm:``):
   to write the log, so a stale or duplicate Celery message (a dead worker's, redelivered after the
   broker's visibility timeout) can neither send nor log anything.
 * ``webhooks:wake`` (list of at most one element): pokes the pump when an event is enqueued.
+
+Every step that touches the schedule is one atomic script (``lua/webhook_*.lua``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis as AsyncRedis
 
-from tnllm.protocol.webhooks import DELIVERY_PREFIX, build_body, iso, new_entry, render_webhook
-from tnllm.webhooks.events import TERMINAL_EVENTS
+from tnllm.protocol.jobs import JobRecord
+from tnllm.protocol.webhooks import (
+    DELIVERY_PREFIX,
+    TERMINAL_EVENTS,
+    build_body,
+    iso,
+    new_entry,
+    render_webhook,
+)
+from tnllm.store import flow
+from tnllm.store.ops import ScriptCall
+from tnllm.store.scripts import WEBHOOK as SCRIPTS
 
-__all__ = ["AsyncWebhookStore", "Delivery", "WebhookStore", "iso", "now_ms", "split_member"]
+__all__ = ["AsyncWebhookStore", "Delivery", "WebhookStore", "iso", "notify", "now_ms", "split_member"]
+
+log = logging.getLogger(__name__)
 
 PREFIX = "tnllm:"
 SCHEDULE_KEY = PREFIX + "webhooks:schedule"
@@ -66,84 +82,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# ---------------------------------------------------------------------------------------------
-# Lua: every step that touches the schedule is one atomic script.
-
-# KEYS: job, bodies, schedule, wake; ARGV: event, entry, body, now_ms, ttl, once (1|0), job_id
-_ENQUEUE = """
-local cfg = redis.call('HGET', KEYS[1], 'webhook')
-if not cfg or cfg == '' then return -1 end
-local subscribed = false
-for _, e in ipairs(cjson.decode(cfg)['events'] or {}) do if e == ARGV[1] then subscribed = true end end
-if not subscribed then return -2 end
-if ARGV[6] == '1' and redis.call('HSETNX', KEYS[1], 'wh:once:' .. ARGV[1], '1') == 0 then return -3 end
-local i = redis.call('HINCRBY', KEYS[1], 'wh:n', 1) - 1
-redis.call('HSET', KEYS[1], 'wh:d:' .. i, ARGV[2])
-redis.call('HSET', KEYS[2], tostring(i), ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[7] .. '|' .. i)
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 0)
-return i
-"""
-
-# KEYS: job, bodies, schedule, wake; ARGV: now_ms, ttl, job_id
-_REDELIVER = """
-local cfg = redis.call('HGET', KEYS[1], 'webhook')
-if not cfg or cfg == '' then return -1 end
-local n = tonumber(redis.call('HGET', KEYS[1], 'wh:n') or '0')
-if n == 0 then return -2 end
-local body = redis.call('HGET', KEYS[2], tostring(n - 1))
-if not body then return -4 end
-local last = cjson.decode(redis.call('HGET', KEYS[1], 'wh:d:' .. (n - 1)))
-local entry = '{"event":' .. cjson.encode(last['event'])
-  .. ',"webhook_id":' .. cjson.encode(last['webhook_id'])
-  .. ',"state":"pending","attempts":[],"next_attempt_at":null}'
-redis.call('HINCRBY', KEYS[1], 'wh:n', 1)
-redis.call('HSET', KEYS[1], 'wh:d:' .. n, entry)
-redis.call('HSET', KEYS[2], tostring(n), body)
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3] .. '|' .. n)
-redis.call('LPUSH', KEYS[4], '1')
-redis.call('LTRIM', KEYS[4], 0, 0)
-return n
-"""
-
-# due members -> leased for ARGV[2] ms under a fresh token; returns {member, token, member, token, ...}
-_CLAIM_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, m in ipairs(due) do
-  local token = redis.call('INCR', KEYS[2])
-  redis.call('HSET', KEYS[3], m, token)
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), m)
-  out[#out + 1] = m
-  out[#out + 1] = tostring(token)
-end
-return out
-"""
-
-# a task takes over the lease it was dispatched with (new token, ARGV[3] = lease end); false if stale
-_CLAIM_ATTEMPT = """
-if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return false end
-local token = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[2], ARGV[1], token)
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return tostring(token)
-"""
-
-# record an attempt and reschedule (ARGV[5] = next due ms) or finish (ARGV[5] = ''), if still leased
-_FINISH = """
-if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) return -1 end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-if ARGV[5] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
-else redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1]) end
-return 1
-"""
-
-
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
 
@@ -152,12 +90,48 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _enqueue_call(job_id: str, event: str, data: Mapping[str, Any], ttl: int) -> tuple[list[str], list[Any]]:
+def _enqueue_call(job_id: str, event: str, data: Mapping[str, Any], ttl: int) -> ScriptCall:
     at = now_ms()
     once = "1" if event in TERMINAL_EVENTS else "0"
     keys = [job_key(job_id), body_key(job_id), SCHEDULE_KEY, WAKE_KEY]
-    args = [event, json.dumps(new_entry(event)), build_body(event, data, at), at, ttl, once, job_id]
-    return keys, args
+    body = build_body(event, data, at)
+    args: list[str | int | float] = [event, json.dumps(new_entry(event)), body, at, ttl, once, job_id]
+    return ScriptCall("webhook_enqueue", keys, args)
+
+
+#: How long a transition keeps trying to enqueue its webhook through a Redis outage (seconds).
+ENQUEUE_RETRY_S = 5.0
+#: The Redis errors it waits out (anything else is a bug: logged, and the transition stands).
+TRANSIENT_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
+
+
+def notify(job: JobRecord | None, event: str, ttl: int) -> flow.Flow:
+    """Report that ``job`` (its record after the transition) just entered ``event``'s state: for a
+    job with a webhook, enqueue the delivery (the job object as the body), waiting out a Redis
+    outage for up to ``ENQUEUE_RETRY_S``. Never raises: the transition stands whatever happens to
+    its webhook. One flow for the workers (``WebhookStore.notify``) and the API (the async twin).
+    """
+    if job is None:
+        return
+    log.debug("job %s: %s", job.id, event)
+    if not job.webhook:
+        return
+    call = _enqueue_call(job.id, event, job.to_public().model_dump(mode="json"), ttl)
+    end = time.monotonic() + ENQUEUE_RETRY_S
+    delay = 0.1
+    while True:
+        try:
+            yield call
+            return
+        except TRANSIENT_ERRORS as exc:
+            if time.monotonic() >= end:
+                log.error("job %s: webhook %s not enqueued, Redis unavailable: %s", job.id, event, exc)
+                return
+            yield flow.Sleep(delay)
+            delay = min(delay * 2, 1.0)
+        except Exception:  # a webhook bug must not fail the transition
+            log.exception("job %s: webhook %s not enqueued", job.id, event)
+            return
 
 
 @dataclass(frozen=True)
@@ -177,10 +151,11 @@ class WebhookStore:
     def __init__(self, redis: Redis, ttl: int) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._claim_due = redis.register_script(_CLAIM_DUE)
-        self._claim_attempt = redis.register_script(_CLAIM_ATTEMPT)
-        self._finish = redis.register_script(_FINISH)
+        self._scripts = {name: redis.register_script(SCRIPTS[name]) for name in ("webhook_enqueue",)}
+        self._enqueue = self._scripts["webhook_enqueue"]
+        self._claim_due = redis.register_script(SCRIPTS["webhook_claim_due"])
+        self._claim_attempt = redis.register_script(SCRIPTS["webhook_claim_attempt"])
+        self._finish = redis.register_script(SCRIPTS["webhook_finish"])
 
     def enqueue(self, job_id: str, event: str, data: Mapping[str, Any]) -> int | None:
         """Schedule ``event`` for delivery now; the delivery index, or None when the job has no
@@ -188,9 +163,13 @@ class WebhookStore:
 
         ``data`` is the job object (``JobPublic`` as JSON) after the transition.
         """
-        keys, args = _enqueue_call(job_id, event, data, self.ttl)
-        index = int(self._enqueue(keys=keys, args=args))
+        call = _enqueue_call(job_id, event, data, self.ttl)
+        index = int(self._enqueue(keys=call.keys, args=call.args))
         return index if index >= 0 else None
+
+    def notify(self, job: JobRecord | None, event: str) -> None:
+        """The ``notify`` flow: enqueue ``event`` for a transition just made (never raises)."""
+        flow.run_sync(notify(job, event, self.ttl), self.redis, self._scripts)
 
     def load(self, job_id: str) -> dict[str, Any] | None:
         """The job's ``"webhook"`` object (None: no such job or no webhook)."""
@@ -240,14 +219,19 @@ class AsyncWebhookStore:
     def __init__(self, redis: AsyncRedis, ttl: int) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._redeliver = redis.register_script(_REDELIVER)
+        self._scripts = {name: redis.register_script(SCRIPTS[name]) for name in ("webhook_enqueue",)}
+        self._enqueue = self._scripts["webhook_enqueue"]
+        self._redeliver = redis.register_script(SCRIPTS["webhook_redeliver"])
 
     async def enqueue(self, job_id: str, event: str, data: Mapping[str, Any]) -> int | None:
         """``WebhookStore.enqueue`` for async callers."""
-        keys, args = _enqueue_call(job_id, event, data, self.ttl)
-        index = int(await self._enqueue(keys=keys, args=args))
+        call = _enqueue_call(job_id, event, data, self.ttl)
+        index = int(await self._enqueue(keys=call.keys, args=call.args))
         return index if index >= 0 else None
+
+    async def notify(self, job: JobRecord | None, event: str) -> None:
+        """``WebhookStore.notify`` for async callers (the same flow, the same retry)."""
+        await flow.run_async(notify(job, event, self.ttl), self.redis, self._scripts)
 
     async def redeliver(self, job_id: str) -> int:
         """Send the job's last event again (same webhook-id and body) as a new delivery; its index.

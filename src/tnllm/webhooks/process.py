@@ -17,7 +17,7 @@ from tnllm.config import Settings
 from tnllm.logging import quiet_celery_argv
 from tnllm.protocol.celery import make_celery
 from tnllm.protocol.tasks import WEBHOOK_QUEUE, WEBHOOK_TASK
-from tnllm.store.sync import redis_client
+from tnllm.store.clients import redis_client
 from tnllm.webhooks.pump import SchedulePump
 from tnllm.webhooks.runner import WebhookContext, run_delivery
 

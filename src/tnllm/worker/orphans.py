@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tnllm.protocol.celery import BROKER_SEP
-from tnllm.protocol.tasks import BROKER_PRIORITY_STEPS, GENERATE_QUEUE, GENERATE_TASK
+from tnllm.protocol.celery import broker_lists
+from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK
 from tnllm.store import JobStatus, JobStore, keys
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 #: kombu's default key names (transport options unacked_key / unacked_index_key).
 UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
-
-
-def broker_lists() -> list[str]:
-    """The Redis lists kombu keeps the generate queue in (one per priority step)."""
-    return [
-        GENERATE_QUEUE if step == 0 else f"{GENERATE_QUEUE}{BROKER_SEP}{step}"
-        for step in BROKER_PRIORITY_STEPS
-    ]
 
 
 def generate_job_id(raw: str) -> str | None:
@@ -114,7 +106,7 @@ def resend_messageless(store: JobStore, send: Callable[[str, int], None], *, min
     queued = int(client.zcard(keys.QUEUE))
     if not queued:
         return []
-    lists = broker_lists()
+    lists = list(broker_lists(GENERATE_QUEUE).values())
     pipe = client.pipeline(transaction=False)
     for name in lists:
         pipe.llen(name)

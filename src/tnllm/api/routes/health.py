@@ -57,5 +57,5 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text: this process's metrics plus the cluster-wide job counters and queue depths."""
-    page = await render(services.metrics, services.store.client, broker_sep=services.producer.broker_sep())
+    page = await render(services.metrics, services.store.client)
     return Response(page, media_type=CONTENT_TYPE)

@@ -15,7 +15,7 @@ from tnllm.api.schemas import ErrorResponse, JobCreate, JobList
 from tnllm.api.sse import job_events, valid_event_id
 from tnllm.api.submit import owned_job, submit_job, to_public
 from tnllm.api.webhooks import notify_transition_async, redeliver
-from tnllm.store import JobPublic, JobStatus
+from tnllm.store import CancelKind, JobPublic, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -153,17 +153,17 @@ async def cancel_job(job_id: str, store: StoreDep, owner: OwnerDep) -> Any:
     a terminal job answers 409 with its status."""
     await owned_job(store, job_id, owner)
     outcome = await store.cancel(job_id)
-    if outcome.kind == "missing":
+    if outcome.kind is CancelKind.MISSING:
         raise ApiError(404, f"no job with id {job_id!r}", field="id")
-    if outcome.kind == "terminal":
+    if outcome.kind is CancelKind.TERMINAL:
         status = outcome.status.value if outcome.status else "unknown"
         raise ApiError(409, f"job already {status}", type="job_terminal", status=status)
     record = await owned_job(store, job_id, owner)
+    code = 200 if outcome.kind is CancelKind.CANCELLED else 202
+    if outcome.kind is CancelKind.CANCELLED and record.webhook:  # the API made this transition: it reports it
+        await notify_transition_async(store, record, "job.cancelled")
+        record = await owned_job(store, job_id, owner)
     public = await to_public(store, record)
-    code = 200 if outcome.kind == "cancelled" else 202
-    if outcome.kind == "cancelled" and record.webhook:  # the API made this transition: it reports it
-        await notify_transition_async(store, job_id, "job.cancelled", public.model_dump(mode="json"))
-        public = await to_public(store, await owned_job(store, job_id, owner))
     return JSONResponse(public.model_dump(mode="json"), status_code=code)
 
 
