@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     )
     state_dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
-        description="Recurrent-state dtype. `bfloat16` (CUDA only) halves the state traffic (256 "
-        "sequences: ~17k vs ~13.6k tokens/s on an H100) but moved logits by up to 18 % of their scale "
-        "on random 7B weights (docs/PERFORMANCE.md); validate it on your checkpoint before use.",
+        description="Recurrent-state dtype. `bfloat16` (CUDA only) halves the state traffic, which "
+        "speeds up large batches, but it moves the logits noticeably (docs/PERFORMANCE.md has the "
+        "figures); validate it on your checkpoint before use.",
     )
     chat_template: str | None = Field(
         default=None, description="Jinja chat template overriding the model folder's and the built-in one."
