@@ -252,7 +252,6 @@ class EngineConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"]
     state_dtype: Literal["float32", "bfloat16"]
     chat_template: str | None
-    system_prompt: str
     engine_slots: int
     prefill_token_budget: int
     max_context: int

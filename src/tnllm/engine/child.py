@@ -37,7 +37,7 @@ from tnllm.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-#: Exit status when the model cannot be loaded (as a worker's: ``runtime.EXIT_MODEL_LOAD_FAILED``).
+#: Exit status when the model cannot be loaded (the worker's own: ``worker.process.EXIT_MODEL_LOAD_FAILED``).
 EXIT_LOAD_FAILED = 3
 #: After the first event of a step, wait this long for the rest of it before sending a frame: one
 #: frame per step instead of one per sequence.
@@ -93,11 +93,11 @@ class EngineHost:
                 log.warning("engine process: unknown message %r ignored", op)
 
     def _submit(self, wire: dict[str, Any]) -> None:
-        req = request_from_wire(wire)
         try:
+            req = request_from_wire(wire)
             self.engine.submit(req, on_token=self._token, on_done=self._done)
         except (ValueError, EngineError) as exc:  # the client checks first; this is a stopping engine
-            self._out.put(["f", req.request_id, str(exc)])
+            self._out.put(["f", str(wire.get("id")), str(exc)])
 
     # engine-thread callbacks: a queue put each, never I/O
     def _token(self, event: TokenEvent) -> None:

@@ -2,7 +2,8 @@
 
 An operation the sync and the asyncio store both offer is written once, here or in ``listing.py``,
 as a generator (a ``Flow``) that yields ``Call`` / ``Batch`` / ``ops.ScriptCall`` / ``Sleep`` requests and
-returns its result; ``run_sync`` and ``run_async`` are the only code that talks to a client. A
+returns its result; ``run_sync`` and ``run_async`` drive it against a client, so its logic (several
+round trips, retries, back-off) exists once. Single-command operations call the client directly. A
 request that fails is thrown into the generator, so a flow handles Redis errors where it wants.
 """
 
