@@ -97,3 +97,22 @@ def test_out_of_range_flags_are_refused_as_the_api_words_it(capsys: pytest.Captu
     assert "tnllm generate: temperature: Input should be less than or equal to 5" in capsys.readouterr().err
     assert main([*argv, "--stop", ""]) == 2
     assert "tnllm generate: stop: stop[0] must not be empty" in capsys.readouterr().err
+
+
+def test_the_sampling_flags_are_the_contract() -> None:
+    """Every SamplingParams field is a flag; absent flags give the contract's own defaults, given
+    ones reach the contract unchanged (no second copy of names or defaults in the CLI)."""
+    from tnllm.cli.generate import sampling_from_args
+    from tnllm.cli.main import build_parser
+    from tnllm.protocol.sampling import SamplingParams
+
+    bare = build_parser().parse_args(["generate", "--prompt", "x"])
+    assert sampling_from_args(bare, 7) == SamplingParams(max_new_tokens=7)
+    argv = ["generate", "--prompt", "x", "--max-new-tokens", "3", "--temperature", "0.5", "--top-p", "0.9"]
+    argv += ["--top-k", "4", "--repetition-penalty", "1.2", "--stop", "a", "--stop", "b", "--seed", "5"]
+    given = sampling_from_args(build_parser().parse_args([*argv, "--ignore-eos"]), 7)
+    assert given == SamplingParams(
+        max_new_tokens=3, temperature=0.5, top_p=0.9, top_k=4, repetition_penalty=1.2,
+        stop=("a", "b"), seed=5, ignore_eos=True,
+    )  # fmt: skip
+    assert set(SamplingParams.model_fields) <= set(vars(build_parser().parse_args(argv)))

@@ -16,16 +16,10 @@ from tnllm.text.prompt import render_prompt
 
 def sampling_from_args(args: argparse.Namespace, default_max_new_tokens: int) -> SamplingParams:
     """The contract's SamplingParams from the flags, ``max_new_tokens`` resolved (ValidationError)."""
-    return SamplingParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        stop=tuple(args.stop or ()),
-        seed=args.seed,
-        ignore_eos=args.ignore_eos,
-    ).resolved(default_max_new_tokens)
+    given = {name: getattr(args, name, None) for name in SamplingParams.model_fields}
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None}).resolved(
+        default_max_new_tokens
+    )
 
 
 def _prompt_ids(args: argparse.Namespace, tokenizer: Any, system_prompt: str) -> list[list[int]]:

@@ -70,24 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", choices=["tiny", "small"], default="tiny")
     demo.add_argument("--seed", type=int, default=0)
 
+    _generate_parser(sub)
+    return parser
+
+
+def _generate_parser(sub: Any) -> None:
+    """``tnllm generate``: the sampling flags come from the one ``SamplingParams`` contract (names,
+    help), and an absent flag means the contract's default."""
+    from tnllm.protocol.sampling import SamplingParams
+
     gen = sub.add_parser("generate", help="offline generation through the engine, without the queue")
     _model_arg(gen)
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="text prompt (repeatable)")
     src.add_argument("--prompt-ids", action="append", help="comma-separated token ids (repeatable)")
-    gen.add_argument("--max-new-tokens", type=int, default=None)
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off (CTRL-style otherwise)")
-    gen.add_argument("--stop", action="append", help="stop string (repeatable); the text ends before it")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--ignore-eos", action="store_true", help="keep generating past EOS")
+    for name, field in SamplingParams.model_fields.items():
+        flag, text = "--" + name.replace("_", "-"), field.description
+        if name == "stop":
+            gen.add_argument(flag, action="append", help=f"{text} Repeatable.")
+        elif field.annotation is bool:
+            gen.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            number = float if field.annotation is float else int
+            gen.add_argument(flag, type=number, default=None, help=text)
     gen.add_argument("--raw", action="store_true", help="no chat template around --prompt")
     gen.add_argument("--device", help="cpu | cuda | cuda:N (default: TNLLM_DEVICE)")
     gen.add_argument("--dtype", help="float32 | bfloat16 (default: TNLLM_DTYPE)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
-    return parser
 
 
 def _resolve(target: str) -> Callable[[Any, argparse.Namespace], int]:
