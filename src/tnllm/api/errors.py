@@ -18,6 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tnllm.protocol.sampling import field_path
+
 log = logging.getLogger(__name__)
 
 #: Seconds a client should wait before retrying after a Redis outage (503).
@@ -77,13 +79,7 @@ def field_name(loc: Sequence[Any]) -> str:
     parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
     if not parts:
         return str(loc[0]) if loc else "body"
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    return field_path(parts)
 
 
 def _validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

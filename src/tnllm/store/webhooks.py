@@ -46,6 +46,8 @@ from tnllm.protocol.webhooks import (
     render_webhook,
 )
 from tnllm.store import flow
+from tnllm.store.keys import PREFIX
+from tnllm.store.keys import job as job_key
 from tnllm.store.ops import ScriptCall
 from tnllm.store.scripts import WEBHOOK as SCRIPTS
 
@@ -53,16 +55,10 @@ __all__ = ["AsyncWebhookStore", "Delivery", "WebhookStore", "iso", "notify", "no
 
 log = logging.getLogger(__name__)
 
-PREFIX = "tnllm:"
 SCHEDULE_KEY = PREFIX + "webhooks:schedule"
 LEASES_KEY = PREFIX + "webhooks:leases"
 TOKEN_KEY = PREFIX + "webhooks:token"
 WAKE_KEY = PREFIX + "webhooks:wake"
-
-
-def job_key(job_id: str) -> str:
-    """The job store's record hash (``tnllm.store.keys.job``)."""
-    return f"{PREFIX}job:{job_id}"
 
 
 def body_key(job_id: str) -> str:
