@@ -19,7 +19,7 @@ from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs
+from tnllm.api.routes import compat, health, jobs, openai
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -82,4 +82,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    app.include_router(openai.router)
     return app

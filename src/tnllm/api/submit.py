@@ -49,7 +49,9 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
-    return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
+    return GenerationParams(
+        **sampling.model_dump(), prompt=body.prompt, messages=body.messages, raw_prompt=body.raw_prompt
+    )
 
 
 async def check_prompt_size(services: Services, params: GenerationParams) -> int:
@@ -102,6 +104,8 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     canonical["max_new_tokens"] = params.max_new_tokens
     if not canonical["ignore_eos"]:  # absent from bodies hashed before the field existed
         del canonical["ignore_eos"]
+    if not canonical["raw_prompt"]:
+        del canonical["raw_prompt"]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 

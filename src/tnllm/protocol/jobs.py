@@ -67,6 +67,7 @@ class GenerationParams(SamplingParams):
 
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    raw_prompt: bool = False
 
 
 class Usage(BaseModel):
@@ -124,6 +125,7 @@ class JobPublic(SamplingParams):
     priority: int
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    raw_prompt: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
     cancel_requested: bool = False

@@ -1,0 +1,305 @@
+"""OpenAI-compatible routes: ``GET /v1/models``, ``POST /v1/chat/completions`` and
+``POST /v1/completions`` (streaming or not). Each request is one ordinary job per prompt, submitted
+through ``submit_job`` (queued, prioritised, listed in ``GET /v1/jobs``, counted in the metrics);
+a client that disconnects while waiting or streaming cancels its jobs. Errors come in OpenAI's
+shape (``tnllm.api.openai.errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from sse_starlette import EventSourceResponse
+
+from tnllm.api.deps import OwnerDep, Services, ServicesDep
+from tnllm.api.errors import ApiError
+from tnllm.api.openai import adapt
+from tnllm.api.openai.errors import OpenAIRoute
+from tnllm.api.openai.schemas import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Model,
+    ModelList,
+    OpenAIErrorResponse,
+)
+from tnllm.api.openai.stream import (
+    ChunkMaker,
+    Diverged,
+    cancel_jobs,
+    cancel_unless_finished,
+    error_event,
+    job_deltas,
+    merged,
+    wait_jobs,
+)
+from tnllm.api.schemas import JobCreate
+from tnllm.api.submit import submit_job
+from tnllm.store import JobRecord
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": OpenAIErrorResponse, "description": text}
+    for code, text in {
+        400: "Invalid or unsupported parameter (`param` names it)",
+        401: "Missing or invalid API key",
+        404: "Unknown model (`code`: model_not_found)",
+        429: "Queue full",
+        503: "Redis unreachable",
+    }.items()
+}
+IdempotencyHeader = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="As for `POST /v1/jobs`.")
+]
+
+
+async def served_models(services: Services) -> list[Model]:
+    """The models this deployment serves: each ready worker's, and the API's own setting."""
+    starts: dict[str, list[float]] = {services.settings.served_name(): []}
+    for worker in await services.store.workers():
+        if worker.model_loaded and worker.served_model:
+            starts.setdefault(worker.served_model, []).append(worker.started_at)
+    return [
+        Model(
+            id=name,
+            created=int(min(times)) if times else 0,
+            owned_by=name.split("/")[0] if "/" in name else "tnllm",
+        )
+        for name, times in starts.items()
+    ]
+
+
+async def check_model(services: Services, model: str) -> None:
+    """404 ``model_not_found`` for a model this deployment does not serve."""
+    if model not in {m.id for m in await served_models(services)}:
+        raise ApiError(404, f"the model {model!r} does not exist", field="model", code="model_not_found")
+
+
+@router.get("/models", response_model=ModelList, summary="List the served models", responses=_ERRORS)
+async def list_models(services: ServicesDep, owner: OwnerDep) -> ModelList:
+    """The served models (OpenAI's `GET /v1/models`)."""
+    return ModelList(data=await served_models(services))
+
+
+@router.get("/models/{model_id:path}", response_model=Model, summary="Read a served model", responses=_ERRORS)
+async def get_model(model_id: str, services: ServicesDep, owner: OwnerDep) -> Model:
+    """One served model; 404 `model_not_found` for others."""
+    for model in await served_models(services):
+        if model.id == model_id:
+            return model
+    raise ApiError(404, f"the model {model_id!r} does not exist", field="model", code="model_not_found")
+
+
+async def submit_all(
+    services: Services, owner: str, jobs: list[JobCreate], idempotency_key: str | None
+) -> list[str]:
+    """Submit the jobs of one request; ids in prompt order."""
+    ids: list[str] = []
+    for i, job in enumerate(jobs):
+        key = idempotency_key if idempotency_key is None or len(jobs) == 1 else f"{idempotency_key}:{i}"
+        try:
+            public, _ = await submit_job(services, owner, job, key)
+        except ApiError as exc:
+            await cancel_jobs(services, ids)  # all or nothing
+            field = exc.extra.get("field")
+            exc.extra["field"] = adapt.OPENAI_NAMES.get(field, field) if isinstance(field, str) else field
+            raise
+        ids.append(public.id)
+    return ids
+
+
+async def finished(request: Request, services: Services, ids: list[str]) -> list[JobRecord]:
+    """The ended jobs of a non-streaming request; errors for failures, timeouts and disconnects."""
+    records = await wait_jobs(request, services, ids, services.settings.openai_timeout)
+    if records is None:
+        raise ApiError(499, "client closed the request; its jobs were cancelled", code="client_closed")
+    for record in records:
+        if not record.terminal:
+            raise ApiError(504, f"job {record.id} did not finish in time; it continues", code="timeout")
+        failure = adapt.job_failure(record)
+        if failure is not None:
+            raise failure
+    return records
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    summary="Chat completion (OpenAI-compatible)",
+    responses={
+        **_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or chunks when `stream`"},
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    services: ServicesDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> Any:
+    """One job for the conversation; the answer when it ends, or its chunks with `stream: true`."""
+    job = adapt.chat_job(body, services.settings.openai_priority)
+    await check_model(services, body.model)
+    ids = await submit_all(services, owner, [job], idempotency_key)
+    created, model = int(time.time()), body.model
+    base: dict[str, Any] = {
+        "id": f"chatcmpl-{ids[0]}",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(services, ids, _chat_chunk(base, include_usage), include_usage, base, role=True)
+    records = await finished(request, services, ids)
+    choices = [
+        ChatChoice(
+            index=i,
+            message=ChatMessageOut(content=r.result.text if r.result else ""),
+            finish_reason=adapt.finish_reason(r),
+        )
+        for i, r in enumerate(records)
+    ]
+    return ChatCompletion(**base, choices=choices, usage=adapt.usage(records))
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    summary="Text completion (OpenAI-compatible)",
+    responses={
+        **_ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or chunks when `stream`"},
+    },
+)
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    services: ServicesDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> Any:
+    """One job per prompt (continued as it is, no chat template); choice `index` = prompt index."""
+    tokenizer = services.counter.tokenizer() if not isinstance(body.prompt, str) else None
+    decode = tokenizer.decode if tokenizer is not None else None
+    jobs = adapt.completion_jobs(
+        body, adapt.completion_prompts(body, decode), services.settings.openai_priority
+    )
+    await check_model(services, body.model)
+    ids = await submit_all(services, owner, jobs, idempotency_key)
+    created, model = int(time.time()), body.model
+    base: dict[str, Any] = {
+        "id": f"cmpl-{ids[0]}",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+    }
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _stream(services, ids, _completion_chunk(base, include_usage), include_usage, base, role=False)
+    records = await finished(request, services, ids)
+    choices = [
+        CompletionChoice(
+            index=i, text=r.result.text if r.result else "", finish_reason=adapt.finish_reason(r)
+        )
+        for i, r in enumerate(records)
+    ]
+    return Completion(**base, choices=choices, usage=adapt.usage(records))
+
+
+def _chat_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
+    def make(index: int, delta: str | None, finish: str | None) -> dict[str, Any]:
+        content: dict[str, Any] = {} if delta is None else {"content": delta}
+        if delta == "" and finish is None:  # the first chunk of a choice
+            content = {"role": "assistant", "content": ""}
+        choice = {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
+        chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+        return {**chunk, "usage": None} if include_usage else chunk
+
+    return make
+
+
+def _completion_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
+    def make(index: int, delta: str | None, finish: str | None) -> dict[str, Any]:
+        choice = {"index": index, "text": delta or "", "logprobs": None, "finish_reason": finish}
+        chunk = {**base, "object": "text_completion", "choices": [choice]}
+        return {**chunk, "usage": None} if include_usage else chunk
+
+    return make
+
+
+def _stream(
+    services: Services,
+    ids: list[str],
+    make: ChunkMaker,
+    include_usage: bool,
+    base: dict[str, Any],
+    *,
+    role: bool,
+) -> EventSourceResponse:
+    chunks = _chunks(services, ids, make, include_usage, base, role=role)
+    return EventSourceResponse(
+        cancel_unless_finished(chunks, services, ids),
+        ping=15,
+        sep="\n",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _chunks(
+    services: Services,
+    ids: list[str],
+    make: ChunkMaker,
+    include_usage: bool,
+    base: dict[str, Any],
+    *,
+    role: bool,
+) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a stream: chunks as the jobs write text, one closing chunk per
+    choice (``finish_reason``), the usage chunk when asked, then ``[DONE]``."""
+    store = services.store
+    if role:
+        for i in range(len(ids)):
+            yield json.dumps(make(i, "", None))
+    records: list[JobRecord] = []
+    try:
+        async for i, delta in merged([job_deltas(store, job_id) for job_id in ids]):
+            if delta is not None:
+                if delta:
+                    yield json.dumps(make(i, delta, None))
+                continue
+            record = await store.get(ids[i])
+            failure = adapt.job_failure(record) if record is not None else ApiError(500, "job expired")
+            if failure is not None:
+                await cancel_jobs(services, ids)
+                yield json.dumps(error_event(failure.message, str(failure.extra.get("code")), failure.status))
+                yield "[DONE]"
+                return
+            assert record is not None
+            records.append(record)
+            yield json.dumps(make(i, None, adapt.finish_reason(record)))
+    except Diverged as exc:
+        await cancel_jobs(services, ids)
+        yield json.dumps(error_event(f"job {exc} restarted and produced other text", "job_restarted"))
+        yield "[DONE]"
+        return
+    if include_usage:
+        yield json.dumps(
+            {
+                **base,
+                "object": make(0, None, None)["object"],
+                "choices": [],
+                "usage": adapt.usage(records).model_dump(),
+            }
+        )
+    yield "[DONE]"

@@ -1,0 +1,243 @@
+"""The OpenAI-compatible routes driven by the real ``openai`` package against a real stack
+(redis-server, a Celery worker on the demo model, uvicorn), one stack for the module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fixtures.services import Stack
+from tnllm.store import ChatMessage, GenerationParams
+from tnllm.store.server import RedisServer
+from tnllm.text.prompt import render_prompt
+from tnllm.text.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tnllm-demo"
+KEY_A, KEY_B = "key-alpha", "key-bravo"
+GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    module_redis: RedisServer, demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    s = Stack(
+        module_redis.url,
+        demo_model_dir,
+        tmp_path_factory.mktemp("openai"),
+        TNLLM_ENGINE_SLOTS="8",
+        TNLLM_DEBUG_FAULTS="1",
+        TNLLM_SERVED_MODEL_NAME=MODEL,
+        TNLLM_API_KEYS=f"{KEY_A},{KEY_B}",
+        TNLLM_BATCH_POLL_INTERVAL="0.3",
+    )
+    s.start_worker("w1")
+    s.start_api()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY_A, max_retries=0, timeout=60)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model_dir: Path) -> Any:
+    return load_tokenizer(demo_model_dir)
+
+
+def _jobs(stack: Stack, key: str = KEY_A) -> list[dict[str, Any]]:
+    answer = httpx.get(
+        f"{stack.api_url}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, params={"limit": 100}
+    )
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["data"])
+
+
+def _job(stack: Stack, job_id: str) -> dict[str, Any]:
+    answer = httpx.get(f"{stack.api_url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _wait_status(stack: Stack, job_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (job := _job(stack, job_id))["status"] != status:
+        assert time.monotonic() < deadline, (job["status"], job["attempts"], job["started_at"])
+        time.sleep(0.1)
+    return job
+
+
+def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    model = client.models.retrieve(MODEL)
+    assert model.object == "model" and model.owned_by == "tnllm" and model.created > 1_700_000_000
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-4o")
+    assert info.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "model_not_found" and info.value.param == "model"
+
+
+def test_chat_stream_concatenates_to_the_non_streamed_answer(
+    client: openai.OpenAI, stack: Stack, tokenizer: Any
+) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+    ]
+    answer = client.chat.completions.create(model=MODEL, messages=messages, **GREEDY)
+    choice = answer.choices[0]
+    assert answer.object == "chat.completion" and choice.message.role == "assistant"
+    assert choice.finish_reason == "length" and choice.message.content
+    expected_prompt = render_prompt(
+        tokenizer, GenerationParams(messages=[ChatMessage(**m) for m in messages]), None
+    )
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (len(expected_prompt), 12)
+    assert answer.usage.total_tokens == len(expected_prompt) + 12
+    # an ordinary job underneath, listed with the caller's jobs
+    job = _job(stack, answer.id.removeprefix("chatcmpl-"))
+    assert job["status"] == "succeeded" and job["result"]["text"] == choice.message.content
+
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage == answer.usage
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
+
+
+def test_chat_text_parts_equal_string_content(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "ab cd"}], **GREEDY
+    )
+    parts = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "ab "}, {"type": "text", "text": "cd"}]}
+        ],
+        **GREEDY,
+    )
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    assert parts.usage == plain.usage
+
+
+def test_completions_list_of_prompts_one_choice_each(client: openai.OpenAI, tokenizer: Any) -> None:
+    prompts = ["The cat", "Once upon a time"]
+    both = client.completions.create(model=MODEL, prompt=prompts, **GREEDY)
+    assert [c.index for c in both.choices] == [0, 1]
+    singles = [client.completions.create(model=MODEL, prompt=p, **GREEDY) for p in prompts]
+    assert [c.text for c in both.choices] == [s.choices[0].text for s in singles]
+    # the prompt is continued as it is: no chat template around it
+    assert both.usage is not None
+    assert both.usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in prompts)
+    assert both.usage.completion_tokens == 24
+    ids = client.completions.create(model=MODEL, prompt=tokenizer.encode(prompts[1]), **GREEDY)
+    assert ids.choices[0].text == singles[1].choices[0].text
+
+    streamed: dict[int, str] = {0: "", 1: ""}
+    for chunk in client.completions.create(model=MODEL, prompt=prompts, stream=True, **GREEDY):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert [streamed[0], streamed[1]] == [c.text for c in both.choices]
+
+
+def _bad(call: Any) -> openai.BadRequestError:
+    with pytest.raises(openai.BadRequestError) as info:
+        call()
+    err = info.value
+    assert err.status_code == 400
+    body = err.body
+    assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}, body
+    assert body["type"] == "invalid_request_error"
+    return err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"n": 2}, "n"),
+        ({"temperature": 9}, "temperature"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages[0].content[0].type"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"extra_body": {"top_k": -1}}, "top_k"),
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+    ],
+)  # fmt: skip
+def test_bad_chat_parameters_are_named(client: openai.OpenAI, kwargs: dict[str, Any], param: str) -> None:
+    call: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    assert _bad(lambda: client.chat.completions.create(**call)).param == param
+
+
+def test_bad_completion_parameters_are_named(client: openai.OpenAI) -> None:
+    assert _bad(lambda: client.completions.create(model=MODEL, prompt="x", suffix="y")).param == "suffix"
+    assert _bad(lambda: client.completions.create(model=MODEL, prompt="x", best_of=2)).param == "best_of"
+    assert _bad(lambda: client.completions.create(model=MODEL, prompt="x", echo=True)).param == "echo"
+    missing = _bad(lambda: client.chat.completions.create(model=MODEL, messages=[]))
+    assert missing.param == "messages"
+
+
+def test_api_keys_are_bearer_and_errors_openai_shaped(stack: Stack) -> None:
+    wrong = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key="wrong", max_retries=0)
+    with wrong, pytest.raises(openai.AuthenticationError) as info:
+        wrong.models.list()
+    assert info.value.code == "invalid_api_key"
+    assert isinstance(info.value.body, dict) and set(info.value.body) == {"message", "type", "param", "code"}
+    answer = httpx.post(f"{stack.api_url}/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "invalid_api_key"
+
+
+def _only_new_job(stack: Stack, before: set[str], timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while not (new := [j["id"] for j in _jobs(stack) if j["id"] not in before]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert len(new) == 1
+    return str(new[0])
+
+
+def test_client_disconnect_cancels_its_job(stack: Stack) -> None:
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "slow"}], "max_tokens": 4,
+            "metadata": {"tnllm_debug": {"delay": 30}}}  # fmt: skip
+    url = f"{stack.api_url}/v1/chat/completions"
+    before = {j["id"] for j in _jobs(stack)}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up waiting
+        httpx.post(url, json=body, headers=headers, timeout=httpx.Timeout(30, read=1.5))
+    job_id = _only_new_job(stack, before)
+    assert _wait_status(stack, job_id, "cancelled")["result"]["finish_reason"] == "cancelled"
+
+    before.add(job_id)
+    with httpx.stream("POST", url, json={**body, "stream": True}, headers=headers, timeout=30) as answer:
+        assert answer.status_code == 200
+        lines = answer.iter_lines()  # kept: dropping the iterator closes the response
+        first = next(lines)
+        assert first.startswith("data: ") and '"role": "assistant"' in first
+        job_id = _only_new_job(stack, before)
+        _wait_status(stack, job_id, "running")
+    _wait_status(stack, job_id, "cancelled")
