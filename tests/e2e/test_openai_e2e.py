@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +243,148 @@ def test_client_disconnect_cancels_its_job(stack: Stack) -> None:
         job_id = _only_new_job(stack, before)
         _wait_status(stack, job_id, "running")
     _wait_status(stack, job_id, "cancelled")
+
+
+# --- the Batch API (the SIGKILL test stays last: it replaces the worker and the API) ----------
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+def _chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
+    request = {"model": MODEL, "messages": [{"role": "user", "content": content}], "temperature": 0,
+               "max_tokens": 4, "ignore_eos": True, **body}  # fmt: skip
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": request}
+
+
+def _wait_batch(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while (batch := client.batches.retrieve(batch_id)).status not in statuses:
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.2)
+    return batch
+
+
+def _lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def test_batch_of_chat_requests_with_a_refused_line(client: openai.OpenAI) -> None:
+    lines = [_chat_line(f"req-{i}", f"question {i}") for i in range(5)]
+    lines.append(_chat_line("bad", "x", tools=[{"type": "function", "function": {"name": "f"}}]))
+    upload = client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+    assert upload.purpose == "batch" and upload.bytes == len(_jsonl(lines))
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "in_progress" and batch.request_counts is not None
+    assert batch.request_counts.total == 6
+    done = _wait_batch(client, batch.id, {"completed", "failed"})
+    assert done.status == "completed" and done.completed_at is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 1)  # type: ignore[union-attr]
+    out = _lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in out) == [f"req-{i}" for i in range(5)]
+    direct = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "question 3"}], temperature=0, max_tokens=4,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    answer = next(o for o in out if o["custom_id"] == "req-3")["response"]
+    assert answer["status_code"] == 200 and answer["body"]["object"] == "chat.completion"
+    assert answer["body"]["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    (refused,) = _lines(client, done.error_file_id)
+    assert refused["custom_id"] == "bad" and refused["response"]["status_code"] == 400
+    assert refused["response"]["body"]["error"]["param"] == "tools"
+    assert done.id in [b.id for b in client.batches.list()]
+
+
+def test_malformed_batch_file_fails_naming_the_line(client: openai.OpenAI) -> None:
+    data = _jsonl([_chat_line("a", "x")]) + b"{not json\n"
+    upload = client.files.create(file=("bad.jsonl", data), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
+    assert batch.errors.data[0].line == 2
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    assert info.value.param == "endpoint"
+
+
+def test_cancel_a_batch(client: openai.OpenAI) -> None:
+    lines = [_chat_line(f"slow-{i}", "x", metadata={"tnllm_debug": {"delay": 30}}) for i in range(12)]
+    upload = client.files.create(file=("slow.jsonl", _jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    started = time.monotonic()
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
+    done = _wait_batch(client, batch.id, {"cancelled"}, timeout=20)
+    assert time.monotonic() - started < 20  # nobody waited for the 30 s jobs
+    assert done.output_file_id is None and done.request_counts.failed == 12  # type: ignore[union-attr]
+    errors = _lines(client, done.error_file_id)
+    assert sorted(e["custom_id"] for e in errors) == sorted(f"slow-{i}" for i in range(12))
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+
+
+def test_one_key_cannot_see_another_keys_files_or_batches(client: openai.OpenAI, stack: Stack) -> None:
+    upload = client.files.create(file=("mine.jsonl", _jsonl([_chat_line("a", "x")])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    with openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY_B, max_retries=0) as other:
+        for call in (
+            lambda: other.files.retrieve(upload.id),
+            lambda: other.files.content(upload.id),
+            lambda: other.files.delete(upload.id),
+            lambda: other.batches.retrieve(batch.id),
+            lambda: other.batches.cancel(batch.id),
+            lambda: other.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                         completion_window="24h"),
+        ):  # fmt: skip
+            with pytest.raises(openai.NotFoundError):
+                call()
+        assert upload.id not in [f.id for f in other.files.list()]
+        assert batch.id not in [b.id for b in other.batches.list()]
+    _wait_batch(client, batch.id, {"completed"})
+    assert client.files.delete(upload.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(upload.id)
+
+
+def test_50_line_batch_completes_once_each_across_worker_sigkill_and_api_restart(stack: Stack) -> None:
+    # The first lines hold their jobs running for a while, so the kill lands mid-batch.
+    slow = {"metadata": {"tnllm_debug": {"delay": 2}}}
+    lines = [_chat_line(f"line-{i}", f"item {i}", **(slow if i < 8 else {})) for i in range(50)]
+    with openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY_A, max_retries=0) as c:
+        upload = c.files.create(file=("fifty.jsonl", _jsonl(lines)), purpose="batch")
+        batch = c.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    store = stack.store()
+    try:
+        deadline = time.monotonic() + 30
+        while not store.client.zcard("tnllm:running"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        store.client.close()
+    worker = next(c for c in stack.children if c.name == "w1")
+    api = next(c for c in stack.children if c.name == "api")
+    worker.signal(signal.SIGKILL)
+    api.signal(signal.SIGKILL)
+    stack.start_worker("w2")
+    stack.start_api("api2")
+    with openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=KEY_A, max_retries=0) as c:
+        done = _wait_batch(c, batch.id, {"completed", "failed", "cancelled"}, timeout=120)
+        assert done.status == "completed", done
+        assert done.request_counts is not None and done.request_counts.completed == 50
+        out = _lines(c, done.output_file_id)
+        assert done.error_file_id is None
+    assert sorted(o["custom_id"] for o in out) == sorted(f"line-{i}" for i in range(50))  # each exactly once
+    assert all(o["response"]["status_code"] == 200 for o in out)
+    restarted = [_job(stack, o["response"]["request_id"])["attempts"] for o in out]
+    assert max(restarted) >= 2  # some ran again after the kill

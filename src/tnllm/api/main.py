@@ -18,8 +18,9 @@ from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
+from tnllm.api.openai.batching import Batches, BatchFinalizer
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, openai
+from tnllm.api.routes import batches, compat, health, jobs, openai
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -59,11 +60,14 @@ def create_app(settings: Settings) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         services.watcher.start()
+        finalizer = BatchFinalizer(Batches(services), settings.batch_poll_interval)
+        finalizer.start()
         # Load the tokenizer off the event loop now rather than inside the first request.
         await anyio.to_thread.run_sync(services.counter.tokenizer)
         try:
             yield
         finally:
+            await finalizer.stop()
             await services.watcher.stop()
             services.producer.close()
             await services.store.client.aclose()
@@ -77,10 +81,15 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        overrides={"/v1/files": settings.batch_max_file_bytes + 64 * 1024},  # + multipart framing
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(openai.router)
+    app.include_router(batches.router)
     return app

@@ -11,7 +11,17 @@ from pydantic import ValidationError
 
 from tnllm.api.errors import ApiError, field_name
 from tnllm.api.openai.errors import invalid
-from tnllm.api.openai.schemas import ChatCompletionRequest, ChatMessageIn, CompletionRequest, Usage
+from tnllm.api.openai.schemas import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageIn,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Usage,
+)
 from tnllm.api.schemas import JobCreate
 from tnllm.protocol.jobs import JobErrorType, JobRecord, JobStatus
 
@@ -173,3 +183,25 @@ def usage(records: list[JobRecord]) -> Usage:
     prompt = sum(r.result.usage.prompt_tokens for r in records if r.result)
     completion = sum(r.result.usage.completion_tokens for r in records if r.result)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def chat_completion(base: dict[str, Any], records: list[JobRecord]) -> ChatCompletion:
+    """The chat completion of succeeded jobs (``base``: id, created, model)."""
+    choices = [
+        ChatChoice(
+            index=i,
+            message=ChatMessageOut(content=r.result.text if r.result else ""),
+            finish_reason=finish_reason(r),
+        )
+        for i, r in enumerate(records)
+    ]
+    return ChatCompletion(**base, choices=choices, usage=usage(records))
+
+
+def text_completion(base: dict[str, Any], records: list[JobRecord]) -> Completion:
+    """The completion of succeeded jobs, one choice per job (``base``: id, created, model)."""
+    choices = [
+        CompletionChoice(index=i, text=r.result.text if r.result else "", finish_reason=finish_reason(r))
+        for i, r in enumerate(records)
+    ]
+    return Completion(**base, choices=choices, usage=usage(records))

@@ -46,6 +46,14 @@ def openai_type(status: int) -> str:
     return "invalid_request_error"
 
 
+def error_payload(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """(status, body) of an error in OpenAI's shape (422s become 400s, as OpenAI answers them)."""
+    status = 400 if status == 422 else status
+    return status, {"error": {"message": message, "type": openai_type(status), "param": param, "code": code}}
+
+
 def openai_error(
     status: int,
     message: str,
@@ -54,9 +62,8 @@ def openai_error(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """An error answer in OpenAI's shape (422s become 400s, as OpenAI answers bad parameters)."""
-    status = 400 if status == 422 else status
-    body = {"error": {"message": message, "type": openai_type(status), "param": param, "code": code}}
+    """An error answer in OpenAI's shape."""
+    status, body = error_payload(status, message, param, code)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -65,15 +72,20 @@ def invalid(message: str, param: str | None, code: str | None = None) -> ApiErro
     return ApiError(400, message, field=param, code=code)
 
 
-def from_api_error(exc: ApiError) -> JSONResponse:
-    """An ``ApiError`` (raised by the shared submit path, the key check...) in OpenAI's shape."""
+def api_error_payload(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    """(status, body) of an ``ApiError`` (raised by the shared submit path, the key check...)."""
     code = exc.extra.get("code")
     if code is None and exc.type not in _GENERIC_TYPES:
         code = _CODES.get(exc.type, exc.type)
     if exc.status == 401:
         code = "invalid_api_key"
-    param = exc.extra.get("field")
-    return openai_error(exc.status, exc.message, param=param, code=code, headers=exc.headers)
+    return error_payload(exc.status, exc.message, exc.extra.get("field"), code)
+
+
+def from_api_error(exc: ApiError) -> JSONResponse:
+    """An ``ApiError`` as an answer in OpenAI's shape."""
+    status, body = api_error_payload(exc)
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 def from_validation(exc: RequestValidationError) -> JSONResponse:

@@ -168,3 +168,89 @@ class OpenAIErrorResponse(BaseModel):
     """Every error of the OpenAI-compatible routes."""
 
     error: OpenAIErrorDetail
+
+
+# --- the Batch API ---------------------------------------------------------------------------
+
+
+class FileObject(BaseModel):
+    """A stored file (`purpose`: `batch` for inputs, `batch_output` for results)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+
+
+class FileList(BaseModel):
+    """A page of the caller's files, newest first (`after` = the last id of the previous page)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileDeleted(BaseModel):
+    """Answer of `DELETE /v1/files/{id}`."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class BatchCreate(BaseModel):
+    """Body of `POST /v1/batches`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(
+        description="A `batch` file of JSONL request lines `{custom_id, method, url, body}`."
+    )
+    endpoint: str = Field(description="`/v1/chat/completions` or `/v1/completions` (every line's `url`).")
+    completion_window: str = Field(description="`24h`.")
+    metadata: dict[str, str] | None = None
+
+
+class RequestCounts(BaseModel):
+    """How many requests the batch holds, completed and failed (so far)."""
+
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchObject(BaseModel):
+    """A batch (OpenAI's object): `status` validating → in_progress → finalizing → completed, or
+    failed (malformed input file) or cancelling → cancelled."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    request_counts: RequestCounts
+    errors: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class BatchList(BaseModel):
+    """A page of the caller's batches, newest first."""
+
+    object: Literal["list"] = "list"
+    data: list[BatchObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None

@@ -20,12 +20,9 @@ from tnllm.api.errors import ApiError
 from tnllm.api.openai import adapt
 from tnllm.api.openai.errors import OpenAIRoute
 from tnllm.api.openai.schemas import (
-    ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
-    ChatMessageOut,
     Completion,
-    CompletionChoice,
     CompletionRequest,
     Model,
     ModelList,
@@ -161,16 +158,7 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _stream(services, ids, _chat_chunk(base, include_usage), include_usage, base, role=True)
-    records = await finished(request, services, ids)
-    choices = [
-        ChatChoice(
-            index=i,
-            message=ChatMessageOut(content=r.result.text if r.result else ""),
-            finish_reason=adapt.finish_reason(r),
-        )
-        for i, r in enumerate(records)
-    ]
-    return ChatCompletion(**base, choices=choices, usage=adapt.usage(records))
+    return adapt.chat_completion(base, await finished(request, services, ids))
 
 
 @router.post(
@@ -207,14 +195,7 @@ async def completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return _stream(services, ids, _completion_chunk(base, include_usage), include_usage, base, role=False)
-    records = await finished(request, services, ids)
-    choices = [
-        CompletionChoice(
-            index=i, text=r.result.text if r.result else "", finish_reason=adapt.finish_reason(r)
-        )
-        for i, r in enumerate(records)
-    ]
-    return Completion(**base, choices=choices, usage=adapt.usage(records))
+    return adapt.text_completion(base, await finished(request, services, ids))
 
 
 def _chat_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:

@@ -1,0 +1,158 @@
+"""Redis records of the Batch API: files' metadata, batch objects, each batch's jobs, the set of
+batches still to finalize, and a short lock so one API process finalizes a batch once.
+
+| key | type | holds |
+| --- | --- | --- |
+| ``tnllm:file:{id}`` | string | the file object (JSON) plus ``owner`` |
+| ``tnllm:files:{owner}`` | zset | file ids by creation time (ms), for listing |
+| ``tnllm:batch:{id}`` | string | the batch object (JSON) plus ``owner`` |
+| ``tnllm:batch:{id}:jobs`` | list | per request (JSON): its job id, or the error that kept it from one |
+| ``tnllm:batches:{owner}`` | zset | batch ids by creation time (ms) |
+| ``tnllm:batches:active`` | set | batches not yet final (the API's finalizer scans it) |
+| ``tnllm:batch:{id}:lock`` | string | the API process finalizing or cancelling it; short TTL |
+
+The objects are opaque JSON here (their shape is the API's); every key gets the store's TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis as AsyncRedis
+
+from tnllm.store import keys
+
+ACTIVE = keys.PREFIX + "batches:active"
+#: Seconds a finalizer's lock lives (renewed by finishing well before).
+LOCK_TTL_S = 120
+
+
+def file_key(file_id: str) -> str:
+    """The file object's key."""
+    return f"{keys.PREFIX}file:{file_id}"
+
+
+def batch_key(batch_id: str) -> str:
+    """The batch object's key."""
+    return f"{keys.PREFIX}batch:{batch_id}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class AsyncBatchStore:
+    """Async access for the API (any redis.asyncio client with decoded responses)."""
+
+    def __init__(self, client: AsyncRedis, ttl: int) -> None:
+        self.client = client
+        self.ttl = ttl
+
+    async def _put(self, key: str, index: str, owner: str, obj: dict[str, Any]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(key, _dumps({"owner": owner, "object": obj}), ex=self.ttl)
+            pipe.zadd(index, {obj["id"]: int(obj["created_at"]) * 1000}, nx=True)
+            pipe.expire(index, self.ttl)
+            await pipe.execute()
+
+    async def _get(self, key: str, owner: str) -> dict[str, Any] | None:
+        raw = await self.client.get(key)
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        return dict(stored["object"]) if stored.get("owner") == owner else None
+
+    async def _page(self, index: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        ids = [str(i) for i in await self.client.zrevrange(index, 0, -1)]
+        if after is not None:
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
+        return ids[:limit], len(ids) > limit
+
+    async def put_file(self, owner: str, obj: dict[str, Any]) -> None:
+        """Store (or overwrite) a file object."""
+        await self._put(file_key(obj["id"]), f"{keys.PREFIX}files:{owner}", owner, obj)
+
+    async def get_file(self, file_id: str, owner: str) -> dict[str, Any] | None:
+        """The file object, None when unknown or another owner's."""
+        return await self._get(file_key(file_id), owner)
+
+    async def list_files(
+        self, owner: str, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the owner's files, newest first, and whether more follow."""
+        ids, more = await self._page(f"{keys.PREFIX}files:{owner}", after, limit)
+        found = [await self.get_file(i, owner) for i in ids]
+        return [f for f in found if f is not None], more
+
+    async def delete_file(self, file_id: str, owner: str) -> None:
+        """Forget a file object."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(file_key(file_id))
+            pipe.zrem(f"{keys.PREFIX}files:{owner}", file_id)
+            await pipe.execute()
+
+    async def put_batch(self, owner: str, obj: dict[str, Any], *, active: bool) -> None:
+        """Store a batch object; ``active`` keeps it in the finalizer's set."""
+        await self._put(batch_key(obj["id"]), f"{keys.PREFIX}batches:{owner}", owner, obj)
+        if active:
+            await self.client.sadd(ACTIVE, obj["id"])
+        else:
+            await self.client.srem(ACTIVE, obj["id"])
+
+    async def get_batch(self, batch_id: str, owner: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """(owner, batch object); None when unknown or (with ``owner``) another owner's."""
+        raw = await self.client.get(batch_key(batch_id))
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        if owner is not None and stored.get("owner") != owner:
+            return None
+        return str(stored["owner"]), dict(stored["object"])
+
+    async def list_batches(
+        self, owner: str, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the owner's batches, newest first, and whether more follow."""
+        ids, more = await self._page(f"{keys.PREFIX}batches:{owner}", after, limit)
+        found = [await self.get_batch(i, owner) for i in ids]
+        return [b[1] for b in found if b is not None], more
+
+    async def add_requests(self, batch_id: str, items: Sequence[dict[str, Any]]) -> None:
+        """Record what became of a batch's requests (one JSON object each, in line order)."""
+        if not items:
+            return
+        key = batch_key(batch_id) + ":jobs"
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *[_dumps(item) for item in items])
+            pipe.expire(key, self.ttl)
+            await pipe.execute()
+
+    async def requests(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's request objects, in line order."""
+        return [json.loads(r) for r in await self.client.lrange(batch_key(batch_id) + ":jobs", 0, -1)]
+
+    async def active(self) -> list[str]:
+        """Batches not yet final."""
+        return sorted(str(i) for i in await self.client.smembers(ACTIVE))
+
+    async def job_statuses(self, job_ids: Sequence[str]) -> list[str | None]:
+        """The status field of each job (None when its record is gone)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id), "status")
+            return [None if s is None else str(s) for s in await pipe.execute()]
+
+    async def lock(self, batch_id: str) -> str | None:
+        """Take the batch's lock; its token, or None when another process holds it."""
+        token = secrets.token_hex(8)
+        taken = await self.client.set(batch_key(batch_id) + ":lock", token, nx=True, ex=LOCK_TTL_S)
+        return token if taken else None
+
+    async def unlock(self, batch_id: str, token: str) -> None:
+        """Release the lock if still ours."""
+        key = batch_key(batch_id) + ":lock"
+        if await self.client.get(key) == token:
+            await self.client.delete(key)
