@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from standardwebhooks import Webhook
 
 from tests.fixtures.services import Stack
+from tests.webhooks.conftest import SECRET, Receiver, WorkerProcess, receiver_factory, webhook_worker_factory  # noqa: F401 (fixtures)
 from tnllm.store import ChatMessage, GenerationParams
 from tnllm.store.server import RedisServer
 from tnllm.text.prompt import render_prompt
@@ -40,6 +42,8 @@ def stack(
         TNLLM_SERVED_MODEL_NAME=MODEL,
         TNLLM_API_KEYS=f"{KEY_A},{KEY_B}",
         TNLLM_BATCH_POLL_INTERVAL="0.3",
+        TNLLM_WEBHOOK_SECRET=SECRET,
+        TNLLM_WEBHOOK_ALLOWLIST="127.0.0.1",
     )
     s.start_worker("w1")
     s.start_api()
@@ -353,6 +357,34 @@ def test_one_key_cannot_see_another_keys_files_or_batches(client: openai.OpenAI,
     assert client.files.delete(upload.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(upload.id)
+
+
+def test_batch_final_status_comes_as_a_signed_webhook(
+    client: openai.OpenAI,
+    stack: Stack,
+    receiver_factory: Callable[..., Receiver],  # noqa: F811
+    webhook_worker_factory: Callable[..., WorkerProcess],  # noqa: F811
+) -> None:
+    receiver = receiver_factory(script=[500], default=200)  # the first attempt is retried
+    webhook_worker_factory(stack.redis_url)
+    upload = client.files.create(file=("hook.jsonl", _jsonl([_chat_line("a", "x")])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+        extra_body={"webhook": {"url": receiver.url, "events": ["batch.completed"]}},
+    )  # fmt: skip
+    done = _wait_batch(client, batch.id, {"completed"})
+    hits = receiver.wait_hits(2)
+    events = [Webhook(SECRET).verify(hit.body, hit.headers) for hit in hits]
+    assert [e["type"] for e in events] == ["batch.completed"] * 2
+    assert len({hit.headers["webhook-id"] for hit in hits}) == 1  # one event, retried
+    assert events[0]["data"]["id"] == batch.id and events[0]["data"]["status"] == "completed"
+    assert events[0]["data"]["output_file_id"] == done.output_file_id
+    with pytest.raises(openai.BadRequestError) as info:
+        client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+            extra_body={"webhook": {"url": "http://169.254.169.254/latest"}},
+        )  # fmt: skip
+    assert info.value.param == "webhook.url"
 
 
 def test_50_line_batch_completes_once_each_across_worker_sigkill_and_api_restart(stack: Stack) -> None:

@@ -10,6 +10,8 @@ batches still to finalize, and a short lock so one API process finalizes a batch
 | ``tnllm:batches:{owner}`` | zset | batch ids by creation time (ms) |
 | ``tnllm:batches:active`` | set | batches not yet final (the API's finalizer scans it) |
 | ``tnllm:batch:{id}:lock`` | string | the API process finalizing or cancelling it; short TTL |
+| ``tnllm:job:{batch id}`` | hash | only ``webhook`` (+ its delivery log): the batch's callback, |
+| | | delivered by the job webhooks' machinery (no ``status``: never read as a job) |
 
 The objects are opaque JSON here (their shape is the API's); every key gets the store's TTL.
 """
@@ -144,6 +146,14 @@ class AsyncBatchStore:
             for job_id in job_ids:
                 pipe.hget(keys.job(job_id), "status")
             return [None if s is None else str(s) for s in await pipe.execute()]
+
+    async def subscribe_webhook(self, batch_id: str, config: dict[str, Any]) -> None:
+        """Give the batch a callback ``{"url", "events"}``: the webhook schedule delivers events of
+        the hash ``job:{batch_id}`` (``tnllm.store.webhooks``), which holds no job fields."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.job(batch_id), "webhook", _dumps(config))
+            pipe.expire(keys.job(batch_id), self.ttl)
+            await pipe.execute()
 
     async def lock(self, batch_id: str) -> str | None:
         """Take the batch's lock; its token, or None when another process holds it."""

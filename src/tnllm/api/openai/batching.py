@@ -31,6 +31,7 @@ from tnllm.api.schemas import JobCreate
 from tnllm.api.submit import submit_job
 from tnllm.store import AsyncJobStore, JobRecord
 from tnllm.store.batches import ACTIVE, AsyncBatchStore
+from tnllm.store.webhooks import AsyncWebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +228,13 @@ class Batches:
         await self.records.put_file(owner, obj)
         return obj
 
-    async def create(self, owner: str, batch: dict[str, Any], served: set[str]) -> dict[str, Any]:
+    async def create(
+        self, owner: str, batch: dict[str, Any], served: set[str], webhook: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Validate the input file and submit its lines; the batch object as it then is."""
         await self.records.put_batch(owner, batch, active=False)
+        if webhook is not None:
+            await self.records.subscribe_webhook(batch["id"], webhook)
         data = await self.files.read(batch["input_file_id"])
         lines, errors = parse_lines(data, batch["endpoint"], self.services.settings.batch_max_lines)
         if errors:
@@ -237,6 +242,7 @@ class Batches:
                 status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors}
             )
             await self.records.put_batch(owner, batch, active=False)
+            await self._notify(batch)
             return batch
         items = await submit_lines(self.services, owner, batch, lines, served)
         await self.records.add_requests(batch["id"], items)
@@ -309,8 +315,18 @@ class Batches:
                 batch.update(status="completed", completed_at=now)
             await self.records.put_batch(owner, batch, active=False)
             log.info("batch %s %s: %s", batch["id"], batch["status"], batch["request_counts"])
+            await self._notify(batch)
         finally:
             await self.records.unlock(batch["id"], token)
+
+    async def _notify(self, batch: dict[str, Any]) -> None:
+        """Enqueue ``batch.<status>`` for the batch's webhook, if it has one subscribed to it."""
+        try:
+            await AsyncWebhookStore(self.store.client, self.store.ttl).enqueue(
+                batch["id"], f"batch.{batch['status']}", batch
+            )
+        except (RedisError, OSError) as exc:  # the batch's status stands whatever its webhook does
+            log.error("batch %s: webhook not enqueued: %s", batch["id"], exc)
 
     async def _write_results(self, owner: str, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
         good: list[str] = []

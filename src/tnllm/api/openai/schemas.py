@@ -205,6 +205,22 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
+BatchEvent = Literal["batch.completed", "batch.failed", "batch.cancelled"]
+
+
+def _batch_events() -> list[BatchEvent]:
+    return ["batch.completed", "batch.failed", "batch.cancelled"]
+
+
+class BatchWebhook(BaseModel):
+    """tnllm's extra: a signed callback for the batch's final status (docs/WEBHOOKS.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="http(s) callback URL (the SSRF rules of job webhooks).")
+    events: list[BatchEvent] = Field(default_factory=_batch_events, min_length=1)
+
+
 class BatchCreate(BaseModel):
     """Body of `POST /v1/batches`."""
 
@@ -216,6 +232,7 @@ class BatchCreate(BaseModel):
     endpoint: str = Field(description="`/v1/chat/completions` or `/v1/completions` (every line's `url`).")
     completion_window: str = Field(description="`24h`.")
     metadata: dict[str, str] | None = None
+    webhook: BatchWebhook | None = Field(default=None, description="Extra body: `{url, events}`.")
 
 
 class RequestCounts(BaseModel):

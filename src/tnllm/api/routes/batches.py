@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from pydantic import ValidationError
 
 from tnllm.api.deps import OwnerDep, ServicesDep
 from tnllm.api.errors import ApiError
@@ -22,6 +23,9 @@ from tnllm.api.openai.schemas import (
     OpenAIErrorResponse,
 )
 from tnllm.api.routes.openai import served_models
+from tnllm.api.schemas import WebhookSpec
+from tnllm.api.webhooks import validate_webhook
+from tnllm.errors import WebhookRefused
 
 router = APIRouter(prefix="/v1", tags=["batch"], route_class=OpenAIRoute)
 
@@ -120,9 +124,17 @@ async def create_batch(body: BatchCreate, services: ServicesDep, owner: OwnerDep
         raise ApiError(404, f"no file with id {body.input_file_id!r}", field="input_file_id")
     if source["purpose"] != "batch":
         raise ApiError(400, "input_file_id: not a file of purpose 'batch'", field="input_file_id")
+    webhook = None
+    if body.webhook is not None:
+        try:
+            webhook = await validate_webhook(WebhookSpec(url=body.webhook.url), services.settings)
+        except (WebhookRefused, ValidationError) as exc:
+            raise ApiError(400, f"webhook.url: {exc}", field="webhook.url") from exc
+        assert webhook is not None
+        webhook["events"] = list(body.webhook.events)
     batch = batch_object(new_id("batch"), body.endpoint, body.input_file_id, body.metadata)
     served = {m.id for m in await served_models(services)}
-    return await batches.create(owner, batch, served)
+    return await batches.create(owner, batch, served, webhook)
 
 
 async def _batch(batches: Batches, batch_id: str, owner: str) -> dict[str, Any]:
