@@ -207,6 +207,21 @@ def test_bad_completion_parameters_are_named(client: openai.OpenAI) -> None:
     assert missing.param == "messages"
 
 
+def test_malformed_json_is_an_openai_shaped_400(stack: Stack) -> None:
+    answer = httpx.post(
+        f"{stack.api_url}/v1/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "body"
+    assert "malformed JSON" in error["message"]
+    native = httpx.post(f"{stack.api_url}/v1/jobs", content=b"{", headers={"Authorization": f"Bearer {KEY_A}",
+                        "Content-Type": "application/json"})  # fmt: skip
+    assert native.status_code == 422 and native.json()["error"]["type"] == "invalid_request"  # its own shape
+
+
 def test_api_keys_are_bearer_and_errors_openai_shaped(stack: Stack) -> None:
     wrong = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key="wrong", max_retries=0)
     with wrong, pytest.raises(openai.AuthenticationError) as info:
