@@ -299,7 +299,7 @@ def test_batch_of_chat_requests_with_a_refused_line(client: openai.OpenAI) -> No
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    assert batch.status == "in_progress" and batch.request_counts is not None
+    assert batch.status == "validating" and batch.request_counts is not None
     assert batch.request_counts.total == 6
     done = _wait_batch(client, batch.id, {"completed", "failed"})
     assert done.status == "completed" and done.completed_at is not None
@@ -338,6 +338,7 @@ def test_cancel_a_batch(client: openai.OpenAI) -> None:
     batch = client.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
+    _wait_batch(client, batch.id, {"in_progress"})  # all 12 jobs made (the first ones held running)
     started = time.monotonic()
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None

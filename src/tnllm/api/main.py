@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         services.watcher.start()
         finalizer = BatchFinalizer(Batches(services), settings.batch_poll_interval)
         finalizer.start()
+        app.state.batch_finalizer = finalizer
         # Load the tokenizer off the event loop now rather than inside the first request.
         await anyio.to_thread.run_sync(services.counter.tokenizer)
         try:

@@ -9,7 +9,7 @@ batches still to finalize, and a short lock so one API process finalizes a batch
 | ``tnllm:batch:{id}:jobs`` | list | per request (JSON): its job id, or the error that kept it from one |
 | ``tnllm:batches:{owner}`` | zset | batch ids by creation time (ms) |
 | ``tnllm:batches:active`` | set | batches not yet final (the API's finalizer scans it) |
-| ``tnllm:batch:{id}:lock`` | string | the API process finalizing or cancelling it; short TTL |
+| ``tnllm:batch:{id}:lock`` | string | the API process submitting or finalizing it (TTL ``lease_ttl``) |
 | ``tnllm:job:{batch id}`` | hash | only ``webhook`` (+ its delivery log): the batch's callback, |
 | | | delivered by the job webhooks' machinery (no ``status``: never read as a job) |
 
@@ -24,12 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import WatchError
 
 from tnllm.store import keys
 
 ACTIVE = keys.PREFIX + "batches:active"
-#: Seconds a finalizer's lock lives (renewed by finishing well before).
-LOCK_TTL_S = 120
 
 
 def file_key(file_id: str) -> str:
@@ -49,9 +48,10 @@ def _dumps(value: Any) -> str:
 class AsyncBatchStore:
     """Async access for the API (any redis.asyncio client with decoded responses)."""
 
-    def __init__(self, client: AsyncRedis, ttl: int) -> None:
+    def __init__(self, client: AsyncRedis, ttl: int, lock_ttl: float) -> None:
         self.client = client
         self.ttl = ttl
+        self.lock_ttl = max(1, int(lock_ttl))  # a dead holder's lock blocks the others this long
 
     async def _put(self, key: str, index: str, owner: str, obj: dict[str, Any]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -122,15 +122,24 @@ class AsyncBatchStore:
         found = [await self.get_batch(i, owner) for i in ids]
         return [b[1] for b in found if b is not None], more
 
-    async def add_requests(self, batch_id: str, items: Sequence[dict[str, Any]]) -> None:
-        """Record what became of a batch's requests (one JSON object each, in line order)."""
-        if not items:
-            return
-        key = batch_key(batch_id) + ":jobs"
+    async def add_requests(self, batch_id: str, items: Sequence[dict[str, Any]], token: str) -> bool:
+        """Record what became of some of a batch's requests (JSON objects, in line order) and renew
+        the lock, only while ``token`` still holds it (False otherwise: another process took over)."""
+        key, lock = batch_key(batch_id) + ":jobs", batch_key(batch_id) + ":lock"
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *[_dumps(item) for item in items])
-            pipe.expire(key, self.ttl)
-            await pipe.execute()
+            try:
+                await pipe.watch(lock)
+                if await pipe.get(lock) != token:
+                    return False
+                pipe.multi()
+                if items:
+                    pipe.rpush(key, *[_dumps(item) for item in items])
+                    pipe.expire(key, self.ttl)
+                pipe.expire(lock, self.lock_ttl)
+                await pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     async def requests(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's request objects, in line order."""
@@ -158,8 +167,12 @@ class AsyncBatchStore:
     async def lock(self, batch_id: str) -> str | None:
         """Take the batch's lock; its token, or None when another process holds it."""
         token = secrets.token_hex(8)
-        taken = await self.client.set(batch_key(batch_id) + ":lock", token, nx=True, ex=LOCK_TTL_S)
+        taken = await self.client.set(batch_key(batch_id) + ":lock", token, nx=True, ex=self.lock_ttl)
         return token if taken else None
+
+    async def relock(self, batch_id: str, token: str) -> bool:
+        """Renew the lock held with ``token``; False when it is no longer ours."""
+        return await self.add_requests(batch_id, [], token)
 
     async def unlock(self, batch_id: str, token: str) -> None:
         """Release the lock if still ours."""

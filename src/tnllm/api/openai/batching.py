@@ -18,18 +18,16 @@ import logging
 import time
 from typing import Any
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from tnllm.api.deps import Services
 from tnllm.api.errors import ApiError
-from tnllm.api.openai import adapt
+from tnllm.api.openai.batch_lines import line_job, output_line, parse_lines
 from tnllm.api.openai.errors import api_error_payload
 from tnllm.api.openai.files import FileStorage, file_object, new_id
-from tnllm.api.openai.schemas import ChatCompletionRequest, CompletionRequest
-from tnllm.api.schemas import JobCreate
+from tnllm.api.openai.served import served_models
 from tnllm.api.submit import submit_job
-from tnllm.store import AsyncJobStore, JobRecord
+from tnllm.store import AsyncJobStore
 from tnllm.store.batches import ACTIVE, AsyncBatchStore
 from tnllm.store.webhooks import AsyncWebhookStore
 
@@ -38,6 +36,8 @@ log = logging.getLogger(__name__)
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 WINDOW_S = 24 * 3600
+#: Lines submitted between two looks at the batch's status (a cancel) and lock renewals.
+SUBMIT_CHUNK = 20
 
 
 def batch_object(
@@ -66,93 +66,12 @@ def batch_object(
     }
 
 
-def parse_lines(
-    data: bytes, endpoint: str, max_lines: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The requests of an input file and the errors that make the batch fail (OpenAI's
-    ``{"code", "message", "param", "line"}``)."""
-    requests: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return [], [
-            {"code": "invalid_file", "message": "the file is not UTF-8 text", "param": None, "line": None}
-        ]
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        problem, line = _check_line(raw, endpoint, seen)
-        if problem:
-            errors.append({"code": "invalid_request", "message": problem, "param": None, "line": number})
-        else:
-            requests.append({**line, "line": number})
-    if len(requests) > max_lines:
-        errors.append(
-            {
-                "code": "too_many_requests",
-                "message": f"at most {max_lines} requests",
-                "param": None,
-                "line": None,
-            }
-        )
-    if not requests and not errors:
-        errors.append(
-            {"code": "empty_file", "message": "the file holds no requests", "param": None, "line": None}
-        )
-    return requests, errors
-
-
-def _check_line(raw: str, endpoint: str, seen: set[str]) -> tuple[str | None, dict[str, Any]]:
-    try:
-        line = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return f"not JSON: {exc}", {}
-    if not isinstance(line, dict):
-        return "not a JSON object", {}
-    custom_id, body = line.get("custom_id"), line.get("body")
-    if not isinstance(custom_id, str) or not custom_id:
-        return "custom_id: a non-empty string is required", {}
-    if custom_id in seen:
-        return f"custom_id: {custom_id!r} is used twice", {}
-    seen.add(custom_id)
-    if line.get("method") != "POST":
-        return "method: must be POST", {}
-    if line.get("url") != endpoint:
-        return f"url: must be the batch's endpoint {endpoint}", {}
-    if not isinstance(body, dict):
-        return "body: an object is required", {}
-    return None, {"custom_id": custom_id, "body": body}
-
-
-def line_job(endpoint: str, body: dict[str, Any], priority: int) -> tuple[str, JobCreate]:
-    """(model, job) of one request line; ``ApiError`` for a request the routes would refuse."""
-    try:
-        request: ChatCompletionRequest | CompletionRequest
-        if endpoint == "/v1/chat/completions":
-            request = ChatCompletionRequest.model_validate(body)
-        else:
-            request = CompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        raise ApiError(400, f"{param}: {err.get('msg')}", field=param) from exc
-    if request.stream:
-        raise ApiError(400, "stream: not available in a batch", field="stream")
-    if isinstance(request, ChatCompletionRequest):
-        job = adapt.chat_job(request, priority)
-    else:
-        if not isinstance(request.prompt, str):
-            raise ApiError(400, "prompt: one string per batch request", field="prompt")
-        job = adapt.completion_jobs(request, [request.prompt], priority)[0]
-    return request.model, job.model_copy(update={"priority": priority})
-
-
 async def submit_lines(
     services: Services, owner: str, batch: dict[str, Any], lines: list[dict[str, Any]], served: set[str]
 ) -> list[dict[str, Any]]:
-    """One job per request line; what became of each (its job, or the error answer)."""
+    """One job per request line; what became of each (its job, or the error answer). Each line's
+    job has the idempotency key ``<batch id>:<line>``, so a submission resumed after a crash gets
+    the jobs already made back instead of making them twice."""
     out = []
     for line in lines:
         item: dict[str, Any] = {
@@ -168,7 +87,8 @@ async def submit_lines(
                     404, f"the model {model!r} does not exist", field="model", code="model_not_found"
                 )
             meta = {**job.metadata, "batch_id": batch["id"], "custom_id": line["custom_id"]}
-            public, _ = await submit_job(services, owner, job.model_copy(update={"metadata": meta}))
+            job = job.model_copy(update={"metadata": meta})
+            public, _ = await submit_job(services, owner, job, f"{batch['id']}:{line['line']}")
             item.update(job=public.id, model=model)
         except ApiError as exc:
             status, body = api_error_payload(exc)
@@ -177,48 +97,13 @@ async def submit_lines(
     return out
 
 
-def output_line(
-    batch: dict[str, Any], item: dict[str, Any], record: JobRecord | None
-) -> tuple[bool, dict[str, Any]]:
-    """(succeeded, the output-file line) of one request."""
-    line: dict[str, Any] = {"id": f"batch_req_{item['job'] or item['line']}", "custom_id": item["custom_id"]}
-    if item["error"] is not None:
-        return False, {**line, "response": {**item["error"], "request_id": None}, "error": None}
-    if record is None:
-        error = {"code": "expired", "message": "the job's record expired before the batch finalized"}
-        return False, {**line, "response": None, "error": error}
-    failure = adapt.job_failure(record)
-    if failure is not None:
-        if failure.extra.get("code") == "job_cancelled" and batch["status"] == "cancelling":
-            return False, {
-                **line,
-                "response": None,
-                "error": {"code": "batch_cancelled", "message": failure.message},
-            }
-        status, body = api_error_payload(failure)
-        return False, {
-            **line,
-            "response": {"status_code": status, "request_id": record.id, "body": body},
-            "error": None,
-        }
-    chat = batch["endpoint"] == "/v1/chat/completions"
-    finished = int(record.finished_at.timestamp()) if record.finished_at else int(time.time())
-    base = {"id": ("chatcmpl-" if chat else "cmpl-") + record.id, "created": finished, "model": item["model"]}
-    answer = adapt.chat_completion(base, [record]) if chat else adapt.text_completion(base, [record])
-    return True, {
-        **line,
-        "response": {"status_code": 200, "request_id": record.id, "body": answer.model_dump()},
-        "error": None,
-    }
-
-
 class Batches:
     """The Batch API's operations over the job store, the batch records and the file storage."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.store: AsyncJobStore = services.store
-        self.records = AsyncBatchStore(services.store.client, services.store.ttl)
+        self.records = AsyncBatchStore(services.store.client, services.store.ttl, services.settings.lease_ttl)
         self.files = FileStorage(services.settings.data_dir / "files")
 
     async def put_file(self, owner: str, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
@@ -229,14 +114,14 @@ class Batches:
         return obj
 
     async def create(
-        self, owner: str, batch: dict[str, Any], served: set[str], webhook: dict[str, Any] | None = None
+        self, owner: str, batch: dict[str, Any], webhook: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """Validate the input file and submit its lines; the batch object as it then is."""
-        await self.records.put_batch(owner, batch, active=False)
-        if webhook is not None:
-            await self.records.subscribe_webhook(batch["id"], webhook)
+        """Check the input file and store the batch: ``validating`` (its lines are submitted by the
+        finalizer loop, ``submit``) or ``failed`` with the errors."""
         data = await self.files.read(batch["input_file_id"])
         lines, errors = parse_lines(data, batch["endpoint"], self.services.settings.batch_max_lines)
+        if webhook is not None:
+            await self.records.subscribe_webhook(batch["id"], webhook)
         if errors:
             batch.update(
                 status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors}
@@ -244,16 +129,58 @@ class Batches:
             await self.records.put_batch(owner, batch, active=False)
             await self._notify(batch)
             return batch
-        items = await submit_lines(self.services, owner, batch, lines, served)
-        await self.records.add_requests(batch["id"], items)
-        batch.update(status="in_progress", in_progress_at=int(time.time()))
-        batch["request_counts"] = {
-            "total": len(items),
-            "completed": 0,
-            "failed": sum(i["job"] is None for i in items),
-        }
+        batch["request_counts"]["total"] = len(lines)
         await self.records.put_batch(owner, batch, active=True)
         return batch
+
+    async def submit(self, owner: str, batch_id: str) -> None:
+        """Submit a ``validating`` batch's lines (resuming after the ones already recorded), in
+        chunks, under the batch's lock; then ``in_progress``. A cancel stops it between chunks."""
+        token = await self.records.lock(batch_id)
+        if token is None:
+            return
+        try:
+            batch = await self._reread(batch_id)
+            try:
+                data = await self.files.read(batch["input_file_id"])
+            except FileNotFoundError:
+                error = {
+                    "code": "file_deleted",
+                    "message": "the input file was deleted",
+                    "param": None,
+                    "line": None,
+                }
+                batch.update(
+                    status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [error]}
+                )
+                await self.records.put_batch(owner, batch, active=False)
+                await self._notify(batch)
+                return
+            lines, _ = parse_lines(data, batch["endpoint"], len(data))  # checked on create: no limit here
+            start = len(await self.records.requests(batch_id))
+            served = {m.id for m in await served_models(self.services)}
+            for at in range(start, len(lines), SUBMIT_CHUNK):
+                batch = await self._reread(batch_id)
+                if batch["status"] != "validating":
+                    break
+                items = await submit_lines(self.services, owner, batch, lines[at : at + SUBMIT_CHUNK], served)
+                if not await self.records.add_requests(batch_id, items, token):
+                    log.warning("batch %s: lock lost while submitting; another process resumes", batch_id)
+                    return  # its jobs are made: the next holder gets them back by idempotency key
+            batch = await self._reread(batch_id)
+            if batch["status"] == "validating":
+                batch.update(status="in_progress", in_progress_at=int(time.time()))
+                await self.records.put_batch(owner, batch, active=True)
+            elif batch["status"] == "cancelling":  # jobs made after the cancel looked at them
+                await self._cancel_jobs(batch_id)
+        finally:
+            await self.records.unlock(batch_id, token)
+
+    async def _reread(self, batch_id: str) -> dict[str, Any]:
+        found = await self.records.get_batch(batch_id)
+        if found is None:
+            raise LookupError(batch_id)
+        return found[1]
 
     async def live(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` with its request counts as its jobs stand now (while not final)."""
@@ -275,19 +202,26 @@ class Batches:
             return batch
         batch.update(status="cancelling", cancelling_at=int(time.time()))
         await self.records.put_batch(owner, batch, active=True)
-        for item in await self.records.requests(batch["id"]):
-            if item["job"]:
-                await self.store.cancel(item["job"])
+        await self._cancel_jobs(batch["id"])
         return batch
 
+    async def _cancel_jobs(self, batch_id: str) -> None:
+        for item in await self.records.requests(batch_id):
+            if item["job"]:
+                await self.store.cancel(item["job"])
+
     async def finalize_due(self) -> None:
-        """One pass of the finalizer over the active batches."""
+        """One pass of the loop over the active batches: submit the ``validating`` ones, finalize
+        those whose jobs have all ended."""
         for batch_id in await self.records.active():
             found = await self.records.get_batch(batch_id)
             if found is None:
                 await self.records.client.srem(ACTIVE, batch_id)
                 continue
             owner, batch = found
+            if batch["status"] == "validating":
+                await self.submit(owner, batch_id)
+                continue
             items = await self.records.requests(batch_id)
             statuses = await self.records.job_statuses([i["job"] for i in items if i["job"]])
             if all(s in TERMINAL or s is None for s in statuses):
@@ -300,14 +234,14 @@ class Batches:
             return
         try:
             found = await self.records.get_batch(batch["id"])  # re-read under the lock
-            if found is None or found[1]["status"] not in ("in_progress", "cancelling"):
-                return
+            if found is None or found[1]["status"] not in ("in_progress", "finalizing", "cancelling"):
+                return  # (finalizing: a process died while writing the files; they are written again)
             batch = found[1]
             cancelling = batch["status"] == "cancelling"
             if not cancelling:
                 batch.update(status="finalizing", finalizing_at=int(time.time()))
                 await self.records.put_batch(owner, batch, active=True)
-            await self._write_results(owner, batch, items)
+            await self._write_results(owner, batch, items, token)
             now = int(time.time())
             if cancelling:
                 batch.update(status="cancelled", cancelled_at=now)
@@ -328,10 +262,14 @@ class Batches:
         except (RedisError, OSError) as exc:  # the batch's status stands whatever its webhook does
             log.error("batch %s: webhook not enqueued: %s", batch["id"], exc)
 
-    async def _write_results(self, owner: str, batch: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    async def _write_results(
+        self, owner: str, batch: dict[str, Any], items: list[dict[str, Any]], token: str
+    ) -> None:
         good: list[str] = []
         bad: list[str] = []
-        for item in items:
+        for n, item in enumerate(items):
+            if n % SUBMIT_CHUNK == 0 and not await self.records.relock(batch["id"], token):
+                raise LookupError(f"batch {batch['id']}: lock lost while finalizing")
             record = await self.store.get(item["job"]) if item["job"] else None
             ok, line = output_line(batch, item, record)
             (good if ok else bad).append(json.dumps(line, ensure_ascii=False))
@@ -346,16 +284,22 @@ class Batches:
 
 
 class BatchFinalizer:
-    """The API process's background loop that finalizes batches whose jobs have all ended."""
+    """The API process's background loop over the active batches (``Batches.finalize_due``), every
+    ``interval`` seconds or at once after ``wake()``."""
 
     def __init__(self, batches: Batches, interval: float) -> None:
         self.batches = batches
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         """Start the loop (from the running event loop)."""
         self._task = asyncio.create_task(self._run(), name="tnllm-batch-finalizer")
+
+    def wake(self) -> None:
+        """Run a pass now (a batch was created)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop the loop."""
@@ -366,10 +310,12 @@ class BatchFinalizer:
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             try:
                 await self.batches.finalize_due()
             except (RedisError, OSError) as exc:
                 log.warning("batch finalizer: %s", exc)
             except Exception:  # one broken batch must not stop the loop for the others
                 log.exception("batch finalizer failed")
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import ValidationError
 
 from tnllm.api.deps import OwnerDep, ServicesDep
@@ -22,7 +22,6 @@ from tnllm.api.openai.schemas import (
     FileObject,
     OpenAIErrorResponse,
 )
-from tnllm.api.routes.openai import served_models
 from tnllm.api.schemas import WebhookSpec
 from tnllm.api.webhooks import validate_webhook
 from tnllm.errors import WebhookRefused
@@ -110,8 +109,9 @@ async def delete_file(file_id: str, services: ServicesDep, owner: OwnerDep) -> A
 
 
 @router.post("/batches", response_model=BatchObject, summary="Create a batch", responses=_ERRORS)
-async def create_batch(body: BatchCreate, services: ServicesDep, owner: OwnerDep) -> Any:
-    """One job per line of the input file, at TNLLM_BATCH_PRIORITY; answers once all are queued."""
+async def create_batch(body: BatchCreate, request: Request, services: ServicesDep, owner: OwnerDep) -> Any:
+    """Check the input file (`failed` with the `errors` when malformed) and answer `validating`;
+    its lines then become jobs at TNLLM_BATCH_PRIORITY (`in_progress` once all are queued)."""
     if body.endpoint not in ENDPOINTS:
         raise ApiError(
             400, f"endpoint: one of {', '.join(ENDPOINTS)} (got {body.endpoint!r})", field="endpoint"
@@ -133,8 +133,9 @@ async def create_batch(body: BatchCreate, services: ServicesDep, owner: OwnerDep
         assert webhook is not None
         webhook["events"] = list(body.webhook.events)
     batch = batch_object(new_id("batch"), body.endpoint, body.input_file_id, body.metadata)
-    served = {m.id for m in await served_models(services)}
-    return await batches.create(owner, batch, served, webhook)
+    created = await batches.create(owner, batch, webhook)
+    request.app.state.batch_finalizer.wake()  # submit its lines now rather than at the next round
+    return created
 
 
 async def _batch(batches: Batches, batch_id: str, owner: str) -> dict[str, Any]:
