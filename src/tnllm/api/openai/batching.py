@@ -303,10 +303,10 @@ class BatchFinalizer:
 
     async def stop(self) -> None:
         """Stop the loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task
+        while task is not None and not task.done():  # cancel until it sticks (as FinishWatcher.stop)
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
 
     async def _run(self) -> None:
         while True:
@@ -318,4 +318,5 @@ class BatchFinalizer:
             except Exception:  # one broken batch must not stop the loop for the others
                 log.exception("batch finalizer failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):  # not wait_for: 3.11's can swallow a cancel
+                    await self._wake.wait()
