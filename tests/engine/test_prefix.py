@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from tnllm.engine import Engine, EngineRequest, SamplingParams
-from tnllm.engine.states import StateBudgets, StateStore, model_fingerprint
 from tests.engine.conftest import greedy as greedy_params
 from tests.engine.conftest import prompts
+from tnllm.engine import Engine, EngineRequest, SamplingParams
+from tnllm.engine.states import StateBudgets, StateStore, model_fingerprint
 
 BIG = 1 << 30
 
@@ -80,6 +80,7 @@ def test_a_continued_conversation_equals_its_recompute(
     e = engine(engine_model, engine_tokenizer, states(engine_model), overlap=overlap)
     plain = engine(engine_model, engine_tokenizer, None, overlap=overlap)
     conv = long_prompts[0][:20]
+    previous = 0
     for turn in range(3):
         result = run(e, make(conv, 9, f"t{turn}"))
         assert result.token_ids == run(plain, make(conv, 9, f"t{turn}")).token_ids
@@ -113,7 +114,7 @@ def test_a_pinned_prompt_survives_pressure_until_unpinned(
     for i, p in enumerate(prompts(6, int(engine_model.config.vocab_size), seed=3, min_len=20, max_len=30)):
         run(e, greedy(p, 3, f"x{i}"))
     assert key in store
-    assert run(e, greedy(head + [5, 6], 3, "hit")).cached_tokens == len(head)
+    assert run(e, greedy([*head, 5, 6], 3, "hit")).cached_tokens == len(head)
     assert e.unpin("p1") == 1
     for i, p in enumerate(prompts(6, int(engine_model.config.vocab_size), seed=4, min_len=20, max_len=30)):
         run(e, greedy(p, 3, f"y{i}"))

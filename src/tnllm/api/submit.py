@@ -17,12 +17,14 @@ from typing import Any
 import anyio
 from redis.exceptions import RedisError
 
+from tnllm.api.continuation import continuation_route
 from tnllm.api.deps import Services
 from tnllm.api.errors import REDIS_RETRY_AFTER, ApiError
 from tnllm.api.schemas import JobCreate
 from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
+from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,19 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
-    return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
+    return GenerationParams(
+        **sampling.model_dump(),
+        prompt=body.prompt,
+        messages=body.messages,
+        continue_from=body.continue_from,
+        state_cache=body.state_cache,
+    )
 
 
-async def check_prompt_size(services: Services, params: GenerationParams) -> int:
-    """Prompt tokens (exact with the tokenizer, else estimated); 413 over the limit, 422 when the
-    prompt and max_new_tokens cannot fit the model context."""
+async def check_prompt_size(services: Services, params: GenerationParams, earlier: int = 0) -> int:
+    """Prompt tokens (exact with the tokenizer, else estimated; ``earlier``: the tokens of the
+    conversation a ``continue_from`` job continues, which the new part is rendered after); 413 over
+    the limit, 422 when the prompt and max_new_tokens cannot fit the model context."""
     settings = services.settings
     field = "prompt" if params.prompt is not None else "messages"
     chars = len(params.prompt or "") + sum(len(m.content) for m in params.messages or [])
@@ -62,6 +71,7 @@ async def check_prompt_size(services: Services, params: GenerationParams) -> int
         tokens, exact = await anyio.to_thread.run_sync(services.counter.count, params)
     else:
         tokens, exact = services.counter.count(params)
+    tokens += earlier  # the new part counted as a fresh conversation: an upper bound for its suffix
     if tokens > settings.max_prompt_tokens:
         unit = "tokens" if exact else f"tokens (estimated from {tokens * 8} bytes or fewer)"
         raise ApiError(
@@ -121,7 +131,8 @@ async def submit_job(
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
-    prompt_tokens = await check_prompt_size(services, params)
+    route = await continuation_route(services, owner, params)
+    prompt_tokens = await check_prompt_size(services, params, route.earlier_tokens)
     webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
@@ -158,7 +169,9 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
+    await _enqueue(
+        services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
+    )
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None
@@ -173,9 +186,10 @@ async def _enqueue(
     idem: str | None,
     fingerprint: str,
     prompt_tokens: int,
+    queue: str = GENERATE_QUEUE,
 ) -> None:
     try:
-        await services.producer.send_generate(job_id, priority, prompt_tokens)
+        await services.producer.send_generate(job_id, priority, prompt_tokens, queue)
     except Exception as exc:  # kombu/redis errors vary by transport; the job must not stay orphaned
         log.warning("could not enqueue job %s: %s", job_id, exc)
         with contextlib.suppress(RedisError, OSError):
