@@ -6,6 +6,7 @@ LRU pressure. Every reuse is compared token for token with the same jobs run wit
 from __future__ import annotations
 
 import random
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.client import Jobs
 from tests.fixtures.services import Stack
+from tnllm.protocol.celery import broker_lists
+from tnllm.protocol.tasks import worker_queue
 from tnllm.store.server import RedisServer
 from tnllm.store.states import load_conversation
 
@@ -212,3 +215,26 @@ def test_continue_from_refuses_what_it_cannot_continue(stack: Stack, jobs: Jobs)
     assert r.status_code == 422 and "raw text" in r.json()["error"]["message"]
     r = jobs.http.post("/v1/prefixes", json={"prompt": "a", "messages": [{"role": "user", "content": "b"}]})
     assert r.status_code == 422
+
+
+def test_a_continuation_whose_worker_died_is_recomputed_on_another(stack: Stack, jobs: Jobs) -> None:
+    """Runs last in this module: it kills the module's worker."""
+    first = run(jobs, messages=[{"role": "user", "content": "Hello there"}], **SAMPLED)
+    store = stack.store()
+    try:
+        [w1] = [w for w in store.workers() if w.hostname == "w1@test"]
+        stack.start_worker("w2")
+        stack.children[0].signal(signal.SIGKILL)
+        stack.children[0].wait(20)
+        body = {"messages": [{"role": "user", "content": "Go on"}], "continue_from": first["id"], **SAMPLED}
+        second = run(jobs, **body)  # sent to w1's queue (its heartbeat still looked live), then resent
+        leftover = [
+            m for name in broker_lists(worker_queue(w1.id)).values() for m in store.client.lrange(name, 0, -1)
+        ]
+        assert len(leftover) == 1, "the API routed it to the dead worker's own queue"
+        plain = run(jobs, **{**body, "state_cache": False})
+    finally:
+        store.client.close()
+    assert second["result"]["text"] == plain["result"]["text"]
+    assert conv_ids(stack, second["id"]) == conv_ids(stack, plain["id"])
+    assert second["result"]["usage"]["cached_tokens"] < first["result"]["usage"]["prompt_tokens"]
