@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         ge=0,
         description="State cache budget of files under `<data_dir>/states` (kept across restarts), bytes.",
     )
+    state_cache_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Save no state of fewer tokens (pins excepted): on a GPU, short prefills cost less "
+        "than copying a state (65 MB for the 7B; docs/STATE.md).",
+    )
     engine_process: bool = Field(
         default=True,
         description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
@@ -275,6 +281,7 @@ class EngineConfig(BaseModel):
     state_cache_device_bytes: int
     state_cache_host_bytes: int
     state_cache_disk_bytes: int
+    state_cache_min_tokens: int
     log_format: Literal["text", "json"]
     log_level: str
     log_content: bool

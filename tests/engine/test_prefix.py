@@ -119,3 +119,17 @@ def test_a_pinned_prompt_survives_pressure_until_unpinned(
     for i, p in enumerate(prompts(6, int(engine_model.config.vocab_size), seed=4, min_len=20, max_len=30)):
         run(e, greedy(p, 3, f"y{i}"))
     assert key not in store
+
+
+def test_states_shorter_than_min_tokens_are_not_saved_unless_pinned(
+    engine_model: Any, engine_tokenizer: Any, long_prompts: Any
+) -> None:
+    store = states(engine_model)
+    store.min_tokens = 30
+    e = engine(engine_model, engine_tokenizer, store)
+    run(e, greedy(long_prompts[0][:20], 5, "short"))  # prompt 20, final state 24 tokens
+    assert len(store) == 0
+    run(e, greedy(long_prompts[1][:20], 1, "pin", pin="p"))
+    assert len(store) == 1 and store.pinned("p")
+    run(e, greedy(long_prompts[2], 4, "long"))  # chunk ends 16 (< 30: skipped), 32, 40, final 43
+    assert len(store) == 4

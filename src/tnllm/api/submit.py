@@ -110,8 +110,9 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     """Fingerprint of the request as validated (formatting and key order do not matter)."""
     canonical = body.model_dump(mode="json")
     canonical["max_new_tokens"] = params.max_new_tokens
-    if not canonical["ignore_eos"]:  # absent from bodies hashed before the field existed
-        del canonical["ignore_eos"]
+    for name, default in (("ignore_eos", False), ("continue_from", None), ("state_cache", True)):
+        if canonical[name] == default:  # absent from bodies hashed before the field existed
+            del canonical[name]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 

@@ -103,6 +103,7 @@ def build_state_store(
         dtype=state_dtype,
         budgets=budgets,
         directory=Path(config.data_dir) / "states",
+        min_tokens=config.state_cache_min_tokens,
     )
     log.info("engine: state cache %s (%d states found on disk)", budgets, len(store))
     return store

@@ -15,7 +15,8 @@
 - ``finished(seq, pool)``: the final state of a finished sequence (prompt + output ids it consumed;
   the next turn of a conversation resumes from it).
 
-A request with ``state_cache=False`` neither reads nor writes the store. Without a store
+States of fewer than ``StateStore.min_tokens`` tokens are not saved unless pinned. A request with
+``state_cache=False`` neither reads nor writes the store. Without a store
 (``states=None``) every hook does nothing.
 """
 
@@ -80,7 +81,8 @@ class PrefixCache:
             assert self.states is not None
             end = ch.start + ch.length
             pin = seq.request.pin if ch.completes_prompt else None
-            self.states.put(seq.prompt_ids[:end], [layer[seq.slot] for layer in pool], pin=pin)
+            if pin is not None or end >= self.states.min_tokens:
+                self.states.put(seq.prompt_ids[:end], [layer[seq.slot] for layer in pool], pin=pin)
 
     def finished(self, seq: Seq, pool: list[Tensor]) -> None:
         """Save the final state of a sequence that still holds its slot."""
@@ -88,7 +90,8 @@ class PrefixCache:
             return
         assert self.states is not None
         ids = [*seq.prompt_ids, *seq.output_ids][: seq.consumed]
-        if len(ids) > len(seq.prompt_ids):  # else it is the prompt's state, saved already
+        # (not longer than the prompt: that state was saved after the prefill)
+        if len(ids) > len(seq.prompt_ids) and len(ids) >= self.states.min_tokens:
             self.states.put(ids, [layer[seq.slot] for layer in pool])
 
     def unpin(self, tag: str) -> int:

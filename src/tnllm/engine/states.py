@@ -107,8 +107,11 @@ class StateStore:
         dtype: torch.dtype,
         budgets: StateBudgets,
         directory: Path | None = None,
+        min_tokens: int = 0,
     ) -> None:
         self.fingerprint = fingerprint
+        #: the engine saves no unpinned state of fewer tokens (their prefill is cheaper than the copy)
+        self.min_tokens = min_tokens
         self.device = torch.device(device)
         self.dtype = dtype
         self.budgets = budgets
