@@ -133,3 +133,37 @@ def test_states_shorter_than_min_tokens_are_not_saved_unless_pinned(
     assert len(store) == 1 and store.pinned("p")
     run(e, greedy(long_prompts[2], 4, "long"))  # chunk ends 16 (< 30: skipped), 32, 40, final 43
     assert len(store) == 4
+
+
+def test_states_on_disk_serve_the_engine_after_a_restart(
+    engine_model: Any, engine_tokenizer: Any, long_prompts: Any, tmp_path: Any
+) -> None:
+    from tnllm.config import Settings
+    from tnllm.engine.factory import build_state_store
+
+    one = int(engine_model.state_bytes_per_sequence())
+    config = Settings(
+        data_dir=tmp_path,
+        state_cache_device_bytes=one,
+        state_cache_host_bytes=0,
+        state_cache_disk_bytes=50 * one,
+    ).engine_config()
+    cpu = torch.device("cpu")
+    first = build_state_store(config, engine_model, cpu, torch.float32)
+    assert first is not None
+    run(engine(engine_model, engine_tokenizer, first), greedy(long_prompts[0], 6, "a"))
+    assert first.stats()["disk"]["entries"] >= 3  # spilled: the device tier holds one state
+    again = build_state_store(config, engine_model, cpu, torch.float32)  # a new engine process
+    assert again is not None and len(again) == first.stats()["disk"]["entries"]  # files only
+    prompt = [*long_prompts[0], *long_prompts[1][:5]]
+    resumed = run(engine(engine_model, engine_tokenizer, again), greedy(prompt, 6, "b"))
+    assert resumed.cached_tokens >= len(long_prompts[0])
+    assert (
+        resumed.token_ids
+        == run(engine(engine_model, engine_tokenizer, None), greedy(prompt, 6, "b")).token_ids
+    )
+    assert again.stats()["disk"]["hits"] == 1
+    assert (
+        build_state_store(config.model_copy(update={"state_cache": False}), engine_model, cpu, torch.float32)
+        is None
+    )
