@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Characters of the text before a suffix that are tokenised with it (so its first token is what the
 #: tokenizer makes of it in context, not after a fresh start).
 CONTEXT_CHARS = 32
+#: Turn ends that get a saved state: the first few and the last few turns of a conversation.
+HEAD_TURNS = 2
+TAIL_TURNS = 8
 #: Continuations tried after a prefix: its ids are cut where they all agree.
 _PROBES = ("\n", " ", "a", ".", "<")
 _MARK = "\x00tnllm-prefix-end\x00"
@@ -75,9 +78,11 @@ def encode_after(tokenizer: Tokenizer, before: str, text: str) -> list[int]:
 
 def turn_points(tokenizer: Tokenizer, turns: list[dict[str, str]], ids: list[int]) -> tuple[int, ...]:
     """Positions in ``ids`` (the rendered ``turns``) where a turn ends and the ids so far are exactly
-    those of the turns so far on their own."""
+    those of the turns so far on their own: after the first ``HEAD_TURNS`` turns (system message,
+    shared document) and the last ``TAIL_TURNS`` (each one is rendered and tokenised again)."""
+    n = len(turns)
     points = []
-    for k in range(1, len(turns) + 1):
+    for k in sorted({*range(1, min(HEAD_TURNS, n) + 1), *range(max(1, n - TAIL_TURNS + 1), n + 1)}):
         head = tokenizer.encode(tokenizer.apply_chat_template(turns[:k], add_generation_prompt=False))
         if 0 < len(head) < len(ids) and ids[: len(head)] == head:
             points.append(len(head))
