@@ -189,6 +189,11 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
             time.sleep(0.2)
     except LeaseLost:
         return JobOutcome.LEASE_LOST
+    return _finish_run(rt, record, prompt, outcome)
+
+
+def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome: EngineResult) -> JobOutcome:
+    """Write the result of a run that ended in the engine (its conversation first, if it succeeded)."""
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
     usage = Usage(
         prompt_tokens=outcome.prompt_tokens,
