@@ -311,7 +311,11 @@ class StateStore:
         else:
             assert entry.tensors is not None
             tensors = entry.tensors
-        entry.tensors = [t.to(self.device, self.dtype, copy=True) for t in tensors]
+        # from pinned host memory the copy is asynchronous, ordered before the slot's next use on
+        # the same stream
+        entry.tensors = [
+            t.to(self.device, self.dtype, copy=True, non_blocking=t.is_pinned()) for t in tensors
+        ]
         self._detach(entry)
         if tier == "disk" and self.files is not None:
             self.files.delete(entry.key)
@@ -351,6 +355,8 @@ class StateStore:
             entry.tensors = [_to_host(t, pin) for t in entry.tensors]
         else:
             assert self.files is not None
+            if any(t.is_cuda or t.is_pinned() for t in entry.tensors):
+                torch.cuda.current_stream(self.device).synchronize()  # host reads them next
             self.files.save(entry.key, entry.ids, entry.tensors)
             entry.tensors = None
         self._attach(entry, target)
@@ -371,6 +377,9 @@ def _id_bytes(ids: list[int] | tuple[int, ...]) -> bytes:
 
 
 def _to_host(t: Tensor, pin: bool) -> Tensor:
+    """A host copy; into pinned memory (torch's caching host allocator) the device-to-host copy is
+    asynchronous: the engine thread does not wait for it, and a later copy back to the device is
+    ordered after it on the same stream. Reading it on the host (a file write) syncs first."""
     out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
-    out.copy_(t)
+    out.copy_(t, non_blocking=pin)
     return out
