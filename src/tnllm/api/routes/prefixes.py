@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Response
 
-from tnllm.api.deps import OwnerDep, ServicesDep
+from tnllm.api.deps import OwnerDep, Services, ServicesDep
 from tnllm.api.errors import ApiError
 from tnllm.api.schemas import ErrorResponse, PrefixCreate, PrefixPublic
 from tnllm.store import GenerationParams
@@ -55,7 +55,8 @@ async def create_prefix(
         try:
             ids = await anyio.to_thread.run_sync(prefix_ids, tok, params, settings.system_prompt)
         except ValueError as exc:
-            raise ApiError(422, f"messages: {exc}", field="messages") from exc
+            field = "prompt" if body.prompt is not None else "messages"
+            raise ApiError(422, f"{field}: {exc}", field=field) from exc
         tokens = len(ids)
         if tokens > settings.max_prompt_tokens:
             raise ApiError(
@@ -74,7 +75,7 @@ async def create_prefix(
     return _public(record)
 
 
-async def _owned(services: Any, prefix_id: str, owner: str) -> PrefixRecord:
+async def _owned(services: Services, prefix_id: str, owner: str) -> PrefixRecord:
     record = await aload_prefix(services.store.client, prefix_id)
     if record is None or record.owner != owner:
         raise ApiError(404, f"no prefix with id {prefix_id!r}", field="id")
