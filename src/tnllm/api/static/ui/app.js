@@ -197,7 +197,11 @@ async function cancelJob(id) {
   showMessage("");
   try {
     const job = await api("POST", `/v1/jobs/${encodeURIComponent(id)}/cancel`);
-    if (id === state.jobId) setJob(id, job.cancel_requested && !TERMINAL.has(job.status) ? "cancelling" : job.status);
+    // The stream's `done` may have been handled while this answer was on its way: never go back.
+    const shown = $("job-status").textContent;
+    if (id === state.jobId && !TERMINAL.has(shown)) {
+      setJob(id, job.cancel_requested && !TERMINAL.has(job.status) ? "cancelling" : job.status);
+    }
   } catch (err) {
     showMessage(err.message);
   }
