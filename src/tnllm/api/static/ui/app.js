@@ -279,7 +279,7 @@ async function refreshJobs() {
 }
 
 function timeOf(iso) {
-  return iso ? new Date(iso).toLocaleTimeString() : "";
+  return iso ? new Date(iso).toLocaleTimeString([], { hour12: false }) : "";
 }
 
 function seconds(from, to) {
