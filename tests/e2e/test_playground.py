@@ -1,6 +1,7 @@
 """The playground and the docs in a real headless Chromium (the system's ``chromium``, driven by
 Playwright; no browser is downloaded), against real processes: one redis-server, one Celery worker
-on the demo model, and two APIs on it (one open, one with API keys).
+on the demo model, a webhook worker, two APIs (one open, one with API keys) and a webhook
+receiver on 127.0.0.1.
 
 Every page runs with the network cut off: a request to any host but the API's is aborted and
 recorded, and each test ends by checking none was attempted and no script error was thrown.
@@ -8,8 +9,12 @@ recorded, and each test ends by checking none was attempted and no script error 
 
 from __future__ import annotations
 
+import base64
+import re
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +22,7 @@ import httpx
 import pytest
 
 from tests.fixtures.services import Stack
+from tnllm.cli.supervisor import Child, tnllm_argv
 from tnllm.store.server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -35,6 +41,30 @@ if CHROMIUM is None:
 API_KEY = "playground-key"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"playground-test-secret-012345678").decode()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[str]:
+    """A webhook receiver on 127.0.0.1 answering 204; yields its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +78,12 @@ def urls(
         tmp_path_factory.mktemp("playground"),
         TNLLM_ENGINE_SLOTS="4",
         TNLLM_STREAM_FLUSH_INTERVAL="0.02",
+        TNLLM_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        TNLLM_WEBHOOK_ALLOWLIST="127.0.0.1",
     )
     try:
+        hooks = Child("hooks", tnllm_argv("webhook-worker"), env=stack.env, log_path=stack.tmp / "hooks.log")
+        stack.children.append(hooks.start())
         stack.start_worker("w1")
         _, open_url = stack.start_api("api")
         _, keys_url = stack.start_api("api-keys", TNLLM_API_KEYS=API_KEY)
@@ -208,6 +242,49 @@ def test_cancel_a_long_job_from_the_page(page: Page, urls: dict[str, str]) -> No
     assert job["status"] == "cancelled" and isinstance(result, dict)
     assert result["finish_reason"] == "cancelled" and result["usage"]["completion_tokens"] < 4000
     expect(page.locator(f'#jobs tr[data-id="{job["id"]}"] td.status')).to_have_text("cancelled")
+
+
+def test_webhook_deliveries_in_the_details(page: Page, urls: dict[str, str], receiver: str) -> None:
+    base = urls["open"]
+    _open(page, base)
+    _submit(page, "Call me back.", max_new_tokens="8", webhook_url=receiver)
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=60_000)
+    job_id = page.locator("#job-id").inner_text()
+    page.locator(f'#jobs tr[data-id="{job_id}"]').get_by_role("button").first.click()
+    # the details refresh by themselves until the webhook worker has delivered
+    cells = page.locator("#deliveries tr td")
+    expect(cells).to_have_text(["job.succeeded", "delivered", "1", "HTTP 204"], timeout=30_000)
+    job = _job(base, job_id)
+    assert job["webhook"]["deliveries"][0]["state"] == "delivered"  # type: ignore[index]
+
+
+def test_queue_positions_and_cancel_from_the_list(page: Page, urls: dict[str, str]) -> None:
+    base = urls["open"]
+    api = httpx.Client(base_url=base, timeout=10)
+    long = {"max_new_tokens": 4000, "ignore_eos": True}
+    ids = [api.post("/v1/jobs", json={"prompt": f"busy {i}", **long}).json()["id"] for i in range(6)]
+    try:
+        _open(page, base)
+        queued = [i for i in ids if api.get(f"/v1/jobs/{i}").json()["status"] == "queued"]
+        assert len(queued) >= 2, "the worker's 4 slots should leave two jobs queued"
+        first, second = (page.locator(f'#jobs tr[data-id="{i}"]') for i in queued[:2])
+        expect(first.locator("td").nth(2)).to_have_text("#1")
+        expect(second.locator("td").nth(2)).to_have_text("#2")
+        first.get_by_role("button", name=f"Cancel job {queued[0]}").click()
+        expect(first.locator("td.status")).to_have_text("cancelled")
+        expect(second.locator("td").nth(2)).to_have_text("#1")  # it moved up, as the list refreshed
+        assert api.get(f"/v1/jobs/{queued[0]}").json()["status"] == "cancelled"
+        # a job submitted from the page now waits behind them, and says where
+        _submit(page, "Me too.", max_new_tokens="8")
+        expect(page.locator("#job-status")).to_have_text(re.compile(r"^queued \(#\d+\)$"))
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        expect(page.locator("#job-status")).to_have_text("cancelled")
+        mine = _job(base, page.locator("#job-id").inner_text())
+        assert mine["status"] == "cancelled" and mine["started_at"] is None
+    finally:
+        for job_id in ids:
+            api.post(f"/v1/jobs/{job_id}/cancel")
+        api.close()
 
 
 def test_api_keys(page: Page, browser: Browser, urls: dict[str, str]) -> None:

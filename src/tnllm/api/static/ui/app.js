@@ -170,7 +170,7 @@ async function submitJob(event) {
     state.streamAbort = abort;
     const final = await followJob(job.id, (text) => {
       $("output").textContent = text;
-      if ($("job-status").textContent === "queued") setJob(job.id, "running");
+      if ($("job-status").textContent.startsWith("queued")) setJob(job.id, "running");
     }, abort.signal);
     finishJob(final, userText);
   } catch (err) {
@@ -271,11 +271,20 @@ async function refreshJobs() {
   try {
     const page = await api("GET", "/v1/jobs?limit=20");
     $("jobs").replaceChildren(...page.data.map(jobRow));
+    showProgress(page.data.find((job) => job.id === state.jobId));
     $("jobs-message").textContent = "";
   } catch (err) {
     $("jobs").replaceChildren();
     $("jobs-message").textContent = err.message;
   }
+}
+
+/** The current job's queue position or start, from the list (its end comes from its stream). */
+function showProgress(job) {
+  const shown = $("job-status").textContent;
+  if (!job || TERMINAL.has(job.status) || TERMINAL.has(shown) || shown === "cancelling") return;
+  const position = job.queue_position;
+  setJob(job.id, job.status === "queued" && position !== null && position !== undefined ? `queued (#${position + 1})` : job.status);
 }
 
 function timeOf(iso) {
@@ -381,7 +390,9 @@ function start() {
   showKeyState();
   refreshJobs();
   setInterval(() => {
-    if ($("auto-refresh").checked && !document.hidden) refreshJobs();
+    if (!$("auto-refresh").checked || document.hidden) return;
+    refreshJobs();
+    if (state.selected) showDetails(state.selected); // timings and webhook deliveries move on
   }, REFRESH_MS);
 }
 
