@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
@@ -19,11 +20,14 @@ from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs
+from tnllm.api.routes import compat, health, jobs, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
 log = logging.getLogger(__name__)
+
+#: Where Swagger UI's and ReDoc's own files are served.
+DOCS_STATIC_URL = "/docs/static"
 
 DESCRIPTION = """\
 Queue-backed text generation with TransNormerLLM.
@@ -68,13 +72,17 @@ def create_app(settings: Settings) -> FastAPI:
             services.producer.close()
             await services.store.client.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets from the fastapi-offline package (no CDN);
+    # no validator badge either: it would call swagger.io.
+    app = FastAPIOffline(
         title="tnllm",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
+        static_url=DOCS_STATIC_URL,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -82,4 +90,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    app.include_router(ui.router)
+    app.mount(ui.STATIC_URL, ui.static_files(), name="ui-static")
     return app
