@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
     )
+    max_body_depth: int = Field(
+        default=32, ge=2, le=512, description="Deepest nesting of arrays/objects in a JSON body (422 above)."
+    )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
 

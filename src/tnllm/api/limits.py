@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tnllm.api.body import replay
 from tnllm.config import Settings, model_folder
 from tnllm.store import GenerationParams
 from tnllm.text.prompt import render_prompt
@@ -58,7 +59,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(
@@ -74,19 +75,6 @@ class BodyLimitMiddleware:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls wait for the disconnect, as usual
-
-    return replay
 
 
 def local_model_folder(settings: Settings) -> Path | None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import anyio
 from fastapi import FastAPI
 
+from tnllm.api.body import StrictJsonMiddleware
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
@@ -77,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(StrictJsonMiddleware, max_depth=settings.max_body_depth)  # inside the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)

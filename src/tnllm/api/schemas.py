@@ -75,6 +75,9 @@ def _check_unicode(value: Any, where: str = "") -> Any:
     return value
 
 
+#: Fields of ``JobCreate`` typed as tuples (JSON arrays).
+_TUPLE_FIELDS = frozenset({"stop"})
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
@@ -89,8 +92,10 @@ class JobCreate(SamplingParams):
     parsing and answered with 422 / 413 naming the field.
     """
 
+    # strict: no coercion of what the schema names (`true`, `"4"` or `4.0` for an integer is refused)
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
     )
 
@@ -116,8 +121,12 @@ class JobCreate(SamplingParams):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
+    def _valid_unicode(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _check_unicode(value)
+        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
+        if info.field_name in _TUPLE_FIELDS and isinstance(value, list):
+            return tuple(value)
+        return value
 
     @field_validator("messages")
     @classmethod
