@@ -114,6 +114,17 @@ class Settings(BaseSettings):
     )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+    rate_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Job submissions per minute per API key, over all API processes (429 above); 0: off.",
+    )
+    token_quota: int = Field(
+        default=0,
+        ge=0,
+        description="Completion tokens per API key per UTC day, counted as jobs finish; once reached, "
+        "submissions get 429 until the day ends (accepted jobs still run); 0: off.",
+    )
 
     # --- API --------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="API bind address.")
