@@ -30,7 +30,31 @@ def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+_BOUNDS = {
+    "minimum": "≥ {}",
+    "exclusiveMinimum": "> {}",
+    "maximum": "≤ {}",
+    "exclusiveMaximum": "< {}",
+    "minLength": "≥ {} chars",
+    "maxLength": "≤ {} chars",
+    "minItems": "≥ {} items",
+    "maxItems": "≤ {} items",
+    "maxProperties": "≤ {} keys",
+}
+
+
 def _type(schema: dict[str, Any]) -> str:
+    """The schema's type, with its bounds (the running Settings' limits among them)."""
+    bounds = [text.format(_num(schema[key])) for key, text in _BOUNDS.items() if key in schema]
+    base = _bare_type(schema)
+    return f"{base} ({', '.join(bounds)})" if bounds else base
+
+
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _bare_type(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[1]
     if "anyOf" in schema:

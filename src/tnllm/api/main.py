@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI
 
 from tnllm.api.body import StrictJsonMiddleware
+from tnllm.api.contract import install_openapi
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
@@ -84,4 +85,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    install_openapi(app, settings)  # the document adds what every route inherits (tnllm.api.contract)
     return app

@@ -96,7 +96,14 @@ class JobCreate(SamplingParams):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+        json_schema_extra={
+            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
+            # exactly one of the two (the other absent or null)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+        },
     )
 
     prompt: str | None = Field(
