@@ -23,7 +23,11 @@ def openapi() -> dict[str, Any]:
     from tnllm.api.main import create_app
     from tnllm.config import Settings
 
-    return create_app(Settings(redis_url="redis://127.0.0.1:6379/0")).openapi()
+    # keys and a metrics token set, so the reference shows the 401s a locked deployment answers
+    settings = Settings(
+        redis_url="redis://127.0.0.1:6379/0", api_keys=["example-key"], metrics_token="example-metrics-token"
+    )
+    return create_app(settings).openapi()
 
 
 def _cell(text: Any) -> str:

@@ -220,6 +220,12 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token the API's /metrics requires (`Authorization: Bearer <token>`); "
+        "unset: /metrics is open.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
@@ -231,6 +237,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("webhook_retry_delays", mode="before")
     @classmethod

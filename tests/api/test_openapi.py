@@ -28,8 +28,16 @@ def test_limits_are_bounds_of_the_running_settings(make_settings: Callable[..., 
     assert "maximum" not in str(doc["components"]["schemas"]["JobPublic"]["properties"]["max_new_tokens"])
 
 
-def test_every_operation_lists_the_shared_answers(settings: Settings) -> None:
-    doc = _doc(settings)
+def test_unenforced_schemes_are_left_out(settings: Settings) -> None:
+    doc = _doc(settings)  # no API keys, no metrics token: nothing answers 401
+    assert all("security" not in op for _, _, op in operations(doc))
+
+
+def test_every_operation_lists_the_shared_answers(make_settings: Callable[..., Settings]) -> None:
+    doc = _doc(make_settings(api_keys=["k"], metrics_token="t" * 16))
+    secured = {(path, method) for path, method, op in operations(doc) if "security" in op}
+    assert ("get", "/metrics") not in secured and ("/metrics", "get") in secured
+    assert ("/healthz", "get") not in secured and ("/v1/jobs", "post") in secured
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     for path, method, op in operations(doc):
         codes = op["responses"]

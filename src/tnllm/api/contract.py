@@ -3,7 +3,8 @@
 FastAPI describes what each route declares; this module adds what the app's shared parts answer
 on every route, so that routes added later inherit it without declaring anything:
 
-- 401 on every operation behind the bearer scheme (``WWW-Authenticate``);
+- 401 on every operation behind a bearer scheme the deployment enforces (API keys, the metrics
+  token), ``WWW-Authenticate``; a scheme it does not enforce is left out of the document;
 - 413, 422 and 429 on every operation that takes a body (the size limit, the strict JSON check of
   ``tnllm.api.body`` and the per-key limits of ``submit``), with ``Retry-After`` and the
   ``RateLimit`` headers on 429;
@@ -90,6 +91,7 @@ def apply_contract(schema: dict[str, Any], settings: Settings) -> None:
     components.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template=_REF + "{model}"))
     components["ErrorResponse"].pop("$defs", None)
     for path, _method, op in operations(schema):
+        _configured_security(op, settings)
         _shared_answers(path, op)
         for param in op.get("parameters", []):
             if param.get("name") == "wait" and param.get("in") == "query":
@@ -99,6 +101,16 @@ def apply_contract(schema: dict[str, Any], settings: Settings) -> None:
     _link_jobs(schema)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+
+
+def _configured_security(op: dict[str, Any], settings: Settings) -> None:
+    """Keep only the security requirements this deployment enforces (no keys set: no 401)."""
+    enforced = {"HTTPBearer": bool(settings.api_keys), "MetricsBearer": bool(settings.metrics_token)}
+    kept = [req for req in op.get("security", []) if all(enforced.get(name, True) for name in req)]
+    if kept:
+        op["security"] = kept
+    else:
+        op.pop("security", None)
 
 
 def _shared_answers(path: str, op: dict[str, Any]) -> None:
