@@ -129,3 +129,22 @@ def test_deep_body_keeps_the_connection(live_server: LiveServer, route: str) -> 
         assert headers.get("connection") != "close"
         status, _, body = _exchange(sock, b"GET /v1/jobs HTTP/1.1\r\nHost: t\r\n\r\n")
         assert status == 200 and json.loads(body)["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/v1/jobs", {"prompt": "hi", "max_new_tokens": 5000}, "max_new_tokens"),  # a deployment limit
+        ("/v1/jobs", {"prompt": "hi", "priority": "1"}, "priority"),  # a type
+        ("/", {"prompt": 5}, "prompt"),
+        ("/", {"prompt": ["hi"]}, "prompt"),
+    ],
+)
+async def test_every_422_has_one_shape(
+    client: httpx.AsyncClient, route: str, body: object, field: str
+) -> None:
+    r = await client.post(route, json=body)
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request" and error["field"] == field
+    assert error["message"].startswith(f"{field}: ") and error["details"][0]["field"] == field

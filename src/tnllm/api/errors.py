@@ -113,7 +113,11 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.extra)
+    extra = exc.extra
+    if exc.status == 422 and "field" in extra and "details" not in extra:  # the validation 422's shape
+        detail = exc.message.removeprefix(f"{extra['field']}: ")
+        extra = {**extra, "details": [{"field": extra["field"], "message": detail}]}
+    return error_response(exc.status, exc.type, exc.message, exc.headers, **extra)
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
