@@ -73,6 +73,9 @@ def test_rate_limit_is_shared_by_both_api_processes(apis: list[str], client: Mak
     clients = [client(url, KEYS[0]) for url in apis]
     answers = [clients[i % 2].post("/v1/jobs", json=_job(1)) for i in range(RATE + 3)]
     assert [r.status_code for r in answers] == [202] * RATE + [429] * 3
+    # accepted answers say what is left, counted over both processes
+    for i, r in enumerate(answers[:RATE]):
+        assert r.headers["ratelimit"].startswith(f'"submissions";r={RATE - 1 - i};t='), r.headers
     refused = answers[-1]
     error = refused.json()["error"]
     assert error["type"] == "rate_limited" and error["policy"] == "submissions"

@@ -44,17 +44,17 @@ def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str,
 
 
 RETRY_AFTER = _header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0})
+_LIMIT_HEADERS = {
+    "RateLimit-Policy": _header("The per-key policies (IETF httpapi RateLimit fields), when limits are on."),
+    "RateLimit": _header("What is left of each policy, and for how many seconds."),
+}
 _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
     "401": ("Missing or invalid API key", {"WWW-Authenticate": _header("`Bearer`.")}),
     "413": ("Body (TNLLM_MAX_BODY_BYTES) or prompt (TNLLM_MAX_PROMPT_TOKENS) over the limits", {}),
     "422": ("Invalid request: `field` names the culprit (`body` for a malformed body)", {}),
     "429": (
         "Queue full, or this key over its rate limit or token quota (`policy` says which)",
-        {
-            "Retry-After": RETRY_AFTER,
-            "RateLimit-Policy": _header("The per-key policies (IETF httpapi RateLimit fields)."),
-            "RateLimit": _header("What is left of each policy, and for how many seconds."),
-        },
+        {"Retry-After": RETRY_AFTER, **_LIMIT_HEADERS},
     ),
     "503": ("Redis unreachable", {"Retry-After": RETRY_AFTER}),
 }
@@ -127,6 +127,10 @@ def _shared_answers(path: str, op: dict[str, Any]) -> None:
         answer = responses.setdefault(code, {"description": description})
         if headers:
             answer.setdefault("headers", {}).update(headers)
+    if "requestBody" in op:  # what is left of the per-key limits, when they are on
+        for code, answer in responses.items():
+            if code.startswith("2"):
+                answer.setdefault("headers", {}).update(_LIMIT_HEADERS)
     for code, answer in responses.items():  # every error answer has the one error shape
         if code.startswith(("4", "5")) and "HealthStatus" not in str(answer.get("content")):
             answer["content"] = {"application/json": {"schema": _ERROR_REF}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -53,10 +53,12 @@ async def _parse(request: Request, max_depth: int) -> CompatRequest:
         504: {"model": ErrorResponse, "description": "Not finished within TNLLM_COMPAT_TIMEOUT"},
     },
 )
-async def tutorial_generate(request: Request, services: ServicesDep, owner: OwnerDep) -> CompatResponse:
+async def tutorial_generate(
+    request: Request, response: Response, services: ServicesDep, owner: OwnerDep
+) -> CompatResponse:
     """Generate for `prompt` with the defaults and answer when done."""
     body = await _parse(request, services.settings.max_body_depth)
-    job, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt))
+    job, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt), response=response)
     timeout = services.settings.compat_timeout
     final = await wait_for_terminal(services.store, services.watcher, job.id, timeout)
     if final is None or not final.terminal:
