@@ -5,9 +5,9 @@ on every route, so that routes added later inherit it without declaring anything
 
 - 401 on every operation behind a bearer scheme the deployment enforces (API keys, the metrics
   token), ``WWW-Authenticate``; a scheme it does not enforce is left out of the document;
-- 413, 422 and 429 on every operation that takes a body (the size limit, the strict JSON check of
-  ``tnllm.api.body`` and the per-key limits of ``submit``), with ``Retry-After`` and the
-  ``RateLimit`` headers on 429;
+- 413 and 422 on every POST/PUT/PATCH (the size limit and the strict JSON check of
+  ``tnllm.api.body`` look at any body sent), 429 on every operation that takes a body (the per-key
+  limits of ``submit``) with ``Retry-After`` and the ``RateLimit`` headers;
 - 503 (``Retry-After``) on every operation but ``/healthz``: Redis may be unreachable;
 - every error answer's schema is ``ErrorResponse`` (FastAPI's default 422 model is not what the
   handlers answer);
@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from tnllm.api.body import BODY_METHODS
 from tnllm.api.schemas import METADATA_MAX_KEYS, ErrorResponse
 from tnllm.config import Settings
 from tnllm.protocol.sampling import STOP_MAX_CHARS
@@ -33,6 +34,8 @@ from tnllm.protocol.sampling import STOP_MAX_CHARS
 _REF = "#/components/schemas/"
 _ERROR_REF = {"$ref": _REF + "ErrorResponse"}
 _METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+#: Methods whose body, if any, the middlewares check (``tnllm.api.body.BODY_METHODS``).
+_BODY_METHODS = frozenset(m.lower() for m in BODY_METHODS)
 #: Routes that answer without Redis.
 NO_REDIS = frozenset({"/healthz"})
 #: The path parameter naming a job (links fill it from the job object's ``id``).
@@ -90,9 +93,9 @@ def apply_contract(schema: dict[str, Any], settings: Settings) -> None:
         components.setdefault(name, definition)
     components.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template=_REF + "{model}"))
     components["ErrorResponse"].pop("$defs", None)
-    for path, _method, op in operations(schema):
+    for path, method, op in operations(schema):
         _configured_security(op, settings)
-        _shared_answers(path, op)
+        _shared_answers(path, method, op)
         for param in op.get("parameters", []):
             if param.get("name") == "wait" and param.get("in") == "query":
                 param["schema"]["maximum"] = settings.wait_max_seconds
@@ -113,13 +116,15 @@ def _configured_security(op: dict[str, Any], settings: Settings) -> None:
         op.pop("security", None)
 
 
-def _shared_answers(path: str, op: dict[str, Any]) -> None:
+def _shared_answers(path: str, method: str, op: dict[str, Any]) -> None:
     responses = op.setdefault("responses", {})
     wanted = {"422"} if "parameters" in op else set()
     if "security" in op:
         wanted.add("401")
+    if method in _BODY_METHODS:  # any body sent is size- and JSON-checked, taken or not
+        wanted |= {"413", "422"}
     if "requestBody" in op:
-        wanted |= {"413", "422", "429"}
+        wanted.add("429")
     if path not in NO_REDIS:
         wanted.add("503")
     for code in wanted:
