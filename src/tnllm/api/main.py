@@ -14,6 +14,8 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from tnllm.api.body import StrictJsonMiddleware
+from tnllm.api.contract import install_openapi
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
@@ -85,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    app.add_middleware(StrictJsonMiddleware, max_depth=settings.max_body_depth)  # inside the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
@@ -92,4 +95,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(compat.router)
     app.include_router(ui.router)
     app.mount(ui.STATIC_URL, ui.static_files(), name="ui-static")
+    install_openapi(app, settings)  # the document adds what every route inherits (tnllm.api.contract)
     return app
