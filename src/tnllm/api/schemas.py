@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -76,13 +76,30 @@ def _check_unicode(value: Any, where: str = "") -> Any:
     return value
 
 
+class StrictBody(BaseModel):
+    """Base of every request body: strict types (``true``, ``"4"`` or ``4.0`` is no integer), no
+    unknown fields, no lone surrogates. Routes added later subclass it to get the same rules."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_values(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _check_unicode(value)
+        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, list) and field is not None and get_origin(field.annotation) is tuple:
+            return tuple(value)
+        return value
+
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
 
 
 # The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
-class JobCreate(SamplingParams):
+class JobCreate(SamplingParams, StrictBody):
     """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
 
     Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
@@ -92,7 +109,15 @@ class JobCreate(SamplingParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
+            # exactly one of the two (the other absent or null)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+        },
     )
 
     prompt: str | None = Field(
@@ -126,11 +151,6 @@ class JobCreate(SamplingParams):
         description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
-
     @field_validator("messages")
     @classmethod
     def _prompt_xor_messages(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> Any:
@@ -153,12 +173,10 @@ class JobCreate(SamplingParams):
         return value
 
 
-class PrefixCreate(BaseModel):
+class PrefixCreate(StrictBody):
     """Body of ``POST /v1/prefixes``: exactly one of ``prompt`` / ``messages``."""
 
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"prompt": "Here is the manual: ..."}]}
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Here is the manual: ..."}]})
 
     prompt: str | None = Field(
         default=None,
@@ -171,11 +189,6 @@ class PrefixCreate(BaseModel):
         min_length=1,
         description="Complete first turns of later jobs' `messages` (few-shot examples, a document).",
     )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
     @model_validator(mode="after")
     def _prompt_xor_messages(self) -> PrefixCreate:
@@ -203,17 +216,12 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
-class CompatRequest(BaseModel):
-    """Body of the tutorial's ``POST /``."""
+class CompatRequest(StrictBody):
+    """Body of the tutorial's ``POST /`` (unknown fields ignored, as the tutorial's server did)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(min_length=1)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
 
 class CompatResponse(BaseModel):
