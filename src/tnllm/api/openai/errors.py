@@ -67,6 +67,18 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: The paths whose errors come in OpenAI's shape (routers with ``OpenAIRoute``).
+OPENAI_PATHS = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/files", "/v1/batches")
+
+
+def malformed_refusal(path: str, message: str) -> tuple[int, dict[str, Any]] | None:
+    """The answer to a body that is not strict JSON on an OpenAI path (``StrictJsonMiddleware``'s
+    hook); None elsewhere (the native 422)."""
+    if not path.startswith(OPENAI_PATHS):
+        return None
+    return error_payload(400, f"malformed JSON body: {message}", "body")
+
+
 def invalid(message: str, param: str | None, code: str | None = None) -> ApiError:
     """A 400 naming ``param`` (raise it from the OpenAI routes)."""
     return ApiError(400, message, field=param, code=code)
