@@ -68,3 +68,26 @@ async def test_cancel_while_validating_stops_the_submission(app: FastAPI, client
     await batches.finalize_due()
     final = (await client.get(f"/v1/batches/{batch['id']}")).json()
     assert final["status"] == "cancelled" and final["output_file_id"] is None
+
+
+async def test_a_full_queue_throttles_the_submission_instead_of_failing_lines(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from tnllm.api.main import create_app
+
+    app = create_app(make_settings(batch_poll_interval=3600, max_queued=5))
+    async with app.router.lifespan_context(app):
+        batches = Batches(app.state.services)
+        upload = await batches.put_file("anonymous", _file(8), "in.jsonl", "batch")
+        batch = batch_object(new_id("batch"), "/v1/chat/completions", upload["id"], None)
+        await batches.create("anonymous", batch, None)
+        await batches.finalize_due()  # submits until the queue is full
+        taken = await batches.records.requests(batch["id"])
+        assert len(taken) == 5 and all(item["job"] and item["error"] is None for item in taken)
+        assert (await batches.records.get_batch(batch["id"]))[1]["status"] == "in_progress"  # type: ignore[index]
+        for item in taken:  # the queue drains (here: by cancelling what waits)
+            await app.state.services.store.cancel(item["job"])
+        await batches.finalize_due()  # resumes at the first line not taken
+        assert [i["custom_id"] for i in await batches.records.requests(batch["id"])] == [
+            f"c{i}" for i in range(8)
+        ]

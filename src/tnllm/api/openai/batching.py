@@ -69,9 +69,10 @@ def batch_object(
 async def submit_lines(
     services: Services, owner: str, batch: dict[str, Any], lines: list[dict[str, Any]], served: set[str]
 ) -> list[dict[str, Any]]:
-    """One job per request line; what became of each (its job, or the error answer). Each line's
-    job has the idempotency key ``<batch id>:<line>``, so a submission resumed after a crash gets
-    the jobs already made back instead of making them twice."""
+    """One job per request line; what became of each (its job, or the error answer), stopping
+    early at a line the deployment cannot take now (429/503: throttled, resumed in a later round).
+    Each line's job has the idempotency key ``<batch id>:<line>``, so a submission resumed after a
+    crash gets the jobs already made back instead of making them twice."""
     out = []
     for line in lines:
         item: dict[str, Any] = {
@@ -91,6 +92,9 @@ async def submit_lines(
             public, _ = await submit_job(services, owner, job, f"{batch['id']}:{line['line']}")
             item.update(job=public.id, model=model)
         except ApiError as exc:
+            if exc.status in (429, 503):  # queue full, key over its limits, Redis away: later
+                log.info("batch %s: submission paused at line %d: %s", batch["id"], line["line"], exc.message)
+                break
             status, body = api_error_payload(exc)
             item["error"] = {"status_code": status, "body": body}
         out.append(item)
@@ -134,8 +138,8 @@ class Batches:
         return batch
 
     async def submit(self, owner: str, batch_id: str) -> None:
-        """Submit a ``validating`` batch's lines (resuming after the ones already recorded), in
-        chunks, under the batch's lock; then ``in_progress``. A cancel stops it between chunks."""
+        """Submit a batch's lines not yet recorded, in chunks, under the batch's lock; the batch is
+        ``in_progress`` from its first job on. A cancel stops it between chunks."""
         token = await self.records.lock(batch_id)
         if token is None:
             return
@@ -161,17 +165,20 @@ class Batches:
             served = {m.id for m in await served_models(self.services)}
             for at in range(start, len(lines), SUBMIT_CHUNK):
                 batch = await self._reread(batch_id)
-                if batch["status"] != "validating":
+                if batch["status"] not in ("validating", "in_progress"):
                     break
-                items = await submit_lines(self.services, owner, batch, lines[at : at + SUBMIT_CHUNK], served)
+                chunk = lines[at : at + SUBMIT_CHUNK]
+                items = await submit_lines(self.services, owner, batch, chunk, served)
                 if not await self.records.add_requests(batch_id, items, token):
                     log.warning("batch %s: lock lost while submitting; another process resumes", batch_id)
                     return  # its jobs are made: the next holder gets them back by idempotency key
+                if batch["status"] == "validating" and items:
+                    batch.update(status="in_progress", in_progress_at=int(time.time()))
+                    await self.records.put_batch(owner, batch, active=True)
+                if len(items) < len(chunk):
+                    return  # throttled: the next round resumes at the first line not taken
             batch = await self._reread(batch_id)
-            if batch["status"] == "validating":
-                batch.update(status="in_progress", in_progress_at=int(time.time()))
-                await self.records.put_batch(owner, batch, active=True)
-            elif batch["status"] == "cancelling":  # jobs made after the cancel looked at them
+            if batch["status"] == "cancelling":  # jobs made after the cancel looked at them
                 await self._cancel_jobs(batch_id)
         finally:
             await self.records.unlock(batch_id, token)
@@ -190,7 +197,7 @@ class Batches:
         statuses = await self.records.job_statuses([i["job"] for i in items if i["job"]])
         failed = sum(i["job"] is None for i in items) + sum(s in ("failed", "cancelled") for s in statuses)
         batch["request_counts"] = {
-            "total": len(items),
+            "total": batch["request_counts"]["total"],
             "completed": statuses.count("succeeded"),
             "failed": failed,
         }
@@ -219,10 +226,13 @@ class Batches:
                 await self.records.client.srem(ACTIVE, batch_id)
                 continue
             owner, batch = found
-            if batch["status"] == "validating":
+            items = await self.records.requests(batch_id)
+            if (
+                batch["status"] in ("validating", "in_progress")
+                and len(items) < batch["request_counts"]["total"]
+            ):
                 await self.submit(owner, batch_id)
                 continue
-            items = await self.records.requests(batch_id)
             statuses = await self.records.job_statuses([i["job"] for i in items if i["job"]])
             if all(s in TERMINAL or s is None for s in statuses):
                 await self.finalize(owner, batch, items)
