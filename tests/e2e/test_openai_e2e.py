@@ -192,6 +192,8 @@ def _bad(call: Any) -> openai.BadRequestError:
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"extra_body": {"top_k": -1}}, "top_k"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+        ({"max_tokens": "4"}, "max_tokens"),  # strict types, as every body of the API
+        ({"stream": True, "stream_options": {"include_usage": True, "x": 1}}, "stream_options.x"),
     ],
 )  # fmt: skip
 def test_bad_chat_parameters_are_named(client: openai.OpenAI, kwargs: dict[str, Any], param: str) -> None:

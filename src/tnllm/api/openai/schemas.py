@@ -1,7 +1,8 @@
 """Request and response bodies of ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``,
 shaped as OpenAI's API reference gives them.
 
-The request models keep OpenAI's names and loose types: ranges and meanings are checked once, by
+The request models are strict bodies (``StrictBody``: the API's one set of input rules) with
+OpenAI's names and types; ranges and meanings are checked once, by
 the job contract (``SamplingParams`` through ``JobCreate``) that ``tnllm.api.openai.adapt`` maps
 them onto. Fields OpenAI has and this server does not are caught there too (``extra="allow"``, then
 refused by name), so nothing is silently ignored.
@@ -13,16 +14,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tnllm.api.schemas import StrictBody
 
-class StreamOptions(BaseModel):
+
+class StreamOptions(StrictBody):
     """``stream_options``: ``include_usage`` adds a last chunk with the usage (and empty choices)."""
-
-    model_config = ConfigDict(extra="allow")
 
     include_usage: bool | None = None
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(StrictBody):
     """One message of ``messages``: ``content`` a string or a list of ``{"type": "text", "text"}``."""
 
     model_config = ConfigDict(extra="allow")
@@ -32,7 +33,7 @@ class ChatMessageIn(BaseModel):
     name: str | None = None
 
 
-class _Common(BaseModel):
+class _Common(StrictBody):
     """Parameters both generation routes share (OpenAI's names)."""
 
     model_config = ConfigDict(extra="allow")
@@ -212,7 +213,7 @@ def _batch_events() -> list[BatchEvent]:
     return ["batch.completed", "batch.failed", "batch.cancelled"]
 
 
-class BatchWebhook(BaseModel):
+class BatchWebhook(StrictBody):
     """tnllm's extra: a signed callback for the batch's final status (docs/WEBHOOKS.md)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -221,7 +222,7 @@ class BatchWebhook(BaseModel):
     events: list[BatchEvent] = Field(default_factory=_batch_events, min_length=1)
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(StrictBody):
     """Body of `POST /v1/batches`."""
 
     model_config = ConfigDict(extra="forbid")
