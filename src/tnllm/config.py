@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     lease_renew_interval: float = Field(default=10.0, gt=0, description="How often a worker renews leases.")
     reaper_interval: float = Field(default=10.0, gt=0, description="How often expired leases are looked for.")
     max_attempts: int = Field(default=3, ge=1, description="Runs before a job that kills workers fails.")
+    redis_outage_tolerance: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker keeps a finished job's result while Redis is unreachable, "
+        "retrying the write, seconds; after that the run is given up and the job runs again.",
+    )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Tasks per GPU worker process; 0 means the engine's slot count."
     )

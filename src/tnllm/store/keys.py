@@ -13,6 +13,8 @@
 | ``tnllm:workers:{id}`` | hash | one worker's heartbeat; TTL given by the worker |
 | ``tnllm:events:finished`` | pub/sub channel | ``{job_id}`` published when a job becomes terminal |
 | ``tnllm:events:cancel`` | pub/sub channel | ``{job_id}`` published when a running job must stop |
+| ``tnllm:reaper:clock`` | string | server time (ms) of the last reaper round of any worker |
+| ``tnllm:reaper:grace`` | string | exists while reaping waits after an outage; TTL the grace |
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ RUNNING = PREFIX + "running"
 WORKERS = PREFIX + "workers"
 FINISHED_CHANNEL = PREFIX + "events:finished"
 CANCEL_CHANNEL = PREFIX + "events:cancel"
+REAPER_CLOCK = PREFIX + "reaper:clock"
+REAPER_GRACE = PREFIX + "reaper:grace"
 
 #: Seconds an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL = 24 * 3600

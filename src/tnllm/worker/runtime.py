@@ -68,7 +68,7 @@ class WorkerRuntime:
         self.engine: EngineClient | None = None
         self.engine_lost = False
         self.metrics = WorkerMetrics()
-        self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
+        self.finish_retry_s = max(settings.redis_outage_tolerance, 3 * settings.lease_ttl)
         self.active = ActiveJobs()
         self.pump = StreamPump(self.store, self.worker_id, settings.stream_flush_interval)
         self.heartbeat = Heartbeat(self.store, settings, worker_id=self.worker_id, hostname=self.hostname)
