@@ -2,9 +2,9 @@
 
 ``WorkerRuntime`` ties together what the process holds: the settings, the job store, the Celery
 app, the engine (a ``tnllm.engine.client.EngineClient``), the running jobs (``active.py``), the stream pump
-(``stream_pump.py``), the heartbeat and lease renewal (``leases.py``) and the reaper
-(``reaper.py``), plus the two background threads that run the last two. ``process.run_worker``
-builds it, installs it with ``set_runtime`` and starts Celery.
+(``stream_pump.py``), the cancel listener (``cancels.py``), the heartbeat and lease renewal
+(``leases.py``) and the reaper (``reaper.py``), plus the two background threads that run the last
+two. ``process.run_worker`` builds it, installs it with ``set_runtime`` and starts Celery.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tnllm.protocol.jobs import GenerationParams
 from tnllm.store.sync import JobStore
 from tnllm.text.prompt import render_prompt
 from tnllm.worker.active import ActiveJob, ActiveJobs
+from tnllm.worker.cancels import CancelListener
 from tnllm.worker.leases import Heartbeat
 from tnllm.worker.metrics import WorkerMetrics
 from tnllm.worker.reaper import Reaper
@@ -71,6 +72,7 @@ class WorkerRuntime:
         self.finish_retry_s = max(settings.redis_outage_tolerance, 3 * settings.lease_ttl)
         self.active = ActiveJobs()
         self.pump = StreamPump(self.store, self.worker_id, settings.stream_flush_interval)
+        self.cancels = CancelListener(self.store.client, self.active)
         self.heartbeat = Heartbeat(self.store, settings, worker_id=self.worker_id, hostname=self.hostname)
         self.reaper = Reaper(self.store, settings, worker_id=self.worker_id, send=self.send_generate)
         self._stop = threading.Event()
@@ -133,8 +135,9 @@ class WorkerRuntime:
 
     # --- background threads --------------------------------------------------------------------
     def start_background(self) -> None:
-        """Start the stream pump, the heartbeat/lease thread and the reaper thread."""
+        """Start the stream pump, the cancel listener, the heartbeat/lease thread and the reaper."""
         self.pump.start()
+        self.cancels.start()
         for name, interval, fn in (
             ("heartbeat", self.settings.lease_renew_interval, self.heartbeat_once),
             ("reaper", self.settings.reaper_interval, self.reaper.reap_once),
@@ -160,6 +163,7 @@ class WorkerRuntime:
         """Stop the threads and the engine; withdraw the heartbeat."""
         self._stop.set()
         self.pump.stop()
+        self.cancels.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         if self.engine is not None:
