@@ -52,7 +52,9 @@ class JobStore:
         """Connect to ``settings.redis_url``."""
         if not settings.redis_url:
             raise ValueError("TNLLM_REDIS_URL is not set")
-        return cls(redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master), settings)
+        options = settings.redis_socket_options()
+        client = redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master, **options)
+        return cls(client, settings)
 
     def _run(self, call: ops.ScriptCall) -> Any:
         return self._scripts[call.name](keys=call.keys, args=call.args)
