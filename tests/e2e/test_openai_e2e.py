@@ -219,6 +219,12 @@ def test_malformed_json_is_an_openai_shaped_400(stack: Stack) -> None:
     error = answer.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "body"
     assert "malformed JSON" in error["message"]
+    huge = httpx.post(
+        f"{stack.api_url}/v1/completions",
+        json={"model": MODEL, "prompt": "x" * (2 << 20)},
+        headers={"Authorization": f"Bearer {KEY_A}"},
+    )
+    assert huge.status_code == 413 and huge.json()["error"]["type"] == "invalid_request_error"
     native = httpx.post(f"{stack.api_url}/v1/jobs", content=b"{", headers={"Authorization": f"Bearer {KEY_A}",
                         "Content-Type": "application/json"})  # fmt: skip
     assert native.status_code == 422 and native.json()["error"]["type"] == "invalid_request"  # its own shape

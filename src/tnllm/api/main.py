@@ -22,7 +22,7 @@ from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.openai.batching import Batches, BatchFinalizer
-from tnllm.api.openai.errors import malformed_refusal
+from tnllm.api.openai.errors import malformed_refusal, oversize_refusal
 from tnllm.api.producer import JobProducer
 from tnllm.api.routes import batches, compat, health, jobs, openai, prefixes, ui
 from tnllm.config import Settings
@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         overrides={"/v1/files": settings.batch_max_file_bytes + 64 * 1024},  # + multipart framing
+        refusal=oversize_refusal,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)

@@ -79,6 +79,11 @@ def malformed_refusal(path: str, message: str) -> tuple[int, dict[str, Any]] | N
     return error_payload(400, f"malformed JSON body: {message}", "body")
 
 
+def oversize_refusal(path: str, message: str) -> tuple[int, dict[str, Any]] | None:
+    """The 413 of a body over the size limit on an OpenAI path (``BodyLimitMiddleware``'s hook)."""
+    return error_payload(413, message, "body") if path.startswith(OPENAI_PATHS) else None
+
+
 def invalid(message: str, param: str | None, code: str | None = None) -> ApiError:
     """A 400 naming ``param`` (raise it from the OpenAI routes)."""
     return ApiError(400, message, field=param, code=code)
