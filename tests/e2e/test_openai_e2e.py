@@ -118,6 +118,7 @@ def test_chat_stream_concatenates_to_the_non_streamed_answer(
     # an ordinary job underneath, listed with the caller's jobs
     job = _job(stack, answer.id.removeprefix("chatcmpl-"))
     assert job["status"] == "succeeded" and job["result"]["text"] == choice.message.content
+    assert job["priority"] == 5  # TNLLM_OPENAI_PRIORITY: above the batches' 0
 
     chunks = list(
         client.chat.completions.create(
@@ -442,5 +443,6 @@ def test_50_line_batch_completes_once_each_across_worker_sigkill_and_api_restart
         assert done.error_file_id is None
     assert sorted(o["custom_id"] for o in out) == sorted(f"line-{i}" for i in range(50))  # each exactly once
     assert all(o["response"]["status_code"] == 200 for o in out)
+    assert {_job(stack, o["response"]["request_id"])["priority"] for o in out} == {0}  # TNLLM_BATCH_PRIORITY
     restarted = [_job(stack, o["response"]["request_id"])["attempts"] for o in out]
     assert max(restarted) >= 2  # some ran again after the kill
