@@ -91,3 +91,20 @@ async def test_a_full_queue_throttles_the_submission_instead_of_failing_lines(
         assert [i["custom_id"] for i in await batches.records.requests(batch["id"])] == [
             f"c{i}" for i in range(8)
         ]
+
+
+async def test_lists_page_with_after_and_limit(app: FastAPI, client: httpx.AsyncClient) -> None:
+    batches = Batches(app.state.services)
+    made = []
+    for i in range(3):
+        made.append((await batches.put_file("anonymous", _file(1), f"f{i}.jsonl", "batch"))["id"])
+        created = batch_object(new_id("batch"), "/v1/chat/completions", made[-1], None)
+        await batches.create("anonymous", created, None)
+    for path in ("/v1/files", "/v1/batches"):
+        first = (await client.get(path, params={"limit": 2})).json()
+        assert len(first["data"]) == 2 and first["has_more"] and first["last_id"] == first["data"][-1]["id"]
+        rest = (await client.get(path, params={"limit": 2, "after": first["last_id"]})).json()
+        assert len(rest["data"]) == 1 and not rest["has_more"]
+        ids = [d["id"] for d in first["data"] + rest["data"]]
+        assert len(set(ids)) == 3
+    assert [f["id"] for f in (await client.get("/v1/files")).json()["data"]] == made[::-1]  # same second too

@@ -4,10 +4,10 @@ batches still to finalize, and a short lock so one API process finalizes a batch
 | key | type | holds |
 | --- | --- | --- |
 | ``tnllm:file:{id}`` | string | the file object (JSON) plus ``owner`` |
-| ``tnllm:files:{owner}`` | zset | file ids by creation time (ms), for listing |
+| ``tnllm:files:{owner}`` | zset | file ids by creation time (µs), for listing |
 | ``tnllm:batch:{id}`` | string | the batch object (JSON) plus ``owner`` |
 | ``tnllm:batch:{id}:jobs`` | list | per request (JSON): its job id, or the error that kept it from one |
-| ``tnllm:batches:{owner}`` | zset | batch ids by creation time (ms) |
+| ``tnllm:batches:{owner}`` | zset | batch ids by creation time (µs) |
 | ``tnllm:batches:active`` | set | batches not yet final (the API's finalizer scans it) |
 | ``tnllm:batch:{id}:lock`` | string | the API process submitting or finalizing it (TTL ``lease_ttl``) |
 | ``tnllm:job:{batch id}`` | hash | only ``webhook`` (+ its delivery log): the batch's callback, |
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,8 @@ class AsyncBatchStore:
     async def _put(self, key: str, index: str, owner: str, obj: dict[str, Any]) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(key, _dumps({"owner": owner, "object": obj}), ex=self.ttl)
-            pipe.zadd(index, {obj["id"]: int(obj["created_at"]) * 1000}, nx=True)
+            # scored when first stored, in µs: objects of the same second still list newest first
+            pipe.zadd(index, {obj["id"]: time.time_ns() // 1000}, nx=True)
             pipe.expire(index, self.ttl)
             await pipe.execute()
 
