@@ -1,0 +1,103 @@
+"""The body of a job submission (``POST /v1/jobs``): ``JobCreate``, the one contract that the API
+validates and the Python client (``tnllm.client``) builds, so neither declares a field of its own.
+
+Pure pydantic: the sampling fields are the one ``SamplingParams`` (inherited, so the body stays flat),
+the callback is ``WebhookSpec`` (``tnllm.protocol.webhooks``). Limits that depend on a deployment are
+the API's checks, made after parsing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from tnllm.protocol.jobs import ChatMessage
+from tnllm.protocol.sampling import SamplingParams
+from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
+from tnllm.protocol.webhooks import WebhookSpec
+
+
+def check_unicode(value: Any, where: str = "") -> Any:
+    """Refuse lone UTF-16 surrogates (``"\\ud800"`` is valid JSON but not encodable text), anywhere
+    in ``value``; the error names the path inside the field."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"invalid text{' at ' + where if where else ''}: lone surrogate") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(key, where)
+            check_unicode(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_unicode(item, f"{where}[{i}]")
+    return value
+
+
+#: Bounds of the ``metadata`` object (echoed back, so kept small).
+METADATA_MAX_BYTES = 4096
+METADATA_MAX_KEYS = 32
+
+
+# The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
+class JobCreate(SamplingParams):
+    """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
+
+    Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
+    tokens ≤ TNLLM_MAX_PROMPT_TOKENS, at most TNLLM_MAX_STOP_STRINGS stop strings) are checked after
+    parsing and answered with 422 / 413 naming the field.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+    )
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="User text, wrapped in the chat template after the default system message.",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
+    )
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return check_unicode(value)
+
+    @field_validator("messages")
+    @classmethod
+    def _prompt_xor_messages(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> Any:
+        if "prompt" not in info.data:  # prompt itself was invalid: that error is enough
+            return value
+        has_prompt = info.data["prompt"] is not None
+        if value is not None and has_prompt:
+            raise ValueError("give either 'prompt' or 'messages', not both")
+        if value is None and not has_prompt:
+            raise ValueError("one of 'prompt' or 'messages' is required")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > METADATA_MAX_KEYS:
+            raise ValueError(f"at most {METADATA_MAX_KEYS} keys")
+        if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
+            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
+        return value
