@@ -1,6 +1,7 @@
-"""HTTP models of the API: list/compat/error answers. The job body (``JobCreate``, with its
-``WebhookSpec``) is a protocol contract, shared with the Python client; the job object is
-``JobPublic`` (shared with webhook payloads). Both are re-exported here."""
+"""HTTP models of the API: the compat and health answers. The job API's bodies (``JobCreate`` and
+its ``WebhookSpec``, ``JobList``, ``ErrorResponse``) are protocol contracts shared with the Python
+client (``tnllm.protocol.http``), and the job object is ``JobPublic`` (shared with webhook payloads);
+all are re-exported here."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tnllm.protocol.job_create import METADATA_MAX_BYTES, METADATA_MAX_KEYS, JobCreate, check_unicode
+from tnllm.protocol.http import (
+    METADATA_MAX_BYTES,
+    METADATA_MAX_KEYS,
+    ErrorDetail,
+    ErrorResponse,
+    JobCreate,
+    JobList,
+    check_unicode,
+)
 from tnllm.protocol.webhooks import MAX_URL_LENGTH, WebhookSpec
 from tnllm.store import JobPublic
 
@@ -26,14 +35,6 @@ __all__ = [
     "JobPublic",
     "WebhookSpec",
 ]
-
-
-class JobList(BaseModel):
-    """A page of the caller's jobs, newest first."""
-
-    object: str = "list"
-    data: list[JobPublic]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
 class CompatRequest(BaseModel):
@@ -55,21 +56,6 @@ class CompatResponse(BaseModel):
     response: str
     status: int = 200
     time: str = Field(description="Local time `YYYY-mm-dd HH:MM:SS`.")
-
-
-class ErrorDetail(BaseModel):
-    """The ``error`` object of every error answer."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    """Every error answer: ``{"error": {"type", "message", ...}}``."""
-
-    error: ErrorDetail
 
 
 class HealthStatus(BaseModel):

@@ -1,5 +1,6 @@
-"""The body of a job submission (``POST /v1/jobs``): ``JobCreate``, the one contract that the API
-validates and the Python client (``tnllm.client``) builds, so neither declares a field of its own.
+"""The job API's HTTP bodies, shared by the API and the Python client (``tnllm.client``) so that
+neither declares a field of its own: ``JobCreate`` (``POST /v1/jobs``), ``JobList`` (a page of
+``GET /v1/jobs``) and ``ErrorResponse`` (every error answer).
 
 Pure pydantic: the sampling fields are the one ``SamplingParams`` (inherited, so the body stays flat),
 the callback is ``WebhookSpec`` (``tnllm.protocol.webhooks``). Limits that depend on a deployment are
@@ -11,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tnllm.protocol.jobs import ChatMessage
+from tnllm.protocol.jobs import ChatMessage, JobPublic
 from tnllm.protocol.sampling import SamplingParams
 from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
 from tnllm.protocol.webhooks import WebhookSpec
@@ -101,3 +102,26 @@ class JobCreate(SamplingParams):
         if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
             raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
         return value
+
+
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    object: str = "list"
+    data: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of every error answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {"type", "message", ...}}``."""
+
+    error: ErrorDetail
