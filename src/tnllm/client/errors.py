@@ -12,14 +12,15 @@ TnllmError
         ├── NotFound (LookupError)           404 not_found (unknown, expired or someone else's job)
         ├── InvalidRequest (RequestError)    400/405/415/422 invalid_request, bad_request, ...
         │   ├── IdempotencyConflict          422 idempotency_conflict (same key, other body)
-        │   └── PayloadTooLarge              413 payload_too_large
+        │   └── PayloadTooLarge              413 payload_too_large, prompt_too_long
         ├── Conflict                         409 conflict
         │   ├── JobTerminal                  409 job_terminal (``.job_status``: how it ended)
         │   └── NoWebhookEvent               409 no_webhook_event
         ├── RateLimited                      429 (``.retry_after``)
         │   └── QueueFull                    429 queue_full
         ├── Unavailable                      503 unavailable (Redis down; ``.retry_after``)
-        └── ServerError                      500 internal_error and other 5xx
+        ├── ServerError                      500 internal_error and other 5xx
+        └── GatewayTimeout                   504 timeout (``POST /`` waited too long; the job goes on)
 ```
 """
 
@@ -127,6 +128,10 @@ class ServerError(ApiStatusError):
     """500 or another 5xx: the server failed."""
 
 
+class GatewayTimeout(ApiStatusError):
+    """504: the server stopped waiting for the job (which goes on in the background)."""
+
+
 #: The API's error ``type`` → the class raised for it (tnllm/api/errors.py and the routes).
 ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "bad_request": InvalidRequest,
@@ -138,6 +143,7 @@ ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "job_terminal": JobTerminal,
     "no_webhook_event": NoWebhookEvent,
     "payload_too_large": PayloadTooLarge,
+    "prompt_too_long": PayloadTooLarge,
     "unsupported_media_type": InvalidRequest,
     "invalid_request": InvalidRequest,
     "idempotency_conflict": IdempotencyConflict,
@@ -145,6 +151,7 @@ ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "rate_limited": RateLimited,
     "unavailable": Unavailable,
     "internal_error": ServerError,
+    "timeout": GatewayTimeout,
 }
 
 #: Fallback by status for a ``type`` this client does not know (a newer server).
@@ -156,6 +163,7 @@ _BY_STATUS: dict[int, type[ApiStatusError]] = {
     413: PayloadTooLarge,
     429: RateLimited,
     503: Unavailable,
+    504: GatewayTimeout,
 }
 
 
