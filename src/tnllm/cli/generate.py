@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tnllm.cli.flags import sampling_fields
 from tnllm.protocol.jobs import GenerationParams
 from tnllm.protocol.sampling import SamplingParams, error_message
 from tnllm.text.prompt import render_prompt
@@ -16,10 +17,7 @@ from tnllm.text.prompt import render_prompt
 
 def sampling_from_args(args: argparse.Namespace, default_max_new_tokens: int) -> SamplingParams:
     """The contract's SamplingParams from the flags, ``max_new_tokens`` resolved (ValidationError)."""
-    given = {name: getattr(args, name, None) for name in SamplingParams.model_fields}
-    return SamplingParams(**{k: v for k, v in given.items() if v is not None}).resolved(
-        default_max_new_tokens
-    )
+    return SamplingParams(**sampling_fields(args)).resolved(default_max_new_tokens)
 
 
 def _prompt_ids(args: argparse.Namespace, tokenizer: Any, system_prompt: str) -> list[list[int]]:
