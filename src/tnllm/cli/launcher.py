@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 
 from tnllm.cli.gpus import visible_gpus, worker_env
-from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
+from tnllm.cli.shutdown import shutdown
+from tnllm.cli.supervisor import Child, child_env, tnllm_argv
 from tnllm.config import Settings, environment
 from tnllm.store.server import RedisServer
 
@@ -209,7 +210,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print("ready. Ctrl-C stops everything.", flush=True)
         return _supervise(workers, others, stop)
     finally:
-        _shutdown(children, redis)
+        shutdown(children, redis, settings)
 
 
 def _up_env(settings: Settings) -> dict[str, str]:
@@ -264,16 +265,3 @@ def _supervise(workers: list[Child], others: list[Child], stop: threading.Event)
                 log.error("%s exited with %s:\n%s", child.name, child.returncode, child.log_tail())
                 return 1
     return 0
-
-
-def _shutdown(children: list[Child], redis: RedisServer | None) -> None:
-    """API first (no new jobs), then workers (warm shutdown), then the rest, Redis last."""
-    by_name = {c.name: c for c in children}
-    if "api" in by_name:
-        by_name["api"].stop(15)
-    workers = [c for c in children if c.name.startswith("worker-")]
-    stop_all(workers, WORKER_STOP_TIMEOUT)
-    stop_all([c for c in children if c not in workers and c.name != "api"], 15)
-    if redis is not None:
-        redis.stop()
-    print("stopped.", flush=True)
