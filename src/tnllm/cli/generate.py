@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tnllm.cli.flags import sampling_fields
+from tnllm.cli.hints import model_error
 from tnllm.config import DEMO_MODEL, model_folder
-from tnllm.errors import RequestError, TnllmError
+from tnllm.errors import ModelResolutionError, RequestError, TnllmError
 from tnllm.protocol.http import JobCreate
 from tnllm.protocol.jobs import GenerationParams
 from tnllm.protocol.sampling import SamplingParams, error_message
@@ -76,7 +77,8 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
         reqs = [EngineRequest(f"cli-{i}", ids, params) for i, ids in enumerate(prompts)]
         results = engine.generate(reqs)
     except TnllmError as err:  # the model cannot be used, or the engine refused a request
-        print(f"tnllm generate: {err}", file=sys.stderr)
+        text = model_error(err, "generate") if isinstance(err, ModelResolutionError) else str(err)
+        print(f"tnllm generate: {text}", file=sys.stderr)
         return 2 if isinstance(err, RequestError) else 1
     for ids, res in zip(prompts, results, strict=True):
         if args.json:

@@ -126,23 +126,24 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 # The child prints one line (no traceback) and exits with this code when the model cannot be
 # resolved (unknown id offline, missing folder...): the parent then adds nothing of its own.
 _MODEL_ERROR_EXIT = 3
-_RESOLVE_CODE = f"""\
+_RESOLVE_CODE = """\
 import sys
-from tnllm.config import Settings, environment
+from tnllm.cli.hints import model_error
+from tnllm.config import Settings
 from tnllm.model.download import ModelResolutionError, resolve_model_path
 try:
     print(resolve_model_path(Settings()))
 except ModelResolutionError as exc:
-    print(f"tnllm up: error: {{exc}}", file=sys.stderr)
-    raise SystemExit({_MODEL_ERROR_EXIT})
+    print(f"tnllm up: error: {{model_error(exc, 'up', from_make={from_make})}}", file=sys.stderr)
+    raise SystemExit({exit})
 """
 
 
-def _resolve_model(env: dict[str, str]) -> str:
+def _resolve_model(env: dict[str, str], from_make: bool = False) -> str:
     """Resolve/prepare the model once in a child (downloads or writes the demo checkpoint)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _RESOLVE_CODE], env=env, check=False, stdout=subprocess.PIPE, text=True
-    )
+    code = _RESOLVE_CODE.format(from_make=from_make, exit=_MODEL_ERROR_EXIT)
+    argv = [sys.executable, "-c", code]
+    out = subprocess.run(argv, env=env, check=False, stdout=subprocess.PIPE, text=True)
     if out.returncode == _MODEL_ERROR_EXIT:
         raise SystemExit(1)  # the child already said why, in one line
     if out.returncode != 0:
@@ -191,7 +192,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     env = _up_env(settings)
     children: list[Child] = []
     try:
-        model_path = _resolve_model(env)
+        model_path = _resolve_model(env, getattr(args, "from_make", False))
         env["TNLLM_MODEL"] = model_path
         print(f"model:   {model_path}", flush=True)
         workers, others = _up_children(settings, env, logs)

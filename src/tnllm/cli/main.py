@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--flower-port", type=int, help="Flower port (default 5555)")
     up.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
     up.add_argument("--workers", type=int, help="GPU worker processes (default 1)")
+    up.add_argument("--from-make", action="store_true", help=argparse.SUPPRESS)  # hints say `make run`
 
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", help="bind address (default: TNLLM_HOST, 127.0.0.1)")

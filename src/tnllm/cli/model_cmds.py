@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from tnllm.cli.hints import model_error
 from tnllm.config import DEFAULT_MODEL, Settings, is_model_id
 from tnllm.errors import ModelResolutionError
 from tnllm.model.demo import write_demo_checkpoint
@@ -30,7 +31,7 @@ def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
             raise ModelResolutionError(f"{model_id!r} is not a ModelScope model id (owner/name)")
         folder = download_model(model_id, target, revision)
     except ModelResolutionError as exc:
-        print(f"tnllm download: error: {exc}", file=sys.stderr)
+        print(f"tnllm download: error: {model_error(exc, 'download')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tnllm download: interrupted; run the same command again to resume", file=sys.stderr)
