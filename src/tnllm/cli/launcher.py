@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from tnllm.cli.gpus import visible_gpus, worker_env
+from tnllm.cli.progress import LogFollower
 from tnllm.cli.shutdown import shutdown
 from tnllm.cli.supervisor import Child, child_env, tnllm_argv
 from tnllm.config import Settings, environment
@@ -151,9 +152,19 @@ def _resolve_model(env: dict[str, str], from_make: bool = False) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _wait_ready(url: str, children: list[Child], stop: threading.Event, timeout: float) -> bool:
+def _echo_steps(followers: list[LogFollower]) -> None:
+    """The workers' model preparation steps logged since the last look."""
+    for follower in followers:
+        for step in follower.steps():
+            print(step, flush=True)
+
+
+def _wait_ready(
+    url: str, children: list[Child], stop: threading.Event, timeout: float, followers: list[LogFollower]
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
+        _echo_steps(followers)
         dead = [c for c in children if not c.alive]
         if dead:
             for child in dead:
@@ -197,14 +208,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print(f"model:   {model_path}", flush=True)
         workers, others = _up_children(settings, env, logs)
         children = [*workers, *others]
+        followers = [LogFollower(w.name, w.log_path) for w in workers]
         for child in children:
             child.start()
+        print(f"workers: {len(workers)} loading the model (log in {logs})", flush=True)
         api_url = f"http://{settings.host}:{settings.port}"
-        if not _wait_ready(f"{api_url}/readyz", children, stop, READY_TIMEOUT):
+        if not _wait_ready(f"{api_url}/readyz", children, stop, READY_TIMEOUT, followers):
             if stop.is_set():
                 return 0
             print(f"tnllm did not become ready; logs in {logs}", file=sys.stderr, flush=True)
             return 1
+        _echo_steps(followers)
         print(f"api:     {api_url}  (docs {api_url}/docs)", flush=True)
         print(f"flower:  http://{settings.flower_address}:{settings.flower_port}", flush=True)
         print(f"logs:    {logs}", flush=True)
