@@ -257,10 +257,10 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                     print_json(job_json(job))
                 return 0
             table = Table(box=None)
-            table.add_column("id", no_wrap=True)
-            table.add_column("status", no_wrap=True)
-            table.add_column("created", no_wrap=True)
-            table.add_column("tokens", justify="right")
+            # every column but the prompt keeps its width; the prompt takes what is left
+            for name, width in (("id", 24), ("status", 9), ("created", 11), ("tokens", 6)):
+                side = "right" if name == "tokens" else "left"
+                table.add_column(name, no_wrap=True, min_width=width, justify=side)
             table.add_column("prompt", no_wrap=True, overflow="ellipsis")
             for job in jobs:
                 table.add_row(*_row(job))
@@ -277,5 +277,5 @@ def _row(job: JobPublic) -> list[str]:
     tokens = str(job.result.usage.completion_tokens) if job.result else ""
     text = job.prompt if job.prompt is not None else (job.messages[-1].content if job.messages else "")
     preview = " ".join(text.split())
-    created = job.created_at.astimezone().strftime("%m-%d %H:%M:%S")
+    created = job.created_at.astimezone().strftime("%m-%d %H:%M")
     return [job.id, state, created, tokens, preview]
