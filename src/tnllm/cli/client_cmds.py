@@ -258,9 +258,9 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             table = Table(box=None)
             # every column but the prompt keeps its width; the prompt takes what is left
-            for name, width in (("id", 24), ("status", 9), ("created", 11), ("tokens", 6)):
-                side = "right" if name == "tokens" else "left"
-                table.add_column(name, no_wrap=True, min_width=width, justify=side)
+            for name, width in (("id", 24), ("status", 9), ("created", 11)):
+                table.add_column(name, no_wrap=True, min_width=width)
+            table.add_column("tokens", no_wrap=True, min_width=6, justify="right")
             table.add_column("prompt", no_wrap=True, overflow="ellipsis")
             for job in jobs:
                 table.add_row(*_row(job))
