@@ -96,8 +96,10 @@ def test_offline_is_one_clear_line(
     assert main(["download"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    err = captured.err.strip()
-    assert "\n" not in err and "Traceback" not in err
+    *steps, err = captured.err.strip().splitlines()
+    assert steps == [f"tnllm download: downloading {MODEL_ID} (revision default) from ModelScope into "
+                     f"{data_dir.resolve() / 'models' / MODEL_ID}"]  # fmt: skip
+    assert err.startswith("tnllm download: error: ") and "Traceback" not in captured.err
     assert "offline or unreachable" in err and MODEL_ID in err
     # download has no --model flag: the hint names the command that has one
     assert "`tnllm up --model demo`" in err and "tnllm download --model" not in err

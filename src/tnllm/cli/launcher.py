@@ -130,8 +130,10 @@ _MODEL_ERROR_EXIT = 3
 _RESOLVE_CODE = """\
 import sys
 from tnllm.cli.hints import model_error
+from tnllm.cli.model_cmds import say_model_steps
 from tnllm.config import Settings
 from tnllm.model.download import ModelResolutionError, resolve_model_path
+say_model_steps("model:   ")  # writing the demo checkpoint, downloading (then ModelScope's bars)
 try:
     print(resolve_model_path(Settings()))
 except ModelResolutionError as exc:

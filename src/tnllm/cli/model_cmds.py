@@ -21,6 +21,29 @@ from tnllm.model.download import download_model, model_dir_for
 log = logging.getLogger(__name__)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to whatever ``sys.stderr`` is when a record comes."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def say_model_steps(prefix: str) -> None:
+    """Show the model room's steps (``downloading X into Y``, ``writing the demo checkpoint``) on
+    stderr, where ModelScope's progress bars follow; idempotent, nothing else of logging changes."""
+    steps = logging.getLogger("tnllm.model.download")
+    if not any(isinstance(h, _Stderr) for h in steps.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+        steps.addHandler(handler)
+    steps.setLevel(logging.INFO)
+
+
 def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
     """``tnllm download [MODEL_ID] [--dir DIR] [--revision REV]``: fetch a checkpoint, print its folder."""
     model_id = args.model_id or (settings.model if is_model_id(str(settings.model)) else DEFAULT_MODEL)
@@ -29,6 +52,7 @@ def cmd_download(settings: Settings, args: argparse.Namespace) -> int:
         target = Path(args.dir) if args.dir else model_dir_for(model_id, settings.data_dir)
         if not is_model_id(model_id):
             raise ModelResolutionError(f"{model_id!r} is not a ModelScope model id (owner/name)")
+        say_model_steps("tnllm download: ")
         folder = download_model(model_id, target, revision)
     except ModelResolutionError as exc:
         print(f"tnllm download: error: {model_error(exc, 'download')}", file=sys.stderr)

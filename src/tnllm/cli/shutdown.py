@@ -79,11 +79,14 @@ def _in_order(children: list[Child], settings: Settings) -> None:
     if workers:
         grace = settings.worker_shutdown_grace
         running = running_jobs(settings)
-        jobs = "their running jobs" if running is None else f"{running} running job{'s' * (running != 1)}"
-        _say(
-            f"stopping: waiting up to {grace:g} s for {jobs} to finish; the rest go back to the queue "
-            "(Ctrl-C again to stop at once)"
-        )
+        if running == 0:
+            _say("stopping: the workers (no job is running)")
+        else:
+            jobs = "their running jobs" if running is None else f"{running} running job{'s' * (running != 1)}"
+            _say(
+                f"stopping: waiting up to {grace:g} s for {jobs} to finish; the rest go back to the queue "
+                "(Ctrl-C again to stop at once)"
+            )
         stop_all(workers, grace + WORKER_EXIT_MARGIN)
     stop_all([c for c in children if c not in workers and c.name != "api"], 15)
 
