@@ -32,19 +32,23 @@ class StopNow(Exception):
 
 
 def running_jobs(settings: Settings) -> int | None:
-    """Jobs the workers run now, from their heartbeats (None when Redis cannot say)."""
-    from tnllm.store import JobStore
+    """Jobs running now (the store's running set; None when Redis cannot say)."""
+    from tnllm.store import JobStore, keys
 
     try:
         store = JobStore.from_settings(settings)
     except (RedisError, OSError, ValueError):
         return None
     try:
-        return sum(max(0, w.slots - w.free_slots) for w in store.workers() if w.model_loaded)
+        return int(store.client.zcard(keys.RUNNING))
     except (RedisError, OSError):
         return None
     finally:
         store.client.close()
+
+
+def _jobs(count: int | None) -> str:
+    return "the running jobs" if count is None else f"{count} running job{'s' * (count != 1)}"
 
 
 def _say(text: str) -> None:
@@ -82,10 +86,9 @@ def _in_order(children: list[Child], settings: Settings) -> None:
         if running == 0:
             _say("stopping: the workers (no job is running)")
         else:
-            jobs = "their running jobs" if running is None else f"{running} running job{'s' * (running != 1)}"
             _say(
-                f"stopping: waiting up to {grace:g} s for {jobs} to finish; the rest go back to the queue "
-                "(Ctrl-C again to stop at once)"
+                f"stopping: waiting up to {grace:g} s for {_jobs(running)} to finish; the rest go back to "
+                "the queue (Ctrl-C again to stop at once)"
             )
         stop_all(workers, grace + WORKER_EXIT_MARGIN)
     stop_all([c for c in children if c not in workers and c.name != "api"], 15)
@@ -99,11 +102,9 @@ def shutdown(children: list[Child], redis: RedisServer | None, settings: Setting
             _in_order(children, settings)
         except StopNow:
             _ignore_signals()
-            running = running_jobs(settings)
-            jobs = "running jobs" if running is None else f"{running} running job{'s' * (running != 1)}"
             _say(
-                f"stopping at once: the {jobs} go back to the queue when their leases expire "
-                f"({settings.lease_ttl:g} s) and run again on the next worker"
+                f"stopping at once: {_jobs(running_jobs(settings))} will go back to the queue (a lease "
+                f"expires after {settings.lease_ttl:g} s) and run again on the next worker"
             )
             _kill_now(children)
         _ignore_signals()  # Redis stops cleanly (its append-only file complete), whatever comes now
