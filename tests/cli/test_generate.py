@@ -117,7 +117,7 @@ def test_a_model_that_cannot_be_used_is_one_line(capsys: pytest.CaptureFixture[s
     argv = tnllm_argv("generate", "--model", "/nonexistent", "--prompt", "hi")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert "model folder '/nonexistent' does not exist; use `--model demo`" in proc.stderr
+    assert "model folder '/nonexistent' does not exist; run `tnllm generate --model demo`" in proc.stderr
     (tmp_path / "file").write_text("x")
     (tmp_path / "empty").mkdir()
     for model, words in [("file", "is a file; give the checkpoint folder"), ("empty", "no config.json")]:

@@ -5,9 +5,7 @@ all are re-exported here."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from tnllm.protocol.http import (
     METADATA_MAX_BYTES,
@@ -16,6 +14,7 @@ from tnllm.protocol.http import (
     ErrorResponse,
     JobCreate,
     JobList,
+    StrictBody,
     check_unicode,
 )
 from tnllm.protocol.webhooks import MAX_URL_LENGTH, WebhookSpec
@@ -33,21 +32,18 @@ __all__ = [
     "JobCreate",
     "JobList",
     "JobPublic",
+    "StrictBody",
     "WebhookSpec",
+    "check_unicode",
 ]
 
 
-class CompatRequest(BaseModel):
-    """Body of the tutorial's ``POST /``."""
+class CompatRequest(StrictBody):
+    """Body of the tutorial's ``POST /`` (unknown fields ignored, as the tutorial's server did)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(min_length=1)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return check_unicode(value)
 
 
 class CompatResponse(BaseModel):

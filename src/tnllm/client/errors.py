@@ -16,7 +16,8 @@ TnllmError
         ├── Conflict                         409 conflict
         │   ├── JobTerminal                  409 job_terminal (``.job_status``: how it ended)
         │   └── NoWebhookEvent               409 no_webhook_event
-        ├── RateLimited                      429 (``.retry_after``)
+        ├── RateLimited                      429 rate_limited (``.retry_after``)
+        │   ├── QuotaExceeded                429 quota_exceeded (the key's tokens of the day)
         │   └── QueueFull                    429 queue_full
         ├── Unavailable                      503 unavailable (Redis down; ``.retry_after``)
         ├── ServerError                      500 internal_error and other 5xx
@@ -116,6 +117,10 @@ class RateLimited(ApiStatusError):
     """429: too many requests now; retry after ``retry_after`` seconds."""
 
 
+class QuotaExceeded(RateLimited):
+    """429: the key used its completion tokens of the day (UTC)."""
+
+
 class QueueFull(RateLimited):
     """429: the queue holds its maximum of jobs."""
 
@@ -149,6 +154,7 @@ ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "idempotency_conflict": IdempotencyConflict,
     "queue_full": QueueFull,
     "rate_limited": RateLimited,
+    "quota_exceeded": QuotaExceeded,
     "unavailable": Unavailable,
     "internal_error": ServerError,
     "timeout": GatewayTimeout,

@@ -10,7 +10,7 @@ the API's checks, made after parsing.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -38,13 +38,30 @@ def check_unicode(value: Any, where: str = "") -> Any:
     return value
 
 
+class StrictBody(BaseModel):
+    """Base of every request body: strict types (``true``, ``"4"`` or ``4.0`` is no integer), no
+    unknown fields, no lone surrogates. Routes added later subclass it to get the same rules."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_values(cls, value: Any, info: ValidationInfo) -> Any:
+        value = check_unicode(value)
+        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, list) and field is not None and get_origin(field.annotation) is tuple:
+            return tuple(value)
+        return value
+
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
 
 
 # The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
-class JobCreate(SamplingParams):
+class JobCreate(SamplingParams, StrictBody):
     """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
 
     Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
@@ -54,7 +71,15 @@ class JobCreate(SamplingParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
+            # exactly one of the two (the other absent or null)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+        },
     )
 
     prompt: str | None = Field(
@@ -76,11 +101,6 @@ class JobCreate(SamplingParams):
         default=None,
         description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return check_unicode(value)
 
     @field_validator("messages")
     @classmethod
