@@ -152,3 +152,23 @@ def test_version() -> None:
     from tnllm import __version__
 
     assert out.stdout.strip() == f"tnllm {__version__}"
+
+
+def test_the_spinner_and_summary_words() -> None:
+    """What the spinner shows while a job waits (its queue position) and the summary line's words."""
+    from datetime import UTC, datetime, timedelta
+
+    from tnllm.cli.client_cmds import describe
+    from tnllm.protocol.jobs import JobPublic
+
+    now = datetime.now(UTC)
+    queued = JobPublic(id="j", status="queued", created_at=now, priority=0, queue_position=3)
+    assert describe(queued) == "queued · position 3"
+    done = JobPublic.model_validate(
+        {
+            **queued.model_dump(), "status": "failed", "queue_position": None, "started_at": now,
+            "finished_at": now + timedelta(seconds=1.5),
+            "error": {"type": "timeout", "message": "ran longer than 1800 s"},
+        }
+    )  # fmt: skip
+    assert describe(done) == "failed · timeout: ran longer than 1800 s · 1.50 s"
