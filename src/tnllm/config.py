@@ -190,6 +190,28 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
     )
+    state_cache: bool = Field(
+        default=True,
+        description="Keep the recurrent states of prompts, prefixes and finished sequences (docs/STATE.md): "
+        "prompts resume from their longest saved prefix and `continue_from` turns from the last state.",
+    )
+    state_cache_device_bytes: int = Field(
+        default=2 << 30, ge=0, description="State cache budget on the engine's device (GPU memory), bytes."
+    )
+    state_cache_host_bytes: int = Field(
+        default=8 << 30, ge=0, description="State cache budget in host memory (pinned on CUDA), bytes."
+    )
+    state_cache_disk_bytes: int = Field(
+        default=16 << 30,
+        ge=0,
+        description="State cache budget of files under `<data_dir>/states` (kept across restarts), bytes.",
+    )
+    state_cache_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Save no state of fewer tokens (pins excepted): on a GPU, short prefills cost less "
+        "than copying a state (65 MB for the 7B; docs/STATE.md).",
+    )
     engine_process: bool = Field(
         default=True,
         description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
@@ -291,6 +313,11 @@ class EngineConfig(BaseModel):
     engine_slots: int
     prefill_token_budget: int
     max_context: int
+    state_cache: bool
+    state_cache_device_bytes: int
+    state_cache_host_bytes: int
+    state_cache_disk_bytes: int
+    state_cache_min_tokens: int
     log_format: Literal["text", "json"]
     log_level: str
     log_content: bool

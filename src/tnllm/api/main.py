@@ -22,7 +22,7 @@ from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, ui
+from tnllm.api.routes import compat, health, jobs, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -91,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
+    app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(ui.router)

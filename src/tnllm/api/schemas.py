@@ -5,7 +5,7 @@ all are re-exported here."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tnllm.protocol.http import (
     METADATA_MAX_BYTES,
@@ -17,6 +17,7 @@ from tnllm.protocol.http import (
     StrictBody,
     check_unicode,
 )
+from tnllm.protocol.jobs import ChatMessage, Timestamp
 from tnllm.protocol.webhooks import MAX_URL_LENGTH, WebhookSpec
 from tnllm.store import JobPublic
 
@@ -32,10 +33,47 @@ __all__ = [
     "JobCreate",
     "JobList",
     "JobPublic",
+    "PrefixCreate",
+    "PrefixPublic",
     "StrictBody",
     "WebhookSpec",
     "check_unicode",
 ]
+
+
+class PrefixCreate(StrictBody):
+    """Body of ``POST /v1/prefixes``: exactly one of ``prompt`` / ``messages``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Here is the manual: ..."}]})
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The start of later jobs' `prompt`: the rendered conversation up to the end of this "
+        "text inside the user turn (the default system message first).",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        description="Complete first turns of later jobs' `messages` (few-shot examples, a document).",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> PrefixCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class PrefixPublic(BaseModel):
+    """A pinned prefix."""
+
+    id: str
+    object: str = "prefix"
+    created_at: Timestamp
+    tokens: int | None = Field(description="Its length in tokens (null: this API cannot count them).")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
 
 
 class CompatRequest(StrictBody):

@@ -15,6 +15,7 @@ TnllmError
         │   └── PayloadTooLarge              413 payload_too_large, prompt_too_long
         ├── Conflict                         409 conflict
         │   ├── JobTerminal                  409 job_terminal (``.job_status``: how it ended)
+        │   ├── NotContinuable               409 not_continuable (``continue_from`` a job that cannot be)
         │   └── NoWebhookEvent               409 no_webhook_event
         ├── RateLimited                      429 rate_limited (``.retry_after``)
         │   ├── QuotaExceeded                429 quota_exceeded (the key's tokens of the day)
@@ -109,6 +110,10 @@ class JobTerminal(Conflict):
         return str(value) if value is not None else None
 
 
+class NotContinuable(Conflict):
+    """409: ``continue_from`` names a job that did not succeed or kept no conversation."""
+
+
 class NoWebhookEvent(Conflict):
     """409: the job has no webhook, or no event happened yet."""
 
@@ -147,6 +152,7 @@ ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "conflict": Conflict,
     "job_terminal": JobTerminal,
     "no_webhook_event": NoWebhookEvent,
+    "not_continuable": NotContinuable,
     "payload_too_large": PayloadTooLarge,
     "prompt_too_long": PayloadTooLarge,
     "unsupported_media_type": InvalidRequest,

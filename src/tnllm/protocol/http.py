@@ -93,6 +93,17 @@ class JobCreate(SamplingParams, StrictBody):
         validate_default=True,
         description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
     )
+    continue_from: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Continue this earlier succeeded job of yours: the conversation is its conversation, "
+        "its reply, then `messages` (the new turns only) or `prompt` (raw text appended as it is). "
+        "Only the new tokens are prefilled where its state is kept (docs/STATE.md).",
+    )
+    state_cache: bool = Field(
+        default=True,
+        description="False: neither resume from nor save any recurrent state (a full recompute).",
+    )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
