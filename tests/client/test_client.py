@@ -208,9 +208,10 @@ def test_api_keys(client_stack: Stack) -> None:
 
 
 def test_every_error_type_the_api_answers_has_its_class() -> None:
-    """Each `type=` the API's code can answer (and each status default) maps to an exception."""
+    """Each `type=` the API's code can answer (and each status default) maps to an exception. The
+    OpenAI-compatible routes answer in OpenAI's shape, for OpenAI's clients: not scanned."""
     api = Path(__file__).resolve().parents[2] / "src" / "tnllm" / "api"
-    source = "\n".join(p.read_text() for p in api.rglob("*.py"))
+    source = "\n".join(p.read_text() for p in api.rglob("*.py") if "openai" not in str(p.relative_to(api)))
     answered = set(re.findall(r'type="([a-z_]+)"', source))
     answered |= set(re.findall(r'^\s+\d{3}: "([a-z_]+)",$', (api / "errors.py").read_text(), re.M))
     answered |= {"internal_error"}
