@@ -5,6 +5,8 @@ all are re-exported here."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tnllm.protocol.http import (
@@ -25,6 +27,7 @@ __all__ = [
     "MAX_URL_LENGTH",
     "METADATA_MAX_BYTES",
     "METADATA_MAX_KEYS",
+    "CancelAnswer",
     "CompatRequest",
     "CompatResponse",
     "ErrorDetail",
@@ -39,6 +42,17 @@ __all__ = [
     "WebhookSpec",
     "check_unicode",
 ]
+
+
+class CancelAnswer(JobPublic):
+    """The job object after a cancel request, with what the request found and did."""
+
+    cancel: Literal["cancelled", "stopping"] = Field(
+        description="`cancelled`: the job was queued and never runs (200). `stopping`: it was "
+        "running; its worker stops it within one engine step of receiving the request and it ends "
+        "`cancelled` with its partial text, unless it finished first (then it ends as it finished: "
+        "read the job to know) (202). A finished job answers 409 instead."
+    )
 
 
 class PrefixCreate(StrictBody):
