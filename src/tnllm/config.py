@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         description="Seconds between the API's looks for batches whose jobs all ended.",
     )
 
+    # --- client commands (tnllm submit, jobs, status, wait, stream, cancel, chat) -------------
+    url: str | None = Field(
+        default=None,
+        description="The server the client commands talk to. Unset: `http://127.0.0.1:<port>`.",
+    )
+    api_key: str | None = Field(default=None, description="Bearer key the client commands send.")
+
     # --- jobs and Celery --------------------------------------------------------------------
     result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a job record is kept.")
     job_time_limit: float = Field(default=1800.0, gt=0, description="Hard limit on one job's run, seconds.")
@@ -340,6 +347,10 @@ class Settings(BaseSettings):
         if model == DEMO_MODEL or (is_model_id(model) and not Path(model).expanduser().is_dir()):
             return model
         return Path(model).expanduser().name or model
+
+    def client_url(self) -> str:
+        """Where the client commands connect: ``url``, else this machine's API on ``port``."""
+        return self.url or f"http://127.0.0.1:{self.port}"
 
     def redis_socket_options(self) -> dict[str, Any]:
         """The socket options of every Redis connection (job store clients and the broker), in the
