@@ -49,6 +49,8 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
+    if body.n > settings.max_n:
+        raise ApiError(422, f"n: at most {settings.max_n} (got {body.n})", field="n")
     return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,6 +91,8 @@ def _generate_parser(sub: Any) -> None:
             gen.add_argument(flag, action="append", help=f"{text} Repeatable.")
         elif field.annotation is bool:
             gen.add_argument(flag, action="store_true", default=None, help=text)
+        elif field.annotation not in (int, float, int | None, float | None):
+            gen.add_argument(flag, type=json.loads, default=None, help=f"{text} (JSON)")
         else:
             number = float if field.annotation is float else int
             gen.add_argument(flag, type=number, default=None, help=text)
