@@ -109,3 +109,5 @@ class EngineStats:
     busy_seconds: float = 0.0  # total time spent in steps (the rest of the wall time: idle)
     device_wait_seconds: float = 0.0  # part of busy_seconds blocked on the device's sampled ids
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
+    prefills: int = 0  # prompts prefilled (once per request, whatever its n)
+    forked_choices: int = 0  # choices started from a copy of a prefilled state (n > 1)

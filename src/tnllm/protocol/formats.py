@@ -55,3 +55,25 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 def constrains(fmt: TextFormat | JsonObjectFormat | JsonSchemaFormat | None) -> bool:
     """True when the format needs a grammar (anything but absent or ``text``)."""
     return fmt is not None and fmt.type != "text"
+
+
+#: JSON compile options: no free whitespace, so a grammar with bounded values forces the output to
+#: end (a model could otherwise emit spaces forever); a schema's ``x-guidance`` may override them.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
+
+
+def grammar_of(fmt: JsonObjectFormat | JsonSchemaFormat) -> str:
+    """The llguidance grammar of a constraining format (imports llguidance, not torch).
+
+    ValueError naming the problem when it cannot be compiled (checked without a tokenizer)."""
+    from llguidance import LLMatcher
+
+    schema = {"type": "object"} if isinstance(fmt, JsonObjectFormat) else fmt.json_schema.json_schema
+    try:
+        grammar = LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"the JSON schema cannot be compiled: {exc}") from None
+    problem = LLMatcher.validate_grammar(grammar)
+    if problem:
+        raise ValueError(f"the JSON schema cannot be compiled: {problem.strip()}")
+    return grammar
