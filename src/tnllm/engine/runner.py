@@ -147,9 +147,8 @@ class ModelRunner:
             return
         idx = torch.tensor(dsts, device=self.device)
         for layer_state in self._pools():
-            layer_state.index_copy_(
-                0, idx, layer_state[src : src + 1].expand(len(dsts), *layer_state.shape[1:])
-            )
+            source = layer_state[src : src + 1].clone()  # one slot: the copy may not alias the pool
+            layer_state.index_copy_(0, idx, source.expand(len(dsts), *layer_state.shape[1:]))
 
     def _pools(self) -> list[torch.Tensor]:
         """Everything kept per slot: each layer's states, and the counts once made."""
