@@ -22,13 +22,14 @@ from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineResult
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
+from tnllm.protocol.outputs import Choice
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 from tnllm.worker.events import notify_transition
 from tnllm.worker.faults import crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
 
-__all__ = ["WAIT_S", "JobOutcome", "build_request", "retry_transient", "run_job"]
+__all__ = ["WAIT_S", "JobOutcome", "build_request", "job_result", "retry_transient", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,10 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
         if early is _Interrupt.RELEASE:
             return _release(rt, record)
         if early is _Interrupt.CANCEL:
-            empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
-            return _finish(rt, record, JobStatus.CANCELLED, result=empty)
+            n = record.params.n
+            empty = [Choice(index=i, text="", finish_reason="cancelled") for i in range(n)]
+            result = JobResult(text="", finish_reason="cancelled", usage=Usage(), choices=empty)
+            return _finish(rt, record, JobStatus.CANCELLED, result=result)
     if time.monotonic() >= deadline:
         return _timed_out(rt, record)
     try:
@@ -179,12 +182,20 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
     except LeaseLost:
         return JobOutcome.LEASE_LOST
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
-    result = JobResult(
+    return _finish(rt, record, status, result=job_result(outcome))
+
+
+def job_result(outcome: EngineResult) -> JobResult:
+    """The job's result: choice 0 on top, usage over every choice, the choices in order."""
+    return JobResult(
         text=outcome.text,
         finish_reason=outcome.finish_reason,
         usage=Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens),
+        choices=[
+            Choice(index=c.index, text=c.text, finish_reason=c.finish_reason, logprobs=c.logprobs)
+            for c in outcome.choices
+        ],
     )
-    return _finish(rt, record, status, result=result)
 
 
 def _hold(active: ActiveJob, until: float) -> _Interrupt | None:
