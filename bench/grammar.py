@@ -1,10 +1,11 @@
 """Per-step engine cost of ``response_format`` grammar masks, beside the same steps without a grammar.
 
 For each batch size (default 1, 64, 256): that many concurrent greedy requests fill the engine
-(EOS ignored), their prompts are prefilled, then ``--steps`` full-batch decode steps are timed; once
-with a json_schema grammar on every row (a long string field, so no row can finish inside the
-window) and once without. Also timed apart: llguidance filling the masks of that many matchers
-(host, ``Grammars.masks``) and applying them to the logits on the device (``apply_bitmask``).
+(EOS ignored), their prompts are prefilled, then ``--steps`` full-batch decode steps are timed; with
+a json_schema grammar on every row (a long string field, so no row can finish inside the window)
+and without, ``--repeats`` times each, interleaved; the medians over all timed steps are reported,
+with the mean time per grammar step inside llguidance's mask fill (``Grammars.masks``, host) and,
+timed apart, applying that many masks to the logits on the device (``apply_bitmask``).
 
     python -m bench.grammar                                  # tiny demo model, CPU
     python -m bench.grammar --model small                    # the small demo model
@@ -69,8 +70,27 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     return load_pretrained(path, device=args.device, dtype=dtype).eval(), tokenizer
 
 
-def decode_steps(engine: Engine, rows: int, steps: int, grammar: bool, prompt_len: int) -> float:
-    """Median seconds of one full-batch decode step of ``rows`` greedy requests."""
+class MaskClock:
+    """Time spent inside ``engine.grammars.masks`` (llguidance filling this step's masks)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.seconds = 0.0
+        self._masks = engine.grammars.masks
+        engine.grammars.masks = self  # type: ignore[method-assign]
+
+    def __call__(self, matchers: Any) -> torch.Tensor:
+        t0 = time.perf_counter()
+        try:
+            return self._masks(matchers)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def decode_steps(
+    engine: Engine, rows: int, steps: int, grammar: bool, prompt_len: int, clock: MaskClock
+) -> tuple[list[float], float]:
+    """Seconds of each of ``steps`` full-batch decode steps of ``rows`` greedy requests, and the
+    seconds of those steps spent in llguidance's mask fill."""
     g = torch.Generator().manual_seed(rows)
     extra = {"response_format": FORMAT} if grammar else {}
     for i in range(rows):
@@ -83,34 +103,34 @@ def decode_steps(engine: Engine, rows: int, steps: int, grammar: bool, prompt_le
         engine.step()  # admission and prefill
     engine.step()
     times = []
+    before = clock.seconds
     for _ in range(steps):
         sync(engine.device)
         t0 = time.perf_counter()
         engine.step()
         sync(engine.device)
         times.append(time.perf_counter() - t0)
+    fill = clock.seconds - before
     for i in range(rows):
         engine.cancel(f"b{rows}-{grammar}-{i}")
     while engine.sched.has_work or engine._pending is not None:
         engine.step()
-    return statistics.median(times)
+    return times, fill
 
 
-def mask_parts(engine: Engine, rows: int, reps: int = 20) -> dict[str, float]:
-    """Median ms of filling ``rows`` masks (llguidance, host) and of applying them on the device."""
-    params = SamplingParams.model_validate({"response_format": FORMAT})
-    matchers = [engine.grammars.matcher(params) for _ in range(rows)]
-    fill, apply = [], []
+def apply_ms(engine: Engine, rows: int, reps: int = 20) -> float:
+    """Median ms of applying ``rows`` grammar masks to the logits on the device (``apply_bitmask``)."""
+    width = (engine.vocab_size + 31) // 32
+    mask = torch.randint(-(2**31), 2**31 - 1, (rows, width), dtype=torch.int32, device=engine.device)
     logits = torch.randn(rows, engine.vocab_size, device=engine.device)
+    took = []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        mask = engine.grammars.masks(matchers)
-        t1 = time.perf_counter()
-        apply_bitmask(logits, mask.to(engine.device, non_blocking=True))
         sync(engine.device)
-        fill.append(t1 - t0)
-        apply.append(time.perf_counter() - t1)
-    return {"fill_ms": 1e3 * statistics.median(fill), "apply_ms": 1e3 * statistics.median(apply)}
+        t0 = time.perf_counter()
+        apply_bitmask(logits, mask)
+        sync(engine.device)
+        took.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(took)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 64, 256])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=20, help="timed decode steps per repeat")
+    ap.add_argument("--repeats", type=int, default=3, help="plain/grammar runs, interleaved")
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--json", type=Path)
@@ -132,16 +153,24 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, slots=max(args.rows), prefill_token_budget=max(args.rows) * args.prompt_len
     )
     results = []
+    clock = MaskClock(engine)
     for rows in args.rows:
-        plain = decode_steps(engine, rows, args.steps, False, args.prompt_len)
-        grammar = decode_steps(engine, rows, args.steps, True, args.prompt_len)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        fill = 0.0
+        for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits both
+            for grammar_on in (False, True):
+                took, filled = decode_steps(engine, rows, args.steps, grammar_on, args.prompt_len, clock)
+                times[grammar_on] += took
+                fill += filled
+        plain, grammar = statistics.median(times[False]), statistics.median(times[True])
         results.append(
             {
                 "rows": rows,
                 "step_ms_plain": 1e3 * plain,
                 "step_ms_grammar": 1e3 * grammar,
                 "overhead_ms": 1e3 * (grammar - plain),
-                **mask_parts(engine, rows),
+                "engine_fill_ms": 1e3 * fill / len(times[True]),  # mean over the grammar steps
+                "apply_ms": apply_ms(engine, rows),
             }
         )
         print(json.dumps(results[-1]), flush=True)

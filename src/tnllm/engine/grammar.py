@@ -75,7 +75,7 @@ class Grammars:
             self._lltok = llguidance.LLTokenizer(
                 llguidance.TokenizerWrapper(wrapped), n_vocab=self.vocab_size, eos_token=self.eos_ids
             )
-            self._executor = llguidance.LLExecutor(num_threads=1)
+            self._executor = llguidance.LLExecutor()  # threads: 80 % of the CPUs, at most 32
         return self._lltok
 
     def matcher(self, params: SamplingParams) -> Any | None:
