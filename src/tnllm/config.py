@@ -109,10 +109,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
     )
+    max_body_depth: int = Field(
+        default=32, ge=2, le=512, description="Deepest nesting of arrays/objects in a JSON body (422 above)."
+    )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
     max_n: int = Field(
         default=16, ge=1, le=128, description="Most choices (`n`) a job may ask (each takes an engine slot)."
+    )
+    rate_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Job submissions per minute per API key, over all API processes (429 above); 0: off.",
+    )
+    token_quota: int = Field(
+        default=0,
+        ge=0,
+        description="Completion tokens per API key per UTC day, counted as jobs finish; once reached, "
+        "submissions get 429 until the day ends (accepted jobs still run); 0: off.",
     )
 
     # --- API --------------------------------------------------------------------------------
@@ -209,6 +223,12 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token the API's /metrics requires (`Authorization: Bearer <token>`); "
+        "unset: /metrics is open.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
@@ -220,6 +240,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("webhook_retry_delays", mode="before")
     @classmethod

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -75,13 +75,30 @@ def _check_unicode(value: Any, where: str = "") -> Any:
     return value
 
 
+class StrictBody(BaseModel):
+    """Base of every request body: strict types (``true``, ``"4"`` or ``4.0`` is no integer), no
+    unknown fields, no lone surrogates. Routes added later subclass it to get the same rules."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_values(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _check_unicode(value)
+        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, list) and field is not None and get_origin(field.annotation) is tuple:
+            return tuple(value)
+        return value
+
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
 
 
 # The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
-class JobCreate(SamplingParams):
+class JobCreate(SamplingParams, StrictBody):
     """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
 
     Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
@@ -91,7 +108,15 @@ class JobCreate(SamplingParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
+            # exactly one of the two (the other absent or null)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+        },
     )
 
     prompt: str | None = Field(
@@ -113,11 +138,6 @@ class JobCreate(SamplingParams):
         default=None,
         description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
     @field_validator("messages")
     @classmethod
@@ -149,17 +169,12 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
-class CompatRequest(BaseModel):
-    """Body of the tutorial's ``POST /``."""
+class CompatRequest(StrictBody):
+    """Body of the tutorial's ``POST /`` (unknown fields ignored, as the tutorial's server did)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(min_length=1)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
 
 class CompatResponse(BaseModel):

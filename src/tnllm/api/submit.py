@@ -15,16 +15,19 @@ import secrets
 from typing import Any
 
 import anyio
+from fastapi import Response
 from redis.exceptions import RedisError
 
 from tnllm.api.deps import Services
 from tnllm.api.errors import REDIS_RETRY_AFTER, ApiError
+from tnllm.api.limits import QUOTA_POLICY, RATE_POLICY, rate_limit_headers
 from tnllm.api.schemas import JobCreate
 from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
 from tnllm.protocol.formats import ResponseFormat, grammar_of
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
+from tnllm.store.quotas import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +132,35 @@ async def checked_webhook(body: JobCreate, settings: Settings) -> dict[str, Any]
         raise ApiError(422, str(exc), field=exc.field) from exc
 
 
+async def check_key_limits(services: Services, owner: str, job_id: str) -> dict[str, str]:
+    """429 when ``owner`` is over its submission rate or today's token quota (shared by every API
+    process through Redis); an admitted submission is counted. Returns the ``RateLimit`` headers
+    for the answer (none while both limits are off)."""
+    settings = services.settings
+    if not (settings.rate_limit or settings.token_quota):
+        return {}
+    admission = await services.store.admit(owner, job_id, settings.rate_limit, settings.token_quota)
+    headers = rate_limit_headers(settings, admission)
+    if admission.allowed:
+        return headers
+    if admission.verdict is Verdict.RATE:
+        services.metrics.jobs_rejected.labels(reason="rate_limit").inc()
+        message = f"rate limit: at most {settings.rate_limit} submissions per minute for this key"
+        raise ApiError(429, message, type="rate_limited", headers=headers, policy=RATE_POLICY)
+    services.metrics.jobs_rejected.labels(reason="token_quota").inc()
+    message = f"token quota: this key used its {settings.token_quota} completion tokens of today (UTC)"
+    raise ApiError(429, message, type="quota_exceeded", headers=headers, policy=QUOTA_POLICY)
+
+
 async def submit_job(
-    services: Services, owner: str, body: JobCreate, idempotency_key: str | None = None
+    services: Services,
+    owner: str,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+    response: Response | None = None,
 ) -> tuple[JobPublic, bool]:
-    """Store and enqueue a job; returns (job object, replayed)."""
+    """Store and enqueue a job; returns (job object, replayed). The per-key ``RateLimit`` headers
+    go on ``response`` when one is given."""
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
@@ -140,6 +168,9 @@ async def submit_job(
     webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
+    limit_headers = await check_key_limits(services, owner, job_id)
+    if response is not None:
+        response.headers.update(limit_headers)
     outcome = await store.create(
         job_id=job_id,
         owner=owner,

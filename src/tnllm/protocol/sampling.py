@@ -12,12 +12,15 @@ engine-process wire is its JSON dump. Torch-free, so every process can import it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
 
 from tnllm.protocol.formats import ResponseFormat
 
+#: A token id as a key of ``logit_bias``: JSON object keys are strings ("17"), so parsed from one even
+#: where the body is otherwise strict.
+TokenId = Annotated[int, Strict(False)]
 #: Longest stop string, in characters.
 STOP_MAX_CHARS = 256
 #: The contract's bound on ``n`` (deployments lower it: TNLLM_MAX_N).
@@ -56,7 +59,7 @@ class SamplingParams(BaseModel):
     frequency_penalty: float = Field(
         default=0.0, ge=-2.0, le=2.0, description="Times a token's count so far, subtracted from its logit."
     )
-    logit_bias: dict[int, float] = Field(
+    logit_bias: dict[TokenId, float] = Field(
         default_factory=dict,
         description="Token id → bias (-100..100) added to its logit; JSON keys are strings of ints.",
     )
