@@ -133,6 +133,26 @@ def apply_ms(engine: Engine, rows: int, reps: int = 20) -> float:
     return 1e3 * statistics.median(took)
 
 
+def measure(engine: Engine, rows: int, args: argparse.Namespace, clock: MaskClock) -> dict[str, float]:
+    """One table row: plain and grammar steps of ``rows`` requests, interleaved ``args.repeats`` times."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    fill = 0.0
+    for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits both
+        for grammar_on in (False, True):
+            took, filled = decode_steps(engine, rows, args.steps, grammar_on, args.prompt_len, clock)
+            times[grammar_on] += took
+            fill += filled
+    plain, grammar = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "rows": rows,
+        "step_ms_plain": 1e3 * plain,
+        "step_ms_grammar": 1e3 * grammar,
+        "overhead_ms": 1e3 * (grammar - plain),
+        "engine_fill_ms": 1e3 * fill / len(times[True]),  # mean over the grammar steps
+        "apply_ms": apply_ms(engine, rows),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", help="tiny | small (demo models) | a checkpoint folder")
@@ -155,24 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     clock = MaskClock(engine)
     for rows in args.rows:
-        times: dict[bool, list[float]] = {False: [], True: []}
-        fill = 0.0
-        for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits both
-            for grammar_on in (False, True):
-                took, filled = decode_steps(engine, rows, args.steps, grammar_on, args.prompt_len, clock)
-                times[grammar_on] += took
-                fill += filled
-        plain, grammar = statistics.median(times[False]), statistics.median(times[True])
-        results.append(
-            {
-                "rows": rows,
-                "step_ms_plain": 1e3 * plain,
-                "step_ms_grammar": 1e3 * grammar,
-                "overhead_ms": 1e3 * (grammar - plain),
-                "engine_fill_ms": 1e3 * fill / len(times[True]),  # mean over the grammar steps
-                "apply_ms": apply_ms(engine, rows),
-            }
-        )
+        results.append(measure(engine, rows, args, clock))
         print(json.dumps(results[-1]), flush=True)
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -16,7 +16,7 @@ from tnllm.config import Settings
 from tnllm.engine import Engine
 from tnllm.protocol.jobs import GenerationParams, JobErrorType, JobStatus
 from tnllm.store import keys
-from tnllm.store.ops import parse_entry
+from tnllm.store.entries import parse_entry
 from tnllm.worker.job_runner import JobOutcome, run_job
 from tnllm.worker.runtime import WorkerRuntime
 

@@ -279,7 +279,7 @@ class BatchSampler:
 
     def _processed(self, logits: torch.Tensor) -> torch.Tensor:
         """Grammar mask, logit bias and penalties applied (a new tensor: ``logits`` stays raw)."""
-        x = logits.float().clone()
+        x = logits.to(torch.float32, copy=True)
         if self._mask is not None:
             assert self._mask_rows is not None
             x.index_copy_(0, self._mask_rows, apply_bitmask(x.index_select(0, self._mask_rows), self._mask))

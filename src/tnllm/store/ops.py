@@ -7,12 +7,11 @@ are ``StrEnum`` members whose values are the scripts' own answer words.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from tnllm.protocol.jobs import (
     GenerationParams,
@@ -23,7 +22,6 @@ from tnllm.protocol.jobs import (
     JobStatus,
     dumps,
 )
-from tnllm.protocol.outputs import ChoiceDelta
 from tnllm.protocol.tasks import MAX_PRIORITY
 from tnllm.store import keys
 from tnllm.store.codec import new_record_fields, record_from_hash
@@ -113,22 +111,6 @@ class ReapOutcome:
 
     action: ReapAction
     attempt: int = 0
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """One entry of ``stream:{id}``; ``id`` doubles as the SSE event id.
-
-    A ``token`` entry holds one flush of the job's deltas: ``deltas`` per choice, in order (one
-    choice may appear more than once), with their logprobs when the job asked; ``text`` is choice
-    0's text of the flush (what a reader that knows only one choice shows)."""
-
-    id: str
-    type: Literal["token", "reset", "done"]
-    text: str = ""
-    status: JobStatus | None = None
-    reason: str | None = None
-    deltas: tuple[ChoiceDelta, ...] = ()
 
 
 @dataclass
@@ -415,30 +397,6 @@ def parse_reap(raw: Sequence[str]) -> ReapOutcome:
     """Decode the REAP / RELEASE answer."""
     attempt = int(raw[1]) if raw[1].lstrip("-").isdigit() else 0
     return ReapOutcome(ReapAction(raw[0]), attempt)
-
-
-def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
-    """Decode one stream entry."""
-    kind = fields.get("t", "token")
-    if kind == "done":
-        return StreamEntry(entry_id, "done", status=JobStatus(fields["status"]))
-    if kind == "reset":
-        return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
-    text = fields.get("text", "")
-    packed = fields.get("d")
-    if packed is None:
-        return StreamEntry(entry_id, "token", text=text, deltas=(ChoiceDelta(text=text),))
-    deltas = tuple(ChoiceDelta.model_validate(d) for d in json.loads(packed))
-    return StreamEntry(entry_id, "token", text=text, deltas=deltas)
-
-
-def pack_deltas(deltas: Sequence[ChoiceDelta]) -> tuple[str, str]:
-    """A flush's deltas as the stream entry's fields (``text``, ``d``): ``d`` is '' (not written)
-    when the flush is choice 0's plain text, so such entries stay as they were."""
-    text = "".join(d.text for d in deltas if d.index == 0)
-    if all(d.index == 0 and d.logprobs is None for d in deltas):
-        return text, ""
-    return text, dumps([d.model_dump(mode="json", exclude_none=True) for d in deltas])
 
 
 def check_decoded(client: Any) -> None:

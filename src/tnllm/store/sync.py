@@ -18,6 +18,7 @@ from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRec
 from tnllm.store import flow, keys, listing, ops, scripts
 from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
+from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
     AppendAck,
@@ -27,7 +28,6 @@ from tnllm.store.ops import (
     LeaseStatus,
     ReapAction,
     ReapOutcome,
-    StreamEntry,
     WorkerInfo,
 )
 
@@ -126,7 +126,7 @@ class JobStore:
     ) -> list[StreamEntry]:
         """Stream entries after entry id ``after`` (waiting up to ``block_ms`` when there are none)."""
         answer = self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
-        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+        return [parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
 
     def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
@@ -173,7 +173,8 @@ class JobStore:
         ``seq`` > 0 numbers the flush (per attempt, increasing; the same number on every retry of
         the same text): a number applied already writes nothing and answers
         ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
-        ``deltas`` (with one text: choice 0's) gives the entry its per-choice deltas (``ops.pack_deltas``).
+        ``deltas`` (with one text: choice 0's) gives the entry its per-choice deltas
+        (``entries.pack_deltas``).
         """
         if not texts:
             return []
@@ -191,7 +192,7 @@ class JobStore:
         whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
         job's flush as for ``append``: a number applied already counts as written (nothing written
         again), so a retried call is safe. ``deltas`` gives a job's entry its per-choice deltas
-        (``ops.pack_deltas``; its text is then choice 0's). Raises when Redis is unreachable."""
+        (``entries.pack_deltas``; its text is then choice 0's). Raises when Redis is unreachable."""
         if not texts:
             return {}
         call = ops.append_many_call(worker_id, texts, self.ttl, seqs, deltas)

@@ -5,7 +5,7 @@ only puts each delta (choice index, text, logprob entries) on a queue; the strea
 (``tnllm/worker/stream_pump.py``) and the task's final flush take it from there, numbered so a write
 whose answer was lost is never applied twice. A flush is one stream entry: its ``text`` is choice
 0's, and when the job has several choices or logprobs its per-choice deltas ride along packed
-(``store.ops.pack_deltas``), merged per choice.
+(``store.entries.pack_deltas``), merged per choice.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import redis
 from tnllm.engine.types import TokenEvent
 from tnllm.errors import LeaseLost
 from tnllm.protocol.outputs import ChoiceDelta, TokenLogprob
-from tnllm.store.ops import pack_deltas
+from tnllm.store.entries import pack_deltas
 from tnllm.store.sync import JobStore
 
 #: One delta as the engine thread queues it: (choice index, text, logprob entries or None).

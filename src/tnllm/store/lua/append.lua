@@ -1,6 +1,6 @@
 -- KEYS: job, stream
 -- ARGV: worker_id, ttl, seq, deltas, text...  (deltas: the 'd' field, per-choice deltas as JSON from
---       ops.pack_deltas, of a single text's entry; '' = plain text entries)
+--       entries.pack_deltas, of a single text's entry; '' = plain text entries)
 -- Answers the entry ids; {} = not the owner (nothing written); {'applied'} = seq applied already.
 -- include: _seen
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner')

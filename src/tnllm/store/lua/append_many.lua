@@ -2,7 +2,7 @@
 -- KEYS: job_1, stream_1, ..., job_n, stream_n
 -- ARGV: worker_id, ttl, n, text_1 .. text_n ('' = nothing to write, only the fence and cancel read),
 --       seq_1 .. seq_n (see _seen.lua), then optionally deltas_1 .. deltas_n (the entry's 'd' field:
---       per-choice deltas as JSON, ops.pack_deltas; '' = a plain text entry)
+--       per-choice deltas as JSON, entries.pack_deltas; '' = a plain text entry)
 -- Per job: 0 = not the owner (nothing written); else 1 (written, nothing to write, or its seq was
 -- applied already) or 2 (its XADD failed: nothing written), plus 4 when a cancel was requested.
 -- include: _seen
