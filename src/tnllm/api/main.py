@@ -22,7 +22,7 @@ from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, ui
+from tnllm.api.routes import compat, health, jobs, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -45,7 +45,9 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
     """The per-process services (no I/O happens until they are used)."""
     if not settings.redis_url:
         raise ValueError("the API needs TNLLM_REDIS_URL (or start everything with `tnllm up`)")
-    client = async_redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
+    client = async_redis_client(
+        settings.redis_url, sentinel_master=settings.redis_sentinel_master, **settings.redis_socket_options()
+    )
     return Services(
         settings=settings,
         store=AsyncJobStore(client, settings),
@@ -91,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
+    app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(ui.router)

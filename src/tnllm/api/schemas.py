@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any, get_origin
+from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tnllm.errors import WebhookURLError
+from tnllm.protocol.jobs import Timestamp
 from tnllm.protocol.sampling import SamplingParams
 from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
 from tnllm.protocol.webhooks import Event
@@ -130,6 +131,17 @@ class JobCreate(SamplingParams, StrictBody):
         validate_default=True,
         description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
     )
+    continue_from: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Continue this earlier succeeded job of yours: the conversation is its conversation, "
+        "its reply, then `messages` (the new turns only) or `prompt` (raw text appended as it is). "
+        "Only the new tokens are prefilled where its state is kept (docs/STATE.md).",
+    )
+    state_cache: bool = Field(
+        default=True,
+        description="False: neither resume from nor save any recurrent state (a full recompute).",
+    )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
@@ -159,6 +171,52 @@ class JobCreate(SamplingParams, StrictBody):
         if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
             raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
         return value
+
+
+class CancelAnswer(JobPublic):
+    """The job object after a cancel request, with what the request found and did."""
+
+    cancel: Literal["cancelled", "stopping"] = Field(
+        description="`cancelled`: the job was queued and never runs (200). `stopping`: it was "
+        "running; its worker stops it within one engine step of receiving the request and it ends "
+        "`cancelled` with its partial text, unless it finished first (then it ends as it finished: "
+        "read the job to know) (202). A finished job answers 409 instead."
+    )
+
+
+class PrefixCreate(StrictBody):
+    """Body of ``POST /v1/prefixes``: exactly one of ``prompt`` / ``messages``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Here is the manual: ..."}]})
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The start of later jobs' `prompt`: the rendered conversation up to the end of this "
+        "text inside the user turn (the default system message first).",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        description="Complete first turns of later jobs' `messages` (few-shot examples, a document).",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> PrefixCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class PrefixPublic(BaseModel):
+    """A pinned prefix."""
+
+    id: str
+    object: str = "prefix"
+    created_at: Timestamp
+    tokens: int | None = Field(description="Its length in tokens (null: this API cannot count them).")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
 
 
 class JobList(BaseModel):

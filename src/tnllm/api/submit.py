@@ -18,6 +18,7 @@ import anyio
 from fastapi import Response
 from redis.exceptions import RedisError
 
+from tnllm.api.continuation import continuation_route
 from tnllm.api.deps import Services
 from tnllm.api.errors import REDIS_RETRY_AFTER, ApiError
 from tnllm.api.limits import QUOTA_POLICY, RATE_POLICY, rate_limit_headers
@@ -26,6 +27,7 @@ from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
 from tnllm.protocol.formats import ResponseFormat, grammar_of
+from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
 from tnllm.store.quotas import Verdict
 
@@ -56,7 +58,13 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
     if body.n > settings.max_n:
         raise ApiError(422, f"n: at most {settings.max_n} (got {body.n})", field="n")
     check_response_format(body.response_format)
-    return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
+    return GenerationParams(
+        **sampling.model_dump(),
+        prompt=body.prompt,
+        messages=body.messages,
+        continue_from=body.continue_from,
+        state_cache=body.state_cache,
+    )
 
 
 def check_response_format(fmt: ResponseFormat | None) -> None:
@@ -70,9 +78,10 @@ def check_response_format(fmt: ResponseFormat | None) -> None:
         raise ApiError(422, f"response_format: {exc}", field="response_format") from None
 
 
-async def check_prompt_size(services: Services, params: GenerationParams) -> int:
-    """Prompt tokens (exact with the tokenizer, else estimated); 413 over the limit, 422 when the
-    prompt and max_new_tokens cannot fit the model context."""
+async def check_prompt_size(services: Services, params: GenerationParams, earlier: int = 0) -> int:
+    """Prompt tokens (exact with the tokenizer, else estimated; ``earlier``: the tokens of the
+    conversation a ``continue_from`` job continues, which the new part is rendered after); 413 over
+    the limit, 422 when the prompt and max_new_tokens cannot fit the model context."""
     settings = services.settings
     field = "prompt" if params.prompt is not None else "messages"
     chars = len(params.prompt or "") + sum(len(m.content) for m in params.messages or [])
@@ -80,6 +89,7 @@ async def check_prompt_size(services: Services, params: GenerationParams) -> int
         tokens, exact = await anyio.to_thread.run_sync(services.counter.count, params)
     else:
         tokens, exact = services.counter.count(params)
+    tokens += earlier  # the new part counted as a fresh conversation: an upper bound for its suffix
     if tokens > settings.max_prompt_tokens:
         unit = "tokens" if exact else f"tokens (estimated from {tokens * 8} bytes or fewer)"
         raise ApiError(
@@ -118,8 +128,9 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     """Fingerprint of the request as validated (formatting and key order do not matter)."""
     canonical = body.model_dump(mode="json")
     canonical["max_new_tokens"] = params.max_new_tokens
-    if not canonical["ignore_eos"]:  # absent from bodies hashed before the field existed
-        del canonical["ignore_eos"]
+    for name, default in (("ignore_eos", False), ("continue_from", None), ("state_cache", True)):
+        if canonical[name] == default:  # absent from bodies hashed before the field existed
+            del canonical[name]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -164,7 +175,8 @@ async def submit_job(
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
-    prompt_tokens = await check_prompt_size(services, params)
+    route = await continuation_route(services, owner, params)
+    prompt_tokens = await check_prompt_size(services, params, route.earlier_tokens)
     webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
@@ -204,7 +216,9 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
+    await _enqueue(
+        services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
+    )
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None
@@ -219,9 +233,10 @@ async def _enqueue(
     idem: str | None,
     fingerprint: str,
     prompt_tokens: int,
+    queue: str = GENERATE_QUEUE,
 ) -> None:
     try:
-        await services.producer.send_generate(job_id, priority, prompt_tokens)
+        await services.producer.send_generate(job_id, priority, prompt_tokens, queue)
     except Exception as exc:  # kombu/redis errors vary by transport; the job must not stay orphaned
         log.warning("could not enqueue job %s: %s", job_id, exc)
         with contextlib.suppress(RedisError, OSError):

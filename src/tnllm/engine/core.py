@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,10 +34,12 @@ from tnllm.engine.grammar import Grammars
 from tnllm.engine.handle import RequestHandle
 from tnllm.engine.logprobs import token_logprob
 from tnllm.engine.output import OutputProcessor, eos_ids
+from tnllm.engine.prefix import PrefixCache
 from tnllm.engine.request import LiveRequest, OnToken, RequestState
 from tnllm.engine.runner import ModelRunner, Pending, Seq
 from tnllm.engine.sampling import BatchSampler, RowSampling
 from tnllm.engine.scheduler import Scheduler, Sequence
+from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
 from tnllm.engine.validation import check_request
@@ -60,6 +63,7 @@ class Engine:
         overlap: bool = True,
         state_dtype: torch.dtype = torch.float32,
         backend: ModelBackend | None = None,
+        states: StateStore | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.slots = slots
@@ -68,7 +72,9 @@ class Engine:
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
         self.grammars = Grammars(tokenizer, self.output.eos_ids, self.vocab_size)
-        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget)
+        #: prefix and conversation states (``states``: the engine's store, None for none)
+        self.prefix = PrefixCache(states)
+        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, self.prefix.admit)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
         self._inbox: list[Seq] = []
@@ -155,7 +161,15 @@ class Engine:
         """Active and waiting sequences, tokens/s, step time, slot occupancy."""
         with self._lock:
             inbox = len(self._inbox)
-        return self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        snap = self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        p = self.prefix
+        return replace(
+            snap, prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens, state_cache=p.stats()
+        )
+
+    def unpin(self, tag: str) -> int:
+        """Release the saved states pinned under ``tag`` (thread-safe); how many."""
+        return self.prefix.unpin(tag)
 
     # --- background loop ------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,7 +256,8 @@ class Engine:
         sampler = self._sampler(rows) if rows else None
         started = self.runner.mark()
         self.runner.swap_slots(plan.swaps)
-        logits = self.runner.prefill(plan.prefill)
+        logits = self.runner.prefill(plan.prefill, self.prefix)
+        self.prefix.after_prefill(plan.prefill, self.pool)
         self._stats.record_prefills(len(completing), len(forks))
         for seq in completing:
             ready = self.sched.fork(seq)
@@ -313,10 +328,12 @@ class Engine:
         matcher = self.grammars.matcher(p)  # compiled once; each choice walks its own copy
         for i in range(p.n):
             live = LiveRequest(shared, i, matcher=matcher.deep_copy() if i and matcher else matcher)
+            live.state_cache, live.pin = req.state_cache, req.pin if i == 0 else None
             if p.logprobs:
                 live.logprobs = []
             seqs.append(Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live))
         seqs[0].siblings = seqs[1:]
+        seqs[0].cache_points = tuple(c for c in req.cache_points if 0 < c < len(req.prompt_ids))
         return seqs[0]
 
     def _start_sequence(self, seq: Seq) -> None:
@@ -349,9 +366,12 @@ class Engine:
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
         """Retire one choice; the request's result is set once its last choice has ended."""
+        self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
         live = seq.request
         live.end(list(seq.output_ids), reason)
+        if live.index == 0:
+            live.shared.cached_tokens = seq.cached
         if not live.shared.done:
             return
         self._stats.record_finished()

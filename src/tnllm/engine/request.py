@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineChoice, EngineResult, FinishReason, SamplingParams, TokenEvent
 from tnllm.protocol.outputs import TokenLogprob
 from tnllm.text.stop import TextStream
+
+if TYPE_CHECKING:
+    import torch
 
 OnToken = Callable[[TokenEvent], None]
 
@@ -30,6 +33,7 @@ class RequestState:
     seed: int  # the request's seed, or a random one drawn when it started
     prompt_tokens: int
     choices: list[EngineChoice | None] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens taken from a saved state (choice 0's prefill)
 
     def __post_init__(self) -> None:
         self.choices = [None] * self.params.n
@@ -51,6 +55,7 @@ class RequestState:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=sum(len(c.token_ids) for c in choices),
             choices=choices,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -64,6 +69,9 @@ class LiveRequest:
     text_parts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
     matcher: Any = None  # the llguidance matcher of a response_format (None: unconstrained)
+    state_cache: bool = True  # read and write the engine's state store (EngineRequest.state_cache)
+    pin: str | None = None  # pin the prompt's state under this tag (EngineRequest.pin)
+    restore: list[torch.Tensor] | None = None  # the saved state the first chunk starts from
 
     @property
     def params(self) -> SamplingParams:

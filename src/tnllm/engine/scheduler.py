@@ -2,7 +2,9 @@
 
 Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
 waiting ones into free slots (FIFO), hands out prompt chunks up to the per-step prefill token
-budget, and lists the sequences that decode one token this step.
+budget, and lists the sequences that decode one token this step. A prompt chunk never crosses
+one of its sequence's ``cache_points`` (so the engine can save the state there), and ``on_admit``
+sees each sequence as it gets its slot (the engine starts it from a saved prefix state).
 
 A request with ``n`` choices is one sequence (choice 0) carrying ``n - 1`` ``siblings``: it is
 admitted only when ``n`` slots are free (the queue waits otherwise), its siblings take the other
@@ -13,6 +15,7 @@ hands them to the engine, which copies choice 0's state into their slots. One pr
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -41,6 +44,10 @@ class Sequence(Generic[R]):
     def width(self) -> int:
         """Slots the sequence needs to be admitted (itself and its unforked siblings)."""
         return 1 + len(self.siblings)
+
+    cached: int = 0  # prompt tokens taken from a saved state instead of prefilled
+    consumed: int = 0  # tokens (prompt, then output) that the slot's state has taken in
+    cache_points: tuple[int, ...] = ()  # prompt positions where a chunk must end (sorted)
 
     @property
     def prefill_done(self) -> bool:
@@ -85,7 +92,9 @@ class StepPlan(Generic[R]):
 class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
-    def __init__(self, slots: int, prefill_token_budget: int) -> None:
+    def __init__(
+        self, slots: int, prefill_token_budget: int, on_admit: Callable[[Sequence[R]], None] | None = None
+    ) -> None:
         if slots < 1 or prefill_token_budget < 1:
             raise ValueError("slots and prefill_token_budget must be >= 1")
         self.num_slots = slots
@@ -95,6 +104,7 @@ class Scheduler(Generic[R]):
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
         self._by_id: dict[str, list[Sequence[R]]] = {}  # request id -> its live choices
         self._admissions = 0
+        self._on_admit = on_admit
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def add(self, seq: Sequence[R]) -> None:
@@ -128,7 +138,7 @@ class Scheduler(Generic[R]):
         ready, seq.siblings = seq.siblings, []
         for sib in ready:
             sib.parent = None
-            sib.prefilled = seq.prefilled
+            sib.prefilled, sib.consumed, sib.cached = seq.prefilled, seq.consumed, seq.cached
         return ready
 
     def finish(self, seq: Sequence[R]) -> None:
@@ -188,6 +198,8 @@ class Scheduler(Generic[R]):
                 member.admitted = self._admissions
                 self.running[member.slot] = member
             self._admissions += 1
+            if self._on_admit is not None:
+                self._on_admit(seq)  # choice 0 only: its siblings get its state by the fork
         budget = self.budget
         for seq in sorted(self.running.values(), key=lambda s: s.admitted):
             if seq.parent is not None:  # waits for its parent's prompt state
@@ -196,6 +208,9 @@ class Scheduler(Generic[R]):
                 if budget <= 0:
                     continue
                 n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+                point = next((p for p in seq.cache_points if p > seq.prefilled), None)
+                if point is not None:
+                    n = min(n, point - seq.prefilled)
                 plan.prefill.append(PrefillChunk(seq, seq.prefilled, n))
                 budget -= n
             elif seq.output_ids:
