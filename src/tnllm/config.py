@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+    max_n: int = Field(
+        default=16, ge=1, le=128, description="Most choices (`n`) a job may ask (each takes an engine slot)."
+    )
     rate_limit: int = Field(
         default=0,
         ge=0,

@@ -68,6 +68,7 @@ async def test_worker_lifecycle_visible(client: httpx.AsyncClient, worker_store:
         "text": "Hello",
         "finish_reason": "stop",
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "cached_tokens": 0},
+        "choices": [],  # this fake worker writes none; the real one writes one per choice
     }
     assert done["error"] is None
 

@@ -158,3 +158,23 @@ def test_the_sampling_flags_are_the_contract() -> None:
         stop=("a", "b"), seed=5, ignore_eos=True,
     )  # fmt: skip
     assert set(SamplingParams.model_fields) <= set(vars(build_parser().parse_args(argv)))
+
+
+def test_the_new_flags_take_numbers_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """n, penalties, logprobs, and the dict/model fields as JSON; n > 1 prints every choice."""
+    from tnllm.cli.generate import sampling_from_args
+    from tnllm.cli.main import build_parser
+    from tnllm.protocol.sampling import SamplingParams
+
+    argv = ["generate", "--prompt-ids", "1,2,3", "--model", str(TINY_A), "--n", "2", "--logprobs"]
+    argv += ["--top-logprobs", "2", "--frequency-penalty", "0.5", "--logit-bias", '{"5": 1.5}']
+    argv += ["--response-format", '{"type": "json_object"}', "--max-new-tokens", "3"]
+    got = sampling_from_args(build_parser().parse_args(argv), 7)
+    assert got == SamplingParams.model_validate(
+        {"max_new_tokens": 3, "n": 2, "logprobs": True, "top_logprobs": 2, "frequency_penalty": 0.5,
+         "logit_bias": {"5": 1.5}, "response_format": {"type": "json_object"}}
+    )  # fmt: skip
+    plain = [a for a in argv if a not in ("--response-format", '{"type": "json_object"}')]
+    assert main([*plain, "--json", "--temperature", "1", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert [c["index"] for c in out["choices"]] == [0, 1] and out["choices"][0]["ids"] == out["ids"]

@@ -104,7 +104,7 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
     logits = torch.randn(6, 50, generator=g)
 
     def row(seed: int, **kw: Any) -> RowSampling:
-        return RowSampling(SamplingParams(**kw), generator=torch.Generator().manual_seed(seed))
+        return RowSampling(SamplingParams(**kw), seed=seed)
 
     alone = [sample(logits[2:3], [row(7, temperature=0.9, top_p=0.8)]) for _ in range(3)]
     others = [row(1, temperature=2.0), RowSampling(), row(3, temperature=1.0, top_k=3)]

@@ -1,9 +1,11 @@
 """Server-Sent Events of one job, read from its Redis stream.
 
-Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: the job went back to the
-queue, text so far is void) and finally ``done`` (data = the job object). Event ids are the stream
-entry ids, so ``Last-Event-ID`` resumes exactly after the last event a client saw. The stream is only
-read, so a client that goes away never affects the job.
+Events: ``token`` (data ``{"text": delta, "index": choice}``, plus ``"logprobs"``: the delta's tokens'
+entries, when the job asked for logprobs), ``reset`` (data ``{"reason"}``: the job went back to the
+queue, text so far is void) and finally ``done`` (data = the job object). One stream entry may
+hold deltas of several choices: they go out as consecutive ``token`` events, and only the last
+carries the entry's id, so ``Last-Event-ID`` resumes exactly after the last entry a client saw
+whole. The stream is only read, so a client that goes away never affects the job.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import ServerSentEvent
 
 from tnllm.api.submit import to_public
-from tnllm.store import AsyncJobStore
+from tnllm.store import AsyncJobStore, StreamEntry
 
 #: How long one XREAD waits for new entries before the record is checked (must stay below the
 #: Redis client's socket_timeout).
@@ -48,12 +50,23 @@ async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> A
         for entry in entries:
             after = entry.id
             if entry.type == "token":
-                yield ServerSentEvent(data=json.dumps({"text": entry.text}), event="token", id=entry.id)
+                for event in token_events(entry):
+                    yield event
             elif entry.type == "reset":
                 yield ServerSentEvent(data=json.dumps({"reason": entry.reason}), event="reset", id=entry.id)
             else:
                 yield _done(await _public_json(store, job_id), entry.id)
                 return
+
+
+def token_events(entry: StreamEntry) -> list[ServerSentEvent]:
+    """The ``token`` events of one stream entry, one per choice delta; the last carries its id."""
+    events = []
+    for i, delta in enumerate(entry.deltas):
+        data = delta.model_dump(mode="json", exclude_none=True)
+        last = i == len(entry.deltas) - 1
+        events.append(ServerSentEvent(data=json.dumps(data), event="token", id=entry.id if last else None))
+    return events
 
 
 async def _public_json(store: AsyncJobStore, job_id: str) -> str:

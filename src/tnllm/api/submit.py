@@ -26,6 +26,7 @@ from tnllm.api.schemas import JobCreate
 from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
+from tnllm.protocol.formats import ResponseFormat, grammar_of
 from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
 from tnllm.store.quotas import Verdict
@@ -54,6 +55,9 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
+    if body.n > settings.max_n:
+        raise ApiError(422, f"n: at most {settings.max_n} (got {body.n})", field="n")
+    check_response_format(body.response_format)
     return GenerationParams(
         **sampling.model_dump(),
         prompt=body.prompt,
@@ -62,6 +66,17 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         state_cache=body.state_cache,
         raw_prompt=body.raw_prompt,
     )
+
+
+def check_response_format(fmt: ResponseFormat | None) -> None:
+    """422 naming why when a ``response_format`` grammar cannot be compiled (llguidance, without the
+    model's tokenizer: the worker compiles it again against the vocabulary)."""
+    if fmt is None or fmt.type == "text":
+        return
+    try:
+        grammar_of(fmt)
+    except ValueError as exc:
+        raise ApiError(422, f"response_format: {exc}", field="response_format") from None
 
 
 async def check_prompt_size(services: Services, params: GenerationParams, earlier: int = 0) -> int:

@@ -23,6 +23,8 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action="append", help=f"{text} Repeatable.")
         elif field.annotation is bool:
             group.add_argument(flag, action="store_true", default=None, help=text)
+        elif field.annotation not in (int, float, int | None, float | None):
+            group.add_argument(flag, type=json.loads, default=None, help=f"{text} (JSON)")
         else:
             number = float if field.annotation is float else int
             group.add_argument(flag, type=number, default=None, help=text)

@@ -86,6 +86,11 @@ def cmd_generate(settings: Any, args: argparse.Namespace) -> int:
             if engine.tokenizer is not None:
                 obj["text"] = res.text
             obj["finish_reason"] = res.finish_reason
+            if len(res.choices) > 1:  # n > 1: every choice (the keys above are choice 0's)
+                obj["choices"] = [
+                    {"index": c.index, "ids": c.token_ids, "text": c.text, "finish_reason": c.finish_reason}
+                    for c in res.choices
+                ]
             print(json.dumps(obj, ensure_ascii=False), flush=True)
         else:
             print(res.text if engine.tokenizer is not None else " ".join(map(str, res.token_ids)), flush=True)

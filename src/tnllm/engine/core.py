@@ -20,6 +20,7 @@ extra token is dropped and its slot is reset before reuse. Results are identical
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,12 +30,14 @@ from typing import Any
 import torch
 
 from tnllm.engine.backend import ModelBackend
+from tnllm.engine.grammar import Grammars
 from tnllm.engine.handle import RequestHandle
+from tnllm.engine.logprobs import token_logprob
 from tnllm.engine.output import OutputProcessor, eos_ids
 from tnllm.engine.prefix import PrefixCache
-from tnllm.engine.request import LiveRequest, OnToken
+from tnllm.engine.request import LiveRequest, OnToken, RequestState
 from tnllm.engine.runner import ModelRunner, Pending, Seq
-from tnllm.engine.sampling import BatchSampler, RowSampling, make_generator
+from tnllm.engine.sampling import BatchSampler, RowSampling
 from tnllm.engine.scheduler import Scheduler, Sequence
 from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
@@ -68,6 +71,7 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
+        self.grammars = Grammars(tokenizer, self.output.eos_ids, self.vocab_size)
         #: prefix and conversation states (``states``: the engine's store, None for none)
         self.prefix = PrefixCache(states)
         self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, self.prefix.admit)
@@ -124,10 +128,8 @@ class Engine:
         ``on_token`` gets each delta and ``on_done`` the finished handle, both on the engine thread
         (keep them short: the batch waits)."""
         self._validate(req)
-        handle = RequestHandle(self, req.request_id, on_done)
-        live = LiveRequest(req.params, handle, on_token, state_cache=req.state_cache, pin=req.pin)
-        seq = Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live)
-        seq.cache_points = tuple(p for p in req.cache_points if 0 < p < len(req.prompt_ids))
+        seq = self._sequences(req, RequestHandle(self, req.request_id, on_done), on_token)
+        handle = seq.request.handle
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -246,13 +248,22 @@ class Engine:
             self._complete(seq, "cancelled")
         if plan.empty:
             return None
-        rows = [ch.seq for ch in plan.prefill if ch.completes_prompt] + plan.decode
+        completing = [ch.seq for ch in plan.prefill if ch.completes_prompt]
+        # choices 1..n-1 sample their first token from choice 0's prompt logits
+        forks = [(i, sib) for i, s in enumerate(completing) for sib in s.siblings]
+        rows = completing + [sib for _, sib in forks] + plan.decode
         # staged before the launches: building it copies parameters to the device
-        sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
+        sampler = self._sampler(rows) if rows else None
         started = self.runner.mark()
         self.runner.swap_slots(plan.swaps)
         logits = self.runner.prefill(plan.prefill, self.prefix)
         self.prefix.after_prefill(plan.prefill, self.pool)
+        self._stats.record_prefills(len(completing), len(forks))
+        for seq in completing:
+            ready = self.sched.fork(seq)
+            self.runner.fork(seq.slot, [sib.slot for sib in ready])
+        if forks:
+            logits.insert(1, logits[0][torch.tensor([i for i, _ in forks], device=self.device)])
         if plan.decode:
             logits.append(self.runner.decode(plan.decode, [s.next_position for s in plan.decode]))
         if sampler is None:
@@ -285,15 +296,15 @@ class Engine:
         """Read a launched step's ids and do its host work; returns the tokens appended."""
         appended = 0
         t0 = time.perf_counter()
-        ids = pending.read()
+        ids, payload = pending.read()
         # busy minus this is host work: near zero under load means the host, not the GPU, paces steps
         self._stats.record_device_wait(time.perf_counter() - t0)
         if pending.started is not None:  # the step's GPU time, from its first launch to its ids' copy
             self._stats.record_device_busy(pending.started.elapsed_time(pending.copied) / 1e3)
-        for seq, tok in zip(pending.rows, ids, strict=True):
+        for r, (seq, tok) in enumerate(zip(pending.rows, ids, strict=True)):
             if seq.finished:  # finished on the step before: this token was speculative
                 continue
-            self._append(seq, tok)
+            self._append(seq, tok, payload[r] if payload is not None else None)
             appended += 1
         return appended
 
@@ -307,33 +318,65 @@ class Engine:
         for rid in cancels:
             self.sched.cancel(rid)
 
+    def _sequences(self, req: EngineRequest, handle: RequestHandle, on_token: OnToken | None) -> Seq:
+        """Choice 0's sequence, the other choices as its siblings; each choice has its own text
+        stream and grammar matcher (RequestRejected when the format cannot be compiled)."""
+        p = req.params
+        seed = p.seed if p.seed is not None else secrets.randbits(63)
+        shared = RequestState(req.request_id, p, handle, on_token, seed, len(req.prompt_ids))
+        seqs = []
+        matcher = self.grammars.matcher(p)  # compiled once; each choice walks its own copy
+        for i in range(p.n):
+            live = LiveRequest(shared, i, matcher=matcher.deep_copy() if i and matcher else matcher)
+            live.state_cache, live.pin = req.state_cache, req.pin if i == 0 else None
+            if p.logprobs:
+                live.logprobs = []
+            seqs.append(Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live))
+        seqs[0].siblings = seqs[1:]
+        seqs[0].cache_points = tuple(c for c in req.cache_points if 0 < c < len(req.prompt_ids))
+        return seqs[0]
+
     def _start_sequence(self, seq: Seq) -> None:
-        live = seq.request
-        p = live.params
-        if self.tokenizer is not None:
-            live.stream = TextStream(self.tokenizer, p.stop)
-        if p.temperature > 0:
-            live.generator = make_generator(p.seed, self.device)
+        for s in (seq, *seq.siblings):
+            if self.tokenizer is not None:
+                s.request.stream = TextStream(self.tokenizer, s.request.params.stop)
 
     def _row_sampling(self, seq: Seq) -> RowSampling:
         live = seq.request
         p = live.params
         seen = [*seq.prompt_ids, *seq.output_ids] if p.repetition_penalty != 1.0 else ()
-        return RowSampling(p, seen, live.generator)
+        return RowSampling(p, seen, live.shared.seed, live.index, len(seq.output_ids), seq.slot)
 
-    def _append(self, seq: Seq, tok: int) -> None:
-        """Record a sampled token, stream its text, and retire the sequence if it is done."""
-        reason = self.output.append(seq, tok)
+    def _sampler(self, rows: list[Seq]) -> BatchSampler:
+        """The step's sampler: per-row parameters, the count pool, this step's grammar masks."""
+        samplings = [self._row_sampling(s) for s in rows]
+        counts = self.runner.counts() if any(r.counts_tokens for r in samplings) else None
+        constrained = [i for i, s in enumerate(rows) if s.request.matcher is not None]
+        mask = self.grammars.masks([rows[i].request.matcher for i in constrained]) if constrained else None
+        return BatchSampler(samplings, self.device, counts=counts, mask_rows=constrained, mask=mask)
+
+    def _append(self, seq: Seq, tok: int, payload: list[float] | None = None) -> None:
+        """Record a sampled token, stream its text, and retire the choice if it is done."""
+        entry = None
+        if payload is not None and seq.request.params.logprobs:
+            entry = token_logprob(self.grammars.vocab, payload, seq.request.params.top_logprobs)
+        reason = self.output.append(seq, tok, entry)
         if reason is not None:
             self._complete(seq, reason)
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
+        """Retire one choice; the request's result is set once its last choice has ended."""
         self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
-        result = self.output.result(seq, reason)
+        live = seq.request
+        live.end(list(seq.output_ids), reason)
+        if live.index == 0:
+            live.shared.cached_tokens = seq.cached
+        if not live.shared.done:
+            return
         self._stats.record_finished()
         self._release(seq.request_id)
-        seq.request.handle.set_result(result)
+        live.handle.set_result(live.shared.result())
 
     def _release(self, request_id: str) -> None:
         with self._lock:
@@ -345,4 +388,5 @@ class Engine:
             vocab_size=self.vocab_size,
             max_context=self.max_context,
             has_tokenizer=self.tokenizer is not None,
+            slots=self.slots,
         )

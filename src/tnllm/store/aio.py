@@ -19,8 +19,9 @@ from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
 from tnllm.store import flow, keys, listing, ops, quotas, scripts
 from tnllm.store.codec import record_from_hash
+from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
-from tnllm.store.ops import CancelOutcome, CreateOutcome, StreamEntry, WorkerInfo
+from tnllm.store.ops import CancelOutcome, CreateOutcome, WorkerInfo
 
 
 class AsyncJobStore:
@@ -115,7 +116,7 @@ class AsyncJobStore:
     ) -> list[StreamEntry]:
         """Stream entries after entry id ``after``, waiting up to ``block_ms`` when there are none."""
         answer = await self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
-        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+        return [parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
 
     async def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None

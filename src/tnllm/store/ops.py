@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from tnllm.protocol.jobs import (
     GenerationParams,
@@ -111,17 +111,6 @@ class ReapOutcome:
 
     action: ReapAction
     attempt: int = 0
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """One entry of ``stream:{id}``; ``id`` doubles as the SSE event id."""
-
-    id: str
-    type: Literal["token", "reset", "done"]
-    text: str = ""
-    status: JobStatus | None = None
-    reason: str | None = None
 
 
 @dataclass
@@ -295,9 +284,15 @@ def parse_renew(raw: Sequence[int]) -> LeaseStatus:
 ALREADY_APPLIED = "applied"
 
 
-def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0) -> ScriptCall:
-    """Arguments of APPEND (``seq`` 0 = unnumbered, always written)."""
-    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, seq, *texts])
+def append_call(
+    job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0, deltas: str = ""
+) -> ScriptCall:
+    """Arguments of APPEND (``seq`` 0 = unnumbered, always written; ``deltas``, the packed
+    per-choice deltas of a single text's entry, ``pack_deltas``)."""
+    if deltas and len(texts) != 1:
+        raise ValueError("per-choice deltas go with exactly one text")
+    stream_keys = [keys.job(job_id), keys.stream(job_id)]
+    return ScriptCall("append", stream_keys, [worker_id, ttl, seq, deltas, *texts])
 
 
 @dataclass(frozen=True)
@@ -310,15 +305,23 @@ class AppendAck:
 
 
 def append_many_call(
-    worker_id: str, texts: Mapping[str, str], ttl: int, seqs: Mapping[str, int] | None = None
+    worker_id: str,
+    texts: Mapping[str, str],
+    ttl: int,
+    seqs: Mapping[str, int] | None = None,
+    deltas: Mapping[str, str] | None = None,
 ) -> ScriptCall:
     """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag;
-    ``seqs`` {job_id: flush number}, a job without one is unnumbered)."""
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``deltas`` {job_id: the
+    entry's packed per-choice deltas} (``pack_deltas``), a job without them writes plain text)."""
     job_keys: list[str] = []
     for job_id in texts:
         job_keys += [keys.job(job_id), keys.stream(job_id)]
     numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
-    return ScriptCall("append_many", job_keys, [worker_id, ttl, len(texts), *texts.values(), *numbers])
+    args: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers]
+    if deltas:
+        args += [deltas.get(job_id, "") for job_id in texts]
+    return ScriptCall("append_many", job_keys, args)
 
 
 def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:
@@ -400,16 +403,6 @@ def parse_reap(raw: Sequence[str]) -> ReapOutcome:
     """Decode the REAP / RELEASE answer."""
     attempt = int(raw[1]) if raw[1].lstrip("-").isdigit() else 0
     return ReapOutcome(ReapAction(raw[0]), attempt)
-
-
-def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
-    """Decode one stream entry."""
-    kind = fields.get("t", "token")
-    if kind == "done":
-        return StreamEntry(entry_id, "done", status=JobStatus(fields["status"]))
-    if kind == "reset":
-        return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
-    return StreamEntry(entry_id, "token", text=fields.get("text", ""))
 
 
 def check_decoded(client: Any) -> None:

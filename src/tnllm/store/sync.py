@@ -18,6 +18,7 @@ from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRec
 from tnllm.store import flow, keys, listing, ops, scripts
 from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
+from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
     AppendAck,
@@ -27,7 +28,6 @@ from tnllm.store.ops import (
     LeaseStatus,
     ReapAction,
     ReapOutcome,
-    StreamEntry,
     WorkerInfo,
 )
 
@@ -128,7 +128,7 @@ class JobStore:
     ) -> list[StreamEntry]:
         """Stream entries after entry id ``after`` (waiting up to ``block_ms`` when there are none)."""
         answer = self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
-        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+        return [parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
 
     def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
@@ -168,29 +168,36 @@ class JobStore:
         """True while the job's lease key exists."""
         return bool(self.client.exists(keys.lease(job_id)))
 
-    def append(self, job_id: str, worker_id: str, *texts: str, seq: int = 0) -> list[str]:
+    def append(self, job_id: str, worker_id: str, *texts: str, seq: int = 0, deltas: str = "") -> list[str]:
         """Append token deltas to the job's stream; returns the entry ids, or [] when the caller no
         longer owns the running job (then it must stop generating).
 
         ``seq`` > 0 numbers the flush (per attempt, increasing; the same number on every retry of
         the same text): a number applied already writes nothing and answers
         ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
+        ``deltas`` (with one text: choice 0's) gives the entry its per-choice deltas
+        (``entries.pack_deltas``).
         """
         if not texts:
             return []
-        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq)))
+        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq, deltas)))
 
     def append_many(
-        self, worker_id: str, texts: Mapping[str, str], seqs: Mapping[str, int] | None = None
+        self,
+        worker_id: str,
+        texts: Mapping[str, str],
+        seqs: Mapping[str, int] | None = None,
+        deltas: Mapping[str, str] | None = None,
     ) -> dict[str, AppendAck]:
         """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
         per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
         whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
         job's flush as for ``append``: a number applied already counts as written (nothing written
-        again), so a retried call is safe. Raises when Redis is unreachable."""
+        again), so a retried call is safe. ``deltas`` gives a job's entry its per-choice deltas
+        (``entries.pack_deltas``; its text is then choice 0's). Raises when Redis is unreachable."""
         if not texts:
             return {}
-        call = ops.append_many_call(worker_id, texts, self.ttl, seqs)
+        call = ops.append_many_call(worker_id, texts, self.ttl, seqs, deltas)
         return ops.parse_append_many(self._run(call), list(texts))
 
     def finish(

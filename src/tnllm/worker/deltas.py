@@ -1,8 +1,11 @@
 """A job's token deltas on their way from the engine thread to its Redis stream (no tensor code).
 
 ``DeltaWriter`` is what one attempt of a job hands the engine as its ``on_token``: the engine thread
-only puts text on a queue; the stream pump (``tnllm/worker/stream_pump.py``) and the task's final
-flush take it from there, numbered so a write whose answer was lost is never applied twice.
+only puts each delta (choice index, text, logprob entries) on a queue; the stream pump
+(``tnllm/worker/stream_pump.py``) and the task's final flush take it from there, numbered so a write
+whose answer was lost is never applied twice. A flush is one stream entry: its ``text`` is choice
+0's, and when the job has several choices or logprobs its per-choice deltas ride along packed
+(``store.entries.pack_deltas``), merged per choice.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ import redis
 
 from tnllm.engine.types import TokenEvent
 from tnllm.errors import LeaseLost
+from tnllm.protocol.outputs import ChoiceDelta, TokenLogprob
+from tnllm.store.entries import pack_deltas
 from tnllm.store.sync import JobStore
+
+#: One delta as the engine thread queues it: (choice index, text, logprob entries or None).
+Piece = tuple[int, str, list[TokenLogprob] | None]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +47,10 @@ class DeltaWriter:
         self.job_id = job_id
         self.worker_id = worker_id
         self.lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pending = ""
+        self._inbox: queue.SimpleQueue[Piece] = queue.SimpleQueue()
+        self._pending = ""  # the text of the entry to write (choice 0's)
+        self._deltas = ""  # its packed per-choice deltas ('' = a plain text entry)
+        self._parts: dict[int, ChoiceDelta] = {}  # what ``_pending`` / ``_deltas`` were packed from
         self._seq = 0  # the number of the last text taken (``_pending``'s while it is set)
         self._in_doubt = False  # ``_pending``'s write failed unanswered: resend it unchanged
         self._failing = False
@@ -50,31 +60,48 @@ class DeltaWriter:
         """The sequence number of the text ``take`` returned (send it along)."""
         return self._seq
 
+    @property
+    def deltas(self) -> str:
+        """The packed per-choice deltas that go with what ``take`` returned ('' = plain text)."""
+        return self._deltas
+
     def on_token(self, event: TokenEvent) -> None:
         """Engine-thread callback: never blocks."""
-        if event.text:
-            self._inbox.put(event.text)
+        if event.text or event.logprobs:
+            self._inbox.put((event.index, event.text, event.logprobs))
 
     def take(self) -> str:
-        """The text to write next ('' if none), numbered ``seq``: the pending text unchanged while
-        its write is in doubt, else the pending text and the deltas arrived since, joined (under a
-        new number when nothing was pending). The caller holds ``lock``."""
+        """The text to write next ('' if none; see ``deltas`` for the rest of the entry), numbered
+        ``seq``: the pending entry unchanged while its write is in doubt, else the pending entry
+        and the deltas arrived since, merged per choice (under a new number when nothing was
+        pending). The caller holds ``lock``."""
         if self._in_doubt:
             return self._pending
-        parts = [self._pending] if self._pending else []
+        fresh = not self._parts
         while True:
             try:
-                parts.append(self._inbox.get_nowait())
+                index, text, logprobs = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        if parts and not self._pending:
+            part = self._parts.setdefault(index, ChoiceDelta(index=index))
+            part.text += text
+            if logprobs:
+                part.logprobs = [*(part.logprobs or []), *logprobs]
+        if self._parts and fresh:
             self._seq += 1
-        self._pending = "".join(parts)
+        self._pending, self._deltas = pack_deltas([self._parts[i] for i in sorted(self._parts)])
         return self._pending
+
+    @property
+    def has_pending(self) -> bool:
+        """``take`` returned an entry that is not written yet (its text may be '')."""
+        return bool(self._parts)
 
     def written(self) -> None:
         """What ``take`` returned is in the stream now. The caller holds ``lock``."""
         self._pending = ""
+        self._deltas = ""
+        self._parts = {}
         self._in_doubt = False
         self._failing = False
 
@@ -102,9 +129,14 @@ class DeltaWriter:
         store says this worker no longer owns the job. Safe beside the pump (``lock``).
         """
         with self.lock:
-            while text := self.take():
+            while True:
+                self.take()
+                if not self.has_pending:
+                    return True
                 try:
-                    ids = self.store.append(self.job_id, self.worker_id, text, seq=self._seq)
+                    ids = self.store.append(
+                        self.job_id, self.worker_id, self._pending, seq=self._seq, deltas=self._deltas
+                    )
                 except Exception as exc:  # no answer: it may have been applied
                     self.write_failed(exc)
                     if not isinstance(exc, TRANSIENT):
@@ -114,4 +146,3 @@ class DeltaWriter:
                 if not ids:
                     raise LeaseLost(self.job_id)
                 self.written()  # also when the answer is ALREADY_APPLIED: it is in the stream
-            return True

@@ -22,6 +22,7 @@ from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineResult
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
+from tnllm.protocol.outputs import Choice
 from tnllm.store.states import save_conversation
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
@@ -30,7 +31,7 @@ from tnllm.worker.faults import crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
 from tnllm.worker.states import JobPrompt, conversation_of
 
-__all__ = ["WAIT_S", "JobOutcome", "build_request", "retry_transient", "run_job"]
+__all__ = ["WAIT_S", "JobOutcome", "build_request", "job_result", "retry_transient", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,10 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
         if early is _Interrupt.RELEASE:
             return _release(rt, record)
         if early is _Interrupt.CANCEL:
-            empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
-            return _finish(rt, record, JobStatus.CANCELLED, result=empty)
+            n = record.params.n
+            empty = [Choice(index=i, text="", finish_reason="cancelled") for i in range(n)]
+            result = JobResult(text="", finish_reason="cancelled", usage=Usage(), choices=empty)
+            return _finish(rt, record, JobStatus.CANCELLED, result=result)
     if time.monotonic() >= deadline:
         return _timed_out(rt, record)
     try:
@@ -195,12 +198,7 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
 def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome: EngineResult) -> JobOutcome:
     """Write the result of a run that ended in the engine (its conversation first, if it succeeded)."""
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
-    usage = Usage(
-        prompt_tokens=outcome.prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        cached_tokens=outcome.cached_tokens,
-    )
-    result = JobResult(text=outcome.text, finish_reason=outcome.finish_reason, usage=usage)
+    result = job_result(outcome)
     if status is JobStatus.SUCCEEDED:  # before the terminal write: a succeeded job can be continued
         conv = conversation_of(prompt, outcome, rt.worker_id)
         retry_transient(
@@ -209,6 +207,24 @@ def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome
             deadline_s=rt.finish_retry_s,
         )
     return _finish(rt, record, status, result=result)
+
+
+def job_result(outcome: EngineResult) -> JobResult:
+    """The job's result: choice 0 on top, usage over every choice, the choices in order."""
+    usage = Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        cached_tokens=outcome.cached_tokens,
+    )
+    return JobResult(
+        text=outcome.text,
+        finish_reason=outcome.finish_reason,
+        usage=usage,
+        choices=[
+            Choice(index=c.index, text=c.text, finish_reason=c.finish_reason, logprobs=c.logprobs)
+            for c in outcome.choices
+        ],
+    )
 
 
 def _hold(active: ActiveJob, until: float) -> _Interrupt | None:

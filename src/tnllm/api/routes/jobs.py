@@ -113,9 +113,10 @@ async def get_job(
         **_ERRORS,
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`token` events `{text}`, `reset` events `{reason}` (the job restarted on "
-            "another worker: drop the text so far), then one `done` event with the job object. "
-            "Event ids are stream ids; reconnect with `Last-Event-ID` to resume.",
+            "description": "`token` events `{text, index}` (index: the choice; `logprobs` too when "
+            "asked), `reset` events `{reason}` (the job restarted on another worker: drop the text "
+            "so far), then one `done` event with the job object. Event ids are stream ids; "
+            "reconnect with `Last-Event-ID` to resume.",
         },
     },
 )
