@@ -13,7 +13,7 @@ from tnllm.store import JobStore
 
 
 async def _deltas(app: FastAPI, job_id: str) -> list[str]:
-    return [d async for d in job_deltas(app.state.services.store, job_id)]
+    return [text async for _, text, _ in job_deltas(app.state.services.store, job_id)]
 
 
 async def test_a_rerun_after_a_reset_adds_only_the_new_text(app: FastAPI, worker_store: JobStore) -> None:
@@ -39,6 +39,6 @@ async def test_a_rerun_that_differs_ends_the_stream(app: FastAPI, worker_store: 
     second.succeed()
     seen: list[str] = []
     with pytest.raises(Diverged):
-        async for delta in job_deltas(app.state.services.store, "j-diverge"):
-            seen.append(delta)
+        async for _, text, _ in job_deltas(app.state.services.store, "j-diverge"):
+            seen.append(text)
     assert seen == ["Hello"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from standardwebhooks import Webhook
@@ -169,6 +170,57 @@ def test_completions_list_of_prompts_one_choice_each(client: openai.OpenAI, toke
     assert [streamed[0], streamed[1]] == [c.text for c in both.choices]
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 99},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_n_choices_seed_logprobs_and_json_schema(client: openai.OpenAI) -> None:
+    hi: list[Any] = [{"role": "user", "content": "Hello"}]
+    three = client.chat.completions.create(model=MODEL, messages=hi, n=3, **GREEDY)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert len({c.message.content for c in three.choices}) == 1  # greedy: three equal choices
+    assert three.usage is not None and three.usage.completion_tokens == 36  # every choice counts
+
+    sampled = {"temperature": 1.0, "seed": 7, "max_tokens": 12}
+    first, again = (client.chat.completions.create(model=MODEL, messages=hi, **sampled) for _ in range(2))
+    assert first.choices[0].message.content == again.choices[0].message.content
+
+    scored = client.chat.completions.create(model=MODEL, messages=hi, logprobs=True, top_logprobs=2, **GREEDY)
+    content = scored.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 12  # one entry per completion token
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].token == entry.token and entry.top_logprobs[0].logprob == entry.logprob
+    legacy = client.completions.create(model=MODEL, prompt="Once", logprobs=2, **GREEDY)
+    shaped = legacy.choices[0].logprobs
+    assert shaped is not None and len(shaped.tokens or []) == 12 and len(shaped.top_logprobs or []) == 12
+    assert "".join(shaped.tokens or []) == legacy.choices[0].text
+
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
+    person = client.chat.completions.create(
+        model=MODEL, messages=hi, response_format=fmt, temperature=0, max_tokens=64
+    )
+    jsonschema.validate(json.loads(person.choices[0].message.content or ""), SCHEMA)
+
+
+def test_streamed_choices_add_up_to_the_answer(client: openai.OpenAI) -> None:
+    hi: list[Any] = [{"role": "user", "content": "Tell me"}]
+    sampled = {"temperature": 1.0, "seed": 3, "max_tokens": 10, "n": 2, "extra_body": {"ignore_eos": True}}
+    answer = client.chat.completions.create(model=MODEL, messages=hi, **sampled)
+    streamed: dict[int, str] = {0: "", 1: ""}
+    for chunk in client.chat.completions.create(model=MODEL, messages=hi, stream=True, **sampled):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert [streamed[0], streamed[1]] == [c.message.content for c in answer.choices]
+
+
 def _bad(call: Any) -> openai.BadRequestError:
     with pytest.raises(openai.BadRequestError) as info:
         call()
@@ -184,13 +236,14 @@ def _bad(call: Any) -> openai.BadRequestError:
     ("kwargs", "param"),
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs: true
         ({"temperature": 9}, "temperature"),
         ({"max_tokens": 100_000}, "max_tokens"),
         ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
          "messages[0].content[0].type"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
         ({"extra_body": {"top_k": -1}}, "top_k"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
         ({"max_tokens": "4"}, "max_tokens"),  # strict types, as every body of the API

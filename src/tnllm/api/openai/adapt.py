@@ -11,17 +11,7 @@ from pydantic import ValidationError
 
 from tnllm.api.errors import ApiError, field_name
 from tnllm.api.openai.errors import invalid
-from tnllm.api.openai.schemas import (
-    ChatChoice,
-    ChatCompletion,
-    ChatCompletionRequest,
-    ChatMessageIn,
-    ChatMessageOut,
-    Completion,
-    CompletionChoice,
-    CompletionRequest,
-    Usage,
-)
+from tnllm.api.openai.schemas import ChatCompletionRequest, ChatMessageIn, CompletionRequest
 from tnllm.api.schemas import JobCreate
 from tnllm.protocol.jobs import JobErrorType, JobRecord, JobStatus
 
@@ -31,16 +21,12 @@ TNLLM_EXTRAS = frozenset({"top_k", "repetition_penalty", "priority", "ignore_eos
 OPENAI_NAMES = {"max_new_tokens": "max_tokens", "body": "body"}
 #: Parameters whose neutral values are accepted (they change nothing) and other values refused.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None, ""),
 }
+#: OpenAI parameters that are the contract's under the same name.
+_SAME_NAME = ("top_p", "seed", "n", "presence_penalty", "frequency_penalty", "logit_bias", "response_format")
 _ROLES = ("system", "user", "assistant")
 
 
@@ -59,13 +45,6 @@ def check_parameters(body: ChatCompletionRequest | CompletionRequest) -> None:
                 name,
                 "unsupported_value",
             )
-    fmt = getattr(body, "response_format", None)
-    if fmt is not None and fmt.get("type") != "text":
-        raise invalid(
-            f"response_format: only {{'type': 'text'}} is supported by this server (got {fmt.get('type')!r})",
-            "response_format",
-            "unsupported_value",
-        )
     options = body.stream_options
     if options is not None and not body.stream:
         raise invalid("stream_options: only allowed when stream is true", "stream_options")
@@ -102,12 +81,18 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int |
     fields: dict[str, Any] = {"temperature": 1.0 if body.temperature is None else body.temperature}
     if max_tokens is not None:
         fields["max_new_tokens"] = max_tokens
-    if body.top_p is not None:
-        fields["top_p"] = body.top_p
+    for name in _SAME_NAME:
+        if (value := getattr(body, name, None)) is not None:
+            fields[name] = value
     if body.stop is not None:
         fields["stop"] = [body.stop] if isinstance(body.stop, str) else body.stop
-    if body.seed is not None:
-        fields["seed"] = body.seed
+    if isinstance(body, ChatCompletionRequest):
+        if body.logprobs is not None:
+            fields["logprobs"] = body.logprobs
+        if body.top_logprobs is not None:
+            fields["top_logprobs"] = body.top_logprobs
+    elif body.logprobs is not None:  # completions: the number of top entries (0: the chosen token's only)
+        fields.update(logprobs=True, top_logprobs=body.logprobs)
     extras = {k: v for k, v in (body.model_extra or {}).items() if k in TNLLM_EXTRAS and v is not None}
     metadata = dict(extras.pop("metadata", None) or {})
     if body.user is not None:
@@ -159,12 +144,6 @@ def completion_jobs(body: CompletionRequest, prompts: list[str], default_priorit
     return [to_job({**fields, "prompt": p, "raw_prompt": True}, default_priority) for p in prompts]
 
 
-def finish_reason(record: JobRecord) -> str:
-    """OpenAI's finish reason of a succeeded job."""
-    assert record.result is not None
-    return "length" if record.result.finish_reason == "length" else "stop"
-
-
 def job_failure(record: JobRecord) -> ApiError | None:
     """The error to answer for a job that did not succeed (None when it did)."""
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
@@ -176,32 +155,3 @@ def job_failure(record: JobRecord) -> ApiError | None:
         return ApiError(400, error.message, code="invalid_request")
     message = error.message if error else f"job {record.id} ended {record.status.value}"
     return ApiError(500, message, code=error.type if error else "job_failed")
-
-
-def usage(records: list[JobRecord]) -> Usage:
-    """Summed usage of the jobs of one answer."""
-    prompt = sum(r.result.usage.prompt_tokens for r in records if r.result)
-    completion = sum(r.result.usage.completion_tokens for r in records if r.result)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def chat_completion(base: dict[str, Any], records: list[JobRecord]) -> ChatCompletion:
-    """The chat completion of succeeded jobs (``base``: id, created, model)."""
-    choices = [
-        ChatChoice(
-            index=i,
-            message=ChatMessageOut(content=r.result.text if r.result else ""),
-            finish_reason=finish_reason(r),
-        )
-        for i, r in enumerate(records)
-    ]
-    return ChatCompletion(**base, choices=choices, usage=usage(records))
-
-
-def text_completion(base: dict[str, Any], records: list[JobRecord]) -> Completion:
-    """The completion of succeeded jobs, one choice per job (``base``: id, created, model)."""
-    choices = [
-        CompletionChoice(index=i, text=r.result.text if r.result else "", finish_reason=finish_reason(r))
-        for i, r in enumerate(records)
-    ]
-    return Completion(**base, choices=choices, usage=usage(records))

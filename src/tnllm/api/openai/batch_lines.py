@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tnllm.api.errors import ApiError
-from tnllm.api.openai import adapt
+from tnllm.api.openai import adapt, answers
 from tnllm.api.openai.errors import api_error_payload
 from tnllm.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from tnllm.api.schemas import JobCreate
@@ -128,7 +128,7 @@ def output_line(
     chat = batch["endpoint"] == "/v1/chat/completions"
     finished = int(record.finished_at.timestamp()) if record.finished_at else int(time.time())
     base = {"id": ("chatcmpl-" if chat else "cmpl-") + record.id, "created": finished, "model": item["model"]}
-    answer = adapt.chat_completion(base, [record]) if chat else adapt.text_completion(base, [record])
+    answer = answers.chat_completion(base, [record]) if chat else answers.text_completion(base, [record])
     return True, {
         **line,
         "response": {"status_code": 200, "request_id": record.id, "body": answer.model_dump()},

@@ -22,6 +22,7 @@ from tnllm.api.deps import Services
 from tnllm.api.notify import wait_for_terminal
 from tnllm.api.sse import BLOCK_MS, READ_COUNT
 from tnllm.api.webhooks import notify_transition_async
+from tnllm.protocol.outputs import ChoiceDelta, TokenLogprob
 from tnllm.store import AsyncJobStore, CancelKind, JobRecord
 
 
@@ -29,9 +30,45 @@ class Diverged(Exception):
     """A job's re-run produced other text than the one already streamed."""
 
 
-async def job_deltas(store: AsyncJobStore, job_id: str) -> AsyncIterator[str]:
-    """The text deltas of a job until it ends (re-runs after a ``reset`` passed over)."""
-    sent, run, after = "", "", "0-0"
+#: One step of a job's stream for a client: (choice index, new text, the new tokens' logprobs).
+Delta = tuple[int, str, list[TokenLogprob] | None]
+
+
+class _Replay:
+    """Per choice: what was sent, and what the current run has produced (reset by a ``reset``)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.sent: dict[int, str] = {}
+        self.run: dict[int, str] = {}
+        self.sent_lp: dict[int, int] = {}
+        self.run_lp: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.run.clear()
+        self.run_lp.clear()
+
+    def advance(self, delta: ChoiceDelta) -> Delta | None:
+        i = delta.index
+        text, already = self.run.get(i, "") + delta.text, self.sent.get(i, "")
+        self.run[i] = text
+        if not (text.startswith(already) or already.startswith(text)):
+            raise Diverged(self.job_id)
+        new_text = text[len(already) :] if len(text) > len(already) else ""
+        if new_text:
+            self.sent[i] = text
+        new_lps = None
+        if delta.logprobs is not None:
+            before = self.run_lp.get(i, 0)
+            self.run_lp[i] = before + len(delta.logprobs)
+            new_lps = delta.logprobs[max(0, self.sent_lp.get(i, 0) - before) :]
+            self.sent_lp[i] = max(self.sent_lp.get(i, 0), self.run_lp[i])
+        return (i, new_text, new_lps or None) if new_text or new_lps else None
+
+
+async def job_deltas(store: AsyncJobStore, job_id: str) -> AsyncIterator[Delta]:
+    """The per-choice deltas of a job until it ends (re-runs after a ``reset`` passed over)."""
+    replay, after = _Replay(job_id), "0-0"
     block: int | None = None  # the first read does not wait: a finished job answers at once
     while True:
         entries = await store.read_stream(job_id, after=after, block_ms=block, count=READ_COUNT)
@@ -44,18 +81,13 @@ async def job_deltas(store: AsyncJobStore, job_id: str) -> AsyncIterator[str]:
         for entry in entries:
             after = entry.id
             if entry.type == "reset":
-                run = ""
+                replay.reset()
             elif entry.type == "done":
                 return
             else:
-                run += entry.text
-                if len(run) > len(sent):
-                    if not run.startswith(sent):
-                        raise Diverged(job_id)
-                    delta, sent = run[len(sent) :], run
-                    yield delta
-                elif not sent.startswith(run):
-                    raise Diverged(job_id)
+                for delta in entry.deltas:
+                    if (out := replay.advance(delta)) is not None:
+                        yield out
 
 
 async def cancel_jobs(services: Services, job_ids: Sequence[str]) -> None:
@@ -104,11 +136,11 @@ async def wait_jobs(
     return None
 
 
-async def merged(streams: Sequence[AsyncIterator[str]]) -> AsyncIterator[tuple[int, str | None]]:
+async def merged(streams: Sequence[AsyncIterator[Delta]]) -> AsyncIterator[tuple[int, Delta | None]]:
     """``(i, delta)`` from several streams as they come, ``(i, None)`` when stream ``i`` ends."""
-    queue: asyncio.Queue[tuple[int, str | None] | BaseException] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Delta | None] | BaseException] = asyncio.Queue()
 
-    async def pump(i: int, stream: AsyncIterator[str]) -> None:
+    async def pump(i: int, stream: AsyncIterator[Delta]) -> None:
         try:
             async for delta in stream:
                 await queue.put((i, delta))
@@ -151,4 +183,5 @@ def error_event(message: str, code: str, status: int = 500) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-ChunkMaker = Callable[[int, str | None, str | None], dict[str, Any]]
+#: (choice index, text or None, finish reason or None, logprobs or None) -> one chunk.
+ChunkMaker = Callable[[int, str | None, str | None, list[TokenLogprob] | None], dict[str, Any]]

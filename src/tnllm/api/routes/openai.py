@@ -17,7 +17,7 @@ from sse_starlette import EventSourceResponse
 
 from tnllm.api.deps import OwnerDep, Services, ServicesDep
 from tnllm.api.errors import ApiError
-from tnllm.api.openai import adapt
+from tnllm.api.openai import adapt, answers
 from tnllm.api.openai.errors import OpenAIRoute
 from tnllm.api.openai.schemas import (
     ChatCompletion,
@@ -41,6 +41,7 @@ from tnllm.api.openai.stream import (
 )
 from tnllm.api.schemas import JobCreate
 from tnllm.api.submit import submit_job
+from tnllm.protocol.outputs import TokenLogprob
 from tnllm.store import JobRecord
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
@@ -136,8 +137,9 @@ async def chat_completions(
     }
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(services, ids, _chat_chunk(base, include_usage), include_usage, base, role=True)
-    return adapt.chat_completion(base, await finished(request, services, ids))
+        usage_chunk = {**base, "object": "chat.completion.chunk"} if include_usage else None
+        return _stream(services, ids, job.n, _chat_chunk(base, include_usage), usage_chunk, role=True)
+    return answers.chat_completion(base, await finished(request, services, ids))
 
 
 @router.post(
@@ -173,16 +175,22 @@ async def completions(
     }
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(services, ids, _completion_chunk(base, include_usage), include_usage, base, role=False)
-    return adapt.text_completion(base, await finished(request, services, ids))
+        usage_chunk = {**base, "object": "text_completion"} if include_usage else None
+        return _stream(
+            services, ids, jobs[0].n, _completion_chunk(base, include_usage), usage_chunk, role=False
+        )
+    return answers.text_completion(base, await finished(request, services, ids))
 
 
 def _chat_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
-    def make(index: int, delta: str | None, finish: str | None) -> dict[str, Any]:
+    def make(
+        index: int, delta: str | None, finish: str | None, lps: list[TokenLogprob] | None
+    ) -> dict[str, Any]:
         content: dict[str, Any] = {} if delta is None else {"content": delta}
-        if delta == "" and finish is None:  # the first chunk of a choice
+        if delta is None and finish is None:  # the first chunk of a choice
             content = {"role": "assistant", "content": ""}
-        choice = {"index": index, "delta": content, "logprobs": None, "finish_reason": finish}
+        logprobs = answers.chat_logprobs(lps)
+        choice = {"index": index, "delta": content, "logprobs": logprobs, "finish_reason": finish}
         chunk = {**base, "object": "chat.completion.chunk", "choices": [choice]}
         return {**chunk, "usage": None} if include_usage else chunk
 
@@ -190,8 +198,14 @@ def _chat_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
 
 
 def _completion_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
-    def make(index: int, delta: str | None, finish: str | None) -> dict[str, Any]:
-        choice = {"index": index, "text": delta or "", "logprobs": None, "finish_reason": finish}
+    offsets: dict[int, int] = {}  # characters streamed so far per choice (``text_offset``)
+
+    def make(
+        index: int, delta: str | None, finish: str | None, lps: list[TokenLogprob] | None
+    ) -> dict[str, Any]:
+        logprobs = answers.text_logprobs(lps, offsets.get(index, 0))
+        offsets[index] = offsets.get(index, 0) + len(delta or "")
+        choice = {"index": index, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}
         chunk = {**base, "object": "text_completion", "choices": [choice]}
         return {**chunk, "usage": None} if include_usage else chunk
 
@@ -201,13 +215,13 @@ def _completion_chunk(base: dict[str, Any], include_usage: bool) -> ChunkMaker:
 def _stream(
     services: Services,
     ids: list[str],
+    n: int,
     make: ChunkMaker,
-    include_usage: bool,
-    base: dict[str, Any],
+    usage_chunk: dict[str, Any] | None,
     *,
     role: bool,
 ) -> EventSourceResponse:
-    chunks = _chunks(services, ids, make, include_usage, base, role=role)
+    chunks = _chunks(services, ids, n, make, usage_chunk, role=role)
     return EventSourceResponse(
         cancel_unless_finished(chunks, services, ids),
         ping=15,
@@ -219,26 +233,26 @@ def _stream(
 async def _chunks(
     services: Services,
     ids: list[str],
+    n: int,
     make: ChunkMaker,
-    include_usage: bool,
-    base: dict[str, Any],
+    usage_chunk: dict[str, Any] | None,
     *,
     role: bool,
 ) -> AsyncIterator[str]:
-    """The ``data:`` payloads of a stream: chunks as the jobs write text, one closing chunk per
-    choice (``finish_reason``), the usage chunk when asked, then ``[DONE]``."""
+    """The ``data:`` payloads of a stream: chunks as the jobs write text (choice ``j`` of prompt
+    ``p`` has index ``p * n + j``), one closing chunk per choice (``finish_reason``), the usage
+    chunk when asked, then ``[DONE]``."""
     store = services.store
     if role:
-        for i in range(len(ids)):
-            yield json.dumps(make(i, "", None))
+        for i in range(len(ids) * n):
+            yield json.dumps(make(i, None, None, None))
     records: list[JobRecord] = []
     try:
-        async for i, delta in merged([job_deltas(store, job_id) for job_id in ids]):
+        async for p, delta in merged([job_deltas(store, job_id) for job_id in ids]):
             if delta is not None:
-                if delta:
-                    yield json.dumps(make(i, delta, None))
+                yield json.dumps(make(p * n + delta[0], delta[1], None, delta[2]))
                 continue
-            record = await store.get(ids[i])
+            record = await store.get(ids[p])
             failure = adapt.job_failure(record) if record is not None else ApiError(500, "job expired")
             if failure is not None:
                 await cancel_jobs(services, ids)
@@ -247,19 +261,13 @@ async def _chunks(
                 return
             assert record is not None
             records.append(record)
-            yield json.dumps(make(i, None, adapt.finish_reason(record)))
+            for choice in answers.choices(record):
+                yield json.dumps(make(p * n + choice.index, None, answers.reason(choice.finish_reason), None))
     except Diverged as exc:
         await cancel_jobs(services, ids)
         yield json.dumps(error_event(f"job {exc} restarted and produced other text", "job_restarted"))
         yield "[DONE]"
         return
-    if include_usage:
-        yield json.dumps(
-            {
-                **base,
-                "object": make(0, None, None)["object"],
-                "choices": [],
-                "usage": adapt.usage(records).model_dump(),
-            }
-        )
+    if usage_chunk is not None:
+        yield json.dumps({**usage_chunk, "choices": [], "usage": answers.usage(records).model_dump()})
     yield "[DONE]"
