@@ -181,12 +181,38 @@ SCHEMA = {
 }
 
 
-def test_n_choices_seed_logprobs_and_json_schema(client: openai.OpenAI) -> None:
+def _prefills(stack: Stack) -> float:
+    """The worker's tnllm_engine_prefills_total (its Prometheus port is in its heartbeat)."""
+    store = stack.store()
+    try:
+        (info,) = [w for w in store.workers() if w.model_loaded]
+    finally:
+        store.client.close()
+    text = httpx.get(f"http://127.0.0.1:{info.metrics_port}/metrics", timeout=10).text
+    return next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("tnllm_engine_prefills_total")
+    )
+
+
+def test_n_choices_seed_logprobs_and_json_schema(client: openai.OpenAI, stack: Stack) -> None:
     hi: list[Any] = [{"role": "user", "content": "Hello"}]
+    before = _prefills(stack)
+    while True:  # let the reports of earlier requests land (the engine reports every 0.25 s)
+        time.sleep(0.6)
+        settled = _prefills(stack)
+        if settled == before:
+            break
+        before = settled
     three = client.chat.completions.create(model=MODEL, messages=hi, n=3, **GREEDY)
     assert [c.index for c in three.choices] == [0, 1, 2]
     assert len({c.message.content for c in three.choices}) == 1  # greedy: three equal choices
     assert three.usage is not None and three.usage.completion_tokens == 36  # every choice counts
+    deadline = time.monotonic() + 10  # the engine reports its stats every 0.25 s
+    while _prefills(stack) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _prefills(stack) == before + 1  # one prefill, its state copied into the three slots
 
     sampled = {"temperature": 1.0, "seed": 7, "max_tokens": 12}
     first, again = (client.chat.completions.create(model=MODEL, messages=hi, **sampled) for _ in range(2))
