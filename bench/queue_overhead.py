@@ -10,7 +10,11 @@ Starts a real redis-server (AOF on), one `tnllm worker` on the tiny demo model a
   and their difference = what the queue path adds; submit throughput (202s/s from client threads)
   and completion throughput.
 
-    python -m bench.queue_overhead [--jobs 300] [--samples 100] [--threads 8] [--json]
+Then where a job's time and Redis round trips go (``bench.queue_trace``): a per-stage timeline of
+sequential jobs under MONITOR, Redis commands per job and per echo task (INFO commandstats over a
+burst), and the API's prompt count alone.
+
+    python -m bench.queue_overhead [--jobs 300] [--samples 100] [--threads 8] [--trace 30] [--json]
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ from typing import Any
 import httpx
 import redis
 
+from bench.queue_trace import per_unit_calls, trace_jobs
 from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
 from tnllm.config import Settings
 from tnllm.protocol.celery import make_celery
 from tnllm.protocol.tasks import ECHO_TASK, GENERATE_QUEUE
 from tnllm.store import JobStore
 from tnllm.store.server import RedisServer, free_port
+
+#: The short job of every measurement.
+JOB_BODY: dict[str, Any] = {"prompt": "Hi", "max_new_tokens": 1}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -102,16 +110,26 @@ def bench_echo(settings: Settings, samples: int, burst: int) -> dict[str, Any]:
         app.send_task(ECHO_TASK, args=[key, str(i)], queue=GENERATE_QUEUE)
         assert client.blpop([key], timeout=30) is not None
         latencies.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for i in range(burst):
-        app.send_task(ECHO_TASK, args=[key, str(i)], queue=GENERATE_QUEUE)
-    sent = time.perf_counter() - t0
-    for _ in range(burst):
-        assert client.blpop([key], timeout=60) is not None
-    total = time.perf_counter() - t0
+    times: dict[str, float] = {}
+
+    def run_burst() -> None:
+        t0 = time.perf_counter()
+        for i in range(burst):
+            app.send_task(ECHO_TASK, args=[key, str(i)], queue=GENERATE_QUEUE)
+        times["sent"] = time.perf_counter() - t0
+        for _ in range(burst):
+            assert client.blpop([key], timeout=60) is not None
+        times["total"] = time.perf_counter() - t0
+
+    calls = per_unit_calls(client, burst, run_burst)
     app.close()
     client.close()
-    return {"latency": summary(latencies), "send_per_s": burst / sent, "done_per_s": burst / total}
+    return {
+        "latency": summary(latencies),
+        "send_per_s": burst / times["sent"],
+        "done_per_s": burst / times["total"],
+        "redis_calls_per_task": calls,
+    }
 
 
 def _job_times(job: dict[str, Any]) -> float:
@@ -120,9 +138,9 @@ def _job_times(job: dict[str, Any]) -> float:
     return (finished - started).total_seconds()
 
 
-def bench_jobs(url: str, samples: int, total: int, threads: int) -> dict[str, Any]:
+def bench_jobs(url: str, redis_url: str, samples: int, total: int, threads: int) -> dict[str, Any]:
     """The job path over HTTP: submit, wait until the result is visible; then a burst from threads."""
-    body = {"prompt": "Hi", "max_new_tokens": 1}
+    body = JOB_BODY
     http = httpx.Client(base_url=url, timeout=60)
     for _ in range(5):
         http.get(f"/v1/jobs/{http.post('/v1/jobs', json=body).json()['id']}", params={"wait": 30})
@@ -150,14 +168,23 @@ def bench_jobs(url: str, samples: int, total: int, threads: int) -> dict[str, An
                 out.append(r.json()["id"])
             return out
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        ids = [i for chunk in pool.map(submit_many, range(threads)) for i in chunk]
-    submitted = time.perf_counter() - t0
-    for job_id in ids:
-        job = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
-        assert job["status"] == "succeeded", job
-    done = time.perf_counter() - t0
+    ids: list[str] = []
+    times: dict[str, float] = {}
+
+    def run_burst() -> None:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            ids.extend(i for chunk in pool.map(submit_many, range(threads)) for i in chunk)
+        times["submitted"] = time.perf_counter() - t0
+        for job_id in ids:
+            job = http.get(f"/v1/jobs/{job_id}", params={"wait": 60}).json()
+            assert job["status"] == "succeeded", job
+        times["done"] = time.perf_counter() - t0
+
+    rclient = redis.Redis.from_url(redis_url)
+    calls = per_unit_calls(rclient, per_thread * threads, run_burst)
+    rclient.close()
+    submitted, done = times["submitted"], times["done"]
     http.close()
     return {
         "latency": summary(latencies),
@@ -167,7 +194,22 @@ def bench_jobs(url: str, samples: int, total: int, threads: int) -> dict[str, An
         "submit_per_s": len(ids) / submitted,
         "done_per_s": len(ids) / done,
         "burst_jobs": len(ids),
+        "redis_calls_per_job": calls,
     }
+
+
+def bench_count(model: Path, iterations: int = 2000) -> dict[str, float]:
+    """The API's prompt count of the bench body alone (the tokenizer, in this process)."""
+    from tnllm.api.limits import PromptCounter
+    from tnllm.store import GenerationParams
+
+    counter = PromptCounter(Settings(model=str(model)))
+    params = GenerationParams(prompt=JOB_BODY["prompt"], max_new_tokens=1)
+    counter.count(params)
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        counter.count(params)
+    return {"count_us": 1e6 * (time.perf_counter() - t0) / iterations}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,17 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100, help="sequential latency samples")
     parser.add_argument("--threads", type=int, default=8, help="client threads submitting the burst")
     parser.add_argument("--slots", type=int, default=8, help="engine slots (= worker threads)")
+    parser.add_argument("--trace", type=int, default=30, help="sequential jobs traced under MONITOR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tnllm-bench-") as tmp:
         server, children, url, settings = start_services(Path(tmp), args.slots)
         try:
             echo = bench_echo(settings, args.samples, args.jobs)
-            jobs = bench_jobs(url, args.samples, args.jobs, args.threads)
+            jobs = bench_jobs(url, server.url, args.samples, args.jobs, args.threads)
+            trace = trace_jobs(url, server.url, JOB_BODY, args.trace) if args.trace else {}
+            count = bench_count(Path(tmp) / "model")
         finally:
             stop_all(children, 30)
             server.stop()
-    result = {"echo_baseline": echo, "jobs": jobs, "args": vars(args)}
+    result = {"echo_baseline": echo, "jobs": jobs, "trace": trace, "prompt_count": count, "args": vars(args)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -207,7 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"echo baseline: {echo['send_per_s']:.0f} sends/s, {echo['done_per_s']:.0f} done/s (burst {burst})")
     print(f"jobs: {jobs['submit_per_s']:.0f} submits/s from {args.threads} threads, "
           f"{jobs['done_per_s']:.0f} done/s (burst {jobs['burst_jobs']})")  # fmt: skip
+    print(f"done/s vs echo: {jobs['done_per_s'] / echo['done_per_s']:.2f}x; added p50 vs echo round trip: "
+          f"{jobs['added_by_queue_path']['p50_ms'] / echo['latency']['p50_ms']:.2f}x")  # fmt: skip
+    print_breakdown(result)
     return 0
+
+
+def print_breakdown(result: dict[str, Any]) -> None:
+    """The stage timeline and the round-trip counts."""
+    trace = result["trace"]
+    if trace:
+        print(f"\nstages of a sequential job (MONITOR, {trace['traced_jobs']} jobs)  p50 ms  mean ms")
+        for name, s in trace["stages_ms"].items():
+            print(f"  {name:60} {s['p50']:7.2f} {s['mean']:7.2f}")
+        for role, trips in trace["round_trips_per_job"].items():
+            names = ", ".join(f"{k} {v:.1f}" for k, v in trips["by_command"].items())
+            print(f"  round trips per job, {role}: {trips['total']:.1f} ({names})")
+    for what, key, calls in (("job", "jobs", "redis_calls_per_job"), ("echo task", "echo_baseline",
+                             "redis_calls_per_task")):  # fmt: skip
+        c = result[key][calls]
+        names = ", ".join(f"{k} {v:.1f}" for k, v in list(c["by_command"].items())[:8])
+        print(f"Redis commands per {what} (burst, all clients): {c['total']:.1f} ({names})")
+    print(f"prompt count alone: {result['prompt_count']['count_us']:.0f} us")
 
 
 if __name__ == "__main__":

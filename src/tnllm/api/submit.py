@@ -1,8 +1,9 @@
 """Job submission, shared by ``POST /v1/jobs`` and the tutorial's ``POST /``.
 
 Order matters for "never hand out an ID that was not stored": validate → count prompt tokens →
-store the record (with its idempotency key, atomically) → send the Celery message → answer. If the
-message cannot be sent, the stored job is discarded again and the client gets 503.
+store the record (with its idempotency key and, on kombu's Redis transport, its Celery message:
+one atomic script) → answer. Where the message cannot go with the record it is sent after the
+create; if that fails, the stored job is discarded again and the client gets 503.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ async def submit_job(
     webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
+    broker = await services.producer.broker_commands(job_id, body.priority, prompt_tokens)
     outcome = await store.create(
         job_id=job_id,
         owner=owner,
@@ -135,6 +137,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
         webhook=webhook,
+        broker=broker or (),
     )
     if outcome.kind in ("full", "conflict"):
         services.metrics.jobs_rejected.labels(reason=outcome.kind).inc()
@@ -158,7 +161,8 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
+    if broker is None:
+        await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None

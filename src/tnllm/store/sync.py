@@ -86,8 +86,10 @@ class JobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
         webhook: Mapping[str, Any] | None = None,
+        broker: Sequence[tuple[str, str, str]] = (),
     ) -> CreateOutcome:
-        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``."""
+        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``.
+        ``broker``: commands publishing its Celery message, run in the same step when created."""
         call = ops.create_call(
             job_id=job_id,
             owner=owner,
@@ -100,6 +102,7 @@ class JobStore:
             body_hash=body_hash,
             webhook=webhook,
             now=time.time(),
+            broker=broker,
         )
         return ops.parse_create(self._run(call), call, body_hash)
 
