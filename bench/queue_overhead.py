@@ -58,7 +58,9 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"p50_ms": pct(values, 50), "p99_ms": pct(values, 99), "mean_ms": 1000 * statistics.fmean(values)}
 
 
-def start_services(tmp: Path, slots: int) -> tuple[RedisServer, list[Child], str, Settings]:
+def start_services(
+    tmp: Path, slots: int, api_processes: int = 1
+) -> tuple[RedisServer, list[Child], str, Settings]:
     """Redis, one worker on the demo model, the API; returns them once the worker is ready."""
     from tnllm.model.demo import write_demo_checkpoint
 
@@ -69,7 +71,7 @@ def start_services(tmp: Path, slots: int) -> tuple[RedisServer, list[Child], str
         os.environ,
         {"TNLLM_REDIS_URL": server.url, "TNLLM_MODEL": str(model), "TNLLM_DEVICE": "cpu",
          "TNLLM_ENGINE_SLOTS": str(slots), "TNLLM_DATA_DIR": str(tmp / "data"), "TNLLM_LOG_LEVEL": "WARNING",
-         "TNLLM_MAX_QUEUED": "100000", "OMP_NUM_THREADS": "1"},
+         "TNLLM_MAX_QUEUED": "100000", "OMP_NUM_THREADS": "1", "TNLLM_API_PROCESSES": str(api_processes)},
     )  # fmt: skip
     children = [
         Child(
@@ -221,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100, help="sequential latency samples")
     parser.add_argument("--threads", type=int, default=8, help="client threads submitting the burst")
     parser.add_argument("--slots", type=int, default=8, help="engine slots (= worker threads)")
+    parser.add_argument("--api-processes", type=int, default=1, help="TNLLM_API_PROCESSES of the API")
     parser.add_argument("--trace", type=int, default=30, help="sequential jobs traced under MONITOR")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tnllm-bench-") as tmp:
-        server, children, url, settings = start_services(Path(tmp), args.slots)
+        server, children, url, settings = start_services(Path(tmp), args.slots, args.api_processes)
         try:
             echo = bench_echo(settings, args.samples, args.jobs)
             jobs = bench_jobs(url, server.url, args.samples, args.jobs, args.threads)
