@@ -127,13 +127,13 @@ def test_broker_lists_are_the_lists_kombu_creates(redis_url: str, queue: str) ->
 def test_generate_commands_are_what_kombu_sends(redis_url: str, events: bool) -> None:
     """The commands built for the store's CREATE are the ones send_generate makes kombu send: the
     same message on the same priority list (only kombu's random delivery tag differs) and, with
-    task events, the task-sent event; after the first build (the queue declaration) no Redis I/O."""
+    task events, the task-sent event; without the queue declaration (the first build's) no Redis I/O."""
     settings = Settings(redis_url=redis_url, task_events=events)
     app = make_celery(settings)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         with app.producer_pool.acquire(block=True) as producer:
-            generate_commands(app, producer, "warm", 0)
+            generate_commands(app, producer, "warm", 0, declare=True)
             calls = sum(v["calls"] for v in client.info("commandstats").values())
             commands = generate_commands(app, producer, "job-1", 7, 3)
             assert sum(v["calls"] for v in client.info("commandstats").values()) == calls + 1  # INFO only

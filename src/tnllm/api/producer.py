@@ -48,7 +48,7 @@ class JobProducer:
     def _prepare_blocking(self) -> Any:
         producer = self.celery.producer_pool.acquire(block=True)
         try:  # the first build declares the queue (Redis I/O, once per connection)
-            generate_commands(self.celery, producer, "tnllm-warmup", 0)
+            generate_commands(self.celery, producer, "tnllm-warmup", 0, declare=True)
         except BaseException:
             producer.release()
             raise

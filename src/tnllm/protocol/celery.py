@@ -136,7 +136,12 @@ def task_display(job_id: str, prompt_tokens: int | None, priority: int) -> dict[
 
 
 def send_generate(
-    app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None, producer: Any = None
+    app: Celery,
+    job_id: str,
+    priority: int,
+    prompt_tokens: int | None = None,
+    producer: Any = None,
+    declare: list[Any] | None = None,
 ) -> None:
     """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
 
@@ -152,6 +157,7 @@ def send_generate(
         ignore_result=True,
         task_id=job_id,
         producer=producer,
+        declare=declare,  # None: Celery declares the queue (cached per connection, checked each time)
         **task_display(job_id, prompt_tokens, priority),
     )
 
@@ -180,15 +186,21 @@ class _Collect:
 
 
 def generate_commands(
-    app: Celery, producer: Any, job_id: str, priority: int, prompt_tokens: int | None = None
+    app: Celery,
+    producer: Any,
+    job_id: str,
+    priority: int,
+    prompt_tokens: int | None = None,
+    *,
+    declare: bool = False,
 ) -> list[BrokerCommand]:
     """The Redis commands by which ``send_generate`` would publish ``job_id`` (its message and, with
     task events, the task-sent event), built by Celery and kombu but not sent: a caller runs them
     in its own script (the job store's CREATE, so the record and its message are one write).
 
     ``producer``: a kombu Producer of ``app`` on the Redis transport, used by one thread at a time.
-    Its first call declares the queue (Redis I/O, once); later calls do no I/O. ValueError when the
-    transport cannot batch (not kombu's Redis transport).
+    With ``declare`` (the first call on a producer) the queue is declared (Redis I/O, once);
+    without, no I/O at all. ValueError when the transport cannot batch (not kombu's Redis transport).
     """
     channel = producer.channel
     if not hasattr(channel, "create_publish_batch"):
@@ -196,7 +208,7 @@ def generate_commands(
     collect = _Collect()
     producer._batch_local.current = collect
     try:
-        send_generate(app, job_id, priority, prompt_tokens, producer=producer)
+        send_generate(app, job_id, priority, prompt_tokens, producer, declare=None if declare else [])
     finally:
         del producer._batch_local.current
     if not any(name == "lpush" for name, _, _ in collect.commands):
