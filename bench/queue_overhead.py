@@ -12,7 +12,7 @@ Starts a real redis-server (AOF on), one `tnllm worker` on the tiny demo model a
 
 Then where a job's time and Redis round trips go (``bench.queue_trace``): a per-stage timeline of
 sequential jobs under MONITOR, Redis commands per job and per echo task (INFO commandstats over a
-burst), and the API's prompt count alone.
+burst), and, in the bench's own process, the API's prompt count and the engine alone (no queue).
 
     python -m bench.queue_overhead [--jobs 300] [--samples 100] [--threads 8] [--trace 30] [--json]
 """
@@ -200,18 +200,45 @@ def bench_jobs(url: str, redis_url: str, samples: int, total: int, threads: int)
     }
 
 
-def bench_count(model: Path, iterations: int = 2000) -> dict[str, float]:
-    """The API's prompt count of the bench body alone (the tokenizer, in this process)."""
+def bench_local(model: Path, slots: int, samples: int, burst: int, iterations: int = 2000) -> dict[str, Any]:
+    """In this process, no queue: the API's prompt count of the bench body, and the engine alone
+    (the worker's settings and prompt ids, its own thread): one job after another, then a burst."""
     from tnllm.api.limits import PromptCounter
+    from tnllm.engine.factory import build_engine
+    from tnllm.engine.types import EngineRequest, SamplingParams
     from tnllm.store import GenerationParams
+    from tnllm.text.prompt import render_prompt
 
-    counter = PromptCounter(Settings(model=str(model)))
+    settings = Settings(model=str(model), device="cpu", engine_slots=slots)
+    counter = PromptCounter(settings)
     params = GenerationParams(prompt=JOB_BODY["prompt"], max_new_tokens=1)
     counter.count(params)
     t0 = time.perf_counter()
     for _ in range(iterations):
         counter.count(params)
-    return {"count_us": 1e6 * (time.perf_counter() - t0) / iterations}
+    count_us = 1e6 * (time.perf_counter() - t0) / iterations
+    ids = render_prompt(counter.tokenizer(), params, settings.system_prompt)
+    engine = build_engine(settings.engine_config())
+    sampling = SamplingParams(max_new_tokens=1)
+    engine.start()
+    try:
+        for i in range(5):
+            engine.submit(EngineRequest(f"w{i}", ids, sampling), lambda ev: None).result(timeout=60)
+        latencies = []
+        for i in range(samples):
+            t0 = time.perf_counter()
+            engine.submit(EngineRequest(f"s{i}", ids, sampling), lambda ev: None).result(timeout=60)
+            latencies.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        handles = [
+            engine.submit(EngineRequest(f"b{i}", ids, sampling), lambda ev: None) for i in range(burst)
+        ]
+        for h in handles:
+            h.result(timeout=300)
+        rate = burst / (time.perf_counter() - t0)
+    finally:
+        engine.stop()
+    return {"count_us": count_us, "engine_latency": summary(latencies), "engine_done_per_s": rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             echo = bench_echo(settings, args.samples, args.jobs)
             jobs = bench_jobs(url, server.url, args.samples, args.jobs, args.threads)
             trace = trace_jobs(url, server.url, JOB_BODY, args.trace) if args.trace else {}
-            count = bench_count(Path(tmp) / "model")
+            local = bench_local(Path(tmp) / "model", args.slots, args.samples, args.jobs)
         finally:
             stop_all(children, 30)
             server.stop()
-    result = {"echo_baseline": echo, "jobs": jobs, "trace": trace, "prompt_count": count, "args": vars(args)}
+    result = {"echo_baseline": echo, "jobs": jobs, "trace": trace, "local": local, "args": vars(args)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -276,7 +303,10 @@ def print_breakdown(result: dict[str, Any]) -> None:
         c = result[key][calls]
         names = ", ".join(f"{k} {v:.1f}" for k, v in list(c["by_command"].items())[:8])
         print(f"Redis commands per {what} (burst, all clients): {c['total']:.1f} ({names})")
-    print(f"prompt count alone: {result['prompt_count']['count_us']:.0f} us")
+    local = result["local"]
+    engine = local["engine_latency"]["p50_ms"], local["engine_done_per_s"]
+    print(f"prompt count alone: {local['count_us']:.0f} us; engine alone (no queue, 1 token): "
+          f"p50 {engine[0]:.2f} ms sequential, {engine[1]:.0f} done/s burst")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ STAGES = [
     ("request -> create script", "post", "create"),
     ("create -> broker LPUSH (publish)", "create", "publish"),
     ("LPUSH -> claim script (BRPOP wake, Celery, record read)", "publish", "claim"),
-    ("claim -> finish script (engine: admission, prefill, 1 token)", "claim", "finish"),
+    ("claim -> first token write (engine admission, prefill, token, pump)", "claim", "append"),
+    ("first token write -> finish script", "append", "finish"),
     ("finish -> waiter re-read (wake-up)", "finish", "reread"),
     ("re-read -> client has the result", "reread", "done"),
 ]
@@ -74,11 +75,12 @@ class Monitor:
 
 
 def _milestones(
-    lines: list[tuple[float, str, list[str]]], job_id: str, shas: dict[str, str]
+    lines: list[tuple[float, str, list[str]]], job_id: str, shas: dict[str, str], roles: dict[str, str]
 ) -> dict[str, Any]:
-    """First create / publish / claim / finish and the last HGETALL of ``job_id``."""
+    """First create / publish / claim / token append, the finish and the API's last HGETALL of
+    ``job_id``."""
     found: dict[str, Any] = {}
-    for t, _addr, args in lines:
+    for t, addr, args in lines:
         name = args[0].upper() if args else ""
         if name in ("EVALSHA", "EVAL") and any(job_id in a for a in args):
             script = shas.get(args[1], "eval") if name == "EVALSHA" else "eval"
@@ -86,6 +88,8 @@ def _milestones(
                 found["create"] = t
             elif script == "claim" and "claim" not in found:
                 found["claim"] = t
+            elif script.startswith("append") and "append" not in found:
+                found["append"] = t
             elif script == "finish":
                 found["finish"] = t
         elif (
@@ -95,10 +99,12 @@ def _milestones(
             and args[1].startswith("generate")
         ):
             found["publish"] = t
-        elif name == "HGETALL" and job_id in args[1] and "finish" in found:
+        elif name == "HGETALL" and job_id in args[1] and "finish" in found and roles.get(addr) == "api":
             found["reread"] = t
     if "create" in found and "claim" in found:  # no LPUSH of its own: create wrote the message
         found.setdefault("publish", found["create"])
+    if "finish" in found:  # the token went with the finish
+        found.setdefault("append", found["finish"])
     return found
 
 
@@ -171,7 +177,7 @@ def trace_jobs(url: str, redis_url: str, body: dict[str, Any], n: int) -> dict[s
     trips: list[dict[str, Counter[str]]] = []
     roles = connection_roles(mon.lines, shas)
     for job_id, t0, _t1, t2 in jobs:
-        m = _milestones(mon.lines, job_id, shas)
+        m = _milestones(mon.lines, job_id, shas, roles)
         m["post"], m["done"] = t0, t2
         if not all(k in m for _, a, b in STAGES for k in (a, b)):
             continue
