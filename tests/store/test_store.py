@@ -601,3 +601,24 @@ def test_one_retry_policy_for_both_clients(asyncio_client: bool) -> None:
     assert options["retry"]._supported_errors == (RedisConnectionError,)
     assert options["retry_on_error"] == [RedisConnectionError] and not options.get("retry_on_timeout")
     assert options["decode_responses"] and client.connection_pool.max_connections == 4096
+
+
+def test_claim_and_finish_statistics_read_nothing_more(store: JobStore) -> None:
+    """CLAIM answers created_at and FINISH started_at, so the queue-wait and run-time statistics
+    cost no read of the record (only the scripts' own HMGETs run: INFO commandstats)."""
+    _create(store, "st")
+
+    def calls() -> dict[str, int]:
+        info = store.client.info("commandstats")
+        return {k: int(info.get(f"cmdstat_{k}", {}).get("calls", 0)) for k in ("hget", "hmget", "hincrby")}
+
+    before = calls()
+    assert store.claim("st", "w").won
+    result = JobResult(text="x", finish_reason="length", usage=Usage(prompt_tokens=2, completion_tokens=1))
+    assert store.finish("st", "w", JobStatus.SUCCEEDED, result=result)
+    after = calls()
+    assert after["hget"] - before["hget"] == 0
+    assert after["hmget"] - before["hmget"] == 2  # one inside each script
+    stats = store.client.hgetall("tnllm:metrics:jobs")
+    assert stats["queued:count"] == "1" and stats["duration:count"] == "1"
+    assert stats["tokens:prompt"] == "2" and stats["tokens:completion"] == "1"

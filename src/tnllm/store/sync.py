@@ -147,9 +147,11 @@ class JobStore:
         already run answers "won" again instead of "lost".
         """
         now = time.time() if now is None else now
-        outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
+        raw = self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now))
+        outcome = ops.parse_claim(raw)
         if outcome.won:
-            self._drive(flow.record_started(keys.job(job_id), now))
+            created = raw[2] if len(raw) > 2 else None  # CLAIM answers it: no read for the statistic
+            self._drive(flow.record_started(keys.job(job_id), now, created))
         return outcome
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
@@ -209,10 +211,13 @@ class JobStore:
         ``claim``, a retry with the same ``now`` answers True for a write that had already run."""
         now = time.time() if now is None else now
         call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
-        done = bool(int(self._run(call)[0]))
+        raw = self._run(call)
+        done = bool(int(raw[0]))
         if done:
             reason = error.type if error else None
-            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason))
+            # FINISH answers started_at and we wrote the result: the statistic reads nothing
+            known = (raw[2] or None, str(call.args[4]) or None) if len(raw) > 2 else None
+            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason, known))
         return done
 
     def cancel(self, job_id: str) -> CancelOutcome:
