@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -78,6 +79,22 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = Field(
         default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
     )
+    redis_socket_timeout: float = Field(
+        default=30.0,
+        gt=5,
+        description="Seconds a Redis command (job store or broker) waits for its answer before the "
+        "connection counts as dead and is replaced; above the 5 s blocking reads of SSE streams.",
+    )
+    redis_health_check_interval: float = Field(
+        default=25.0, gt=0, description="A Redis connection idle this long is PINGed before its next use."
+    )
+    redis_tcp_keepalive: int = Field(
+        default=15,
+        ge=1,
+        description="TCP keepalive of every Redis connection: probes start after this many idle seconds, "
+        "then every third of it, 3 unanswered probes close it (a silent network partition is noticed "
+        "in about twice this, even on an idle or blocked connection).",
+    )
     data_dir: Path = Field(
         default=Path(".tnllm"),
         description="Holds the embedded Redis data (AOF), the demo checkpoint, downloads and logs.",
@@ -114,8 +131,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
     )
+    max_body_depth: int = Field(
+        default=32, ge=2, le=512, description="Deepest nesting of arrays/objects in a JSON body (422 above)."
+    )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+    rate_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Job submissions per minute per API key, over all API processes (429 above); 0: off.",
+    )
+    token_quota: int = Field(
+        default=0,
+        ge=0,
+        description="Completion tokens per API key per UTC day, counted as jobs finish; once reached, "
+        "submissions get 429 until the day ends (accepted jobs still run); 0: off.",
+    )
 
     # --- API --------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="API bind address.")
@@ -137,6 +168,12 @@ class Settings(BaseSettings):
     lease_renew_interval: float = Field(default=10.0, gt=0, description="How often a worker renews leases.")
     reaper_interval: float = Field(default=10.0, gt=0, description="How often expired leases are looked for.")
     max_attempts: int = Field(default=3, ge=1, description="Runs before a job that kills workers fails.")
+    redis_outage_tolerance: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker keeps a finished job's result while Redis is unreachable, "
+        "retrying the write, seconds; after that the run is given up and the job runs again.",
+    )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Tasks per GPU worker process; 0 means the engine's slot count."
     )
@@ -173,6 +210,28 @@ class Settings(BaseSettings):
     )
     prefill_token_budget: int = Field(
         default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
+    )
+    state_cache: bool = Field(
+        default=True,
+        description="Keep the recurrent states of prompts, prefixes and finished sequences (docs/STATE.md): "
+        "prompts resume from their longest saved prefix and `continue_from` turns from the last state.",
+    )
+    state_cache_device_bytes: int = Field(
+        default=2 << 30, ge=0, description="State cache budget on the engine's device (GPU memory), bytes."
+    )
+    state_cache_host_bytes: int = Field(
+        default=8 << 30, ge=0, description="State cache budget in host memory (pinned on CUDA), bytes."
+    )
+    state_cache_disk_bytes: int = Field(
+        default=16 << 30,
+        ge=0,
+        description="State cache budget of files under `<data_dir>/states` (kept across restarts), bytes.",
+    )
+    state_cache_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Save no state of fewer tokens (pins excepted): on a GPU, short prefills cost less "
+        "than copying a state (65 MB for the 7B; docs/STATE.md).",
     )
     engine_process: bool = Field(
         default=True,
@@ -217,6 +276,12 @@ class Settings(BaseSettings):
         description="uvicorn worker processes of `tnllm api` (sharing its port); "
         "0: one per 4 CPU cores, 1 to 8.",
     )
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token the API's /metrics requires (`Authorization: Bearer <token>`); "
+        "unset: /metrics is open.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
@@ -228,6 +293,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("webhook_retry_delays", mode="before")
     @classmethod
@@ -244,6 +314,22 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def redis_socket_options(self) -> dict[str, Any]:
+        """The socket options of every Redis connection (job store clients and the broker), in the
+        keywords redis-py and kombu's Redis transport both take: how soon a connection whose peer
+        went silent (a partition drops packets, nothing resets) counts as dead and is replaced."""
+        idle = self.redis_tcp_keepalive
+        return {
+            "socket_timeout": self.redis_socket_timeout,
+            "health_check_interval": self.redis_health_check_interval,
+            "socket_keepalive": True,
+            "socket_keepalive_options": {
+                socket.TCP_KEEPIDLE: idle,
+                socket.TCP_KEEPINTVL: max(1, idle // 3),
+                socket.TCP_KEEPCNT: 3,
+            },
+        }
 
     def engine_config(self) -> EngineConfig:
         """The engine's view of these settings (``EngineConfig``)."""
@@ -266,6 +352,11 @@ class EngineConfig(BaseModel):
     engine_slots: int
     prefill_token_budget: int
     max_context: int
+    state_cache: bool
+    state_cache_device_bytes: int
+    state_cache_host_bytes: int
+    state_cache_disk_bytes: int
+    state_cache_min_tokens: int
     log_format: Literal["text", "json"]
     log_level: str
     log_content: bool

@@ -14,13 +14,15 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from tnllm.api.body import StrictJsonMiddleware
+from tnllm.api.contract import install_openapi
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, ui
+from tnllm.api.routes import compat, health, jobs, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -43,7 +45,9 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
     """The per-process services (no I/O happens until they are used)."""
     if not settings.redis_url:
         raise ValueError("the API needs TNLLM_REDIS_URL (or start everything with `tnllm up`)")
-    client = async_redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
+    client = async_redis_client(
+        settings.redis_url, sentinel_master=settings.redis_sentinel_master, **settings.redis_socket_options()
+    )
     return Services(
         settings=settings,
         store=AsyncJobStore(client, settings),
@@ -85,11 +89,14 @@ def create_app(settings: Settings) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    app.add_middleware(StrictJsonMiddleware, max_depth=settings.max_body_depth)  # inside the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
+    app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
     app.include_router(ui.router)
     app.mount(ui.STATIC_URL, ui.static_files(), name="ui-static")
+    install_openapi(app, settings)  # the document adds what every route inherits (tnllm.api.contract)
     return app

@@ -21,6 +21,7 @@ from celery import Celery
 
 from tnllm.config import Settings
 from tnllm.protocol.celery import BrokerCommand, generate_commands, make_celery, send_generate
+from tnllm.protocol.tasks import GENERATE_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,14 @@ class JobProducer:
         return producer
 
     async def broker_commands(
-        self, job_id: str, priority: int, prompt_tokens: int | None = None
+        self, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
     ) -> list[BrokerCommand] | None:
         """The commands publishing ``GENERATE_TASK(job_id)`` for the store's CREATE to run, or None
-        when the broker cannot take them that way (then ``send_generate`` after the create)."""
+        when the broker cannot take them that way (then ``send_generate`` after the create). Only
+        for the shared queue: a worker's own queue (a continuation) may need declaring, which is
+        I/O, so those go the old way."""
+        if queue != GENERATE_QUEUE:
+            return None
         if self._builder is None and not self._unsupported:
             async with self._prepare_lock:
                 if self._builder is None and not self._unsupported:
@@ -73,13 +78,17 @@ class JobProducer:
             return None
         return generate_commands(self.celery, self._builder, job_id, priority, prompt_tokens)
 
-    def send_generate_blocking(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    def send_generate_blocking(
+        self, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+    ) -> None:
         """Enqueue ``GENERATE_TASK(job_id)`` (``protocol.celery.send_generate``); raises on broker errors."""
-        send_generate(self.celery, job_id, priority, prompt_tokens)
+        send_generate(self.celery, job_id, priority, prompt_tokens, queue)
 
-    async def send_generate(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    async def send_generate(
+        self, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+    ) -> None:
         """``send_generate_blocking`` in a worker thread (kombu's client is synchronous)."""
-        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens)
+        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens, queue)
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,10 +31,12 @@ import torch
 from tnllm.engine.backend import ModelBackend
 from tnllm.engine.handle import RequestHandle
 from tnllm.engine.output import OutputProcessor, eos_ids
+from tnllm.engine.prefix import PrefixCache
 from tnllm.engine.request import LiveRequest, OnToken
 from tnllm.engine.runner import ModelRunner, Pending, Seq
 from tnllm.engine.sampling import BatchSampler, RowSampling, make_generator
 from tnllm.engine.scheduler import Scheduler, Sequence
+from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
 from tnllm.engine.validation import check_request
@@ -57,6 +60,7 @@ class Engine:
         overlap: bool = True,
         state_dtype: torch.dtype = torch.float32,
         backend: ModelBackend | None = None,
+        states: StateStore | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.slots = slots
@@ -64,7 +68,9 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
-        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget)
+        #: prefix and conversation states (``states``: the engine's store, None for none)
+        self.prefix = PrefixCache(states)
+        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, self.prefix.admit)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
         self._inbox: list[Seq] = []
@@ -119,8 +125,9 @@ class Engine:
         (keep them short: the batch waits)."""
         self._validate(req)
         handle = RequestHandle(self, req.request_id, on_done)
-        live = LiveRequest(req.params, handle, on_token)
+        live = LiveRequest(req.params, handle, on_token, state_cache=req.state_cache, pin=req.pin)
         seq = Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live)
+        seq.cache_points = tuple(p for p in req.cache_points if 0 < p < len(req.prompt_ids))
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -152,7 +159,15 @@ class Engine:
         """Active and waiting sequences, tokens/s, step time, slot occupancy."""
         with self._lock:
             inbox = len(self._inbox)
-        return self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        snap = self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        p = self.prefix
+        return replace(
+            snap, prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens, state_cache=p.stats()
+        )
+
+    def unpin(self, tag: str) -> int:
+        """Release the saved states pinned under ``tag`` (thread-safe); how many."""
+        return self.prefix.unpin(tag)
 
     # --- background loop ------------------------------------------------------------------------
     def start(self) -> None:
@@ -236,7 +251,8 @@ class Engine:
         sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
         started = self.runner.mark()
         self.runner.swap_slots(plan.swaps)
-        logits = self.runner.prefill(plan.prefill)
+        logits = self.runner.prefill(plan.prefill, self.prefix)
+        self.prefix.after_prefill(plan.prefill, self.pool)
         if plan.decode:
             logits.append(self.runner.decode(plan.decode, [s.next_position for s in plan.decode]))
         if sampler is None:
@@ -312,6 +328,7 @@ class Engine:
             self._complete(seq, reason)
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
+        self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
         result = self.output.result(seq, reason)
         self._stats.record_finished()

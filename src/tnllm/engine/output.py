@@ -73,4 +73,5 @@ class OutputProcessor:
             finish_reason=reason,
             prompt_tokens=len(seq.prompt_ids),
             completion_tokens=len(seq.output_ids),
+            cached_tokens=seq.cached,
         )

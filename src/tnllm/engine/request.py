@@ -26,3 +26,6 @@ class LiveRequest:
     stream: TextStream | None = None  # incremental text and stop strings (None without a tokenizer)
     generator: torch.Generator | None = None  # seeded sampling (None for greedy)
     text_parts: list[str] = field(default_factory=list)
+    state_cache: bool = True  # read and write the engine's state store (EngineRequest.state_cache)
+    pin: str | None = None  # pin the prompt's state under this tag (EngineRequest.pin)
+    restore: list[torch.Tensor] | None = None  # the saved state the first chunk starts from

@@ -2,12 +2,15 @@
 
 Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
 waiting ones into free slots (FIFO), hands out prompt chunks up to the per-step prefill token
-budget, and lists the sequences that decode one token this step.
+budget, and lists the sequences that decode one token this step. A prompt chunk never crosses
+one of its sequence's ``cache_points`` (so the engine can save the state there), and ``on_admit``
+sees each sequence as it gets its slot (the engine starts it from a saved prefix state).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -29,6 +32,9 @@ class Sequence(Generic[R]):
     cancelled: bool = False
     finished: bool = False
     admitted: int = -1  # admission counter: prefill goes first-come first-served
+    cached: int = 0  # prompt tokens taken from a saved state instead of prefilled
+    consumed: int = 0  # tokens (prompt, then output) that the slot's state has taken in
+    cache_points: tuple[int, ...] = ()  # prompt positions where a chunk must end (sorted)
 
     @property
     def prefill_done(self) -> bool:
@@ -73,7 +79,9 @@ class StepPlan(Generic[R]):
 class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
-    def __init__(self, slots: int, prefill_token_budget: int) -> None:
+    def __init__(
+        self, slots: int, prefill_token_budget: int, on_admit: Callable[[Sequence[R]], None] | None = None
+    ) -> None:
         if slots < 1 or prefill_token_budget < 1:
             raise ValueError("slots and prefill_token_budget must be >= 1")
         self.num_slots = slots
@@ -83,6 +91,7 @@ class Scheduler(Generic[R]):
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
         self._by_id: dict[str, Sequence[R]] = {}
         self._admissions = 0
+        self._on_admit = on_admit
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def add(self, seq: Sequence[R]) -> None:
@@ -152,12 +161,17 @@ class Scheduler(Generic[R]):
             seq.admitted = self._admissions
             self._admissions += 1
             self.running[seq.slot] = seq
+            if self._on_admit is not None:
+                self._on_admit(seq)
         budget = self.budget
         for seq in sorted(self.running.values(), key=lambda s: s.admitted):
             if not seq.prefill_done:
                 if budget <= 0:
                     continue
                 n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+                point = next((p for p in seq.cache_points if p > seq.prefilled), None)
+                if point is not None:
+                    n = min(n, point - seq.prefilled)
                 plan.prefill.append(PrefillChunk(seq, seq.prefilled, n))
                 budget -= n
             elif seq.output_ids:

@@ -26,19 +26,39 @@ class EngineRequest:
     ``from_json`` builds one from JSON data (the wire's), refusing a bad value with
     ``RequestRejected`` worded as the HTTP API words its 422. ``max_new_tokens`` must be resolved
     (an int) before the engine takes the request (``check_request``).
+
+    State reuse (``tnllm.engine.prefix``): ``state_cache`` lets the request start from the longest
+    saved state of a prefix of its prompt and save its own; ``cache_points`` are prompt positions
+    where a state is saved too (turn boundaries); ``pin`` pins the whole prompt's state under a tag.
     """
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    state_cache: bool = True
+    cache_points: tuple[int, ...] = ()
+    pin: str | None = None
 
     @classmethod
-    def from_json(cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any]) -> EngineRequest:
-        """A request whose params come as JSON data; RequestRejected naming the first bad field."""
+    def from_json(
+        cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any], **state: Any
+    ) -> EngineRequest:
+        """A request whose params come as JSON data; RequestRejected naming the first bad field.
+        ``state``: the state-reuse fields, as JSON data."""
         try:
-            return cls(request_id, prompt_ids, SamplingParams.model_validate(params))
+            sampling = SamplingParams.model_validate(params)
         except ValidationError as exc:
             raise RequestRejected(error_message(exc)) from None
+        points = tuple(sorted({int(p) for p in state.get("cache_points", ())}))
+        pin = state.get("pin")
+        return cls(
+            request_id,
+            prompt_ids,
+            sampling,
+            state_cache=bool(state.get("state_cache", True)),
+            cache_points=points,
+            pin=None if pin is None else str(pin),
+        )
 
     @property
     def max_new_tokens(self) -> int:
@@ -67,6 +87,7 @@ class EngineResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens taken from a saved state (not prefilled)
 
 
 @dataclass
@@ -86,3 +107,6 @@ class EngineStats:
     busy_seconds: float = 0.0  # total time spent in steps (the rest of the wall time: idle)
     device_wait_seconds: float = 0.0  # part of busy_seconds blocked on the device's sampled ids
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
+    prefill_tokens: int = 0  # prompt tokens run through the model
+    cached_tokens: int = 0  # prompt tokens taken from saved states instead
+    state_cache: dict[str, dict[str, int]] = field(default_factory=dict)  # per tier (StateStore.stats)

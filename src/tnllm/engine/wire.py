@@ -1,7 +1,8 @@
 """The wire format between a worker and its engine process: one JSON object per frame.
 
 Worker → engine: ``start`` (the ``EngineConfig``, first), ``submit`` (a request), ``cancel`` (an id),
-``stop``. Engine → worker: ``ready`` (``EngineInfo``) or ``load_failed`` (an error), then
+``unpin`` (a pin tag of the state store), ``stop``. Engine → worker: ``ready`` (``EngineInfo``) or
+``load_failed`` (an error), then
 ``events`` frames: an ordered list of ``["t", id, text, token_ids]`` (a delta), ``["d", result]``
 (a request finished) and ``["f", id, message]`` (a request failed), with the engine's stats and
 GPU memory every ``STATS_INTERVAL_S``. Order within and across frames is the engine's order, so a
@@ -53,12 +54,19 @@ def decode(frame: bytes) -> dict[str, Any]:
 def request_to_wire(req: EngineRequest) -> dict[str, Any]:
     """A request as JSON-ready data: its params are the contract's JSON dump."""
     params = req.params.model_dump(mode="json")
-    return {"id": req.request_id, "prompt_ids": [int(t) for t in req.prompt_ids], "params": params}
+    return {
+        "id": req.request_id,
+        "prompt_ids": [int(t) for t in req.prompt_ids],
+        "params": params,
+        "state": {"state_cache": req.state_cache, "cache_points": list(req.cache_points), "pin": req.pin},
+    }
 
 
 def request_from_wire(data: dict[str, Any]) -> EngineRequest:
     """The request ``request_to_wire`` encoded (the params validated again: RequestRejected if bad)."""
-    return EngineRequest.from_json(data["id"], list(data["prompt_ids"]), data["params"])
+    return EngineRequest.from_json(
+        data["id"], list(data["prompt_ids"]), data["params"], **data.get("state", {})
+    )
 
 
 def result_to_wire(result: EngineResult) -> dict[str, Any]:

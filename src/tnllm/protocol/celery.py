@@ -53,9 +53,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "sep": BROKER_SEP,
         "fanout_prefix": True,
         "fanout_patterns": True,
-        "health_check_interval": 25,
-        "socket_keepalive": True,
         "retry_on_timeout": True,
+        # the store clients' socket options: a broker connection cut by a silent partition is
+        # noticed (timeout, health check, TCP keepalive) and replaced, even while blocked in BRPOP
+        **settings.redis_socket_options(),
     }
     url = broker_url(settings)
     if is_sentinel(url):
@@ -140,6 +141,7 @@ def send_generate(
     job_id: str,
     priority: int,
     prompt_tokens: int | None = None,
+    queue: str = GENERATE_QUEUE,
     producer: Any = None,
     declare: list[Any] | None = None,
 ) -> None:
@@ -147,12 +149,13 @@ def send_generate(
 
     The one way every producer sends it (the API, a worker's requeue and release, the reaper and
     the orphan rescuer). The task id is the job id, so Flower and Celery's logs name the job; a job
-    sent again keeps its id. Flower shows it as ``task_display`` says (never the prompt).
+    sent again keeps its id. Flower shows it as ``task_display`` says (never the prompt). ``queue``:
+    a worker's own queue (``tasks.worker_queue``) for a continuation whose state that worker holds.
     """
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
-        queue=GENERATE_QUEUE,
+        queue=queue,
         priority=broker_priority(priority),
         ignore_result=True,
         task_id=job_id,
@@ -208,7 +211,9 @@ def generate_commands(
     collect = _Collect()
     producer._batch_local.current = collect
     try:
-        send_generate(app, job_id, priority, prompt_tokens, producer, declare=None if declare else [])
+        send_generate(
+            app, job_id, priority, prompt_tokens, producer=producer, declare=None if declare else []
+        )
     finally:
         del producer._batch_local.current
     if not any(name == "lpush" for name, _, _ in collect.commands):

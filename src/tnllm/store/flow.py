@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tnllm.protocol.jobs import JobStatus
-from tnllm.store import keys, ops
+from tnllm.store import keys, ops, quotas
 from tnllm.store import stats as jobstats
 from tnllm.store.clients import RETRIES
 from tnllm.store.ops import CancelKind, CancelOutcome, ScriptCall, WorkerInfo
@@ -136,21 +136,23 @@ def record_finished(
     status: str,
     now: float,
     reason: str | None = None,
-    known: tuple[str | None, str | None] | None = None,
+    known: tuple[str | None, str | None, str | None] | None = None,
 ) -> Flow:
     """Count a terminal write in the cluster stats (``stats``), with run time and tokens read from
-    the record (``job_key`` None: the job never ran), or ``known`` = (started_at, result JSON) when
-    the caller has them. Best effort: a Redis error is logged."""
+    the record (``job_key`` None: the job never ran) or ``known`` = (started_at, result JSON,
+    owner) when the caller has them, and add its completion tokens to its owner's day
+    (``quotas``). Best effort: a Redis error is logged."""
     try:
-        started, result = known or (None, None)
+        started, result, owner = known or (None, None, None)
         if job_key is not None and known is None:
-            started, result = yield Call("hmget", (job_key, ["started_at", "result"]))
+            started, result, owner = yield Call("hmget", (job_key, ["started_at", "result", "owner"]))
         prompt, completion = jobstats.usage(result)
         batch = Batch()
         run_s = jobstats.since(started, now)
         jobstats.add_job_finished(
             batch, status, run_s, reason=reason, prompt_tokens=prompt, completion_tokens=completion
         )
+        quotas.add_usage(batch, owner or "", completion, now)
         yield batch
     except RedisError as exc:  # metrics never fail a transition that already happened
         jobstats.log_failure("end", exc)

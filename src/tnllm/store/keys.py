@@ -11,8 +11,12 @@
 | ``tnllm:running`` | zset | running job ids by start time (the reaper scans it) |
 | ``tnllm:workers`` | zset | worker ids scored by heartbeat expiry (epoch s) |
 | ``tnllm:workers:{id}`` | hash | one worker's heartbeat; TTL given by the worker |
+| ``tnllm:rate:{owner}`` | zset | the owner's admitted submissions of the last minute, scored by time |
+| ``tnllm:usage:{owner}:{day}`` | string | completion tokens of the owner's jobs finished that UTC day |
 | ``tnllm:events:finished`` | pub/sub channel | ``{job_id}`` published when a job becomes terminal |
 | ``tnllm:events:cancel`` | pub/sub channel | ``{job_id}`` published when a running job must stop |
+| ``tnllm:reaper:clock`` | string | server time (ms) of the last reaper round of any worker |
+| ``tnllm:reaper:grace`` | string | exists while reaping waits after an outage; TTL the grace |
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ RUNNING = PREFIX + "running"
 WORKERS = PREFIX + "workers"
 FINISHED_CHANNEL = PREFIX + "events:finished"
 CANCEL_CHANNEL = PREFIX + "events:cancel"
+REAPER_CLOCK = PREFIX + "reaper:clock"
+REAPER_GRACE = PREFIX + "reaper:grace"
 
 #: Seconds an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL = 24 * 3600
@@ -56,6 +62,16 @@ def owner_jobs(owner: str) -> str:
 def idempotency(owner: str, key: str) -> str:
     """Idempotency record of one owner's key."""
     return f"{PREFIX}idem:{owner}:{key}"
+
+
+def rate(owner: str) -> str:
+    """One owner's recent submissions (the per-key rate limit)."""
+    return f"{PREFIX}rate:{owner}"
+
+
+def usage(owner: str, day: int) -> str:
+    """Completion tokens of one owner's jobs that finished on UTC day ``day`` (days since 1970)."""
+    return f"{PREFIX}usage:{owner}:{day}"
 
 
 def worker(worker_id: str) -> str:

@@ -4,7 +4,9 @@ A job's ``metadata.tnllm_debug`` object may ask its worker to:
 - ``"crash": true`` — SIGKILL the worker process right after claiming the job (an OOM kill or
   node loss), every time it runs: the reaper's attempt limit must then fail it with `worker_lost`;
 - ``"delay": seconds`` — hold the claimed job as running this long before generating (a slow job,
-  used to keep a worker busy and to hit the time limit; a cancel during the hold is honoured).
+  used to keep a worker busy and to hit the time limit; a cancel during the hold is honoured);
+- ``"until": epoch seconds`` — the same hold, up to this wall-clock time: a later run of the job
+  (after a requeue) is held only for what is left of it.
 With ``debug_faults`` off the metadata is ignored and echoed back like any other.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +37,11 @@ def faults_for(metadata: dict[str, Any], enabled: bool) -> Faults:
     spec = metadata.get(KEY) if enabled else None
     if not isinstance(spec, dict):
         return Faults()
-    delay = spec.get("delay", 0.0)
-    return Faults(
-        crash=bool(spec.get("crash")), delay=float(delay) if isinstance(delay, int | float) else 0.0
-    )
+    delay, until = spec.get("delay", 0.0), spec.get("until", 0.0)
+    held = float(delay) if isinstance(delay, int | float) else 0.0
+    if isinstance(until, int | float):
+        held = max(held, float(until) - time.time())
+    return Faults(crash=bool(spec.get("crash")), delay=held)
 
 
 def crash_now(job_id: str) -> None:

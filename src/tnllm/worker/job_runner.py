@@ -22,11 +22,13 @@ from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineResult
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
+from tnllm.store.states import save_conversation
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 from tnllm.worker.events import notify_transition
 from tnllm.worker.faults import crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
+from tnllm.worker.states import JobPrompt, conversation_of
 
 __all__ = ["WAIT_S", "JobOutcome", "build_request", "retry_transient", "run_job"]
 
@@ -106,10 +108,18 @@ def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def build_request(rt: WorkerRuntime, record: JobRecord) -> EngineRequest:
-    """The engine request of a job: its rendered prompt and its stored sampling params, as they are."""
+def build_request(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt | None = None) -> EngineRequest:
+    """The engine request of a job: its prompt (``rt.job_prompt``: rendered, or continuing an
+    earlier job), the turn ends to save states at, and its stored sampling params, as they are."""
     p = record.params
-    return EngineRequest(f"{record.id}:{record.attempt}", rt.prompt_ids(p), p.sampling())
+    prompt = prompt or rt.job_prompt(p)
+    return EngineRequest(
+        f"{record.id}:{record.attempt}",
+        prompt.ids,
+        p.sampling(),
+        state_cache=p.state_cache,
+        cache_points=prompt.points,
+    )
 
 
 def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:
@@ -155,7 +165,8 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
     if time.monotonic() >= deadline:
         return _timed_out(rt, record)
     try:
-        request = build_request(rt, record)
+        prompt = rt.job_prompt(record.params)
+        request = build_request(rt, record, prompt)
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
         engine = rt.running_engine()
         handle = engine.submit(request, on_token=writer.on_token)
@@ -178,12 +189,25 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
             time.sleep(0.2)
     except LeaseLost:
         return JobOutcome.LEASE_LOST
+    return _finish_run(rt, record, prompt, outcome)
+
+
+def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome: EngineResult) -> JobOutcome:
+    """Write the result of a run that ended in the engine (its conversation first, if it succeeded)."""
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
-    result = JobResult(
-        text=outcome.text,
-        finish_reason=outcome.finish_reason,
-        usage=Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens),
+    usage = Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        cached_tokens=outcome.cached_tokens,
     )
+    result = JobResult(text=outcome.text, finish_reason=outcome.finish_reason, usage=usage)
+    if status is JobStatus.SUCCEEDED:  # before the terminal write: a succeeded job can be continued
+        conv = conversation_of(prompt, outcome, rt.worker_id)
+        retry_transient(
+            lambda: save_conversation(rt.store.client, record.id, conv, rt.store.ttl),
+            what=f"conversation {record.id}",
+            deadline_s=rt.finish_retry_s,
+        )
     return _finish(rt, record, status, result=result)
 
 
