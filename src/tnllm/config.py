@@ -158,6 +158,13 @@ class Settings(BaseSettings):
     wait_max_seconds: float = Field(default=60.0, gt=0, description="Upper bound of `?wait=`.")
     compat_timeout: float = Field(default=600.0, gt=0, description="How long `POST /` waits for its job.")
 
+    # --- client commands (tnllm submit, jobs, status, wait, stream, cancel, chat) -------------
+    url: str | None = Field(
+        default=None,
+        description="The server the client commands talk to. Unset: `http://127.0.0.1:<port>`.",
+    )
+    api_key: str | None = Field(default=None, description="Bearer key the client commands send.")
+
     # --- jobs and Celery --------------------------------------------------------------------
     result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a job record is kept.")
     job_time_limit: float = Field(default=1800.0, gt=0, description="Hard limit on one job's run, seconds.")
@@ -314,6 +321,10 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def client_url(self) -> str:
+        """Where the client commands connect: ``url``, else this machine's API on ``port``."""
+        return self.url or f"http://127.0.0.1:{self.port}"
 
     def redis_socket_options(self) -> dict[str, Any]:
         """The socket options of every Redis connection (job store clients and the broker), in the
