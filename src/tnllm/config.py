@@ -53,6 +53,11 @@ def environment() -> dict[str, str]:
     return dict(os.environ)
 
 
+def set_environment(name: str, value: str) -> None:
+    """Set a variable of this process's environment, for the child processes it starts."""
+    os.environ[name] = value
+
+
 def _split_csv(value: object) -> object:
     """Accept ``a,b,c`` (env style) as well as a real list."""
     if isinstance(value, str):
@@ -303,6 +308,12 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    api_processes: int = Field(
+        default=0,
+        ge=0,
+        description="uvicorn worker processes of `tnllm api` (sharing its port); "
+        "0: one per 4 CPU cores, 1 to 8.",
+    )
     metrics_token: str | None = Field(
         default=None,
         min_length=16,

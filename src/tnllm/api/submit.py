@@ -1,8 +1,9 @@
 """Job submission, shared by ``POST /v1/jobs`` and the tutorial's ``POST /``.
 
 Order matters for "never hand out an ID that was not stored": validate → count prompt tokens →
-store the record (with its idempotency key, atomically) → send the Celery message → answer. If the
-message cannot be sent, the stored job is discarded again and the client gets 503.
+store the record (with its idempotency key and, on kombu's Redis transport, its Celery message:
+one atomic script) → answer. Where the message cannot go with the record it is sent after the
+create; if that fails, the stored job is discarded again and the client gets 503.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ async def submit_job(
     limit_headers = await check_key_limits(services, owner, job_id)
     if response is not None:
         response.headers.update(limit_headers)
+    broker = await services.producer.broker_commands(job_id, body.priority, prompt_tokens, route.queue)
     outcome = await store.create(
         job_id=job_id,
         owner=owner,
@@ -199,6 +201,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
         webhook=webhook,
+        broker=broker or (),
     )
     if outcome.kind in ("full", "conflict"):
         services.metrics.jobs_rejected.labels(reason=outcome.kind).inc()
@@ -222,9 +225,10 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(
-        services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
-    )
+    if broker is None:  # the message could not go with the record: send it now
+        await _enqueue(
+            services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
+        )
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None

@@ -125,22 +125,11 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the HTTP API under uvicorn."""
-    import uvicorn
+    """Run the HTTP API under uvicorn (``api_processes`` worker processes, ``tnllm.cli.api_server``)."""
+    from tnllm.cli.api_server import run_api
 
-    from tnllm.api.main import create_app
-
-    host = args.host or settings.host
-    port = args.port or settings.port
     _setup_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,  # keep our handler (JSON lines when log_format=json)
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
+    run_api(settings, args.host or settings.host, args.port or settings.port)
     return 0
 
 

@@ -52,10 +52,13 @@ class AsyncJobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
         webhook: Mapping[str, Any] | None = None,
+        broker: Sequence[tuple[str, str, str]] = (),
     ) -> CreateOutcome:
         """Store a queued job, its index entries and idempotency key in one atomic step.
 
-        ``max_queued`` > 0 refuses (``full``) when that many jobs are queued.
+        ``max_queued`` > 0 refuses (``full``) when that many jobs are queued. ``broker``: the
+        commands publishing its Celery message (``protocol.celery.generate_commands``), run only
+        when the job is created, in the same step.
         """
         call = ops.create_call(
             job_id=job_id,
@@ -69,6 +72,7 @@ class AsyncJobStore:
             body_hash=body_hash,
             webhook=webhook,
             now=time.time(),
+            broker=broker,
         )
         return ops.parse_create(await self._run(call), call, body_hash)
 

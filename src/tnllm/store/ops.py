@@ -187,8 +187,10 @@ def create_call(
     body_hash: str,
     webhook: Mapping[str, Any] | None,
     now: float,
+    broker: Sequence[tuple[str, str, str]] = (),
 ) -> ScriptCall:
-    """Arguments of the CREATE script."""
+    """Arguments of the CREATE script; ``broker``: the commands that publish the job's Celery
+    message (``protocol.celery.generate_commands``), run in the same script."""
     created_ms = int(now * 1000)
     score = keys.queue_score(priority, created_ms, MAX_PRIORITY)
     fields = new_record_fields(
@@ -206,9 +208,11 @@ def create_call(
         flat += [name, value]
     idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else _placeholder_idem(owner)
     idem_value = f"{job_id}|{body_hash}" if idempotency_key else ""
+    call_keys = [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key]
+    commands = _broker_args(broker, call_keys)
     return ScriptCall(
         "create",
-        [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key],
+        call_keys,
         [
             job_id,
             ttl,
@@ -218,10 +222,25 @@ def create_call(
             idem_value,
             min(keys.IDEMPOTENCY_TTL, ttl),
             int((now - ttl) * 1_000_000),
+            len(broker),
+            *commands,
             *flat,
         ],
         record_fields=fields,
     )
+
+
+def _broker_args(broker: Sequence[tuple[str, str, str]], call_keys: list[str]) -> list[str]:
+    """CREATE's command triples; list keys are appended to ``call_keys`` and named by index."""
+    out: list[str] = []
+    for name, target, value in broker:
+        if name in ("lpush", "pexpire"):
+            call_keys.append(target)
+            target = str(len(call_keys))
+        elif name != "publish":
+            raise ValueError(f"unsupported broker command {name!r}")
+        out += [name, target, value]
+    return out
 
 
 def parse_create(raw: Sequence[str], call: ScriptCall, body_hash: str) -> CreateOutcome:

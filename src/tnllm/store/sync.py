@@ -88,8 +88,10 @@ class JobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
         webhook: Mapping[str, Any] | None = None,
+        broker: Sequence[tuple[str, str, str]] = (),
     ) -> CreateOutcome:
-        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``."""
+        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``.
+        ``broker``: commands publishing its Celery message, run in the same step when created."""
         call = ops.create_call(
             job_id=job_id,
             owner=owner,
@@ -102,6 +104,7 @@ class JobStore:
             body_hash=body_hash,
             webhook=webhook,
             now=time.time(),
+            broker=broker,
         )
         return ops.parse_create(self._run(call), call, body_hash)
 
@@ -146,9 +149,11 @@ class JobStore:
         already run answers "won" again instead of "lost".
         """
         now = time.time() if now is None else now
-        outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
+        raw = self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now))
+        outcome = ops.parse_claim(raw)
         if outcome.won:
-            self._drive(flow.record_started(keys.job(job_id), now))
+            created = raw[2] if len(raw) > 2 else None  # CLAIM answers it: no read for the statistic
+            self._drive(flow.record_started(keys.job(job_id), now, created))
         return outcome
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
@@ -215,10 +220,13 @@ class JobStore:
         ``claim``, a retry with the same ``now`` answers True for a write that had already run."""
         now = time.time() if now is None else now
         call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
-        done = bool(int(self._run(call)[0]))
+        raw = self._run(call)
+        done = bool(int(raw[0]))
         if done:
             reason = error.type if error else None
-            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason))
+            # FINISH answers started_at and owner, and we wrote the result: the statistics read nothing
+            known = (raw[2] or None, str(call.args[4]) or None, raw[3] or None) if len(raw) > 3 else None
+            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason, known))
         return done
 
     def cancel(self, job_id: str) -> CancelOutcome:
