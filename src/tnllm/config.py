@@ -161,6 +161,34 @@ class Settings(BaseSettings):
     wait_max_seconds: float = Field(default=60.0, gt=0, description="Upper bound of `?wait=`.")
     compat_timeout: float = Field(default=600.0, gt=0, description="How long `POST /` waits for its job.")
 
+    # --- OpenAI-compatible routes and the Batch API ------------------------------------------
+    served_model_name: str | None = Field(
+        default=None,
+        description="The model name of /v1/models and the OpenAI routes' `model`; unset: the ModelScope "
+        "id of `model`, or its folder name.",
+    )
+    openai_priority: int = Field(
+        default=5, ge=0, le=9, description="Priority of OpenAI-route requests that give none (`priority`)."
+    )
+    openai_timeout: float = Field(
+        default=600.0, gt=0, description="How long a non-streaming OpenAI-route request waits for its job."
+    )
+    batch_priority: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="Priority of Batch API jobs (below openai_priority, so interactive runs first).",
+    )
+    batch_max_file_bytes: int = Field(
+        default=100 << 20, ge=1024, description="Largest file `POST /v1/files` accepts (413 above)."
+    )
+    batch_max_lines: int = Field(default=50_000, ge=1, description="Most requests one batch may hold.")
+    batch_poll_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between the API's looks for batches whose jobs all ended.",
+    )
+
     # --- client commands (tnllm submit, jobs, status, wait, stream, cancel, chat) -------------
     url: str | None = Field(
         default=None,
@@ -324,6 +352,15 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def served_name(self) -> str:
+        """The served model name: ``served_model_name``, else the ModelScope id, else the folder name."""
+        if self.served_model_name:
+            return self.served_model_name
+        model = self.model.strip()
+        if model == DEMO_MODEL or (is_model_id(model) and not Path(model).expanduser().is_dir()):
+            return model
+        return Path(model).expanduser().name or model
 
     def client_url(self) -> str:
         """Where the client commands connect: ``url``, else this machine's API on ``port``."""

@@ -67,11 +67,13 @@ def test_the_body_schema_of_each_knob_is_the_contracts() -> None:
 def test_the_stored_json_stays_flat() -> None:
     params = GenerationParams(prompt="p", max_new_tokens=9, stop=("a",), seed=3, ignore_eos=True)
     stored = json.loads(params.model_dump_json())
-    assert set(stored) == SAMPLING_FIELDS | {"prompt", "messages", "continue_from", "state_cache"}
+    stored_extras = {"prompt", "messages", "continue_from", "state_cache", "raw_prompt"}
+    assert set(stored) == SAMPLING_FIELDS | stored_extras
     assert stored["stop"] == ["a"] and stored["ignore_eos"] is True
-    # a record written before ignore_eos existed still reads
-    del stored["ignore_eos"]
-    assert GenerationParams.model_validate_json(json.dumps(stored)).ignore_eos is False
+    # a record written before ignore_eos and raw_prompt existed still reads
+    del stored["ignore_eos"], stored["raw_prompt"]
+    old = GenerationParams.model_validate_json(json.dumps(stored))
+    assert old.ignore_eos is False and old.raw_prompt is False
 
 
 def test_the_engine_takes_the_records_params_as_they_are() -> None:

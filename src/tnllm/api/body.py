@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -93,9 +94,16 @@ def malformed_body(message: str) -> dict[str, Any]:
 class StrictJsonMiddleware:
     """Refuse request bodies that are not strict JSON (see the module docstring) with a 422."""
 
-    def __init__(self, app: ASGIApp, max_depth: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_depth: int,
+        refusal: Callable[[str, str], tuple[int, dict[str, Any]] | None] | None = None,
+    ) -> None:
         self.app = app
         self.max_depth = max_depth
+        # (path, message) -> (status, body) or the default 422: routes with their own error shape
+        self.refusal = refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS or _is_form(scope):
@@ -114,7 +122,8 @@ class StrictJsonMiddleware:
             try:
                 parse_json(raw, self.max_depth)
             except BodyError as exc:
-                await _answer(send, 422, malformed_body(str(exc)))
+                shaped = self.refusal(scope.get("path", ""), str(exc)) if self.refusal else None
+                await _answer(send, *(shaped or (422, malformed_body(str(exc)))))
                 return
         await self.app(scope, replay(raw, receive), send)
 

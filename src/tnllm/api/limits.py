@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +37,26 @@ class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with a JSON 413, by Content-Length and by the bytes
     actually streamed (chunked uploads). The body is buffered (at most ``max_bytes``) and replayed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        overrides: Mapping[str, int] | None = None,
+        refusal: Callable[[str, str], tuple[int, dict[str, Any]] | None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})  # path -> its own limit (uploads)
+        self.refusal = refusal  # (path, message) -> (status, body), for routes with their own shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -55,27 +65,22 @@ class BodyLimitMiddleware:
             if message["type"] == "http.disconnect":
                 return
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(scope, send, limit)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
         await self.app(scope, replay(b"".join(chunks), receive), send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "type": "payload_too_large",
-                    "message": f"request body is larger than {self.max_bytes} bytes",
-                    "field": "body",
-                    "limit": self.max_bytes,
-                }
-            }
-        ).encode()
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        message = f"request body is larger than {limit} bytes"
+        native = {"error": {"type": "payload_too_large", "message": message, "field": "body", "limit": limit}}
+        shaped = self.refusal(scope.get("path", ""), message) if self.refusal else None
+        status, answer = shaped or (413, native)
+        body = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -21,8 +21,10 @@ from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
+from tnllm.api.openai.batching import Batches, BatchFinalizer
+from tnllm.api.openai.errors import malformed_refusal, oversize_refusal
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, prefixes, ui
+from tnllm.api.routes import batches, compat, health, jobs, openai, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -67,11 +69,15 @@ def create_app(settings: Settings) -> FastAPI:
         services = build_services(settings, metrics)
         app.state.services = services
         services.watcher.start()
+        finalizer = BatchFinalizer(Batches(services), settings.batch_poll_interval)
+        finalizer.start()
+        app.state.batch_finalizer = finalizer
         # Load the tokenizer off the event loop now rather than inside the first request.
         await anyio.to_thread.run_sync(services.counter.tokenizer)
         try:
             yield
         finally:
+            await finalizer.stop()
             await services.watcher.stop()
             services.producer.close()
             await services.store.client.aclose()
@@ -89,13 +95,22 @@ def create_app(settings: Settings) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
-    app.add_middleware(StrictJsonMiddleware, max_depth=settings.max_body_depth)  # inside the size limit
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(  # inside the size limit; OpenAI's error shape on its routes
+        StrictJsonMiddleware, max_depth=settings.max_body_depth, refusal=malformed_refusal
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        overrides={"/v1/files": settings.batch_max_file_bytes + 64 * 1024},  # + multipart framing
+        refusal=oversize_refusal,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
     app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    app.include_router(openai.router)
+    app.include_router(batches.router)
     app.include_router(ui.router)
     app.mount(ui.STATIC_URL, ui.static_files(), name="ui-static")
     install_openapi(app, settings)  # the document adds what every route inherits (tnllm.api.contract)

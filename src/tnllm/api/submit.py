@@ -65,6 +65,7 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         messages=body.messages,
         continue_from=body.continue_from,
         state_cache=body.state_cache,
+        raw_prompt=body.raw_prompt,
     )
 
 
@@ -129,7 +130,12 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     """Fingerprint of the request as validated (formatting and key order do not matter)."""
     canonical = body.model_dump(mode="json")
     canonical["max_new_tokens"] = params.max_new_tokens
-    for name, default in (("ignore_eos", False), ("continue_from", None), ("state_cache", True)):
+    for name, default in (
+        ("ignore_eos", False),
+        ("continue_from", None),
+        ("state_cache", True),
+        ("raw_prompt", False),
+    ):
         if canonical[name] == default:  # absent from bodies hashed before the field existed
             del canonical[name]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -104,6 +104,11 @@ class JobCreate(SamplingParams, StrictBody):
         default=True,
         description="False: neither resume from nor save any recurrent state (a full recompute).",
     )
+    raw_prompt: bool = Field(
+        default=False,
+        description="Feed `prompt` to the model as it is: no chat template, no system message "
+        "(a text continuation, as `/v1/completions` does).",
+    )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
@@ -123,6 +128,15 @@ class JobCreate(SamplingParams, StrictBody):
             raise ValueError("give either 'prompt' or 'messages', not both")
         if value is None and not has_prompt:
             raise ValueError("one of 'prompt' or 'messages' is required")
+        return value
+
+    @field_validator("raw_prompt")
+    @classmethod
+    def _raw_needs_prompt(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("messages") is not None:
+            raise ValueError("raw_prompt applies to 'prompt', not to 'messages'")
+        if value and info.data.get("continue_from") is not None:
+            raise ValueError("raw_prompt cannot continue a conversation (continue_from)")
         return value
 
     @field_validator("metadata")

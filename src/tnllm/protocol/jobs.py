@@ -72,6 +72,7 @@ class GenerationParams(SamplingParams):
     continue_from: str | None = None
     #: False: the engine neither resumes from nor saves states for this job (full recompute)
     state_cache: bool = True
+    raw_prompt: bool = False
 
 
 class Usage(BaseModel):
@@ -153,6 +154,7 @@ class JobPublic(SamplingParams):
         default=None, description="The earlier job whose conversation this one continues."
     )
     state_cache: bool = Field(default=True, description="False: no saved state was used (full recompute).")
+    raw_prompt: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
     cancel_requested: bool = False

@@ -128,6 +128,8 @@ class WorkerInfo:
     queues: list[str] = field(default_factory=list)
     updated_at: float = 0.0
     metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
+    served_model: str = ""  # the name the OpenAI routes list it under (Settings.served_name())
+    started_at: float = 0.0  # when the worker process started (epoch seconds)
 
     def to_hash(self) -> dict[str, str]:
         """Hash fields (strings) as stored."""
@@ -143,6 +145,8 @@ class WorkerInfo:
             "queues": ",".join(self.queues),
             "updated_at": repr(float(self.updated_at or time.time())),
             "metrics_port": str(self.metrics_port),
+            "served_model": self.served_model,
+            "started_at": repr(float(self.started_at)),
         }
 
     @classmethod
@@ -160,6 +164,8 @@ class WorkerInfo:
             queues=[q for q in (h.get("queues") or "").split(",") if q],
             updated_at=float(h.get("updated_at") or 0.0),
             metrics_port=int(h.get("metrics_port") or 0),
+            served_model=h.get("served_model", ""),
+            started_at=float(h.get("started_at") or 0.0),
         )
 
 

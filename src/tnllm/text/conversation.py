@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from tnllm.protocol.jobs import ChatMessage, Conversation, GenerationParams
 from tnllm.text.chat import validate_messages
-from tnllm.text.prompt import conversation
+from tnllm.text.prompt import conversation, render_prompt
 
 if TYPE_CHECKING:
     from tnllm.text.tokenizer import Tokenizer
@@ -92,8 +92,11 @@ def turn_points(tokenizer: Tokenizer, turns: list[dict[str, str]], ids: list[int
 def prompt_and_points(
     tokenizer: Tokenizer, job: GenerationParams, system_prompt: str | None
 ) -> tuple[list[int], tuple[int, ...], list[dict[str, str]]]:
-    """A fresh job's prompt ids (as ``render_prompt``), its turn boundaries and its conversation."""
+    """A fresh job's prompt ids (as ``render_prompt``), its turn boundaries and its conversation.
+    A ``raw_prompt`` job's ids are its text's (no template, so no turn boundaries)."""
     turns = conversation(job, system_prompt)
+    if job.raw_prompt and job.prompt is not None:
+        return render_prompt(tokenizer, job, system_prompt), (), turns
     ids = list(tokenizer.encode(tokenizer.apply_chat_template(turns, add_generation_prompt=True)))
     return ids, turn_points(tokenizer, turns, ids), turns
 

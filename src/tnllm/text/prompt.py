@@ -29,7 +29,10 @@ def conversation(job: GenerationParams, system_prompt: str | None) -> list[dict[
 
 
 def render_prompt_text(tokenizer: Tokenizer, job: GenerationParams, system_prompt: str | None) -> str:
-    """The prompt text of a job: its conversation through the chat template, ready for the reply."""
+    """The prompt text of a job: its conversation through the chat template, ready for the reply;
+    a ``raw_prompt`` job's ``prompt`` as it is (no template, no system message)."""
+    if job.raw_prompt and job.prompt is not None:
+        return job.prompt
     return tokenizer.apply_chat_template(conversation(job, system_prompt), add_generation_prompt=True)
 
 

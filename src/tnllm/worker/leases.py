@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from tnllm.config import Settings
 from tnllm.engine.client import EngineClient
@@ -38,6 +39,7 @@ class Heartbeat:
         self.settings = settings
         self.worker_id = worker_id
         self.hostname = hostname
+        self.started_at = time.time()
 
     @property
     def ttl(self) -> float:
@@ -81,4 +83,6 @@ class Heartbeat:
             tokens_per_s=tokens_per_s,
             queues=list(self.queues),
             metrics_port=metrics_port,
+            served_model=self.settings.served_name(),
+            started_at=self.started_at,
         )
