@@ -169,6 +169,15 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
     )
+    preemption: bool = Field(
+        default=True,
+        description="When every slot is busy, a job whose priority beats a running one's by "
+        "`preempt_priority_gap` takes its slot; the preempted sequence's state waits in host memory "
+        "and it goes on later with no recompute (docs/STATE.md).",
+    )
+    preempt_priority_gap: int = Field(
+        default=1, ge=1, le=9, description="The least priority difference that preempts a running job."
+    )
     engine_process: bool = Field(
         default=True,
         description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
@@ -255,6 +264,8 @@ class EngineConfig(BaseModel):
     engine_slots: int
     prefill_token_budget: int
     max_context: int
+    preemption: bool
+    preempt_priority_gap: int
     log_format: Literal["text", "json"]
     log_level: str
     log_content: bool

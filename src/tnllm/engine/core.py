@@ -33,7 +33,7 @@ from tnllm.engine.output import OutputProcessor, eos_ids
 from tnllm.engine.request import LiveRequest, OnToken
 from tnllm.engine.runner import ModelRunner, Pending, Seq
 from tnllm.engine.sampling import BatchSampler, RowSampling, make_generator
-from tnllm.engine.scheduler import Scheduler, Sequence
+from tnllm.engine.scheduler import Scheduler, Sequence, StepPlan
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
 from tnllm.engine.validation import check_request
@@ -57,6 +57,7 @@ class Engine:
         overlap: bool = True,
         state_dtype: torch.dtype = torch.float32,
         backend: ModelBackend | None = None,
+        preempt_gap: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.slots = slots
@@ -64,7 +65,8 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
-        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget)
+        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, preempt_gap)
+        self._parked: dict[str, list[torch.Tensor]] = {}  # preempted sequences' states (host)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
         self._inbox: list[Seq] = []
@@ -119,8 +121,12 @@ class Engine:
         (keep them short: the batch waits)."""
         self._validate(req)
         handle = RequestHandle(self, req.request_id, on_done)
-        live = LiveRequest(req.params, handle, on_token)
-        seq = Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live)
+        live = LiveRequest(req.params, handle, on_token, prior_ids=list(req.resume_ids))
+        live.prompt_len = len(req.prompt_ids)
+        # a resumed request prefills its earlier tokens after the prompt and samples only the rest
+        prompt = [*req.prompt_ids, *req.resume_ids]
+        seq = Sequence(req.request_id, prompt, req.max_new_tokens - len(req.resume_ids), live)
+        seq.priority = req.priority
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -194,6 +200,7 @@ class Engine:
         self._pending = None
         with self._lock:
             pending, self._inbox = self._inbox, []
+        self._parked.clear()
         for seq in [*pending, *self.sched.drain()]:
             self._release(seq.request_id)
             seq.request.handle.set_error(err)
@@ -235,6 +242,7 @@ class Engine:
         # staged before the launches: building it copies parameters to the device
         sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
         started = self.runner.mark()
+        self._move_states(plan)
         self.runner.swap_slots(plan.swaps)
         logits = self.runner.prefill(plan.prefill)
         if plan.decode:
@@ -244,12 +252,23 @@ class Engine:
         batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
         return self.runner.pend(rows, sampler(batch_logits), sampler, not plan.prefill, started)
 
+    def _move_states(self, plan: StepPlan[LiveRequest]) -> None:
+        """Preempted sequences' states to host memory, readmitted ones' back (before any slot is
+        reused or packed)."""
+        for seq, slot in plan.preempted:
+            self._parked[seq.request_id] = self.runner.save_slot(slot)
+            self._stats.preemptions += 1
+        for seq in plan.restore:
+            self.runner.load_slot(seq.slot, self._parked.pop(seq.request_id))
+
     def _can_chain(self, prev: Pending) -> bool:
         """Would the next ``schedule()`` decode exactly ``prev.rows`` in the same slots, and nothing else?"""
         if not (self.overlap and prev.chainable and prev.sampler.reusable):
             return False
         n = len(prev.rows)
         if len(self.sched.running) != n or (self.sched.num_waiting and n < self.slots):
+            return False
+        if self.sched.wants_preempt:
             return False
         # a row whose prev token is its last (max_new_tokens) leaves the batch: repack instead
         return not any(
@@ -286,18 +305,27 @@ class Engine:
             new, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, []
         for seq in new:
-            self._start_sequence(seq)
+            done = self._start_sequence(seq)
             self.sched.add(seq)
+            if done is not None:  # a resumed run that had already ended: only its result was lost
+                self._complete(seq, done)
         for rid in cancels:
             self.sched.cancel(rid)
 
-    def _start_sequence(self, seq: Seq) -> None:
+    def _start_sequence(self, seq: Seq) -> FinishReason | None:
+        """Set up streaming and draws; a resumed request replays its earlier tokens (the finish
+        reason if they had ended it)."""
         live = seq.request
         p = live.params
         if self.tokenizer is not None:
             live.stream = TextStream(self.tokenizer, p.stop)
         if p.temperature > 0:
-            live.generator = make_generator(p.seed, self.device)
+            live.generator = make_generator(p.seed, start=len(live.prior_ids))
+        if not live.prior_ids:
+            return None
+        self._stats.resumed_tokens += len(live.prior_ids)
+        done = self.output.replay(seq)
+        return done if done is not None or seq.max_new_tokens > 0 else "length"
 
     def _row_sampling(self, seq: Seq) -> RowSampling:
         live = seq.request
@@ -313,6 +341,7 @@ class Engine:
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
         self.sched.finish(seq)
+        self._parked.pop(seq.request_id, None)
         result = self.output.result(seq, reason)
         self._stats.record_finished()
         self._release(seq.request_id)

@@ -36,12 +36,31 @@ class OutputProcessor:
 
     def append(self, seq: Seq, tok: int) -> FinishReason | None:
         """Record a sampled token and stream its text; the finish reason when the sequence is done."""
-        live = seq.request
         seq.output_ids.append(tok)
+        reason, delta = self._advance(seq.request, tok, len(seq.output_ids) >= seq.max_new_tokens)
+        self.emit(seq, delta, [tok])
+        return reason
+
+    def replay(self, seq: Seq) -> FinishReason | None:
+        """Take back a resumed request's earlier tokens (``prior_ids``) as ``append`` would have
+        taken them, text and stop strings included, but without emitting them again (the client
+        has them). The finish reason when the earlier run had already ended (it died before
+        writing its result)."""
+        live = seq.request
+        total = len(live.prior_ids) + seq.max_new_tokens
+        for i, tok in enumerate(live.prior_ids, 1):
+            reason, delta = self._advance(live, tok, i >= total)
+            live.text_parts.append(delta)
+            if reason is not None:
+                return reason
+        return None
+
+    def _advance(self, live: LiveRequest, tok: int, at_limit: bool) -> tuple[FinishReason | None, str]:
+        """One token through EOS, the length limit, the detokeniser and the stop strings."""
         reason: FinishReason | None = None
         if tok in self.eos_ids and not live.params.ignore_eos:
             reason = "stop"
-        elif len(seq.output_ids) >= seq.max_new_tokens:
+        elif at_limit:
             reason = "length"
         delta = ""
         if live.stream is not None:
@@ -50,8 +69,7 @@ class OutputProcessor:
                 reason = "stop"
             elif reason is not None:
                 delta += live.stream.finish()
-        self.emit(seq, delta, [tok])
-        return reason
+        return reason, delta
 
     @staticmethod
     def emit(seq: Seq, text: str, ids: list[int]) -> None:
@@ -65,12 +83,15 @@ class OutputProcessor:
 
     @staticmethod
     def result(seq: Seq, reason: FinishReason) -> EngineResult:
-        """The finished request's result (its text is every emitted delta, in order)."""
+        """The finished request's result (its text is every emitted delta, in order, after the
+        text of a resumed request's earlier tokens)."""
+        live = seq.request
+        ids = [*live.prior_ids, *seq.output_ids]
         return EngineResult(
             request_id=seq.request_id,
-            text="".join(seq.request.text_parts),
-            token_ids=list(seq.output_ids),
+            text="".join(live.text_parts),
+            token_ids=ids,
             finish_reason=reason,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=len(seq.output_ids),
+            prompt_tokens=live.prompt_len if live.prior_ids else len(seq.prompt_ids),
+            completion_tokens=len(ids),
         )

@@ -11,7 +11,7 @@ from tnllm.engine.types import SamplingParams, TokenEvent
 from tnllm.text.stop import TextStream
 
 if TYPE_CHECKING:
-    import torch
+    from tnllm.engine.sampling import TokenDraws
 
 OnToken = Callable[[TokenEvent], None]
 
@@ -24,5 +24,8 @@ class LiveRequest:
     handle: RequestHandle
     on_token: OnToken | None = None
     stream: TextStream | None = None  # incremental text and stop strings (None without a tokenizer)
-    generator: torch.Generator | None = None  # seeded sampling (None for greedy)
+    generator: TokenDraws | None = None  # the random draws (None for greedy)
     text_parts: list[str] = field(default_factory=list)
+    #: a resumed request's tokens of the earlier run (prefilled after the prompt, never re-emitted)
+    prior_ids: list[int] = field(default_factory=list)
+    prompt_len: int = 0  # the prompt's own length (the sequence's prompt_ids hold prompt + prior_ids)

@@ -116,6 +116,22 @@ class ModelRunner:
         for layer_state in self.pool:  # [slots, H, dk, d]
             layer_state.index_copy_(0, idx[0], layer_state.index_select(0, idx[1]))
 
+    def save_slot(self, slot: int) -> list[torch.Tensor]:
+        """A host copy of one slot's state, every layer, bit for bit in the pool's dtype (pinned
+        on CUDA so it comes back with one asynchronous copy)."""
+        pinned = self.device.type == "cuda"
+        saved = []
+        for layer_state in self.pool:
+            host = torch.empty(layer_state.shape[1:], dtype=layer_state.dtype, pin_memory=pinned)
+            host.copy_(layer_state[slot], non_blocking=pinned)
+            saved.append(host)
+        return saved
+
+    def load_slot(self, slot: int, saved: list[torch.Tensor]) -> None:
+        """Put a state ``save_slot`` took back into ``slot``."""
+        for layer_state, host in zip(self.pool, saved, strict=True):
+            layer_state[slot].copy_(host, non_blocking=True)
+
     def decode(self, seqs: list[Seq], positions: list[int], ids: torch.Tensor | None = None) -> torch.Tensor:
         """One batched decode step: each sequence feeds its last token (or ``ids``, already on the
         device) at its own position.

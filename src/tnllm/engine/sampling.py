@@ -1,9 +1,12 @@
 """Token sampling: pure functions on logits, plus the batched entry point the engine calls.
 
 Filters run batched over the rows that sample, each row with its own parameters; the random draw
-uses each row's own ``torch.Generator`` (exponential race: ``argmax(p / E)``, ``E ~ Exp(1)``, which
-picks token i with probability p_i), so a seeded request draws the same numbers whatever else
-shares the batch. Every operation is row-wise, so a row's result never depends on the other rows.
+is an exponential race (``argmax(p / E)``, ``E ~ Exp(1)``, which picks token i with probability
+p_i) whose noise is COUNTER-BASED: the draw of token t of a request comes from a generator seeded
+with ``draw_seed(seed, t)`` (``TokenDraws``), a pure function of (seed, t). So a seeded request
+draws the same numbers whatever else shares the batch, and a request resumed at token t (after a
+crash, or a preemption) continues with exactly the draws it would have made. Every operation is
+row-wise, so a row's result never depends on the other rows.
 Greedy rows take one batched argmax.
 
 ``BatchSampler`` prepares a batch's parameters on the device once; calling it returns the sampled ids
@@ -14,6 +17,7 @@ rows step after step (the penalty's seen-token sets change every step).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +34,7 @@ class RowSampling:
 
     params: SamplingParams = field(default_factory=SamplingParams)
     seen_ids: Sequence[int] = ()  # prompt + generated ids, for the repetition penalty
-    generator: torch.Generator | None = None
+    generator: TokenDraws | None = None
 
     @property
     def temperature(self) -> float:
@@ -76,10 +80,40 @@ def apply_top_p(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
-    """One token per row of ``probs [R, V]``, each row's noise from its own generator."""
+_MASK64 = (1 << 64) - 1
+
+
+def draw_seed(seed: int, t: int) -> int:
+    """The generator seed of token ``t`` of a request seeded ``seed`` (splitmix64 of both; 63 bits)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (t + 1) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+@dataclass
+class TokenDraws:
+    """A request's random draws: the noise of token ``t`` is a pure function of (``seed``, ``t``).
+
+    ``t`` counts the draws made (the tokens sampled): resuming at token t means ``TokenDraws(seed, t)``.
+    """
+
+    seed: int
+    t: int = 0
+
+    def next(self, device: torch.device) -> torch.Generator:
+        """The generator of the next token's draw (and count it)."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(draw_seed(self.seed, self.t))
+        self.t += 1
+        return gen
+
+
+def _draw(probs: torch.Tensor, draws: Sequence[TokenDraws | None]) -> torch.Tensor:
+    """One token per row of ``probs [R, V]``, each row's noise from its own counter-based draw."""
     noise = torch.empty_like(probs)
-    for r, gen in enumerate(generators):
+    for r, d in enumerate(draws):
+        gen = d.next(probs.device) if d is not None else None
         noise[r].exponential_(generator=gen)
     return torch.argmax(probs / noise.clamp_min_(_TINY), dim=-1)
 
@@ -143,11 +177,6 @@ def sample(logits: torch.Tensor, rows: Sequence[RowSampling]) -> list[int]:
     return [int(t) for t in BatchSampler(rows, logits.device)(logits).tolist()]
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for one request: seeded when asked, else from fresh OS entropy."""
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
+def make_generator(seed: int | None, start: int = 0) -> TokenDraws:
+    """The draws of one request from token ``start`` on: seeded when asked, else a fresh random seed."""
+    return TokenDraws(secrets.randbits(63) if seed is None else seed, start)

@@ -1,8 +1,14 @@
 """Which sequences run in the next engine step (pure Python, no tensors).
 
 Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
-waiting ones into free slots (FIFO), hands out prompt chunks up to the per-step prefill token
-budget, and lists the sequences that decode one token this step.
+waiting ones into free slots (higher priority first, then FIFO), hands out prompt chunks up to the
+per-step prefill token budget, and lists the sequences that decode one token this step.
+
+Preemption (``preempt_gap`` set): when no slot is free and the first waiting sequence's priority
+beats the lowest running one's by at least the gap, that running sequence is *parked*: the plan
+lists it in ``preempted`` (the engine moves its slot's state to host memory before the slot is
+reused) and it waits at the head of its priority; when readmitted it is in ``restore`` (the engine
+copies its state back) and goes on where it stopped, with no recompute.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ class Sequence(Generic[R]):
     cancelled: bool = False
     finished: bool = False
     admitted: int = -1  # admission counter: prefill goes first-come first-served
+    priority: int = 0  # 0..9, higher first
+    parked: bool = False  # preempted: its state waits in host memory for a slot
 
     @property
     def prefill_done(self) -> bool:
@@ -63,6 +71,8 @@ class StepPlan(Generic[R]):
     prefill: list[PrefillChunk[R]] = field(default_factory=list)
     decode: list[Sequence[R]] = field(default_factory=list)  # holding slots 0 .. len(decode)-1, in order
     swaps: list[tuple[int, int]] = field(default_factory=list)  # slot states to exchange before running
+    preempted: list[tuple[Sequence[R], int]] = field(default_factory=list)  # (seq, slot it left): save first
+    restore: list[Sequence[R]] = field(default_factory=list)  # parked seqs admitted again: state back in
 
     @property
     def empty(self) -> bool:
@@ -73,11 +83,14 @@ class StepPlan(Generic[R]):
 class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
-    def __init__(self, slots: int, prefill_token_budget: int) -> None:
+    def __init__(self, slots: int, prefill_token_budget: int, preempt_gap: int | None = None) -> None:
         if slots < 1 or prefill_token_budget < 1:
             raise ValueError("slots and prefill_token_budget must be >= 1")
+        if preempt_gap is not None and preempt_gap < 1:
+            raise ValueError("preempt_gap must be >= 1 (or None: no preemption)")
         self.num_slots = slots
         self.budget = prefill_token_budget
+        self.preempt_gap = preempt_gap
         self.waiting: deque[Sequence[R]] = deque()
         self.running: dict[int, Sequence[R]] = {}  # slot -> sequence, in admission order
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
@@ -90,7 +103,16 @@ class Scheduler(Generic[R]):
         if seq.request_id in self._by_id:
             raise ValueError(f"request id {seq.request_id!r} is already in the engine")
         self._by_id[seq.request_id] = seq
-        self.waiting.append(seq)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence[R], *, first: bool = False) -> None:
+        """Wait behind every sequence of higher priority (and, unless ``first``, of the same)."""
+        at = len(self.waiting)
+        for i, other in enumerate(self.waiting):
+            if other.priority < seq.priority or (first and other.priority == seq.priority):
+                at = i
+                break
+        self.waiting.insert(at, seq)
 
     def get(self, request_id: str) -> Sequence[R] | None:
         """The live sequence with this id, if any."""
@@ -146,12 +168,10 @@ class Scheduler(Generic[R]):
         for seq in [s for s in (*self.running.values(), *self.waiting) if s.cancelled]:
             self.finish(seq)
             plan.cancelled.append(seq)
-        while self.waiting and self._free:
-            seq = self.waiting.popleft()
-            seq.slot = self._free.pop()
-            seq.admitted = self._admissions
-            self._admissions += 1
-            self.running[seq.slot] = seq
+        self._admit(plan)
+        while self.waiting and not self._free and (victim := self._victim()) is not None:
+            self._preempt(victim, plan)
+            self._admit(plan)
         budget = self.budget
         for seq in sorted(self.running.values(), key=lambda s: s.admitted):
             if not seq.prefill_done:
@@ -165,6 +185,39 @@ class Scheduler(Generic[R]):
         plan.swaps = self._pack(plan.decode)
         plan.decode.sort(key=lambda s: s.slot)
         return plan
+
+    def _admit(self, plan: StepPlan[R]) -> None:
+        while self.waiting and self._free:
+            seq = self.waiting.popleft()
+            seq.slot = self._free.pop()
+            seq.admitted = self._admissions
+            self._admissions += 1
+            self.running[seq.slot] = seq
+            if seq.parked:
+                seq.parked = False
+                plan.restore.append(seq)
+
+    def _victim(self) -> Sequence[R] | None:
+        """The running sequence the first waiting one may preempt: the lowest priority at least
+        ``preempt_gap`` below it, the latest admitted among equals (it has done the least)."""
+        if self.preempt_gap is None or not self.waiting:
+            return None
+        ceiling = self.waiting[0].priority - self.preempt_gap
+        candidates = [s for s in self.running.values() if s.priority <= ceiling]
+        return min(candidates, key=lambda s: (s.priority, -s.admitted), default=None)
+
+    @property
+    def wants_preempt(self) -> bool:
+        """The next ``schedule()`` would preempt a running sequence."""
+        return not self._free and self._victim() is not None
+
+    def _preempt(self, seq: Sequence[R], plan: StepPlan[R]) -> None:
+        plan.preempted.append((seq, seq.slot))
+        del self.running[seq.slot]
+        self._free.append(seq.slot)
+        seq.slot = -1
+        seq.parked = True
+        self._enqueue(seq, first=True)
 
     def _pack(self, decode: list[Sequence[R]]) -> list[tuple[int, int]]:
         """Move the decoding sequences into slots 0..n-1 so the model updates one contiguous block

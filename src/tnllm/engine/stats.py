@@ -27,6 +27,8 @@ class StatsTracker:
         self.busy = 0.0
         self.device_wait = 0.0
         self.device_busy = 0.0
+        self.preemptions = 0
+        self.resumed_tokens = 0
 
     def record_step(self, seconds: float, tokens: int, overlapped: bool = False) -> None:
         """One step ran for ``seconds`` and sampled ``tokens`` tokens; ``overlapped``: it launched the
@@ -81,6 +83,8 @@ class StatsTracker:
                 busy_seconds=self.busy,
                 device_wait_seconds=self.device_wait,
                 device_busy_seconds=self.device_busy,
+                preemptions=self.preemptions,
+                resumed_tokens=self.resumed_tokens,
             )
 
     def _trim(self, now: float) -> None:

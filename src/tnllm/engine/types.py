@@ -26,19 +26,35 @@ class EngineRequest:
     ``from_json`` builds one from JSON data (the wire's), refusing a bad value with
     ``RequestRejected`` worded as the HTTP API words its 422. ``max_new_tokens`` must be resolved
     (an int) before the engine takes the request (``check_request``).
+
+    ``resume_ids``: tokens this request already generated in an earlier run (a crashed or released
+    attempt streamed them): the engine prefills prompt + those ids, replays them through the
+    detokeniser and stop strings without emitting them again, and goes on from token
+    ``len(resume_ids)`` (the seeded draw of token t depends on (seed, t) only), so the result is the
+    uninterrupted run's. ``priority`` (0..9) orders admission and drives preemption.
     """
 
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    resume_ids: list[int] = field(default_factory=list)
+    priority: int = 0
 
     @classmethod
-    def from_json(cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any]) -> EngineRequest:
+    def from_json(
+        cls,
+        request_id: str,
+        prompt_ids: list[int],
+        params: Mapping[str, Any],
+        resume_ids: list[int] | None = None,
+        priority: int = 0,
+    ) -> EngineRequest:
         """A request whose params come as JSON data; RequestRejected naming the first bad field."""
         try:
-            return cls(request_id, prompt_ids, SamplingParams.model_validate(params))
+            sampling = SamplingParams.model_validate(params)
         except ValidationError as exc:
             raise RequestRejected(error_message(exc)) from None
+        return cls(request_id, prompt_ids, sampling, list(resume_ids or []), int(priority))
 
     @property
     def max_new_tokens(self) -> int:
@@ -86,3 +102,5 @@ class EngineStats:
     busy_seconds: float = 0.0  # total time spent in steps (the rest of the wall time: idle)
     device_wait_seconds: float = 0.0  # part of busy_seconds blocked on the device's sampled ids
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
+    preemptions: int = 0  # sequences whose state moved to host memory for a higher-priority one
+    resumed_tokens: int = 0  # generated tokens of resumed requests taken back without sampling

@@ -24,5 +24,10 @@ def check_request(req: EngineRequest, *, vocab_size: int, max_context: int, has_
             f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({max_new}) = {total} "
             f"exceeds the context limit of {max_context} tokens"
         )
+    if len(req.resume_ids) > max_new:
+        raise RequestRejected(f"resume_ids ({len(req.resume_ids)}) exceed max_new_tokens ({max_new})")
+    bad = [t for t in req.resume_ids if not 0 <= int(t) < vocab_size]
+    if bad:
+        raise RequestRejected(f"resumed token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
     if p.stop and not has_tokenizer:
         raise RequestRejected("stop strings need a tokenizer, and this model has none")

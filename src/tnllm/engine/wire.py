@@ -53,12 +53,24 @@ def decode(frame: bytes) -> dict[str, Any]:
 def request_to_wire(req: EngineRequest) -> dict[str, Any]:
     """A request as JSON-ready data: its params are the contract's JSON dump."""
     params = req.params.model_dump(mode="json")
-    return {"id": req.request_id, "prompt_ids": [int(t) for t in req.prompt_ids], "params": params}
+    return {
+        "id": req.request_id,
+        "prompt_ids": [int(t) for t in req.prompt_ids],
+        "params": params,
+        "resume_ids": [int(t) for t in req.resume_ids],
+        "priority": req.priority,
+    }
 
 
 def request_from_wire(data: dict[str, Any]) -> EngineRequest:
     """The request ``request_to_wire`` encoded (the params validated again: RequestRejected if bad)."""
-    return EngineRequest.from_json(data["id"], list(data["prompt_ids"]), data["params"])
+    return EngineRequest.from_json(
+        data["id"],
+        list(data["prompt_ids"]),
+        data["params"],
+        data.get("resume_ids"),
+        data.get("priority", 0),
+    )
 
 
 def result_to_wire(result: EngineResult) -> dict[str, Any]:
