@@ -1,7 +1,10 @@
 """Server-Sent Events of one job, read from its Redis stream.
 
-Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: the job went back to the
-queue, text so far is void) and finally ``done`` (data = the job object). Event ids are the stream
+Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: text so far is void;
+only when a requeued job could not resume from its stream, which holds its token ids: a job that
+goes back to the queue normally continues its stream, with no reset and no repeated text) and
+finally ``done`` (data = the job object). Token entries without text (ids whose text is still
+held back) send nothing. Event ids are the stream
 entry ids, so ``Last-Event-ID`` resumes exactly after the last event a client saw. The stream is only
 read, so a client that goes away never affects the job.
 """
@@ -48,6 +51,8 @@ async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> A
         for entry in entries:
             after = entry.id
             if entry.type == "token":
+                if not entry.text:
+                    continue
                 yield ServerSentEvent(data=json.dumps({"text": entry.text}), event="token", id=entry.id)
             elif entry.type == "reset":
                 yield ServerSentEvent(data=json.dumps({"reason": entry.reason}), event="reset", id=entry.id)

@@ -18,10 +18,12 @@ from tnllm.protocol.webhooks import WebhookPublic
 
 
 class JobStatus(StrEnum):
-    """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``."""
+    """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``; ``paused`` (out
+    of the queue and of any slot) between ``queued``/``running`` and ``queued`` again."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -103,6 +103,7 @@ class ReapAction(StrEnum):
     SKIPPED = "skipped"  # not running any more
     MISSING = "missing"
     NOT_OWNER = "not_owner"  # the releasing worker does not own it (release only)
+    PAUSED = "paused"  # its pause was requested: now paused (park only)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ class StreamEntry:
     text: str = ""
     status: JobStatus | None = None
     reason: str | None = None
+    #: a token entry's token ids (None: an entry of a version that did not store them)
+    ids: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -289,9 +292,17 @@ def parse_renew(raw: Sequence[int]) -> LeaseStatus:
 ALREADY_APPLIED = "applied"
 
 
-def append_call(job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0) -> ScriptCall:
-    """Arguments of APPEND (``seq`` 0 = unnumbered, always written)."""
-    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], [worker_id, ttl, seq, *texts])
+def encode_ids(ids: Sequence[int]) -> str:
+    """Token ids as a stream entry stores them (comma-separated)."""
+    return ",".join(str(int(i)) for i in ids)
+
+
+def append_call(
+    job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0, ids: Sequence[int] = ()
+) -> ScriptCall:
+    """Arguments of APPEND (``seq`` 0 = unnumbered, always written; ``ids`` go with the last text)."""
+    argv: list[str | int | float] = [worker_id, ttl, seq, encode_ids(ids), *texts]
+    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], argv)
 
 
 @dataclass(frozen=True)
@@ -301,18 +312,26 @@ class AppendAck:
     owned: bool
     written: bool
     cancel_requested: bool
+    pause_requested: bool = False
 
 
 def append_many_call(
-    worker_id: str, texts: Mapping[str, str], ttl: int, seqs: Mapping[str, int] | None = None
+    worker_id: str,
+    texts: Mapping[str, str],
+    ttl: int,
+    seqs: Mapping[str, int] | None = None,
+    ids: Mapping[str, Sequence[int]] | None = None,
 ) -> ScriptCall:
-    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag;
-    ``seqs`` {job_id: flush number}, a job without one is unnumbered)."""
+    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the flags;
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``ids`` {job_id: the token
+    ids of its text})."""
     job_keys: list[str] = []
     for job_id in texts:
         job_keys += [keys.job(job_id), keys.stream(job_id)]
     numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
-    return ScriptCall("append_many", job_keys, [worker_id, ttl, len(texts), *texts.values(), *numbers])
+    tokens = [encode_ids((ids or {}).get(job_id, ())) for job_id in texts]
+    argv: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers, *tokens]
+    return ScriptCall("append_many", job_keys, argv)
 
 
 def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:
@@ -320,7 +339,12 @@ def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, A
     acks: dict[str, AppendAck] = {}
     for job_id, value in zip(job_ids, raw, strict=True):
         code = int(value)
-        acks[job_id] = AppendAck(owned=code != 0, written=code & 3 == 1, cancel_requested=bool(code & 4))
+        acks[job_id] = AppendAck(
+            owned=code != 0,
+            written=code & 3 == 1,
+            cancel_requested=bool(code & 4),
+            pause_requested=bool(code & 8),
+        )
     return acks
 
 
@@ -403,7 +427,9 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
         return StreamEntry(entry_id, "done", status=JobStatus(fields["status"]))
     if kind == "reset":
         return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
-    return StreamEntry(entry_id, "token", text=fields.get("text", ""))
+    raw = fields.get("ids")
+    ids = None if raw is None else tuple(int(i) for i in raw.split(",") if i)
+    return StreamEntry(entry_id, "token", text=fields.get("text", ""), ids=ids)
 
 
 def check_decoded(client: Any) -> None:

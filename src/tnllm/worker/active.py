@@ -1,7 +1,7 @@
 """The jobs running in this worker process: one ``ActiveJob`` per attempt, and their registry.
 
 An ``ActiveJob`` carries the flags that the stream pump, the heartbeat and a warm shutdown set for
-its task thread (lost, cancel, release) and, once submitted, its engine request and delta writer.
+its task thread (lost, cancel, release, pause) and, once submitted, its engine request and delta writer.
 ``ActiveJobs`` is what the heartbeat renews leases for and what a warm shutdown releases.
 """
 
@@ -28,6 +28,7 @@ class ActiveJob:
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    pause: threading.Event = field(default_factory=threading.Event)
     request_id: str | None = None
     writer: DeltaWriter | None = None
     engine: Cancels | None = None
@@ -46,6 +47,12 @@ class ActiveJob:
         """A cancel was requested: flag it for the task and stop generating (the partial text stays)."""
         if not self.cancel.is_set():
             self.cancel.set()
+            self.stop_engine()
+
+    def request_pause(self) -> None:
+        """A pause was requested: flag it for the task, which stops generating and parks the job."""
+        if not self.pause.is_set():
+            self.pause.set()
             self.stop_engine()
 
     def mark_lost(self) -> None:

@@ -1,7 +1,8 @@
 """A job's token deltas on their way from the engine thread to its Redis stream (no tensor code).
 
 ``DeltaWriter`` is what one attempt of a job hands the engine as its ``on_token``: the engine thread
-only puts text on a queue; the stream pump (``tnllm/worker/stream_pump.py``) and the task's final
+only puts text and token ids on a queue (the ids go to the stream with their text, so a requeued
+job resumes from them: docs/STATE.md); the stream pump (``tnllm/worker/stream_pump.py``) and the task's final
 flush take it from there, numbered so a write whose answer was lost is never applied twice.
 """
 
@@ -39,8 +40,9 @@ class DeltaWriter:
         self.job_id = job_id
         self.worker_id = worker_id
         self.lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[str, list[int]]] = queue.SimpleQueue()
         self._pending = ""
+        self._pending_ids: list[int] = []
         self._seq = 0  # the number of the last text taken (``_pending``'s while it is set)
         self._in_doubt = False  # ``_pending``'s write failed unanswered: resend it unchanged
         self._failing = False
@@ -51,30 +53,42 @@ class DeltaWriter:
         return self._seq
 
     def on_token(self, event: TokenEvent) -> None:
-        """Engine-thread callback: never blocks."""
-        if event.text:
-            self._inbox.put(event.text)
+        """Engine-thread callback: never blocks (tokens whose text is held back still count)."""
+        if event.text or event.token_ids:
+            self._inbox.put((event.text, list(event.token_ids)))
 
-    def take(self) -> str:
-        """The text to write next ('' if none), numbered ``seq``: the pending text unchanged while
-        its write is in doubt, else the pending text and the deltas arrived since, joined (under a
-        new number when nothing was pending). The caller holds ``lock``."""
+    @property
+    def ids(self) -> list[int]:
+        """The token ids of the text ``take`` returned."""
+        return self._pending_ids
+
+    def take(self) -> str | None:
+        """The text to write next (None if nothing; its token ids are ``ids``), numbered ``seq``:
+        the pending text unchanged while its write is in doubt, else the pending text and the
+        deltas arrived since, joined (under a new number when nothing was pending). The caller
+        holds ``lock``."""
+        pending = bool(self._pending or self._pending_ids)
         if self._in_doubt:
-            return self._pending
+            return self._pending if pending else None
         parts = [self._pending] if self._pending else []
+        fresh = False
         while True:
             try:
-                parts.append(self._inbox.get_nowait())
+                text, ids = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        if parts and not self._pending:
+            parts.append(text)
+            self._pending_ids.extend(ids)
+            fresh = True
+        if fresh and not pending:
             self._seq += 1
         self._pending = "".join(parts)
-        return self._pending
+        return self._pending if (self._pending or self._pending_ids) else None
 
     def written(self) -> None:
         """What ``take`` returned is in the stream now. The caller holds ``lock``."""
         self._pending = ""
+        self._pending_ids = []
         self._in_doubt = False
         self._failing = False
 
@@ -102,9 +116,9 @@ class DeltaWriter:
         store says this worker no longer owns the job. Safe beside the pump (``lock``).
         """
         with self.lock:
-            while text := self.take():
+            while (text := self.take()) is not None:
                 try:
-                    ids = self.store.append(self.job_id, self.worker_id, text, seq=self._seq)
+                    ids = self.store.append(self.job_id, self.worker_id, text, seq=self._seq, ids=self.ids)
                 except Exception as exc:  # no answer: it may have been applied
                     self.write_failed(exc)
                     if not isinstance(exc, TRANSIENT):

@@ -92,8 +92,9 @@ class StreamPump:
             for job in jobs:
                 texts[job.job_id] = self._take(job, held)
             seqs = {job_id: writer.seq for job_id, writer in held.items()}
+            ids = {job_id: writer.ids for job_id, writer in held.items()}
             try:
-                acks = self.store.append_many(self.worker_id, texts, seqs)
+                acks = self.store.append_many(self.worker_id, texts, seqs, ids)
             except Exception as exc:
                 for writer in held.values():
                     writer.write_failed(exc)
@@ -119,15 +120,15 @@ class StreamPump:
         writer = job.writer
         if writer is None or not writer.lock.acquire(blocking=False):
             return ""
-        text = ""
+        text = None
         try:
             text = writer.take()
         finally:
-            if text:
+            if text is not None:
                 held[job.job_id] = writer
             else:
                 writer.lock.release()
-        return text
+        return text or ""
 
     def _apply(self, job: ActiveJob, ack: AppendAck, writer: DeltaWriter | None) -> None:
         if not ack.owned:
@@ -146,3 +147,5 @@ class StreamPump:
                 writer.write_refused(RuntimeError("XADD failed"))
         if ack.cancel_requested:
             job.request_cancel()
+        elif ack.pause_requested:
+            job.request_pause()

@@ -1,5 +1,7 @@
 -- KEYS: job, stream
--- ARGV: worker_id, ttl, seq, text...
+-- ARGV: worker_id, ttl, seq, ids, text...
+-- ``ids``: the token ids (comma-separated, '' = none) the texts came from, stored with the last
+-- entry, so a requeued job resumes from what it streamed (docs/STATE.md).
 -- Answers the entry ids; {} = not the owner (nothing written); {'applied'} = seq applied already.
 -- include: _seen
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner')
@@ -7,8 +9,12 @@ if f[1] ~= 'running' or f[2] ~= ARGV[1] then return {} end
 local seq = tonumber(ARGV[3])
 if seen(KEYS[1], seq) then return {'applied'} end
 local ids = {}
-for i = 4, #ARGV do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 't', 'token', 'text', ARGV[i])
+for i = 5, #ARGV do
+  if i == #ARGV and ARGV[4] ~= '' then
+    ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 't', 'token', 'text', ARGV[i], 'ids', ARGV[4])
+  else
+    ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 't', 'token', 'text', ARGV[i])
+  end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 if seq > 0 then redis.call('HSET', KEYS[1], 'append_seq', seq) end
