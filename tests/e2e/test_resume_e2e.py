@@ -1,6 +1,7 @@
-"""Crash resume on real processes: a SIGKILLed (or warm-shut-down) worker's jobs continue on another
-worker from the tokens they had streamed; an SSE client reading from the start sees no ``reset`` and
-no repeated text, and the final text equals an uninterrupted run's (greedy and seeded)."""
+"""Crash resume and pause on real processes (one Redis, one API, workers started as needed): a
+SIGKILLed or warm-shut-down worker's jobs continue on another worker from the tokens they had
+streamed, and a paused job continues where it stopped; an SSE client reading from the start sees no
+``reset`` and no repeated text, and the final text equals an uninterrupted run's (greedy, seeded)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,22 +17,41 @@ import pytest
 
 from tests.e2e.client import Jobs, debug
 from tests.fixtures.services import Stack
+from tnllm.cli.supervisor import Child
 from tnllm.store.resume import streamed_ids
+from tnllm.store.server import RedisServer
 
 pytestmark = pytest.mark.slow
 
 GREEDY = {"max_new_tokens": 48, "ignore_eos": True}
 SEEDED = {"max_new_tokens": 48, "ignore_eos": True, "temperature": 0.9, "top_p": 0.95, "seed": 77}
+LONG = {"max_new_tokens": 800, "ignore_eos": True, "temperature": 0.8, "seed": 3}
 
 
-@pytest.fixture
-def stack(redis_url: str, stack_factory: Any) -> Iterator[Stack]:
-    stack: Stack = stack_factory(redis_url, TNLLM_ENGINE_SLOTS="4", TNLLM_DEBUG_FAULTS="1")
-    yield stack
+@pytest.fixture(scope="module")
+def stack(
+    module_redis: RedisServer, demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, Jobs]]:
+    stack = Stack(
+        module_redis.url, demo_model_dir, tmp_path_factory.mktemp("resume"),
+        TNLLM_ENGINE_SLOTS="4", TNLLM_DEBUG_FAULTS="1", TNLLM_WORKER_SHUTDOWN_GRACE="0.2",
+    )  # fmt: skip
+    _, url = stack.start_api()
+    jobs = Jobs(url)
+    yield stack, jobs
+    jobs.close()
+    stack.close()
 
 
-def sse(base_url: str, job_id: str, into: list[tuple[str, Any]]) -> threading.Thread:
+def worker(stack: Stack) -> Child:
+    """The live worker of the module's stack (a new one when none is alive)."""
+    alive = [c for c in stack.children if c.name.startswith("w") and c.alive]
+    return alive[0] if alive else stack.start_worker(f"w{len(stack.children)}")
+
+
+def sse(base_url: str, job_id: str) -> tuple[list[tuple[str, Any]], threading.Thread]:
     """Read the job's SSE stream from the start on a thread, collecting (event, data)."""
+    into: list[tuple[str, Any]] = []
 
     def read() -> None:
         with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/stream", timeout=120) as response:
@@ -45,66 +66,80 @@ def sse(base_url: str, job_id: str, into: list[tuple[str, Any]]) -> threading.Th
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    return thread
+    return into, thread
 
 
-def test_sigkilled_worker_jobs_resume_from_their_stream(stack: Stack) -> None:
-    w1 = stack.start_worker("w1")
-    _, url = stack.start_api()
-    jobs = Jobs(url)
-    try:
-        crash = debug(crash_after_tokens=12)
-        ids = [jobs.submit("Resume me", **GREEDY, metadata=crash)["id"],
-               jobs.submit("And me, seeded", **SEEDED, metadata=crash)["id"]]  # fmt: skip
-        events: dict[str, list[tuple[str, Any]]] = {i: [] for i in ids}
-        readers = [sse(url, i, events[i]) for i in ids]
-        assert w1.wait(timeout=60) is not None  # killed itself at its 12th token
-        store = stack.store()
-        streamed = {i: streamed_ids(store.streamed(i)) or [] for i in ids}
-        store.client.close()
-        assert len(streamed[ids[0]]) >= 12  # the greedy job's 12th token killed its worker
-        stack.start_worker("w2")
-        done = [jobs.wait(i, timeout=90) for i in ids]
-        # the same jobs, never interrupted
-        ref = [jobs.wait(jobs.submit("Resume me", **GREEDY)["id"]),
-               jobs.wait(jobs.submit("And me, seeded", **SEEDED)["id"])]  # fmt: skip
-        for reader in readers:
-            reader.join(30)
-        for job_id, job, plain in zip(ids, done, ref, strict=True):
-            assert job["status"] == plain["status"] == "succeeded", job
-            assert job["attempts"] == 2 and job["result"]["text"] == plain["result"]["text"]
-            assert job["result"]["usage"] == plain["result"]["usage"]
-            kinds = [e for e, _ in events[job_id]]
-            assert "reset" not in kinds and kinds[-1] == "done"
-            text = "".join(d["text"] for e, d in events[job_id] if e == "token")
-            assert text == plain["result"]["text"]  # no repeated and no missing text
-        assert "resuming after" in stack.children[-1].log_tail(200)
-    finally:
-        jobs.close()
+def check_stream(events: list[tuple[str, Any]], reader: threading.Thread, plain: dict[str, Any]) -> None:
+    """What the client saw: no reset, and the tokens' text is exactly the uninterrupted text."""
+    reader.join(30)
+    kinds = [e for e, _ in events]
+    assert "reset" not in kinds and kinds[-1] == "done"
+    assert "".join(d["text"] for e, d in events if e == "token") == plain["result"]["text"]
 
 
-def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: Stack) -> None:
-    w1 = stack.start_worker("w1", TNLLM_WORKER_SHUTDOWN_GRACE="0.2")
-    _, url = stack.start_api()
-    jobs = Jobs(url)
-    try:
-        long = {"max_new_tokens": 1500, "ignore_eos": True, "temperature": 0.8, "seed": 3}
-        job_id = jobs.submit("A long one", **long)["id"]
-        events: list[tuple[str, Any]] = []
-        reader = sse(url, job_id, events)
-        deadline = time.monotonic() + 60
-        while len(events) < 5:
-            assert time.monotonic() < deadline, "no text streamed"
-            time.sleep(0.05)
-        assert w1.stop(timeout=30) == 0  # SIGTERM: the grace runs out, the job is released
-        before = jobs.get(job_id)
-        assert before["status"] == "queued" and before["attempts"] == 0
-        stack.start_worker("w2")
-        job = jobs.wait(job_id, timeout=120)
-        plain = jobs.wait(jobs.submit("A long one", **long)["id"], timeout=120)
-        reader.join(30)
-        assert job["status"] == "succeeded" and job["result"]["text"] == plain["result"]["text"]
-        assert [e for e, _ in events].count("reset") == 0
-        assert "".join(d["text"] for e, d in events if e == "token") == plain["result"]["text"]
-    finally:
-        jobs.close()
+def test_sigkilled_worker_jobs_resume_from_their_stream(stack: tuple[Stack, Jobs]) -> None:
+    services, jobs = stack
+    w1 = worker(services)
+    crash = debug(crash_after_tokens=12)
+    ids = [jobs.submit("Resume me", **GREEDY, metadata=crash)["id"],
+           jobs.submit("And me, seeded", **SEEDED, metadata=crash)["id"]]  # fmt: skip
+    readers = [sse(services.api_url, i) for i in ids]
+    assert w1.wait(timeout=60) is not None  # killed itself at its 12th token
+    store = services.store()
+    streamed = {i: streamed_ids(store.streamed(i)) or [] for i in ids}
+    store.client.close()
+    assert max(len(v) for v in streamed.values()) >= 12  # the first job at its 12th token killed it
+    w2 = worker(services)
+    done = [jobs.wait(i, timeout=90) for i in ids]
+    ref = [jobs.wait(jobs.submit("Resume me", **GREEDY)["id"]),
+           jobs.wait(jobs.submit("And me, seeded", **SEEDED)["id"])]  # fmt: skip
+    for job, plain, (events, reader) in zip(done, ref, readers, strict=True):
+        assert job["status"] == plain["status"] == "succeeded", job
+        assert job["attempts"] == 2 and job["result"] == plain["result"]
+        check_stream(events, reader, plain)
+    assert "resuming after" in w2.log_tail(200)
+
+
+def test_pause_then_resume_gives_the_text_of_no_pause(stack: tuple[Stack, Jobs]) -> None:
+    services, jobs = stack
+    worker(services)
+    job_id = jobs.submit("Pause me", **LONG)["id"]
+    events, reader = sse(services.api_url, job_id)
+    jobs.wait_status(job_id, {"running"})
+    while len(events) < 5:
+        time.sleep(0.02)
+    answer = jobs.http.post(f"/v1/jobs/{job_id}/pause")
+    assert answer.status_code == 202 and answer.json()["status"] == "running", answer.text
+    paused = jobs.wait_status(job_id, {"paused"}, timeout=30)
+    assert paused["attempts"] == 0 and paused["queue_position"] is None
+    held = len(events)
+    time.sleep(0.5)
+    assert len(events) == held  # a paused job generates nothing
+    answer = jobs.http.post(f"/v1/jobs/{job_id}/resume")
+    assert answer.status_code == 200 and answer.json()["status"] in ("queued", "running"), answer.text
+    assert jobs.http.post(f"/v1/jobs/{job_id}/resume").status_code in (200, 409)  # queued or running
+    job = jobs.wait(job_id, timeout=120)
+    plain = jobs.wait(jobs.submit("Pause me", **LONG)["id"], timeout=120)
+    assert job["status"] == "succeeded" and job["result"] == plain["result"]
+    check_stream(events, reader, plain)
+    refused = jobs.http.post(f"/v1/jobs/{job_id}/pause")
+    assert refused.status_code == 409 and refused.json()["error"]["type"] == "job_terminal"
+
+
+def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: tuple[Stack, Jobs]) -> None:
+    services, jobs = stack
+    w = worker(services)
+    job_id = jobs.submit("A long one", **LONG)["id"]
+    events, reader = sse(services.api_url, job_id)
+    deadline = time.monotonic() + 60
+    while len(events) < 5:
+        assert time.monotonic() < deadline, "no text streamed"
+        time.sleep(0.05)
+    assert w.stop(timeout=30) == 0  # SIGTERM: the grace runs out, the job is released
+    before = jobs.get(job_id)
+    assert before["status"] == "queued" and before["attempts"] == 0
+    worker(services)
+    job = jobs.wait(job_id, timeout=120)
+    plain = jobs.wait(jobs.submit("A long one", **LONG)["id"], timeout=120)
+    assert job["status"] == "succeeded" and job["result"] == plain["result"]
+    check_stream(events, reader, plain)

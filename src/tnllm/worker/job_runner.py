@@ -204,6 +204,9 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
     if active.lost.is_set():  # the pump or heartbeat found another owner (and ended the request)
         log.warning("job %s: lease lost; abandoning this run", record.id)
         return JobOutcome.LEASE_LOST
+    if outcome.finish_reason == "cancelled" and active.pause.is_set() and not active.cancel.is_set():
+        _flush_quietly(active)  # the pump stopped the request for a pause: park it, keep its stream
+        return _park(rt, record)
     try:
         # Redis may be down right now: keep trying a while (the result itself holds the full text).
         end = time.monotonic() + rt.finish_retry_s
