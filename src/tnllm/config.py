@@ -178,6 +178,13 @@ class Settings(BaseSettings):
     preempt_priority_gap: int = Field(
         default=1, ge=1, le=9, description="The least priority difference that preempts a running job."
     )
+    worker_preempt_reserve: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Task threads a GPU worker runs beyond its slots when preemption is on, so a "
+        "higher-priority job can enter a full engine (each preempts one running job).",
+    )
     engine_process: bool = Field(
         default=True,
         description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "

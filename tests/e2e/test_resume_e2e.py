@@ -143,3 +143,41 @@ def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: tuple[St
     plain = jobs.wait(jobs.submit("A long one", **LONG)["id"], timeout=120)
     assert job["status"] == "succeeded" and job["result"] == plain["result"]
     check_stream(events, reader, plain)
+
+
+def test_a_priority_9_job_preempts_a_full_worker_and_nobody_recomputes(stack: tuple[Stack, Jobs]) -> None:
+    services, jobs = stack
+    for child in services.children:
+        if child.name.startswith("w") and child.alive:
+            child.stop(timeout=30)
+    w = services.start_worker("wp", TNLLM_ENGINE_SLOTS="2")
+    low = {"max_new_tokens": 300, "ignore_eos": True, "temperature": 0.7, "seed": 11}
+    busy = [jobs.submit(f"low {i}", **low)["id"] for i in range(2)]
+    feeds = [sse(services.api_url, i) for i in busy]
+    deadline = time.monotonic() + 60
+    while min(len(events) for events, _ in feeds) < 3:
+        assert time.monotonic() < deadline, "the low jobs never streamed"
+        time.sleep(0.02)
+    urgent = jobs.submit("urgent", max_new_tokens=8, ignore_eos=True, priority=9)["id"]
+    done = jobs.wait(urgent, timeout=60)
+    assert done["status"] == "succeeded"
+    # it ran while both slots were held by the low jobs: one of them was preempted, not finished
+    lows = [jobs.get(i) for i in busy]
+    assert all(j["status"] == "running" for j in lows), [j["status"] for j in lows]
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port(services, 'wp')}/metrics").text
+    assert "tnllm_engine_preemptions_total 1.0" in metrics or "tnllm_engine_preemptions 1.0" in metrics
+    results = [jobs.wait(i, timeout=120) for i in busy]
+    plain = [jobs.wait(jobs.submit(f"low {i}", **low)["id"], timeout=120) for i in range(2)]
+    for job, ref, (events, reader) in zip(results, plain, feeds, strict=True):
+        assert job["result"] == ref["result"] and job["attempts"] == 1
+        check_stream(events, reader, ref)
+    assert w.alive
+
+
+def metrics_port(stack: Stack, name: str) -> int:
+    store = stack.store()
+    try:
+        (info,) = [w for w in store.workers() if w.hostname == f"{name}@test"]
+        return int(info.metrics_port)
+    finally:
+        store.client.close()

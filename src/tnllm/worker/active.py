@@ -24,6 +24,7 @@ class ActiveJob:
     task, and (once submitted) its engine request and delta writer, which the stream pump serves."""
 
     job_id: str
+    priority: int = 0  # the job's priority (what a delivered job may preempt: worker/admission.py)
     started: float = field(default_factory=time.monotonic)
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -69,6 +70,8 @@ class ActiveJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
+        #: set at a warm shutdown: deliveries waiting for room hand their message back
+        self.closing = threading.Event()
 
     def track(self, job_id: str) -> ActiveJob:
         """Register a job this process just claimed.

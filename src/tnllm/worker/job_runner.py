@@ -161,6 +161,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:
         record = store.get(job_id)
         if record is None:
             return JobOutcome.MISSING
+        active.priority = record.priority
         notify_transition(store, record, "job.running")
         return _run_claimed(rt, record, active)
     finally:

@@ -20,12 +20,18 @@ ECHO_REPLY_TTL = 300
 def generate(job_id: str) -> str:
     """Run job ``job_id``; returns what happened (a ``JobOutcome`` value: ``succeeded``,
     ``skipped:running``, ...), as a plain string for Celery's log line and JSON."""
+    from celery.exceptions import Reject
+
     from tnllm.logging import job_context
+    from tnllm.worker.admission import Admission, admit
     from tnllm.worker.job_runner import run_job
     from tnllm.worker.runtime import get_runtime
 
     with job_context(job_id):  # every log line of this job carries its id
-        return run_job(get_runtime(), job_id).value
+        rt = get_runtime()
+        if admit(rt, job_id) is Admission.HAND_BACK:  # to the head of its list: it keeps its place
+            raise Reject("a higher-priority job is queued", requeue=True)
+        return run_job(rt, job_id).value
 
 
 @shared_task(name=ECHO_TASK, ignore_result=True, acks_late=True)
