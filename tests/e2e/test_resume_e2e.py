@@ -129,7 +129,8 @@ def test_pause_then_resume_gives_the_text_of_no_pause(stack: tuple[Stack, Jobs])
 def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: tuple[Stack, Jobs]) -> None:
     services, jobs = stack
     w = worker(services)
-    job_id = jobs.submit("A long one", **LONG)["id"]
+    longer = {**LONG, "max_new_tokens": 3000}  # still running when the 0.2 s grace runs out
+    job_id = jobs.submit("A long one", **longer)["id"]
     events, reader = sse(services.api_url, job_id)
     deadline = time.monotonic() + 60
     while len(events) < 5:
@@ -140,7 +141,7 @@ def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: tuple[St
     assert before["status"] == "queued" and before["attempts"] == 0
     worker(services)
     job = jobs.wait(job_id, timeout=120)
-    plain = jobs.wait(jobs.submit("A long one", **LONG)["id"], timeout=120)
+    plain = jobs.wait(jobs.submit("A long one", **longer)["id"], timeout=120)
     assert job["status"] == "succeeded" and job["result"] == plain["result"]
     check_stream(events, reader, plain)
 

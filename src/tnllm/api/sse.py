@@ -4,7 +4,9 @@ Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: te
 only when a requeued job could not resume from its stream, which holds its token ids: a job that
 goes back to the queue normally continues its stream, with no reset and no repeated text) and
 finally ``done`` (data = the job object). Token entries without text (ids whose text is still
-held back) send nothing. Event ids are the stream
+held back) send nothing. While the job is queued or running, an ``eta`` event (data
+``{"queue_position", "estimated_start_at", "estimated_finish_at"}``, no id) comes first and again
+whenever the stream was quiet for ``BLOCK_MS``. Event ids are the stream
 entry ids, so ``Last-Event-ID`` resumes exactly after the last event a client saw. The stream is only
 read, so a client that goes away never affects the job.
 """
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import ServerSentEvent
 
 from tnllm.api.submit import to_public
-from tnllm.store import AsyncJobStore
+from tnllm.store import AsyncJobStore, JobStatus
 
 #: How long one XREAD waits for new entries before the record is checked (must stay below the
 #: Redis client's socket_timeout).
@@ -35,6 +37,8 @@ def valid_event_id(value: str) -> bool:
 async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> AsyncIterator[ServerSentEvent]:
     """Replay the job's stream after entry ``after``, then follow it live until ``done``."""
     block: int | None = None  # first read does not wait: a finished job answers at once
+    if (first := await _eta(store, job_id)) is not None:
+        yield first
     while True:
         entries = await store.read_stream(job_id, after=after, block_ms=block, count=READ_COUNT)
         block = BLOCK_MS
@@ -47,6 +51,8 @@ async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> A
             if record.terminal:
                 yield _done(await _public_json(store, job_id), after)
                 return
+            if (update := await _eta(store, job_id)) is not None:
+                yield update
             continue
         for entry in entries:
             after = entry.id
@@ -59,6 +65,18 @@ async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> A
             else:
                 yield _done(await _public_json(store, job_id), entry.id)
                 return
+
+
+async def _eta(store: AsyncJobStore, job_id: str) -> ServerSentEvent | None:
+    """The ``eta`` event of a queued or running job (None otherwise)."""
+    record = await store.get(job_id)
+    if record is None or record.terminal or record.status is JobStatus.PAUSED:
+        return None
+    public = await to_public(store, record)
+    if public.estimated_start_at is None and public.estimated_finish_at is None:
+        return None  # no live worker: nothing to estimate from
+    fields = {"queue_position", "estimated_start_at", "estimated_finish_at"}
+    return ServerSentEvent(data=public.model_dump_json(include=fields), event="eta")
 
 
 async def _public_json(store: AsyncJobStore, job_id: str) -> str:

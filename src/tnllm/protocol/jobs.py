@@ -123,6 +123,16 @@ class JobPublic(SamplingParams):
     queue_position: int | None = Field(
         default=None, description="Queued jobs that run before this one (0 = next); only while queued."
     )
+    estimated_start_at: Timestamp | None = Field(
+        default=None,
+        description="While queued: when it should start, from the workers' measured step times and "
+        "the tokens of the jobs ahead and running (docs/STATE.md). Null when no worker is live.",
+    )
+    estimated_finish_at: Timestamp | None = Field(
+        default=None,
+        description="While queued or running: when it should finish (its `max_new_tokens` bound: "
+        "an early stop only makes it sooner).",
+    )
     priority: int
     prompt: str | None = None
     messages: list[ChatMessage] | None = None

@@ -142,6 +142,7 @@ class WorkerInfo:
     queues: list[str] = field(default_factory=list)
     updated_at: float = 0.0
     metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
+    step_time_s: float = 0.0  # its engine's recent step time (one token per running job): ETAs
 
     def to_hash(self) -> dict[str, str]:
         """Hash fields (strings) as stored."""
@@ -157,6 +158,7 @@ class WorkerInfo:
             "queues": ",".join(self.queues),
             "updated_at": repr(float(self.updated_at or time.time())),
             "metrics_port": str(self.metrics_port),
+            "step_time_s": repr(float(self.step_time_s)),
         }
 
     @classmethod
@@ -174,6 +176,7 @@ class WorkerInfo:
             queues=[q for q in (h.get("queues") or "").split(",") if q],
             updated_at=float(h.get("updated_at") or 0.0),
             metrics_port=int(h.get("metrics_port") or 0),
+            step_time_s=float(h.get("step_time_s") or 0.0),
         )
 
 

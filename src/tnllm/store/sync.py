@@ -15,7 +15,7 @@ import redis
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRecord, JobResult, JobStatus
-from tnllm.store import flow, keys, listing, ops, pause, scripts
+from tnllm.store import eta, flow, keys, listing, ops, pause, scripts
 from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
 from tnllm.store.listing import ListPage
@@ -120,6 +120,11 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         """True once a cancel was asked for this job."""
         return self.client.hget(keys.job(job_id), "cancel_requested") == "1"
+
+    def eta(self, job_id: str) -> eta.Eta | None:
+        """The job's queue position and estimated start/finish (``store.eta``)."""
+        result: eta.Eta | None = self._drive(eta.estimate(job_id))
+        return result
 
     def read_stream(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None

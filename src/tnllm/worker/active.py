@@ -7,9 +7,11 @@ its task thread (lost, cancel, release, pause) and, once submitted, its engine r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tnllm.engine.handle import Cancels
@@ -72,6 +74,29 @@ class ActiveJobs:
         self._lock = threading.Lock()
         #: set at a warm shutdown: deliveries waiting for room hand their message back
         self.closing = threading.Event()
+        #: deliveries waiting for room (worker/admission.py): job id -> (-priority, arrival)
+        self._waiting: dict[str, tuple[int, int]] = {}
+        self._arrivals = 0
+
+    @contextlib.contextmanager
+    def waiting(self, job_id: str, priority: int) -> Iterator[Callable[[], bool]]:
+        """Register a delivery waiting for room while the block runs; yields ``first_in_line()``:
+        no other delivery waiting here comes first (higher priority, then earlier arrival: the
+        broker's order)."""
+        with self._lock:
+            self._arrivals += 1
+            key = (-priority, self._arrivals)
+            self._waiting[job_id] = key
+
+        def first_in_line() -> bool:
+            with self._lock:
+                return key <= min(self._waiting.values())
+
+        try:
+            yield first_in_line
+        finally:
+            with self._lock:
+                self._waiting.pop(job_id, None)
 
     def track(self, job_id: str) -> ActiveJob:
         """Register a job this process just claimed.

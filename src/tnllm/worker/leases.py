@@ -54,10 +54,11 @@ class Heartbeat:
     def info(self, busy: int, engine: EngineClient | None, metrics_port: int) -> WorkerInfo:
         """This worker's heartbeat record, with ``busy`` jobs running."""
         slots = int(engine.slots) if engine is not None else 0
-        tokens_per_s = 0.0
+        tokens_per_s = step_time_s = 0.0
         if engine is not None:
             try:
-                tokens_per_s = float(engine.stats().tokens_per_s)
+                stats = engine.stats()
+                tokens_per_s, step_time_s = float(stats.tokens_per_s), float(stats.step_time_s)
             except Exception:  # stats are best effort; a heartbeat must still go out
                 log.debug("engine stats unavailable", exc_info=True)
         return WorkerInfo(
@@ -71,4 +72,5 @@ class Heartbeat:
             tokens_per_s=tokens_per_s,
             queues=list(self.settings.worker_queues),
             metrics_port=metrics_port,
+            step_time_s=step_time_s,
         )

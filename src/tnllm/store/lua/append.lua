@@ -17,5 +17,7 @@ for i = 5, #ARGV do
   end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+-- tokens streamed so far (ETAs): one more than the commas
+if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[1], 'tokens', select(2, ARGV[4]:gsub(',', '')) + 1) end
 if seq > 0 then redis.call('HSET', KEYS[1], 'append_seq', seq) end
 return ids

@@ -31,6 +31,8 @@ for j = 1, n do
       else
         redis.call('EXPIRE', KEYS[2 * j], ARGV[2])
         if seq > 0 then redis.call('HSET', job, 'append_seq', seq) end
+        -- tokens streamed so far (ETAs): one more than the commas
+        if tokens ~= '' then redis.call('HINCRBY', job, 'tokens', select(2, tokens:gsub(',', '')) + 1) end
       end
     end
     if f[3] == '1' then code = code + 4 end
