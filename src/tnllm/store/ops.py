@@ -142,7 +142,7 @@ class WorkerInfo:
     queues: list[str] = field(default_factory=list)
     updated_at: float = 0.0
     metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
-    step_time_s: float = 0.0  # its engine's recent step time (one token per running job): ETAs
+    step_time_s: float = 0.0  # seconds per token of one slot under the recent load (ETAs)
 
     def to_hash(self) -> dict[str, str]:
         """Hash fields (strings) as stored."""
