@@ -6,7 +6,8 @@ slot, until one of:
 - a slot is free (fewer jobs here than slots): claim it;
 - its priority beats a job running here by ``preempt_priority_gap``: claim it, and the engine
   preempts that job within one step (its state waits in host memory, no recompute);
-- the worker is shutting down: hand the message back (``Reject(requeue=True)``).
+- the worker is shutting down: hand the message back (``Reject(requeue=True)``), also for a job
+  delivered during the shutdown (a job this worker just released must run elsewhere).
 Meanwhile it looks at the head of the queue (Redis, every ``QUEUE_CHECK_S``): a queued job whose
 priority preempts a job here is claimed and run on this thread at once (``run_job``; its own
 message, delivered later anywhere, finds it claimed and is skipped), then the wait goes on. So the
@@ -50,6 +51,8 @@ def queue_head(rt: WorkerRuntime) -> tuple[str, int] | None:
 def admit(rt: WorkerRuntime, job_id: str) -> Admission:
     """Wait (holding no slot) until ``job_id`` may be claimed here, or should go back to the queue."""
     settings = rt.settings
+    if rt.active.closing.is_set():  # a warm shutdown: what is delivered now runs elsewhere
+        return Admission.HAND_BACK
     if not settings.preemption:
         return Admission.CLAIM
     fields = rt.store.client.hmget(keys.job(job_id), ["status", "priority"])
