@@ -63,7 +63,9 @@ def _redis_cpu(store: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: int) -> dict[str, Any]:
+def engine_phase(
+    model: Path, jobs: int, new_tokens: int, slots: int, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Engine only (no queue, no HTTP); see the module docstring."""
     import torch
 
@@ -74,7 +76,7 @@ def engine_phase(model: Path, jobs: int, new_tokens: int, slots: int, threads: i
     from tnllm.text.prompt import render_prompt
 
     torch.set_num_threads(threads)
-    settings = Settings(model=str(model), device="cpu", engine_slots=slots)
+    settings = Settings(model=str(model), device=device, engine_slots=slots)
     engine = build_engine(settings.engine_config())
     tok = engine.tokenizer
 
@@ -188,10 +190,13 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--engine-only", type=Path, help=argparse.SUPPRESS)  # child mode: model dir
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)  # child mode (bench.service_multi)
     args = ap.parse_args()
     slots = args.slots or args.jobs
     if args.engine_only:
-        result = engine_phase(args.engine_only, args.jobs, args.max_new_tokens, slots, args.torch_threads)
+        result = engine_phase(
+            args.engine_only, args.jobs, args.max_new_tokens, slots, args.torch_threads, args.device
+        )
         print(json.dumps(result), flush=True)
         return 0
     from tnllm.model.demo import write_demo_checkpoint

@@ -23,14 +23,42 @@ def openapi() -> dict[str, Any]:
     from tnllm.api.main import create_app
     from tnllm.config import Settings
 
-    return create_app(Settings(redis_url="redis://127.0.0.1:6379/0")).openapi()
+    # keys and a metrics token set, so the reference shows the 401s a locked deployment answers
+    settings = Settings(
+        redis_url="redis://127.0.0.1:6379/0", api_keys=["example-key"], metrics_token="example-metrics-token"
+    )
+    return create_app(settings).openapi()
 
 
 def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+_BOUNDS = {
+    "minimum": "≥ {}",
+    "exclusiveMinimum": "> {}",
+    "maximum": "≤ {}",
+    "exclusiveMaximum": "< {}",
+    "minLength": "≥ {} chars",
+    "maxLength": "≤ {} chars",
+    "minItems": "≥ {} items",
+    "maxItems": "≤ {} items",
+    "maxProperties": "≤ {} keys",
+}
+
+
 def _type(schema: dict[str, Any]) -> str:
+    """The schema's type, with its bounds (the running Settings' limits among them)."""
+    bounds = [text.format(_num(schema[key])) for key, text in _BOUNDS.items() if key in schema]
+    base = _bare_type(schema)
+    return f"{base} ({', '.join(bounds)})" if bounds else base
+
+
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _bare_type(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[1]
     if "anyOf" in schema:

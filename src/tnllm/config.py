@@ -109,8 +109,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, ge=1024, description="Largest HTTP request body (413 above)."
     )
+    max_body_depth: int = Field(
+        default=32, ge=2, le=512, description="Deepest nesting of arrays/objects in a JSON body (422 above)."
+    )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+    rate_limit: int = Field(
+        default=0,
+        ge=0,
+        description="Job submissions per minute per API key, over all API processes (429 above); 0: off.",
+    )
+    token_quota: int = Field(
+        default=0,
+        ge=0,
+        description="Completion tokens per API key per UTC day, counted as jobs finish; once reached, "
+        "submissions get 429 until the day ends (accepted jobs still run); 0: off.",
+    )
 
     # --- API --------------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="API bind address.")
@@ -185,6 +199,28 @@ class Settings(BaseSettings):
         description="Task threads a GPU worker runs beyond its slots when preemption is on, so a "
         "higher-priority job can enter a full engine (each preempts one running job).",
     )
+    state_cache: bool = Field(
+        default=True,
+        description="Keep the recurrent states of prompts, prefixes and finished sequences (docs/STATE.md): "
+        "prompts resume from their longest saved prefix and `continue_from` turns from the last state.",
+    )
+    state_cache_device_bytes: int = Field(
+        default=2 << 30, ge=0, description="State cache budget on the engine's device (GPU memory), bytes."
+    )
+    state_cache_host_bytes: int = Field(
+        default=8 << 30, ge=0, description="State cache budget in host memory (pinned on CUDA), bytes."
+    )
+    state_cache_disk_bytes: int = Field(
+        default=16 << 30,
+        ge=0,
+        description="State cache budget of files under `<data_dir>/states` (kept across restarts), bytes.",
+    )
+    state_cache_min_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="Save no state of fewer tokens (pins excepted): on a GPU, short prefills cost less "
+        "than copying a state (65 MB for the 7B; docs/STATE.md).",
+    )
     engine_process: bool = Field(
         default=True,
         description="Run each GPU worker's engine (model, GPU, step loop) in a child process of the "
@@ -222,6 +258,12 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token the API's /metrics requires (`Authorization: Bearer <token>`); "
+        "unset: /metrics is open.",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
@@ -233,6 +275,11 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("webhook_retry_delays", mode="before")
     @classmethod
@@ -273,6 +320,11 @@ class EngineConfig(BaseModel):
     max_context: int
     preemption: bool
     preempt_priority_gap: int
+    state_cache: bool
+    state_cache_device_bytes: int
+    state_cache_host_bytes: int
+    state_cache_disk_bytes: int
+    state_cache_min_tokens: int
     log_format: Literal["text", "json"]
     log_level: str
     log_content: bool

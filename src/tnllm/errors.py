@@ -22,9 +22,10 @@ TnllmError
 ├── EngineError (RuntimeError)           the engine failed while running a request
 │   ├── EngineLost                       its process died: requests abandoned, not failed
 │   └── EngineLoadFailed                 the engine process could not load the model
-└── StoreError                           Redis-side trouble of our own making
-    ├── RedisServerError (RuntimeError)  the embedded redis-server did not start
-    └── LeaseLost                        another worker owns the job now: write nothing
+├── StoreError                           Redis-side trouble of our own making
+│   ├── RedisServerError (RuntimeError)  the embedded redis-server did not start
+│   └── LeaseLost                        another worker owns the job now: write nothing
+└── JobFailed (RuntimeError)             a job ended failed: its Celery task ends FAILURE with it
 ```
 """
 
@@ -113,3 +114,8 @@ class RedisServerError(StoreError, RuntimeError):
 
 class LeaseLost(StoreError):
     """Another worker owns the job now (or it was reaped): stop without writing anything."""
+
+
+class JobFailed(TnllmError, RuntimeError):
+    """Raised by the generate task after its job was recorded failed, so that Celery (and Flower)
+    see the task end FAILURE; the message is ``"<error type>: <message>"`` of the job's error."""

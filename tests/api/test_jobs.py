@@ -67,7 +67,7 @@ async def test_worker_lifecycle_visible(client: httpx.AsyncClient, worker_store:
     assert done["result"] == {
         "text": "Hello",
         "finish_reason": "stop",
-        "usage": {"prompt_tokens": 5, "completion_tokens": 5},
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5, "cached_tokens": 0},
     }
     assert done["error"] is None
 

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, HTTPException
 
 from tests.fixtures.metrics import value
+from tnllm.api.main import create_app
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, render
 from tnllm.config import Settings
 from tnllm.protocol.celery import broker_lists
@@ -234,3 +235,20 @@ async def test_make_metrics_follows_the_broker_list_names(redis_url: str, aredis
     text = (await render(make_metrics(settings), aredis)).decode()
     assert value(text, "tnllm_broker_messages", queue="generate", priority="7") == 2
     assert value(text, "tnllm_broker_messages", queue="generate", priority="0") == 1
+
+
+async def test_metrics_behind_a_bearer_token(make_settings: Callable[..., Settings]) -> None:
+    token = "metrics-token-0123456789"
+    app = create_app(make_settings(metrics_token=token, api_keys=["job-key"]))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer job-key"}):
+                r = await c.get("/metrics", headers=headers)
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+                assert r.json()["error"]["type"] == "unauthorized"
+            r = await c.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and "tnllm_http_requests_total" in r.text
+            # the token opens /metrics only: the job API still wants an API key
+            assert (await c.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+            assert (await c.get("/healthz")).status_code == 200  # liveness stays open

@@ -67,7 +67,7 @@ def test_the_body_schema_of_each_knob_is_the_contracts() -> None:
 def test_the_stored_json_stays_flat() -> None:
     params = GenerationParams(prompt="p", max_new_tokens=9, stop=("a",), seed=3, ignore_eos=True)
     stored = json.loads(params.model_dump_json())
-    assert set(stored) == SAMPLING_FIELDS | {"prompt", "messages"}
+    assert set(stored) == SAMPLING_FIELDS | {"prompt", "messages", "continue_from", "state_cache"}
     assert stored["stop"] == ["a"] and stored["ignore_eos"] is True
     # a record written before ignore_eos existed still reads
     del stored["ignore_eos"]

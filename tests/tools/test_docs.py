@@ -93,6 +93,13 @@ def test_operations_lists_exactly_the_metrics_the_code_defines() -> None:
         "tnllm_engine_busy_seconds",
         "tnllm_engine_device_wait_seconds",
         "tnllm_engine_device_busy_seconds",
+        "tnllm_engine_prefill_tokens",
+        "tnllm_engine_cached_tokens",
+        "tnllm_state_cache_hits",
+        "tnllm_state_cache_misses",
+        "tnllm_state_cache_evictions",
+        "tnllm_engine_preemptions",
+        "tnllm_engine_resumed_tokens",
     }
     exposed = {f"{m}_total" if m in counters else m for m in defined}
     ops = (root / "docs" / "OPERATIONS.md").read_text()

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tnllm.config import Settings
-from tnllm.protocol.celery import broker_lists
-from tnllm.protocol.tasks import GENERATE_QUEUE
+from tnllm.protocol.celery import broker_lists, send_generate
+from tnllm.protocol.tasks import GENERATE_QUEUE, broker_priority
 from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.worker.orphans import (
     UNACKED,
@@ -153,3 +153,21 @@ def test_hostname_is_expanded_as_celery_does(settings: Settings) -> None:
             assert expected in [w.hostname for w in rt.store.workers()]
         finally:
             rt.close()
+
+
+def test_a_continuation_waiting_in_a_dead_workers_own_queue_is_sent_to_the_shared_one(
+    runtime: WorkerRuntime,
+) -> None:
+    """A continuation is routed to the queue of the worker holding its state; while that worker's
+    heartbeat is live its message counts as present, once the worker is gone it is resent."""
+    store = runtime.store
+    own = broker_lists(runtime.own_queue)
+    _create(store, "turn-2", priority=3)
+    send_generate(runtime.app, "turn-2", 3, queue=runtime.own_queue)
+    assert _messages(store, own[broker_priority(3)]) == ["turn-2"]
+    runtime.heartbeat_once()  # live: its own queue is listed in its heartbeat
+    assert runtime.own_queue in store.workers()[0].queues
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == []
+    store.remove_worker(runtime.worker_id)  # the worker died
+    assert resend_messageless(store, runtime.send_generate, min_age=0) == ["turn-2"]
+    assert _messages(store, broker_lists(GENERATE_QUEUE)[broker_priority(3)]) == ["turn-2"]

@@ -86,6 +86,31 @@ def get_owner(
     return owner_of_key(matched[0])
 
 
+_metrics_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="MetricsBearer",
+    description="`Authorization: Bearer <token>` on /metrics when TNLLM_METRICS_TOKEN is set.",
+)
+
+
+def check_metrics_token(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_metrics_bearer)],
+) -> None:
+    """401 unless the request carries TNLLM_METRICS_TOKEN (when it is set)."""
+    token = services.settings.metrics_token
+    if token is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(
+            401,
+            "/metrics needs `Authorization: Bearer <TNLLM_METRICS_TOKEN>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 OwnerDep = Annotated[str, Depends(get_owner)]
+MetricsAccess = Depends(check_metrics_token)

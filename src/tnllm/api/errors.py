@@ -8,6 +8,7 @@ outages into that shape. Bad input never becomes a 500.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 #: Seconds a client should wait before retrying after a Redis outage (503).
 REDIS_RETRY_AFTER = 5
 
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
 _STATUS_TYPES = {
     400: "bad_request",
     401: "unauthorized",
@@ -111,13 +113,29 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.type, exc.message, exc.headers, **exc.extra)
+    extra = exc.extra
+    if exc.status == 422 and "field" in extra and "details" not in extra:  # the validation 422's shape
+        detail = exc.message.removeprefix(f"{extra['field']}: ")
+        extra = {**extra, "details": [{"field": extra["field"], "message": detail}]}
+    return error_response(exc.status, exc.type, exc.message, exc.headers, **extra)
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     kind = _STATUS_TYPES.get(exc.status_code, "error")
-    return error_response(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:  # Starlette names only the first matching route's methods
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return error_response(exc.status_code, kind, str(exc.detail), headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document has at this request's path (the routes it documents)."""
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {m.upper() for m in item if m in _HTTP_METHODS}
+    return sorted(methods)
 
 
 async def _on_redis_down(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Request-size limits: the body-size middleware (413) and prompt token counting.
+"""Request limits: the body-size middleware (413), prompt token counting and the per-key rate
+limit and token quota's HTTP headers (the IETF httpapi RateLimit fields, draft 11).
 
 Prompts are counted with the checkpoint's own tokenizer (``tnllm/text/tokenizer.py``, torch-free) when
 the model folder is on this machine; otherwise a coarse byte bound stands in (the worker still refuses
@@ -14,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tnllm.api.body import replay
 from tnllm.config import Settings, model_folder
-from tnllm.store import GenerationParams
+from tnllm.store import GenerationParams, quotas
+from tnllm.store.quotas import Admission, Verdict
 from tnllm.text.prompt import render_prompt
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ class BodyLimitMiddleware:
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        await self.app(scope, replay(b"".join(chunks), receive), send)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(
@@ -76,17 +79,29 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
+#: Names of the per-key policies in ``RateLimit-Policy`` / ``RateLimit``.
+RATE_POLICY = "submissions"
+QUOTA_POLICY = "completion-tokens"
 
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls wait for the disconnect, as usual
 
-    return replay
+def rate_limit_headers(settings: Settings, admission: Admission) -> dict[str, str]:
+    """``RateLimit-Policy`` and ``RateLimit`` for the enabled per-key limits; ``Retry-After`` too
+    when ``admission`` refused the submission (the violated policy's reset)."""
+    policies, current = [], []
+    if settings.rate_limit:
+        left = max(0, settings.rate_limit - admission.submissions)
+        policies.append(f'"{RATE_POLICY}";q={settings.rate_limit};w={quotas.RATE_WINDOW_S}')
+        current.append(f'"{RATE_POLICY}";r={left};t={quotas.ceil_s(admission.rate_reset_s)}')
+    if settings.token_quota:
+        left = max(0, settings.token_quota - admission.tokens_used)
+        policies.append(f'"{QUOTA_POLICY}";q={settings.token_quota};w={quotas.DAY_S}')
+        current.append(f'"{QUOTA_POLICY}";r={left};t={quotas.ceil_s(admission.quota_reset_s)}')
+    headers = {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(current)} if policies else {}
+    if admission.verdict is Verdict.RATE:
+        headers["Retry-After"] = str(quotas.ceil_s(admission.rate_reset_s))
+    elif admission.verdict is Verdict.TOKENS:
+        headers["Retry-After"] = str(quotas.ceil_s(admission.quota_reset_s))
+    return headers
 
 
 def local_model_folder(settings: Settings) -> Path | None:

@@ -12,18 +12,24 @@ from collections.abc import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
+from tnllm.api.body import StrictJsonMiddleware
+from tnllm.api.contract import install_openapi
 from tnllm.api.deps import Services
 from tnllm.api.errors import install_error_handlers
 from tnllm.api.limits import BodyLimitMiddleware, PromptCounter
 from tnllm.api.metrics import ApiMetrics, MetricsMiddleware, make_metrics
 from tnllm.api.notify import FinishWatcher
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import compat, health, jobs, pause
+from tnllm.api.routes import compat, health, jobs, pause, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
 log = logging.getLogger(__name__)
+
+#: Where Swagger UI's and ReDoc's own files are served.
+DOCS_STATIC_URL = "/docs/static"
 
 DESCRIPTION = """\
 Queue-backed text generation with TransNormerLLM.
@@ -68,19 +74,28 @@ def create_app(settings: Settings) -> FastAPI:
             services.producer.close()
             await services.store.client.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets from the fastapi-offline package (no CDN);
+    # no validator badge either: it would call swagger.io.
+    app = FastAPIOffline(
         title="tnllm",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
+        static_url=DOCS_STATIC_URL,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
+    app.add_middleware(StrictJsonMiddleware, max_depth=settings.max_body_depth)  # inside the size limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
     app.include_router(pause.router)
+    app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)
+    app.include_router(ui.router)
+    app.mount(ui.STATIC_URL, ui.static_files(), name="ui-static")
+    install_openapi(app, settings)  # the document adds what every route inherits (tnllm.api.contract)
     return app

@@ -13,6 +13,7 @@ from celery import Celery
 
 from tnllm.config import Settings
 from tnllm.protocol.celery import make_celery, send_generate
+from tnllm.protocol.tasks import GENERATE_QUEUE
 
 
 def make_producer(settings: Settings) -> Celery:
@@ -31,13 +32,17 @@ class JobProducer:
     def __init__(self, settings: Settings) -> None:
         self.celery = make_producer(settings)
 
-    def send_generate_blocking(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    def send_generate_blocking(
+        self, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+    ) -> None:
         """Enqueue ``GENERATE_TASK(job_id)`` (``protocol.celery.send_generate``); raises on broker errors."""
-        send_generate(self.celery, job_id, priority, prompt_tokens)
+        send_generate(self.celery, job_id, priority, prompt_tokens, queue)
 
-    async def send_generate(self, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+    async def send_generate(
+        self, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+    ) -> None:
         """``send_generate_blocking`` in a worker thread (kombu's client is synchronous)."""
-        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens)
+        await anyio.to_thread.run_sync(self.send_generate_blocking, job_id, priority, prompt_tokens, queue)
 
     def close(self) -> None:
         """Release the broker connections."""

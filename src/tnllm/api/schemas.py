@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tnllm.errors import WebhookURLError
+from tnllm.protocol.jobs import Timestamp
 from tnllm.protocol.sampling import SamplingParams
 from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
 from tnllm.protocol.webhooks import Event
@@ -75,13 +76,30 @@ def _check_unicode(value: Any, where: str = "") -> Any:
     return value
 
 
+class StrictBody(BaseModel):
+    """Base of every request body: strict types (``true``, ``"4"`` or ``4.0`` is no integer), no
+    unknown fields, no lone surrogates. Routes added later subclass it to get the same rules."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_values(cls, value: Any, info: ValidationInfo) -> Any:
+        value = _check_unicode(value)
+        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, list) and field is not None and get_origin(field.annotation) is tuple:
+            return tuple(value)
+        return value
+
+
 #: Bounds of the ``metadata`` object (echoed back, so kept small).
 METADATA_MAX_BYTES = 4096
 METADATA_MAX_KEYS = 32
 
 
 # The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
-class JobCreate(SamplingParams):
+class JobCreate(SamplingParams, StrictBody):
     """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
 
     Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
@@ -91,7 +109,15 @@ class JobCreate(SamplingParams):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}]},
+        strict=True,
+        json_schema_extra={
+            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
+            # exactly one of the two (the other absent or null)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ],
+        },
     )
 
     prompt: str | None = Field(
@@ -105,6 +131,17 @@ class JobCreate(SamplingParams):
         validate_default=True,
         description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
     )
+    continue_from: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Continue this earlier succeeded job of yours: the conversation is its conversation, "
+        "its reply, then `messages` (the new turns only) or `prompt` (raw text appended as it is). "
+        "Only the new tokens are prefilled where its state is kept (docs/STATE.md).",
+    )
+    state_cache: bool = Field(
+        default=True,
+        description="False: neither resume from nor save any recurrent state (a full recompute).",
+    )
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
     metadata: dict[str, Any] = Field(
         default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
@@ -113,11 +150,6 @@ class JobCreate(SamplingParams):
         default=None,
         description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
     )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
     @field_validator("messages")
     @classmethod
@@ -141,6 +173,41 @@ class JobCreate(SamplingParams):
         return value
 
 
+class PrefixCreate(StrictBody):
+    """Body of ``POST /v1/prefixes``: exactly one of ``prompt`` / ``messages``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "Here is the manual: ..."}]})
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The start of later jobs' `prompt`: the rendered conversation up to the end of this "
+        "text inside the user turn (the default system message first).",
+    )
+    messages: list[ChatMessage] | None = Field(
+        default=None,
+        min_length=1,
+        description="Complete first turns of later jobs' `messages` (few-shot examples, a document).",
+    )
+
+    @model_validator(mode="after")
+    def _prompt_xor_messages(self) -> PrefixCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+
+class PrefixPublic(BaseModel):
+    """A pinned prefix."""
+
+    id: str
+    object: str = "prefix"
+    created_at: Timestamp
+    tokens: int | None = Field(description="Its length in tokens (null: this API cannot count them).")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
 class JobList(BaseModel):
     """A page of the caller's jobs, newest first."""
 
@@ -149,17 +216,12 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
 
 
-class CompatRequest(BaseModel):
-    """Body of the tutorial's ``POST /``."""
+class CompatRequest(StrictBody):
+    """Body of the tutorial's ``POST /`` (unknown fields ignored, as the tutorial's server did)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     prompt: str = Field(min_length=1)
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _valid_unicode(cls, value: Any) -> Any:
-        return _check_unicode(value)
 
 
 class CompatResponse(BaseModel):

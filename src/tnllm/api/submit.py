@@ -16,16 +16,21 @@ import time
 from typing import Any
 
 import anyio
+from fastapi import Response
 from redis.exceptions import RedisError
 
+from tnllm.api.continuation import continuation_route
 from tnllm.api.deps import Services
 from tnllm.api.errors import REDIS_RETRY_AFTER, ApiError
+from tnllm.api.limits import QUOTA_POLICY, RATE_POLICY, rate_limit_headers
 from tnllm.api.schemas import JobCreate
 from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
 from tnllm.protocol.jobs import from_epoch
+from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
+from tnllm.store.quotas import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +56,19 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
-    return GenerationParams(**sampling.model_dump(), prompt=body.prompt, messages=body.messages)
+    return GenerationParams(
+        **sampling.model_dump(),
+        prompt=body.prompt,
+        messages=body.messages,
+        continue_from=body.continue_from,
+        state_cache=body.state_cache,
+    )
 
 
-async def check_prompt_size(services: Services, params: GenerationParams) -> int:
-    """Prompt tokens (exact with the tokenizer, else estimated); 413 over the limit, 422 when the
-    prompt and max_new_tokens cannot fit the model context."""
+async def check_prompt_size(services: Services, params: GenerationParams, earlier: int = 0) -> int:
+    """Prompt tokens (exact with the tokenizer, else estimated; ``earlier``: the tokens of the
+    conversation a ``continue_from`` job continues, which the new part is rendered after); 413 over
+    the limit, 422 when the prompt and max_new_tokens cannot fit the model context."""
     settings = services.settings
     field = "prompt" if params.prompt is not None else "messages"
     chars = len(params.prompt or "") + sum(len(m.content) for m in params.messages or [])
@@ -64,6 +76,7 @@ async def check_prompt_size(services: Services, params: GenerationParams) -> int
         tokens, exact = await anyio.to_thread.run_sync(services.counter.count, params)
     else:
         tokens, exact = services.counter.count(params)
+    tokens += earlier  # the new part counted as a fresh conversation: an upper bound for its suffix
     if tokens > settings.max_prompt_tokens:
         unit = "tokens" if exact else f"tokens (estimated from {tokens * 8} bytes or fewer)"
         raise ApiError(
@@ -102,8 +115,9 @@ def body_hash(body: JobCreate, params: GenerationParams) -> str:
     """Fingerprint of the request as validated (formatting and key order do not matter)."""
     canonical = body.model_dump(mode="json")
     canonical["max_new_tokens"] = params.max_new_tokens
-    if not canonical["ignore_eos"]:  # absent from bodies hashed before the field existed
-        del canonical["ignore_eos"]
+    for name, default in (("ignore_eos", False), ("continue_from", None), ("state_cache", True)):
+        if canonical[name] == default:  # absent from bodies hashed before the field existed
+            del canonical[name]
     raw = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(raw.encode()).hexdigest()
 
@@ -116,17 +130,46 @@ async def checked_webhook(body: JobCreate, settings: Settings) -> dict[str, Any]
         raise ApiError(422, str(exc), field=exc.field) from exc
 
 
+async def check_key_limits(services: Services, owner: str, job_id: str) -> dict[str, str]:
+    """429 when ``owner`` is over its submission rate or today's token quota (shared by every API
+    process through Redis); an admitted submission is counted. Returns the ``RateLimit`` headers
+    for the answer (none while both limits are off)."""
+    settings = services.settings
+    if not (settings.rate_limit or settings.token_quota):
+        return {}
+    admission = await services.store.admit(owner, job_id, settings.rate_limit, settings.token_quota)
+    headers = rate_limit_headers(settings, admission)
+    if admission.allowed:
+        return headers
+    if admission.verdict is Verdict.RATE:
+        services.metrics.jobs_rejected.labels(reason="rate_limit").inc()
+        message = f"rate limit: at most {settings.rate_limit} submissions per minute for this key"
+        raise ApiError(429, message, type="rate_limited", headers=headers, policy=RATE_POLICY)
+    services.metrics.jobs_rejected.labels(reason="token_quota").inc()
+    message = f"token quota: this key used its {settings.token_quota} completion tokens of today (UTC)"
+    raise ApiError(429, message, type="quota_exceeded", headers=headers, policy=QUOTA_POLICY)
+
+
 async def submit_job(
-    services: Services, owner: str, body: JobCreate, idempotency_key: str | None = None
+    services: Services,
+    owner: str,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+    response: Response | None = None,
 ) -> tuple[JobPublic, bool]:
-    """Store and enqueue a job; returns (job object, replayed)."""
+    """Store and enqueue a job; returns (job object, replayed). The per-key ``RateLimit`` headers
+    go on ``response`` when one is given."""
     settings, store = services.settings, services.store
     idempotency_key = check_idempotency_key(idempotency_key)
     params = generation_params(body, settings)
-    prompt_tokens = await check_prompt_size(services, params)
+    route = await continuation_route(services, owner, params)
+    prompt_tokens = await check_prompt_size(services, params, route.earlier_tokens)
     webhook = await checked_webhook(body, settings)
     fingerprint = body_hash(body, params)
     job_id = secrets.token_urlsafe(18)
+    limit_headers = await check_key_limits(services, owner, job_id)
+    if response is not None:
+        response.headers.update(limit_headers)
     outcome = await store.create(
         job_id=job_id,
         owner=owner,
@@ -160,7 +203,9 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens)
+    await _enqueue(
+        services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
+    )
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None
@@ -175,9 +220,10 @@ async def _enqueue(
     idem: str | None,
     fingerprint: str,
     prompt_tokens: int,
+    queue: str = GENERATE_QUEUE,
 ) -> None:
     try:
-        await services.producer.send_generate(job_id, priority, prompt_tokens)
+        await services.producer.send_generate(job_id, priority, prompt_tokens, queue)
     except Exception as exc:  # kombu/redis errors vary by transport; the job must not stay orphaned
         log.warning("could not enqueue job %s: %s", job_id, exc)
         with contextlib.suppress(RedisError, OSError):

@@ -87,6 +87,8 @@ class EngineHost:
                 self._submit(message["request"])
             elif op == "cancel":
                 self.engine.cancel(message["id"])
+            elif op == "unpin":
+                self.engine.unpin(str(message["tag"]))
             elif op == "stop":
                 return
             else:

@@ -48,6 +48,9 @@ class EngineClient(Protocol):
     def cancel(self, request_id: str) -> None:
         """Cancel a running request (it leaves the batch within one step)."""
 
+    def unpin(self, tag: str) -> None:
+        """Release the engine's saved states pinned under ``tag``."""
+
     def stats(self) -> EngineStats:
         """The engine's latest stats."""
 

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,10 +31,12 @@ import torch
 from tnllm.engine.backend import ModelBackend
 from tnllm.engine.handle import RequestHandle
 from tnllm.engine.output import OutputProcessor, eos_ids
+from tnllm.engine.prefix import PrefixCache
 from tnllm.engine.request import LiveRequest, OnToken
 from tnllm.engine.runner import ModelRunner, Pending, Seq
 from tnllm.engine.sampling import BatchSampler, RowSampling, make_generator
 from tnllm.engine.scheduler import Scheduler, Sequence, StepPlan
+from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
 from tnllm.engine.validation import check_request
@@ -58,6 +61,7 @@ class Engine:
         state_dtype: torch.dtype = torch.float32,
         backend: ModelBackend | None = None,
         preempt_gap: int | None = None,
+        states: StateStore | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.slots = slots
@@ -65,7 +69,11 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
-        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, preempt_gap)
+        #: prefix and conversation states (``states``: the engine's store, None for none)
+        self.prefix = PrefixCache(states)
+        self.sched: Scheduler[LiveRequest] = Scheduler(
+            slots, prefill_token_budget, self.prefix.admit, preempt_gap=preempt_gap
+        )
         self._parked: dict[str, list[torch.Tensor]] = {}  # preempted sequences' states (host)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
@@ -121,12 +129,20 @@ class Engine:
         (keep them short: the batch waits)."""
         self._validate(req)
         handle = RequestHandle(self, req.request_id, on_done)
-        live = LiveRequest(req.params, handle, on_token, prior_ids=list(req.resume_ids))
+        live = LiveRequest(
+            req.params,
+            handle,
+            on_token,
+            state_cache=req.state_cache,
+            pin=req.pin,
+            prior_ids=list(req.resume_ids),
+        )
         live.prompt_len = len(req.prompt_ids)
         # a resumed request prefills its earlier tokens after the prompt and samples only the rest
         prompt = [*req.prompt_ids, *req.resume_ids]
         seq = Sequence(req.request_id, prompt, req.max_new_tokens - len(req.resume_ids), live)
         seq.priority = req.priority
+        seq.cache_points = tuple(p for p in req.cache_points if 0 < p < len(req.prompt_ids))
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -158,7 +174,15 @@ class Engine:
         """Active and waiting sequences, tokens/s, step time, slot occupancy."""
         with self._lock:
             inbox = len(self._inbox)
-        return self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        snap = self._stats.snapshot(self.slots, self.sched.num_active, self.sched.num_waiting + inbox)
+        p = self.prefix
+        return replace(
+            snap, prefill_tokens=p.prefill_tokens, cached_tokens=p.cached_tokens, state_cache=p.stats()
+        )
+
+    def unpin(self, tag: str) -> int:
+        """Release the saved states pinned under ``tag`` (thread-safe); how many."""
+        return self.prefix.unpin(tag)
 
     # --- background loop ------------------------------------------------------------------------
     def start(self) -> None:
@@ -244,7 +268,8 @@ class Engine:
         started = self.runner.mark()
         self._move_states(plan)
         self.runner.swap_slots(plan.swaps)
-        logits = self.runner.prefill(plan.prefill)
+        logits = self.runner.prefill(plan.prefill, self.prefix)
+        self.prefix.after_prefill(plan.prefill, self.pool)
         if plan.decode:
             logits.append(self.runner.decode(plan.decode, [s.next_position for s in plan.decode]))
         if sampler is None:
@@ -340,6 +365,7 @@ class Engine:
             self._complete(seq, reason)
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
+        self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
         self._parked.pop(seq.request_id, None)
         result = self.output.result(seq, reason)

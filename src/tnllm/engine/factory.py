@@ -12,6 +12,7 @@ import torch
 from tnllm.config import EngineConfig
 from tnllm.engine.backend import select_backend
 from tnllm.engine.core import Engine
+from tnllm.engine.states import StateBudgets, StateStore, model_fingerprint
 from tnllm.engine.wire import EngineInfo
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,29 @@ def engine_info(engine: Engine, path: Path) -> EngineInfo:
     )
 
 
+def build_state_store(
+    config: EngineConfig, model: Any, device: torch.device, state_dtype: torch.dtype
+) -> StateStore | None:
+    """The engine's state store (None when ``state_cache`` is off); files under ``<data_dir>/states``."""
+    if not config.state_cache:
+        return None
+    budgets = StateBudgets(
+        device=config.state_cache_device_bytes,
+        host=config.state_cache_host_bytes,
+        disk=config.state_cache_disk_bytes,
+    )
+    store = StateStore(
+        model_fingerprint(model, state_dtype),
+        device=device,
+        dtype=state_dtype,
+        budgets=budgets,
+        directory=Path(config.data_dir) / "states",
+        min_tokens=config.state_cache_min_tokens,
+    )
+    log.info("engine: state cache %s (%d states found on disk)", budgets, len(store))
+    return store
+
+
 def build_engine(config: EngineConfig) -> Engine:
     """The engine a worker process (or ``tnllm generate``) runs: model, tokenizer, slot pool, and the
     backend (``select_backend``: the CUDA fast path where it fits, else the reference model)."""
@@ -117,6 +141,7 @@ def build_engine(config: EngineConfig) -> Engine:
         state_dtype=state_dtype,
         backend=select_backend(model),
         preempt_gap=config.preempt_priority_gap if config.preemption else None,
+        states=build_state_store(config, model, device, state_dtype),
     )
     # the fast backend tunes every kernel variant now and captures the decode graphs for this pool
     if engine.runner.prepare(max_batch=slots):

@@ -72,6 +72,9 @@ class InprocEngineClient:
     def cancel(self, request_id: str) -> None:
         self._engine().cancel(request_id)
 
+    def unpin(self, tag: str) -> None:
+        self._engine().unpin(tag)
+
     def stats(self) -> EngineStats:
         return self._engine().stats()
 

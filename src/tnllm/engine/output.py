@@ -94,4 +94,5 @@ class OutputProcessor:
             finish_reason=reason,
             prompt_tokens=live.prompt_len if live.prior_ids else len(seq.prompt_ids),
             completion_tokens=len(ids),
+            cached_tokens=seq.cached,
         )

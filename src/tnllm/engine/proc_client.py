@@ -205,6 +205,11 @@ class ProcessEngineClient:
         with contextlib.suppress(OSError):  # gone: the reader ends every request
             self._send({"op": "cancel", "id": request_id})
 
+    def unpin(self, tag: str) -> None:
+        """Release the engine's saved states pinned under ``tag`` (asynchronous)."""
+        with contextlib.suppress(OSError):  # gone: its states went with it
+            self._send({"op": "unpin", "tag": tag})
+
     def stats(self) -> EngineStats:
         """The engine's latest stats (reported every ``STATS_INTERVAL_S``)."""
         if self._stats is None:

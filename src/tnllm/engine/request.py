@@ -11,6 +11,8 @@ from tnllm.engine.types import SamplingParams, TokenEvent
 from tnllm.text.stop import TextStream
 
 if TYPE_CHECKING:
+    import torch
+
     from tnllm.engine.sampling import TokenDraws
 
 OnToken = Callable[[TokenEvent], None]
@@ -29,3 +31,6 @@ class LiveRequest:
     #: a resumed request's tokens of the earlier run (prefilled after the prompt, never re-emitted)
     prior_ids: list[int] = field(default_factory=list)
     prompt_len: int = 0  # the prompt's own length (the sequence's prompt_ids hold prompt + prior_ids)
+    state_cache: bool = True  # read and write the engine's state store (EngineRequest.state_cache)
+    pin: str | None = None  # pin the prompt's state under this tag (EngineRequest.pin)
+    restore: list[torch.Tensor] | None = None  # the saved state the first chunk starts from

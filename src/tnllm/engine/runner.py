@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from tnllm.engine.backend import ModelBackend, ReferenceBackend
+from tnllm.engine.prefix import PrefixCache
 from tnllm.engine.request import LiveRequest
 from tnllm.engine.sampling import BatchSampler
 from tnllm.engine.scheduler import PrefillChunk, Sequence
@@ -81,20 +82,27 @@ class ModelRunner:
             pending.copied = self.mark()
         return pending
 
-    def prefill(self, chunks: list[PrefillChunk[LiveRequest]]) -> list[torch.Tensor]:
+    def prefill(
+        self, chunks: list[PrefillChunk[LiveRequest]], prefix: PrefixCache | None = None
+    ) -> list[torch.Tensor]:
         """Consume prompt chunks (one packed forward); returns the last logits of each chunk that
-        completes its prompt."""
+        completes its prompt. A sequence's first chunk starts from its saved prefix state
+        (``prefix.start``) or from zeros."""
         if not chunks:
             return []
         for ch in chunks:
-            if ch.start == 0:
-                self.model.reset_slot(self.pool, ch.seq.slot)
+            if ch.start == ch.seq.cached:
+                if prefix is not None:
+                    prefix.start(ch.seq, self.pool, self.model.reset_slot)
+                else:
+                    self.model.reset_slot(self.pool, ch.seq.slot)
         logits = self.backend.prefill_many(
             [(ch.seq.prompt_ids[ch.start : ch.start + ch.length], ch.start, ch.seq.slot) for ch in chunks],
             self.pool,
         )
         for ch in chunks:
             ch.seq.prefilled += ch.length
+            ch.seq.consumed = ch.seq.prefilled
         done = [i for i, ch in enumerate(chunks) if ch.completes_prompt]
         if not done:
             return []
@@ -143,5 +151,7 @@ class ModelRunner:
         # host tensors: the backend moves them (the CUDA graph path stages them in one pinned copy)
         if ids is None:
             ids = torch.tensor([s.output_ids[-1] for s in seqs], dtype=torch.long)
+        for s, p in zip(seqs, positions, strict=True):
+            s.consumed = p + 1  # the state now holds every token up to this one
         pos = torch.tensor(positions, dtype=torch.long)
         return self.backend.decode(ids, pos, self.pool, slice(0, len(seqs))).float()  # [B, V]

@@ -2,18 +2,23 @@
 
 Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
 waiting ones into free slots (higher priority first, then FIFO), hands out prompt chunks up to the
-per-step prefill token budget, and lists the sequences that decode one token this step.
+per-step prefill token budget, and lists the sequences that decode one token this step. A prompt
+chunk never crosses one of its sequence's ``cache_points`` (so the engine can save the state
+there), and ``on_admit`` sees each sequence as it gets its slot (the engine starts it from a saved
+prefix state).
 
 Preemption (``preempt_gap`` set): when no slot is free and the first waiting sequence's priority
 beats the lowest running one's by at least the gap, that running sequence is *parked*: the plan
 lists it in ``preempted`` (the engine moves its slot's state to host memory before the slot is
 reused) and it waits at the head of its priority; when readmitted it is in ``restore`` (the engine
-copies its state back) and goes on where it stopped, with no recompute.
+copies its state back; ``on_admit`` does not see it again) and goes on where it stopped, with no
+recompute.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,6 +42,9 @@ class Sequence(Generic[R]):
     admitted: int = -1  # admission counter: prefill goes first-come first-served
     priority: int = 0  # 0..9, higher first
     parked: bool = False  # preempted: its state waits in host memory for a slot
+    cached: int = 0  # prompt tokens taken from a saved state instead of prefilled
+    consumed: int = 0  # tokens (prompt, then output) that the slot's state has taken in
+    cache_points: tuple[int, ...] = ()  # prompt positions where a chunk must end (sorted)
 
     @property
     def prefill_done(self) -> bool:
@@ -83,7 +91,13 @@ class StepPlan(Generic[R]):
 class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
-    def __init__(self, slots: int, prefill_token_budget: int, preempt_gap: int | None = None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        prefill_token_budget: int,
+        on_admit: Callable[[Sequence[R]], None] | None = None,
+        preempt_gap: int | None = None,
+    ) -> None:
         if slots < 1 or prefill_token_budget < 1:
             raise ValueError("slots and prefill_token_budget must be >= 1")
         if preempt_gap is not None and preempt_gap < 1:
@@ -96,6 +110,7 @@ class Scheduler(Generic[R]):
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
         self._by_id: dict[str, Sequence[R]] = {}
         self._admissions = 0
+        self._on_admit = on_admit
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def add(self, seq: Sequence[R]) -> None:
@@ -178,6 +193,9 @@ class Scheduler(Generic[R]):
                 if budget <= 0:
                     continue
                 n = min(len(seq.prompt_ids) - seq.prefilled, budget)
+                point = next((p for p in seq.cache_points if p > seq.prefilled), None)
+                if point is not None:
+                    n = min(n, point - seq.prefilled)
                 plan.prefill.append(PrefillChunk(seq, seq.prefilled, n))
                 budget -= n
             elif seq.output_ids:
@@ -196,6 +214,8 @@ class Scheduler(Generic[R]):
             if seq.parked:
                 seq.parked = False
                 plan.restore.append(seq)
+            elif self._on_admit is not None:
+                self._on_admit(seq)
 
     def _victim(self) -> Sequence[R] | None:
         """The running sequence the first waiting one may preempt: the lowest priority at least

@@ -32,6 +32,9 @@ class EngineRequest:
     detokeniser and stop strings without emitting them again, and goes on from token
     ``len(resume_ids)`` (the seeded draw of token t depends on (seed, t) only), so the result is the
     uninterrupted run's. ``priority`` (0..9) orders admission and drives preemption.
+    State reuse (``tnllm.engine.prefix``): ``state_cache`` lets the request start from the longest
+    saved state of a prefix of its prompt and save its own; ``cache_points`` are prompt positions
+    where a state is saved too (turn boundaries); ``pin`` pins the whole prompt's state under a tag.
     """
 
     request_id: str
@@ -39,22 +42,32 @@ class EngineRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     resume_ids: list[int] = field(default_factory=list)
     priority: int = 0
+    state_cache: bool = True
+    cache_points: tuple[int, ...] = ()
+    pin: str | None = None
 
     @classmethod
     def from_json(
-        cls,
-        request_id: str,
-        prompt_ids: list[int],
-        params: Mapping[str, Any],
-        resume_ids: list[int] | None = None,
-        priority: int = 0,
+        cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any], **state: Any
     ) -> EngineRequest:
-        """A request whose params come as JSON data; RequestRejected naming the first bad field."""
+        """A request whose params come as JSON data; RequestRejected naming the first bad field.
+        ``state``: the other fields (state reuse, ``resume_ids``, ``priority``), as JSON data."""
         try:
             sampling = SamplingParams.model_validate(params)
         except ValidationError as exc:
             raise RequestRejected(error_message(exc)) from None
-        return cls(request_id, prompt_ids, sampling, list(resume_ids or []), int(priority))
+        points = tuple(sorted({int(p) for p in state.get("cache_points", ())}))
+        pin = state.get("pin")
+        return cls(
+            request_id,
+            prompt_ids,
+            sampling,
+            resume_ids=[int(t) for t in state.get("resume_ids") or ()],
+            priority=int(state.get("priority", 0)),
+            state_cache=bool(state.get("state_cache", True)),
+            cache_points=points,
+            pin=None if pin is None else str(pin),
+        )
 
     @property
     def max_new_tokens(self) -> int:
@@ -83,6 +96,7 @@ class EngineResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens taken from a saved state (not prefilled)
 
 
 @dataclass
@@ -104,3 +118,6 @@ class EngineStats:
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
     preemptions: int = 0  # sequences whose state moved to host memory for a higher-priority one
     resumed_tokens: int = 0  # generated tokens of resumed requests taken back without sampling
+    prefill_tokens: int = 0  # prompt tokens run through the model
+    cached_tokens: int = 0  # prompt tokens taken from saved states instead
+    state_cache: dict[str, dict[str, int]] = field(default_factory=dict)  # per tier (StateStore.stats)

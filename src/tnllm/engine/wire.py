@@ -1,7 +1,8 @@
 """The wire format between a worker and its engine process: one JSON object per frame.
 
 Worker → engine: ``start`` (the ``EngineConfig``, first), ``submit`` (a request), ``cancel`` (an id),
-``stop``. Engine → worker: ``ready`` (``EngineInfo``) or ``load_failed`` (an error), then
+``unpin`` (a pin tag of the state store), ``stop``. Engine → worker: ``ready`` (``EngineInfo``) or
+``load_failed`` (an error), then
 ``events`` frames: an ordered list of ``["t", id, text, token_ids]`` (a delta), ``["d", result]``
 (a request finished) and ``["f", id, message]`` (a request failed), with the engine's stats and
 GPU memory every ``STATS_INTERVAL_S``. Order within and across frames is the engine's order, so a
@@ -59,6 +60,7 @@ def request_to_wire(req: EngineRequest) -> dict[str, Any]:
         "params": params,
         "resume_ids": [int(t) for t in req.resume_ids],
         "priority": req.priority,
+        "state": {"state_cache": req.state_cache, "cache_points": list(req.cache_points), "pin": req.pin},
     }
 
 
@@ -68,8 +70,9 @@ def request_from_wire(data: dict[str, Any]) -> EngineRequest:
         data["id"],
         list(data["prompt_ids"]),
         data["params"],
-        data.get("resume_ids"),
-        data.get("priority", 0),
+        resume_ids=data.get("resume_ids"),
+        priority=data.get("priority", 0),
+        **data.get("state", {}),
     )
 
 

@@ -135,17 +135,20 @@ def task_display(job_id: str, prompt_tokens: int | None, priority: int) -> dict[
     return {"argsrepr": f"job={job_id} prompt_tokens={tokens} priority={int(priority)}", "kwargsrepr": "{}"}
 
 
-def send_generate(app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None) -> None:
+def send_generate(
+    app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+) -> None:
     """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
 
     The one way every producer sends it (the API, a worker's requeue and release, the reaper and
     the orphan rescuer). The task id is the job id, so Flower and Celery's logs name the job; a job
-    sent again keeps its id. Flower shows it as ``task_display`` says (never the prompt).
+    sent again keeps its id. Flower shows it as ``task_display`` says (never the prompt). ``queue``:
+    a worker's own queue (``tasks.worker_queue``) for a continuation whose state that worker holds.
     """
     app.send_task(
         GENERATE_TASK,
         args=[job_id],
-        queue=GENERATE_QUEUE,
+        queue=queue,
         priority=broker_priority(priority),
         ignore_result=True,
         task_id=job_id,

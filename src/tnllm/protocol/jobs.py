@@ -69,6 +69,10 @@ class GenerationParams(SamplingParams):
 
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    #: continue this earlier succeeded job's conversation (``prompt``/``messages``: the new part only)
+    continue_from: str | None = None
+    #: False: the engine neither resumes from nor saves states for this job (full recompute)
+    state_cache: bool = True
 
 
 class Usage(BaseModel):
@@ -76,6 +80,21 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: prompt tokens resumed from a saved state instead of prefilled (docs/STATE.md)
+    cached_tokens: int = 0
+
+
+class Conversation(BaseModel):
+    """What a later job needs to continue a succeeded one (``continue_from``); stored per job."""
+
+    #: the job's prompt ids then its reply's ids, as the engine ran and generated them
+    ids: list[int]
+    #: the templated conversation of its prompt (None: it continued raw text, see text/prompt.py)
+    turns: list[ChatMessage] | None
+    #: the reply's text (the next turn's assistant message)
+    reply: str
+    #: the worker that ran it, whose engine holds its final state (``worker_queue(worker)``)
+    worker: str
 
 
 class JobResult(BaseModel):
@@ -136,6 +155,10 @@ class JobPublic(SamplingParams):
     priority: int
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    continue_from: str | None = Field(
+        default=None, description="The earlier job whose conversation this one continues."
+    )
+    state_cache: bool = Field(default=True, description="False: no saved state was used (full recompute).")
     metadata: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
     cancel_requested: bool = False

@@ -5,6 +5,8 @@ Imports pydantic only: the API imports this module and must stay torch-free.
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel
 
 #: Celery task that runs one job; its only argument is the job id (the Redis record is the truth).
@@ -16,6 +18,14 @@ ECHO_TASK = "tnllm.echo"
 
 GENERATE_QUEUE = "generate"
 WEBHOOK_QUEUE = "webhooks"
+#: Prefix of each GPU worker's own queue (``worker_queue``).
+WORKER_QUEUE_PREFIX = GENERATE_QUEUE + ".w."
+
+
+def worker_queue(worker_id: str) -> str:
+    """The queue only ``worker_id`` consumes: jobs that continue a state its engine holds."""
+    return WORKER_QUEUE_PREFIX + hashlib.sha256(worker_id.encode()).hexdigest()[:16]
+
 
 #: Job priorities accepted by the API (higher runs first).
 MIN_PRIORITY = 0

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
-from tnllm.store import eta, flow, keys, listing, ops, scripts
+from tnllm.store import eta, flow, keys, listing, ops, quotas, scripts
 from tnllm.store import pause as pausing
 from tnllm.store.codec import record_from_hash
 from tnllm.store.listing import ListPage
@@ -75,6 +75,14 @@ class AsyncJobStore:
     async def discard(self, job_id: str, owner: str, idempotency_key: str | None, body_hash: str) -> bool:
         """Undo ``create`` of a still-queued job whose Celery message could not be sent."""
         return bool(await self._run(ops.discard_call(job_id, owner, idempotency_key, body_hash)))
+
+    async def admit(self, owner: str, job_id: str, rate_limit: int, token_quota: int) -> quotas.Admission:
+        """Check ``owner``'s per-key limits for one more submission and count it when admitted
+        (``quotas``; a limit of 0 is off)."""
+        now = time.time()
+        return quotas.parse_admit(
+            await self._run(quotas.admit_call(owner, job_id, now, rate_limit, token_quota)), now
+        )
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None for an unknown or expired id."""

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tnllm.protocol.jobs import JobStatus
-from tnllm.store import keys, ops
+from tnllm.store import keys, ops, quotas
 from tnllm.store import stats as jobstats
 from tnllm.store.clients import RETRIES
 from tnllm.store.ops import CancelKind, CancelOutcome, ScriptCall, WorkerInfo
@@ -133,17 +133,19 @@ def replayed_on_timeout(call: ScriptCall) -> Flow:
 
 def record_finished(job_key: str | None, status: str, now: float, reason: str | None = None) -> Flow:
     """Count a terminal write in the cluster stats (``stats``), with run time and tokens read from
-    the record (``job_key`` None: the job never ran). Best effort: a Redis error is logged."""
+    the record (``job_key`` None: the job never ran), and add its completion tokens to its owner's
+    day (``quotas``). Best effort: a Redis error is logged."""
     try:
-        started, result = (None, None)
+        started, result, owner = (None, None, None)
         if job_key is not None:
-            started, result = yield Call("hmget", (job_key, ["started_at", "result"]))
+            started, result, owner = yield Call("hmget", (job_key, ["started_at", "result", "owner"]))
         prompt, completion = jobstats.usage(result)
         batch = Batch()
         run_s = jobstats.since(started, now)
         jobstats.add_job_finished(
             batch, status, run_s, reason=reason, prompt_tokens=prompt, completion_tokens=completion
         )
+        quotas.add_usage(batch, owner or "", completion, now)
         yield batch
     except RedisError as exc:  # metrics never fail a transition that already happened
         jobstats.log_failure("end", exc)

@@ -11,6 +11,8 @@
 | ``tnllm:running`` | zset | running job ids by start time (the reaper scans it) |
 | ``tnllm:workers`` | zset | worker ids scored by heartbeat expiry (epoch s) |
 | ``tnllm:workers:{id}`` | hash | one worker's heartbeat; TTL given by the worker |
+| ``tnllm:rate:{owner}`` | zset | the owner's admitted submissions of the last minute, scored by time |
+| ``tnllm:usage:{owner}:{day}`` | string | completion tokens of the owner's jobs finished that UTC day |
 | ``tnllm:events:finished`` | pub/sub channel | ``{job_id}`` published when a job becomes terminal |
 | ``tnllm:events:cancel`` | pub/sub channel | ``{job_id}`` published when a running job must stop |
 """
@@ -56,6 +58,16 @@ def owner_jobs(owner: str) -> str:
 def idempotency(owner: str, key: str) -> str:
     """Idempotency record of one owner's key."""
     return f"{PREFIX}idem:{owner}:{key}"
+
+
+def rate(owner: str) -> str:
+    """One owner's recent submissions (the per-key rate limit)."""
+    return f"{PREFIX}rate:{owner}"
+
+
+def usage(owner: str, day: int) -> str:
+    """Completion tokens of one owner's jobs that finished on UTC day ``day`` (days since 1970)."""
+    return f"{PREFIX}usage:{owner}:{day}"
 
 
 def worker(worker_id: str) -> str:

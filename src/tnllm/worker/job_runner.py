@@ -23,11 +23,13 @@ from tnllm.engine.types import EngineRequest, EngineResult, TokenEvent
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
 from tnllm.store.resume import streamed_ids
+from tnllm.store.states import save_conversation
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 from tnllm.worker.events import notify_transition
 from tnllm.worker.faults import crash_after, crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
+from tnllm.worker.states import JobPrompt, conversation_of
 
 __all__ = ["WAIT_S", "JobOutcome", "build_request", "resume_ids", "retry_transient", "run_job"]
 
@@ -110,12 +112,26 @@ def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def build_request(rt: WorkerRuntime, record: JobRecord, resume_ids: list[int] | None = None) -> EngineRequest:
-    """The engine request of a job: its rendered prompt and its stored sampling params, as they are,
-    its priority, and the tokens earlier attempts streamed (``resume_ids``: it goes on from them)."""
+def build_request(
+    rt: WorkerRuntime,
+    record: JobRecord,
+    prompt: JobPrompt | None = None,
+    resume_ids: list[int] | None = None,
+) -> EngineRequest:
+    """The engine request of a job: its prompt (``rt.job_prompt``: rendered, or continuing an
+    earlier job), the turn ends to save states at, its stored sampling params, as they are, its
+    priority, and the tokens earlier attempts streamed (``resume_ids``: it goes on from them)."""
     p = record.params
-    rid = f"{record.id}:{record.attempt}"
-    return EngineRequest(rid, rt.prompt_ids(p), p.sampling(), list(resume_ids or []), record.priority)
+    prompt = prompt or rt.job_prompt(p)
+    return EngineRequest(
+        f"{record.id}:{record.attempt}",
+        prompt.ids,
+        p.sampling(),
+        resume_ids=list(resume_ids or []),
+        priority=record.priority,
+        state_cache=p.state_cache,
+        cache_points=prompt.points,
+    )
 
 
 def resume_ids(rt: WorkerRuntime, record: JobRecord) -> list[int]:
@@ -125,9 +141,8 @@ def resume_ids(rt: WorkerRuntime, record: JobRecord) -> list[int]:
     and the job starts over, as it always did before token ids were stored."""
     store = rt.store
     deadline = rt.settings.lease_ttl
-    entries = retry_transient(
-        lambda: store.streamed(record.id), what=f"read {record.id}", deadline_s=deadline
-    )
+    what = f"read the stream of {record.id}"
+    entries = retry_transient(lambda: store.streamed(record.id), what=what, deadline_s=deadline)
     ids = streamed_ids(entries)
     if ids is None:
         log.warning("job %s: its stream has no token ids; starting over", record.id)
@@ -186,7 +201,8 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
     if time.monotonic() >= deadline:
         return _timed_out(rt, record)
     try:
-        request = build_request(rt, record, resume_ids(rt, record))
+        prompt = rt.job_prompt(record.params)
+        request = build_request(rt, record, prompt, resume_ids(rt, record))
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
         on_token: Callable[[TokenEvent], None] = writer.on_token
         if faults.crash_after_tokens and record.attempt == 1:
@@ -215,12 +231,25 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
             time.sleep(0.2)
     except LeaseLost:
         return JobOutcome.LEASE_LOST
+    return _finish_run(rt, record, prompt, outcome)
+
+
+def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome: EngineResult) -> JobOutcome:
+    """Write the result of a run that ended in the engine (its conversation first, if it succeeded)."""
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
-    result = JobResult(
-        text=outcome.text,
-        finish_reason=outcome.finish_reason,
-        usage=Usage(prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens),
+    usage = Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        cached_tokens=outcome.cached_tokens,
     )
+    result = JobResult(text=outcome.text, finish_reason=outcome.finish_reason, usage=usage)
+    if status is JobStatus.SUCCEEDED:  # before the terminal write: a succeeded job can be continued
+        conv = conversation_of(prompt, outcome, rt.worker_id)
+        retry_transient(
+            lambda: save_conversation(rt.store.client, record.id, conv, rt.store.ttl),
+            what=f"conversation {record.id}",
+            deadline_s=rt.finish_retry_s,
+        )
     return _finish(rt, record, status, result=result)
 
 

@@ -23,8 +23,18 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Lease renewal and the heartbeat record of one worker process."""
 
-    def __init__(self, store: JobStore, settings: Settings, *, worker_id: str, hostname: str) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        *,
+        worker_id: str,
+        hostname: str,
+        own_queue: str | None = None,
+    ) -> None:
         self.store = store
+        #: every queue this worker consumes (the reaper looks for messages there)
+        self.queues = [*([own_queue] if own_queue else []), *settings.worker_queues]
         self.settings = settings
         self.worker_id = worker_id
         self.hostname = hostname
@@ -75,7 +85,7 @@ class Heartbeat:
             slots=slots,
             free_slots=max(0, slots - busy),
             tokens_per_s=tokens_per_s,
-            queues=list(self.settings.worker_queues),
+            queues=list(self.queues),
             metrics_port=metrics_port,
             step_time_s=step_time_s,
         )

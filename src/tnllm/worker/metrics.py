@@ -96,10 +96,43 @@ class EngineCollector(Collector):
                 "Tokens of resumed jobs taken back from their stream (prefilled, not generated again).",
                 snap.resumed_tokens,
             ),
+            ("tnllm_engine_prefill_tokens", "Prompt tokens run through the model.", snap.prefill_tokens),
+            (
+                "tnllm_engine_cached_tokens",
+                "Prompt tokens taken from saved states instead of prefilled.",
+                snap.cached_tokens,
+            ),
         )
         for name, doc, val in counters:
             yield CounterMetricFamily(name, doc, value=float(val))
+        yield from _state_cache(snap.state_cache)
         yield from _gpu_memory(self._memory() if self._memory else None)
+
+
+#: Per-tier numbers of the engine's state store: (metric, help, StateStore.stats() key, counter?).
+_STATE_CACHE = (
+    ("tnllm_state_cache_hits", "State lookups served from this tier.", "hits", True),
+    ("tnllm_state_cache_misses", "State lookups this tier could not serve.", "misses", True),
+    (
+        "tnllm_state_cache_evictions",
+        "States spilled out of this tier (to the next, or dropped).",
+        "evictions",
+        True,
+    ),
+    ("tnllm_state_cache_bytes", "Bytes of the states held in this tier.", "bytes", False),
+    ("tnllm_state_cache_entries", "States held in this tier.", "entries", False),
+)
+
+
+def _state_cache(tiers: dict[str, dict[str, int]]) -> Iterable[Metric]:
+    if not tiers:
+        return
+    for name, doc, key, counter in _STATE_CACHE:
+        family_type = CounterMetricFamily if counter else GaugeMetricFamily
+        family = family_type(name, doc, labels=["tier"])
+        for tier, numbers in tiers.items():
+            family.add_metric([tier], float(numbers.get(key, 0)))
+        yield family
 
 
 def _gpu_memory(memory: dict[str, float] | None) -> Iterable[Metric]:

@@ -10,7 +10,8 @@ then drops the parked one. A duplicate message (a race with a slow worker) is ha
 fence lets one run.
 
 kombu moves a message from the queue list to ``unacked`` in two steps (BRPOP, then a write); a
-worker killed in between loses the message outright. ``resend_messageless`` catches that case:
+worker killed in between loses the message outright, and a worker that dies leaves the messages
+of its own queue (continuations routed to it) with no consumer. ``resend_messageless`` catches both:
 when the queue of job ids holds more jobs than the broker holds generate messages, it looks for the
 queued jobs (older than ``min_age``) that have no message anywhere and sends them one.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tnllm.protocol.celery import broker_lists
-from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK
+from tnllm.protocol.tasks import GENERATE_QUEUE, GENERATE_TASK, WORKER_QUEUE_PREFIX
 from tnllm.store import JobStatus, JobStore, keys
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,13 @@ def resend_messageless(store: JobStore, send: Callable[[str, int], None], *, min
     queued = int(client.zcard(keys.QUEUE))
     if not queued:
         return []
-    lists = list(broker_lists(GENERATE_QUEUE).values())
+    # the shared queue and the own queues of live workers (a dead worker's own queue has no
+    # consumer: a continuation waiting there counts as messageless and is sent to the shared queue)
+    queues = {
+        GENERATE_QUEUE,
+        *(q for w in store.workers() for q in w.queues if q.startswith(WORKER_QUEUE_PREFIX)),
+    }
+    lists = [name for q in sorted(queues) for name in broker_lists(q).values()]
     pipe = client.pipeline(transaction=False)
     for name in lists:
         pipe.llen(name)

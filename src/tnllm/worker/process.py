@@ -28,14 +28,18 @@ EXIT_MODEL_LOAD_FAILED = 3
 EXIT_ENGINE_LOST = 4
 
 
-def celery_argv(settings: Settings, hostname: str, concurrency: int) -> list[str]:
-    """The ``celery worker`` command line of one GPU worker process."""
+def celery_argv(
+    settings: Settings, hostname: str, concurrency: int, own_queue: str | None = None
+) -> list[str]:
+    """The ``celery worker`` command line of one GPU worker process; ``own_queue`` (the worker's
+    own, for continuations whose state it holds) is listed first: the broker pops it first."""
+    queues = [*([own_queue] if own_queue else []), *settings.worker_queues]
     return [
         *quiet_celery_argv(settings),
         "worker",
         "--pool=threads",
         f"--concurrency={concurrency}",
-        f"--queues={','.join(settings.worker_queues)}",
+        f"--queues={','.join(queues)}",
         f"--hostname={hostname}",
         f"--loglevel={settings.log_level.upper()}",
         "--without-gossip",  # many workers on one Redis: gossip is chatter we do not use
@@ -68,7 +72,7 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
 
     signals.worker_shutting_down.connect(on_shutdown, weak=False)
     try:
-        runtime.app.worker_main(celery_argv(settings, runtime.hostname, threads))
+        runtime.app.worker_main(celery_argv(settings, runtime.hostname, threads, runtime.own_queue))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         return EXIT_ENGINE_LOST if runtime.engine_lost else code

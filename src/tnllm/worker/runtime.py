@@ -27,12 +27,14 @@ from tnllm.config import Settings
 from tnllm.engine.client import EngineClient, make_engine_client
 from tnllm.protocol.celery import make_celery, send_generate
 from tnllm.protocol.jobs import GenerationParams
+from tnllm.protocol.tasks import worker_queue
 from tnllm.store.sync import JobStore
 from tnllm.text.prompt import render_prompt
 from tnllm.worker.active import ActiveJob, ActiveJobs
 from tnllm.worker.leases import Heartbeat
 from tnllm.worker.metrics import WorkerMetrics
 from tnllm.worker.reaper import Reaper
+from tnllm.worker.states import JobPrompt, PrefixPins, job_prompt
 from tnllm.worker.stream_pump import StreamPump
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,12 @@ class WorkerRuntime:
         self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
         self.active = ActiveJobs()
         self.pump = StreamPump(self.store, self.worker_id, settings.stream_flush_interval)
-        self.heartbeat = Heartbeat(self.store, settings, worker_id=self.worker_id, hostname=self.hostname)
+        #: this worker's own queue: continuations of jobs whose final state its engine holds
+        self.own_queue = worker_queue(self.worker_id)
+        self.heartbeat = Heartbeat(
+            self.store, settings, worker_id=self.worker_id, hostname=self.hostname, own_queue=self.own_queue
+        )
+        self.pins = PrefixPins(self.store.client, settings.system_prompt)
         self.reaper = Reaper(self.store, settings, worker_id=self.worker_id, send=self.send_generate)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -90,6 +97,8 @@ class WorkerRuntime:
             elapsed, model=self.settings.model, device=info.device, dtype=info.dtype
         )
         self.metrics.set_engine(client, client.gpu_memory)
+        if self.settings.state_cache:
+            self.pins.warm_head(client)
 
     def running_engine(self) -> EngineClient:
         """The engine (tasks run only after ``load``)."""
@@ -111,6 +120,12 @@ class WorkerRuntime:
             raise ValueError("the model folder has no tokenizer.model: text prompts are not supported")
         return render_prompt(tokenizer, job, self.settings.system_prompt)
 
+    def job_prompt(self, job: GenerationParams) -> JobPrompt:
+        """A job's prompt ids, turn ends and conversation (``worker.states.job_prompt``: the same ids
+        as ``prompt_ids`` for a fresh job; a ``continue_from`` job's from the earlier conversation)."""
+        tokenizer = self.running_engine().tokenizer
+        return job_prompt(tokenizer, self.store.client, job, self.settings.system_prompt)
+
     def send_generate(self, job_id: str, priority: int) -> None:
         """Enqueue a new Celery message for a job put back on the queue."""
         send_generate(self.app, job_id, priority)
@@ -130,6 +145,8 @@ class WorkerRuntime:
     def heartbeat_once(self) -> None:
         """Renew the leases of the running jobs and publish the heartbeat."""
         self.heartbeat.beat(self.active.snapshot(), self.engine, self.metrics.port or 0)
+        if self.engine is not None and self.settings.state_cache:
+            self.pins.sync(self.engine)
 
     # --- background threads --------------------------------------------------------------------
     def start_background(self) -> None:

@@ -7,13 +7,13 @@ whatever its Content-Type; unknown fields are ignored. Behind it is an ordinary 
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from tnllm.api.body import BodyError, malformed_body, parse_json
 from tnllm.api.deps import OwnerDep, ServicesDep
 from tnllm.api.errors import ApiError
 from tnllm.api.notify import wait_for_terminal
@@ -24,12 +24,13 @@ from tnllm.store import JobStatus
 router = APIRouter(tags=["compat"])
 
 
-async def _parse(request: Request) -> CompatRequest:
+async def _parse(request: Request, max_depth: int) -> CompatRequest:
     raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, f"body: malformed JSON: {exc}", field="body") from exc
+    try:  # the middleware checked it already (tnllm.api.body); the same parser reads it
+        data = parse_json(raw, max_depth)
+    except BodyError as exc:
+        error = malformed_body(str(exc))["error"]
+        raise ApiError(422, error["message"], field="body", details=error["details"]) from exc
     try:
         return CompatRequest.model_validate(data)
     except ValidationError as exc:
@@ -52,10 +53,12 @@ async def _parse(request: Request) -> CompatRequest:
         504: {"model": ErrorResponse, "description": "Not finished within TNLLM_COMPAT_TIMEOUT"},
     },
 )
-async def tutorial_generate(request: Request, services: ServicesDep, owner: OwnerDep) -> CompatResponse:
+async def tutorial_generate(
+    request: Request, response: Response, services: ServicesDep, owner: OwnerDep
+) -> CompatResponse:
     """Generate for `prompt` with the defaults and answer when done."""
-    body = await _parse(request)
-    job, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt))
+    body = await _parse(request, services.settings.max_body_depth)
+    job, _ = await submit_job(services, owner, JobCreate(prompt=body.prompt), response=response)
     timeout = services.settings.compat_timeout
     final = await wait_for_terminal(services.store, services.watcher, job.id, timeout)
     if final is None or not final.terminal:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from tnllm.api.deps import ServicesDep
+from tnllm.api.deps import MetricsAccess, ServicesDep
 from tnllm.api.metrics import CONTENT_TYPE, render
 from tnllm.api.schemas import HealthStatus
 
@@ -54,8 +54,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse(status.model_dump(mode="json"), status_code=code, headers=headers)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[MetricsAccess])
 async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text: this process's metrics plus the cluster-wide job counters and queue depths."""
+    """Prometheus text: this process's metrics plus the cluster-wide job counters and queue depths
+    (behind a bearer token when TNLLM_METRICS_TOKEN is set)."""
     page = await render(services.metrics, services.store.client)
     return Response(page, media_type=CONTENT_TYPE)

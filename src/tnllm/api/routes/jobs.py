@@ -57,7 +57,7 @@ async def create_job(
     ] = None,
 ) -> JobPublic:
     """Store the job and queue it; answers 202 with the job object and a `Location` header."""
-    job, replayed = await submit_job(services, owner, body, idempotency_key)
+    job, replayed = await submit_job(services, owner, body, idempotency_key, response)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if replayed:
         response.status_code = 200
