@@ -6,6 +6,7 @@ streamed, and a paused job continues where it stopped; an SSE client reading fro
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -69,6 +70,15 @@ def sse(base_url: str, job_id: str) -> tuple[list[tuple[str, Any]], threading.Th
     return into, thread
 
 
+def same_result(job: dict[str, Any], plain: dict[str, Any]) -> bool:
+    """Text, finish reason and token counts equal (``cached_tokens`` depends on the state cache)."""
+    a, b = job["result"], plain["result"]
+    counts = ("prompt_tokens", "completion_tokens")
+    return (a["text"], a["finish_reason"]) == (b["text"], b["finish_reason"]) and all(
+        a["usage"][k] == b["usage"][k] for k in counts
+    )
+
+
 def check_stream(events: list[tuple[str, Any]], reader: threading.Thread, plain: dict[str, Any]) -> None:
     """What the client saw: no reset, and the tokens' text is exactly the uninterrupted text."""
     reader.join(30)
@@ -95,7 +105,7 @@ def test_sigkilled_worker_jobs_resume_from_their_stream(stack: tuple[Stack, Jobs
            jobs.wait(jobs.submit("And me, seeded", **SEEDED)["id"])]  # fmt: skip
     for job, plain, (events, reader) in zip(done, ref, readers, strict=True):
         assert job["status"] == plain["status"] == "succeeded", job
-        assert job["attempts"] == 2 and job["result"] == plain["result"]
+        assert job["attempts"] == 2 and same_result(job, plain)
         check_stream(events, reader, plain)
     assert "resuming after" in w2.log_tail(200)
 
@@ -120,7 +130,7 @@ def test_pause_then_resume_gives_the_text_of_no_pause(stack: tuple[Stack, Jobs])
     assert jobs.http.post(f"/v1/jobs/{job_id}/resume").status_code in (200, 409)  # queued or running
     job = jobs.wait(job_id, timeout=120)
     plain = jobs.wait(jobs.submit("Pause me", **LONG)["id"], timeout=120)
-    assert job["status"] == "succeeded" and job["result"] == plain["result"]
+    assert job["status"] == "succeeded" and same_result(job, plain)
     check_stream(events, reader, plain)
     refused = jobs.http.post(f"/v1/jobs/{job_id}/pause")
     assert refused.status_code == 409 and refused.json()["error"]["type"] == "job_terminal"
@@ -142,7 +152,7 @@ def test_a_job_released_at_warm_shutdown_resumes_from_its_stream(stack: tuple[St
     worker(services)
     job = jobs.wait(job_id, timeout=120)
     plain = jobs.wait(jobs.submit("A long one", **longer)["id"], timeout=120)
-    assert job["status"] == "succeeded" and job["result"] == plain["result"]
+    assert job["status"] == "succeeded" and same_result(job, plain)
     check_stream(events, reader, plain)
 
 
@@ -165,20 +175,27 @@ def test_a_priority_9_job_preempts_a_full_worker_and_nobody_recomputes(stack: tu
     # it ran while both slots were held by the low jobs: one of them was preempted, not finished
     lows = [jobs.get(i) for i in busy]
     assert all(j["status"] == "running" for j in lows), [j["status"] for j in lows]
-    metrics = httpx.get(f"http://127.0.0.1:{metrics_port(services, 'wp')}/metrics").text
-    assert "tnllm_engine_preemptions_total 1.0" in metrics or "tnllm_engine_preemptions 1.0" in metrics
+    assert preemptions(services, "wp") >= 1
     results = [jobs.wait(i, timeout=120) for i in busy]
     plain = [jobs.wait(jobs.submit(f"low {i}", **low)["id"], timeout=120) for i in range(2)]
     for job, ref, (events, reader) in zip(results, plain, feeds, strict=True):
-        assert job["result"] == ref["result"] and job["attempts"] == 1
+        assert same_result(job, ref) and job["attempts"] == 1
         check_stream(events, reader, ref)
     assert w.alive
 
 
-def metrics_port(stack: Stack, name: str) -> int:
+def preemptions(stack: Stack, name: str, timeout: float = 5.0) -> float:
+    """The worker's ``tnllm_engine_preemptions_total`` (its engine's stats come every 0.25 s)."""
     store = stack.store()
     try:
         (info,) = [w for w in store.workers() if w.hostname == f"{name}@test"]
-        return int(info.metrics_port)
     finally:
         store.client.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        page = httpx.get(f"http://127.0.0.1:{info.metrics_port}/metrics").text
+        found = re.search(r"^tnllm_engine_preemptions_total (\S+)$", page, flags=re.M)
+        value = float(found.group(1)) if found else 0.0
+        if value >= 1 or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)

@@ -94,5 +94,6 @@ class OutputProcessor:
             finish_reason=reason,
             prompt_tokens=live.prompt_len if live.prior_ids else len(seq.prompt_ids),
             completion_tokens=len(ids),
-            cached_tokens=seq.cached,
+            # of the prompt only (a resumed request's saved state may cover its earlier tokens too)
+            cached_tokens=min(seq.cached, live.prompt_len) if live.prior_ids else seq.cached,
         )
