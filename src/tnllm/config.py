@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -72,6 +73,22 @@ class Settings(BaseSettings):
     )
     redis_sentinel_master: str = Field(
         default="mymaster", description="Sentinel master name for sentinel:// URLs (or `?master_name=`)."
+    )
+    redis_socket_timeout: float = Field(
+        default=30.0,
+        gt=5,
+        description="Seconds a Redis command (job store or broker) waits for its answer before the "
+        "connection counts as dead and is replaced; above the 5 s blocking reads of SSE streams.",
+    )
+    redis_health_check_interval: float = Field(
+        default=25.0, gt=0, description="A Redis connection idle this long is PINGed before its next use."
+    )
+    redis_tcp_keepalive: int = Field(
+        default=15,
+        ge=1,
+        description="TCP keepalive of every Redis connection: probes start after this many idle seconds, "
+        "then every third of it, 3 unanswered probes close it (a silent network partition is noticed "
+        "in about twice this, even on an idle or blocked connection).",
     )
     data_dir: Path = Field(
         default=Path(".tnllm"),
@@ -146,6 +163,12 @@ class Settings(BaseSettings):
     lease_renew_interval: float = Field(default=10.0, gt=0, description="How often a worker renews leases.")
     reaper_interval: float = Field(default=10.0, gt=0, description="How often expired leases are looked for.")
     max_attempts: int = Field(default=3, ge=1, description="Runs before a job that kills workers fails.")
+    redis_outage_tolerance: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker keeps a finished job's result while Redis is unreachable, "
+        "retrying the write, seconds; after that the run is given up and the job runs again.",
+    )
     worker_concurrency: int = Field(
         default=0, ge=0, description="Tasks per GPU worker process; 0 means the engine's slot count."
     )
@@ -296,6 +319,22 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def redis_socket_options(self) -> dict[str, Any]:
+        """The socket options of every Redis connection (job store clients and the broker), in the
+        keywords redis-py and kombu's Redis transport both take: how soon a connection whose peer
+        went silent (a partition drops packets, nothing resets) counts as dead and is replaced."""
+        idle = self.redis_tcp_keepalive
+        return {
+            "socket_timeout": self.redis_socket_timeout,
+            "health_check_interval": self.redis_health_check_interval,
+            "socket_keepalive": True,
+            "socket_keepalive_options": {
+                socket.TCP_KEEPIDLE: idle,
+                socket.TCP_KEEPINTVL: max(1, idle // 3),
+                socket.TCP_KEEPCNT: 3,
+            },
+        }
 
     def engine_config(self) -> EngineConfig:
         """The engine's view of these settings (``EngineConfig``)."""

@@ -117,6 +117,7 @@ async def test_cancel_queued_running_terminal(client: httpx.AsyncClient, worker_
     queued = await submit(client)
     r = await client.post(f"/v1/jobs/{queued['id']}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["cancel"] == "cancelled"  # it was queued: it never runs
     assert not worker_store.claim(queued["id"], "w").won  # the queued job never starts
 
     running = await submit(client)
@@ -125,6 +126,7 @@ async def test_cancel_queued_running_terminal(client: httpx.AsyncClient, worker_
     r = await client.post(f"/v1/jobs/{running['id']}/cancel")
     assert r.status_code == 202
     assert r.json()["status"] == "running" and r.json()["cancel_requested"] is True
+    assert r.json()["cancel"] == "stopping"  # it was running: its worker stops it
     assert worker_store.renew_lease(running["id"], run.worker_id).cancel_requested
     assert (await client.post(f"/v1/jobs/{running['id']}/cancel")).status_code == 202  # idempotent
 
@@ -132,6 +134,7 @@ async def test_cancel_queued_running_terminal(client: httpx.AsyncClient, worker_
     assert again.status_code == 409
     assert again.json()["error"]["status"] == "cancelled"
     assert again.json()["error"]["type"] == "job_terminal"
+    assert again.json()["error"]["cancel"] == "already_finished"
 
 
 async def test_cancel_running_keeps_partial_text(client: httpx.AsyncClient, worker_store: JobStore) -> None:

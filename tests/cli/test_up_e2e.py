@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -72,12 +74,17 @@ def up(tmp_path: Path) -> Iterator[dict]:
             assert child.alive, f"tnllm up exited {child.returncode}:\n{child.log_tail(60)}"
             assert time.monotonic() < deadline, f"tnllm up not ready:\n{child.log_tail(60)}"
             time.sleep(0.5)
-        redis_url = re.search(r"redis:\s+(redis://\S+)", child.log_tail(50))
-        assert redis_url, child.log_tail(50)
+        # the URL is printed without its password, which lives in a private file of the data dir
+        printed = re.search(r"redis:\s+redis://:\*\*\*@([\d.]+):(\d+)/0", child.log_tail(50))
+        assert printed, child.log_tail(50)
+        password = (tmp_path / "data" / "redis" / "password").read_text().strip()
         yield {
             "api": f"http://127.0.0.1:{api_port}",
             "flower": f"http://127.0.0.1:{flower_port}",
-            "redis_url": redis_url.group(1),
+            "redis_url": f"redis://:{password}@{printed.group(1)}:{printed.group(2)}/0",
+            "redis_address": (printed.group(1), int(printed.group(2))),
+            "redis_password": password,
+            "up_log": tmp_path / "up.log",
             "env": env,
             "logs": tmp_path / "data" / "logs",
         }
@@ -122,8 +129,9 @@ def test_tnllm_up_demo_end_to_end(up: dict) -> None:
             done = client.get(f"{api}/v1/jobs/{job['id']}", params={"wait": 30}).json()
         assert done["status"] == "succeeded"
 
-    # Flower: auth on, the worker and the finished tasks listed with readable arguments.
-    assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
+    # Flower: auth on every page, the worker and the finished tasks listed with readable arguments.
+    for page in ("/", "/broker", "/metrics", "/tasks", "/api/workers", "/api/tasks"):
+        assert httpx.get(f"{flower}{page}", timeout=10).status_code == 401, page
     with httpx.Client(auth=AUTH, timeout=15) as client:
         workers = client.get(f"{flower}/api/workers", params={"refresh": "1"}).json()
         assert any(name.startswith("gpu0@") for name in workers), workers
@@ -163,6 +171,16 @@ def test_tnllm_up_demo_end_to_end(up: dict) -> None:
     # Every series the Grafana dashboard charts exists (GPU memory only on CUDA).
     exposed = {re.sub(r"_total$", "", n) for n in _names(text) | _names(wtext)}
     assert dashboard_metric_names() - {"tnllm_gpu_memory_bytes"} <= exposed
+
+    # The embedded Redis is locked: its password file is private, a client without it is refused,
+    # and no log of `up` or of its children (api, worker, webhooks, Flower) shows the password.
+    password_file = up["logs"].parent / "redis" / "password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    with socket.create_connection(up["redis_address"], timeout=5) as sock:
+        sock.sendall(b"*2\r\n$4\r\nKEYS\r\n$1\r\n*\r\n")
+        assert sock.recv(200).startswith(b"-NOAUTH")
+    for log in [up["up_log"], *up["logs"].glob("*.log")]:
+        assert up["redis_password"] not in log.read_text(errors="replace"), log
 
     # JSON logs of every child; the worker's carry job ids.
     worker_lines = (up["logs"] / "worker-0.log").read_text().splitlines()

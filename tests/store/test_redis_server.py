@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import redis
 
 from tnllm.errors import RedisServerError
-from tnllm.store.server import RedisServer, find_redis_server, free_port
+from tnllm.store.server import PASSWORD_FILE, RedisServer, embedded_password, find_redis_server, free_port
 
 
 def test_binary_is_found() -> None:
@@ -60,3 +62,37 @@ def test_clean_stop_and_port_in_use(tmp_path: Path) -> None:
 
 def test_free_port_is_bindable() -> None:
     assert 0 < free_port() < 65536
+
+
+def test_embedded_password_is_random_private_and_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "redis"
+    first = embedded_password(folder)
+    assert len(first) >= 32 and first == embedded_password(folder)  # generated once, then kept
+    assert embedded_password(tmp_path / "other") != first
+    path = folder / PASSWORD_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700  # the AOF's folder too
+    path.chmod(0o644)
+    assert embedded_password(folder) == first and stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("")
+    assert embedded_password(folder) not in ("", first)  # an emptied file gets a new password
+
+
+def test_a_client_without_the_password_is_refused_noauth(tmp_path: Path) -> None:
+    password = embedded_password(tmp_path / "redis")
+    with RedisServer(tmp_path / "redis", password=password) as server:
+        assert server.process is not None
+        # never on argv, which every local user can read (ps); in a 0600 config file instead
+        assert password not in Path(f"/proc/{server.process.pid}/cmdline").read_text()
+        assert password not in " ".join(server.command())
+        assert stat.S_IMODE((server.data_dir / "auth.conf").stat().st_mode) == 0o600
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            sock.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            assert sock.recv(200).startswith(b"-NOAUTH")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=server.host, port=server.port).get("k")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=server.host, port=server.port, password="wrong").get("k")
+        authed = redis.Redis.from_url(server.url)
+        assert authed.ping() and authed.config_get("requirepass") == {"requirepass": password}
+        authed.close()

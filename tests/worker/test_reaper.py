@@ -25,8 +25,10 @@ from tnllm.worker.runtime import WorkerRuntime
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
+    # Reaper.gap = lease_ttl - renew interval = 4.8 s: a slow step between two rounds of one test
+    # (a first Celery send on a loaded machine) is not taken for an outage (see the gap test)
     return Settings(
-        redis_url=redis_url, lease_ttl=1.0, lease_renew_interval=0.2, reaper_interval=0.2, max_attempts=2
+        redis_url=redis_url, lease_ttl=5.0, lease_renew_interval=0.2, reaper_interval=0.2, max_attempts=2
     )
 
 
@@ -153,6 +155,44 @@ def test_hostname_is_expanded_as_celery_does(settings: Settings) -> None:
             assert expected in [w.hostname for w in rt.store.workers()]
         finally:
             rt.close()
+
+
+def test_after_a_gap_in_the_rounds_leases_are_judged_only_after_a_grace(redis_url: str) -> None:
+    """No reaper round for longer than ``Reaper.gap`` (Redis was unreachable) makes every reaper
+    wait one lease_ttl: a live worker renews its expired lease meanwhile and keeps its job; the job
+    of a worker that did not come back is requeued when the grace ends."""
+    settings = Settings(redis_url=redis_url, lease_ttl=3.0, lease_renew_interval=0.5, reaper_interval=0.2)
+    runtime = WorkerRuntime(settings, hostname="test@host")
+    other = WorkerRuntime(settings, hostname="other@host")
+    store, reaper = runtime.store, runtime.reaper
+    try:
+        for job_id in ("alive", "dead"):
+            _create(store, job_id)
+            assert store.claim(job_id, f"{job_id}-worker").won
+        assert reaper.reap_once() == []  # both leases current; this round sets the clock
+        for job_id in ("alive", "dead"):
+            store.client.delete(keys.lease(job_id))  # expired during the "outage"
+        time.sleep(reaper.gap + 0.2)  # no reaper round reached Redis for longer than the gap
+        store.client.delete(REAPER_LOCK)
+        assert reaper.reap_once() == []  # grace: nothing judged
+        grace_started = time.monotonic()
+        assert store.renew_lease("alive", "alive-worker").owned  # the live worker's renewal resumes
+        assert other.reaper.reap_once() == []  # every worker's reaper waits, not only the one that saw it
+        deadline = time.monotonic() + settings.lease_ttl + 2
+        done: list[tuple[str, str]] = []
+        while not done:
+            assert time.monotonic() < deadline, "the grace never ended"
+            time.sleep(0.1)
+            store.renew_lease("alive", "alive-worker")
+            store.client.delete(REAPER_LOCK)
+            done = other.reaper.reap_once()
+        assert done == [("dead", "requeued")]
+        assert time.monotonic() - grace_started > 0.8 * settings.lease_ttl
+        alive = store.get("alive")
+        assert alive is not None and alive.status is JobStatus.RUNNING and alive.attempt == 1
+    finally:
+        other.close()
+        runtime.close()
 
 
 def test_a_continuation_waiting_in_a_dead_workers_own_queue_is_sent_to_the_shared_one(

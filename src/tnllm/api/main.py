@@ -45,7 +45,9 @@ def build_services(settings: Settings, metrics: ApiMetrics) -> Services:
     """The per-process services (no I/O happens until they are used)."""
     if not settings.redis_url:
         raise ValueError("the API needs TNLLM_REDIS_URL (or start everything with `tnllm up`)")
-    client = async_redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master)
+    client = async_redis_client(
+        settings.redis_url, sentinel_master=settings.redis_sentinel_master, **settings.redis_socket_options()
+    )
     return Services(
         settings=settings,
         store=AsyncJobStore(client, settings),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, get_origin
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -171,6 +171,17 @@ class JobCreate(SamplingParams, StrictBody):
         if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
             raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
         return value
+
+
+class CancelAnswer(JobPublic):
+    """The job object after a cancel request, with what the request found and did."""
+
+    cancel: Literal["cancelled", "stopping"] = Field(
+        description="`cancelled`: the job was queued and never runs (200). `stopping`: it was "
+        "running; its worker stops it within one engine step of receiving the request and it ends "
+        "`cancelled` with its partial text, unless it finished first (then it ends as it finished: "
+        "read the job to know) (202). A finished job answers 409 instead."
+    )
 
 
 class PrefixCreate(StrictBody):

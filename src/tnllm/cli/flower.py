@@ -4,7 +4,9 @@ Rules: Flower binds loopback unless told otherwise; on any other address it refu
 without ``flower_basic_auth`` (``user:password``, several separated by commas). The password goes
 to Flower in-process (tornado options), never on a command line that ``ps`` shows. Flower runs
 read-only: cancelling or revoking from the dashboard would bypass the job state machine (cancel
-through the API instead). Flower's ``/healthcheck`` answers without auth, for container checks.
+through the API instead). With auth set, every route asks for it (``guard_every_route``: Flower
+itself leaves ``/metrics``, ``/static`` and its 404 page open) except ``/healthcheck``, which
+answers without auth for container checks.
 
 Tasks carry only a job id, so Flower never sees a prompt; ``tnllm.protocol.celery.task_display``
 gives the producer a readable ``argsrepr`` (``job=<id> prompt_tokens=N priority=P``) that Flower
@@ -13,6 +15,10 @@ shows as the arguments.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
+import hmac
 import ipaddress
 import logging
 from typing import Any, Protocol
@@ -26,6 +32,8 @@ log = logging.getLogger(__name__)
 _NO_CONFIG = "/dev/null"
 #: Task list columns shown by default (the args column shows the argsrepr below).
 TASK_COLUMNS = "name,uuid,state,args,received,started,runtime,worker"
+#: The only Flower route that answers without auth (container health checks; it says "OK").
+OPEN_PATHS = frozenset({"/healthcheck"})
 
 
 class _FlowerSettings(Protocol):
@@ -89,12 +97,75 @@ def flower_argv(settings: _FlowerSettings, port: int | None = None) -> list[str]
     ]
 
 
+def authorized(header: str, users: list[str]) -> bool:
+    """Whether an ``Authorization`` header carries the basic-auth credentials of one of ``users``."""
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return any(hmac.compare_digest(given, user.encode()) for user in users)
+
+
+@functools.cache
+def _guarded(handler: Any) -> Any:
+    """``handler`` with a ``prepare`` that answers 401 unless the request carries the basic-auth
+    credentials set in Flower's options (``basic_auth``); nothing is asked when none are set."""
+    if getattr(handler, "_tnllm_guarded", False):
+        return handler
+    original = handler.prepare
+
+    def prepare(self: Any) -> Any:
+        users = list(getattr(self.application.options, "basic_auth", None) or [])
+        if users and not authorized(self.request.headers.get("Authorization", ""), users):
+            self.set_status(401)
+            self.set_header("WWW-Authenticate", 'Basic realm="flower"')
+            self.finish("Access denied")
+            return None
+        return original(self)
+
+    attrs: dict[str, Any] = {"prepare": prepare, "_tnllm_guarded": True}
+    if "__new__" in vars(handler):  # Flower's LoginHandler builds another handler in its place
+
+        def new(cls: Any, *args: Any, **kwargs: Any) -> Any:
+            obj = handler.__new__(cls, *args, **kwargs)
+            if not getattr(obj, "_tnllm_guarded", False):
+                obj.__class__ = _guarded(obj.__class__)
+            return obj
+
+        attrs["__new__"] = new
+    return type(handler.__name__, (handler,), attrs)
+
+
+def guard_every_route(handlers: list[Any], app_settings: dict[str, Any]) -> None:
+    """Put every route of Flower's handler list and app settings (``flower.urls.handlers`` and
+    ``.settings``, changed in place: the Flower app reads those very objects) except
+    ``OPEN_PATHS`` behind basic auth; tornado's own static routes (``/static/``, ``/favicon.ico``,
+    ``/robots.txt``) too, through ``static_handler_class``."""
+    from tornado.web import StaticFileHandler, URLSpec
+
+    static = app_settings.get("static_handler_class", StaticFileHandler)
+    app_settings["static_handler_class"] = _guarded(static)
+
+    for i, spec in enumerate(handlers):
+        if isinstance(spec, URLSpec):
+            if spec.regex.pattern.rstrip("$") not in OPEN_PATHS:
+                guarded = _guarded(spec.handler_class)
+                handlers[i] = URLSpec(spec.regex.pattern, guarded, spec.kwargs, spec.name)
+        elif spec[0] not in OPEN_PATHS:
+            handlers[i] = (spec[0], _guarded(spec[1]), *spec[2:])
+
+
 def run_flower(settings: _FlowerSettings, celery_app: Any, port: int | None = None) -> int:
     """Run Flower in this process until it is stopped; returns its exit code."""
-    import flower.options  # noqa: F401 - defines Flower's tornado options before we set one
+    import flower.options  # defines Flower's tornado options before we set one
+    import flower.urls
     from tornado.options import options
 
     users = check(settings)
+    guard_every_route(flower.urls.handlers, flower.urls.settings)
     # Flower reads its options from tornado's global options; set the secret there directly.
     options.basic_auth = users
     log.info(

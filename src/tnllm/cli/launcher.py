@@ -21,7 +21,7 @@ import httpx
 from tnllm.cli.gpus import visible_gpus, worker_env
 from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
 from tnllm.config import Settings, environment
-from tnllm.store.server import RedisServer
+from tnllm.store.server import PASSWORD_FILE, RedisServer, embedded_password
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,36 @@ def _wait_for_signal() -> threading.Event:
 # --- single parts -------------------------------------------------------------------------------
 
 
+def embedded_redis(settings: Settings, port: int | None = None) -> RedisServer:
+    """The embedded Redis of `up` and `redis`: data (AOF) and password in <data_dir>/redis."""
+    folder = settings.data_dir / "redis"
+    return RedisServer(folder, port=port, password=embedded_password(folder), die_with_parent=True)
+
+
+def redacted_url(server: RedisServer) -> str:
+    """The server's URL with the password left out (for logs and terminals)."""
+    return f"redis://:***@{server.host}:{server.port}/0"
+
+
+def connect_help(server: RedisServer) -> str:
+    """How to reach the embedded Redis by hand, without printing its password."""
+    pw = server.data_dir / PASSWORD_FILE
+    return (
+        f'  redis-cli:  REDISCLI_AUTH="$(cat {pw})" redis-cli -h {server.host} -p {server.port}'
+        f'   (or redis-cli -p {server.port} -a "$(cat {pw})")\n'
+        f'  URL:        TNLLM_REDIS_URL="redis://:$(cat {pw})@{server.host}:{server.port}/0"'
+    )
+
+
 def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the embedded Redis (AOF in <data_dir>/redis) in the foreground until Ctrl-C/SIGTERM."""
+    """Run the embedded Redis (AOF and password in <data_dir>/redis) in the foreground until
+    Ctrl-C/SIGTERM; prints how to connect."""
     _setup_logging(settings)
-    server = RedisServer(settings.data_dir / "redis", port=args.port, die_with_parent=True)
+    server = embedded_redis(settings, args.port)
     stop = _wait_for_signal()
     server.start()
-    print(f"redis: {server.url} (data {server.data_dir})", flush=True)
+    print(f"redis: {redacted_url(server)} (AOF and password in {server.data_dir})")
+    print(connect_help(server), flush=True)
     while not stop.wait(1.0):
         if not server.running:
             log.error("redis-server exited unexpectedly")
@@ -184,9 +207,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     logs = settings.data_dir / "logs"
     redis: RedisServer | None = None
     if not settings.redis_url:
-        redis = RedisServer(settings.data_dir / "redis", die_with_parent=True).start()
-        settings = settings.model_copy(update={"redis_url": redis.url})
-        print(f"redis:   {redis.url} (embedded, append-only file in {redis.data_dir})", flush=True)
+        redis = embedded_redis(settings).start()
+        settings = settings.model_copy(update={"redis_url": redis.url})  # with the password: every child
+        print(f"redis:   {redacted_url(redis)} (embedded; AOF and password in {redis.data_dir})", flush=True)
+        print(connect_help(redis), flush=True)
     env = _up_env(settings)
     children: list[Child] = []
     try:

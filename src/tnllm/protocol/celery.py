@@ -53,9 +53,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "sep": BROKER_SEP,
         "fanout_prefix": True,
         "fanout_patterns": True,
-        "health_check_interval": 25,
-        "socket_keepalive": True,
         "retry_on_timeout": True,
+        # the store clients' socket options: a broker connection cut by a silent partition is
+        # noticed (timeout, health check, TCP keepalive) and replaced, even while blocked in BRPOP
+        **settings.redis_socket_options(),
     }
     url = broker_url(settings)
     if is_sentinel(url):

@@ -15,6 +15,8 @@
 | ``tnllm:usage:{owner}:{day}`` | string | completion tokens of the owner's jobs finished that UTC day |
 | ``tnllm:events:finished`` | pub/sub channel | ``{job_id}`` published when a job becomes terminal |
 | ``tnllm:events:cancel`` | pub/sub channel | ``{job_id}`` published when a running job must stop |
+| ``tnllm:reaper:clock`` | string | server time (ms) of the last reaper round of any worker |
+| ``tnllm:reaper:grace`` | string | exists while reaping waits after an outage; TTL the grace |
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ RUNNING = PREFIX + "running"
 WORKERS = PREFIX + "workers"
 FINISHED_CHANNEL = PREFIX + "events:finished"
 CANCEL_CHANNEL = PREFIX + "events:cancel"
+REAPER_CLOCK = PREFIX + "reaper:clock"
+REAPER_GRACE = PREFIX + "reaper:grace"
 
 #: Seconds an Idempotency-Key is remembered.
 IDEMPOTENCY_TTL = 24 * 3600

