@@ -162,7 +162,7 @@ def test_a_priority_9_job_preempts_a_full_worker_and_nobody_recomputes(stack: tu
         if child.name.startswith("w") and child.alive:
             child.stop(timeout=30)
     w = services.start_worker("wp", TNLLM_ENGINE_SLOTS="2")
-    low = {"max_new_tokens": 300, "ignore_eos": True, "temperature": 0.7, "seed": 11}
+    low = {"max_new_tokens": 1200, "ignore_eos": True, "temperature": 0.7, "seed": 11}
     busy = [jobs.submit(f"low {i}", **low)["id"] for i in range(2)]
     feeds = [sse(services.api_url, i) for i in busy]
     deadline = time.monotonic() + 60
