@@ -20,19 +20,24 @@ TORCH_INDEX ?=
 .PHONY: run test lint fmt install install-dev clean bench-engine bench-queue
 
 $(BIN)/python:
+	@echo "==> creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip"
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.torch: | $(BIN)/python
+	@echo "==> installing $(TORCH_SPEC) (CPU build unless a GPU is visible; minutes the first time)"
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
 	  || $(BIN)/python -m pip install -q "$(TORCH_SPEC)" --index-url https://download.pytorch.org/whl/cpu
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	@echo "==> installing tnllm and its dependencies ([$(EXTRAS)])"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	@echo "==> installing the test and lint tools ([dev])"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS),dev]"
 	touch $@
 
@@ -41,7 +46,8 @@ install-dev: $(VENV)/.installed-dev
 
 ## make run [MODEL=demo|PATH|MODEL_ID] [ARGS=...]: start Redis, worker(s), API and Flower
 run: $(VENV)/.installed
-	$(BIN)/tnllm up --model "$(MODEL)" $(ARGS)
+	@echo "==> starting tnllm (model $(MODEL)): Redis, worker, API and Flower"
+	$(BIN)/tnllm up --from-make --model "$(MODEL)" $(ARGS)
 
 ## make test: install dev dependencies and run every test
 test: $(VENV)/.installed-dev

@@ -1,6 +1,10 @@
 """The full service on one GPU: 256 jobs through API + Redis + Celery worker vs the engine alone.
 
     python -m bench.service_gpu [--jobs 256] [--max-new-tokens 512] [--workdir DIR] [--json FILE]
+    python -m bench.service_gpu --short   # 20,000 short jobs (32-token prompt, 4 new tokens): jobs/s
+
+``--short`` is the short-job mode (``bench/service_gpu_short.py``: jobs/s of the service vs the
+engine alone on the same load, submit latency p50/p99); the rest of this text is the default mode.
 
 Needs a CUDA GPU (and fla-core/triton, like bench/gpu.py) plus the service packages. In one run:
 1. a random bf16 checkpoint with the real 7B shapes (vocab 64000, bench/gpu.py's CONFIG_7B) is
@@ -470,7 +474,13 @@ def main() -> int:
     ap.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of the services"
     )
+    ap.add_argument("--short", action="store_true", help="short-job mode (bench/service_gpu_short.py)")
+    ap.add_argument("--prompt-tokens", type=int, default=32, help="--short: prompt tokens per job")
+    ap.add_argument("--api-processes", type=int, default=0, help="--short: TNLLM_API_PROCESSES (0: auto)")
+    ap.add_argument("--device", default="cuda", help="--short: cuda, or cpu for a dry run on the demo model")
     args = ap.parse_args()
+    if args.short:
+        return _short(args)
     if args.engine_only:
         result = engine_phase(
             args.engine_only,
@@ -523,6 +533,31 @@ def main() -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(res, indent=1)
+    if args.json:
+        args.json.write_text(text)
+    print(text)
+    return 0
+
+
+def _short(args: argparse.Namespace) -> int:
+    """``--short``: defaults of the short-job load where the long-job ones were left as they are."""
+    from bench.service_gpu_short import run_short
+
+    if args.jobs == 256:
+        args.jobs = 20_000
+    if args.max_new_tokens == 512:
+        args.max_new_tokens = 4
+    if args.threads == 32:
+        args.threads = 64
+    keep = args.workdir is not None
+    args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tnllm-short-"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        res = run_short(args)
+    finally:
+        if not keep:
+            shutil.rmtree(args.workdir, ignore_errors=True)
     text = json.dumps(res, indent=1)
     if args.json:
         args.json.write_text(text)

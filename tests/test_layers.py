@@ -4,7 +4,8 @@ Every ``import`` in ``src/tnllm`` counts, at any depth: a lazy import inside a f
 dependency, and so is one under ``if TYPE_CHECKING:`` (a cycle that only type hints close is still
 two rooms that know each other). A room is ``tnllm.<name>``; the allowed
 direction is config/errors/logging ← protocol ← text ← store ← {api, webhooks, worker};
-model ← engine ← worker; cli on top (docs/INTERNALS.md, "Rooms").
+model ← engine ← worker; client (the Python client: protocol and errors only); cli on top
+(docs/INTERNALS.md, "Rooms").
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ ALLOWED: dict[str, set[str]] = {
     "webhooks": BASE | {"protocol", "text", "store"},
     "worker": BASE | {"protocol", "text", "store", "engine"},
     "api": BASE | {"protocol", "text", "store", "webhooks"},
+    # the Python client runs in a user's program: the contracts and the error tree, nothing else
+    "client": {"errors", "protocol"},
     # cli also reads the package root (``tnllm.__version__`` for ``tnllm --version``)
-    "cli": BASE | {"__init__", "protocol", "text", "store", "model", "engine", "webhooks", "worker", "api"},
+    "cli": BASE
+    | {"__init__", "protocol", "text", "store", "model", "engine", "webhooks", "worker", "api", "client"},
 }
 ACCELERATOR = {"torch", "triton", "fla", "transformers", "safetensors", "modelscope", "numpy"}
 SERVING = {"redis", "celery", "kombu", "httpx", "fastapi", "starlette", "uvicorn", "sse_starlette", "flower"}
@@ -52,6 +56,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "webhooks": ACCELERATOR,
     "worker": ACCELERATOR,
     "api": ACCELERATOR,
+    "client": ACCELERATOR | (SERVING - {"httpx"}),
     "model": SERVING,
     "engine": SERVING,
 }
@@ -173,11 +178,16 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 
 @pytest.mark.parametrize(
-    "modules", [["tnllm.api.main"], ["tnllm.worker.tasks", "tnllm.worker.process", "tnllm.webhooks.process"]]
+    "modules",
+    [
+        ["tnllm.api.main"],
+        ["tnllm.worker.tasks", "tnllm.worker.process", "tnllm.webhooks.process"],
+        ["tnllm.client"],
+    ],
 )
 def test_torch_free_processes(modules: list[str]) -> None:
-    """The API, the GPU worker process (its engine runs in a child) and the webhook worker never
-    load torch, checked in a fresh interpreter."""
+    """The API, the GPU worker process (its engine runs in a child), the webhook worker and the
+    Python client never load torch, checked in a fresh interpreter."""
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

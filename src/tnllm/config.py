@@ -53,6 +53,11 @@ def environment() -> dict[str, str]:
     return dict(os.environ)
 
 
+def set_environment(name: str, value: str) -> None:
+    """Set a variable of this process's environment, for the child processes it starts."""
+    os.environ[name] = value
+
+
 def _split_csv(value: object) -> object:
     """Accept ``a,b,c`` (env style) as well as a real list."""
     if isinstance(value, str):
@@ -131,6 +136,9 @@ class Settings(BaseSettings):
     )
     max_queued: int = Field(default=10000, ge=1, description="Queued jobs before submissions get 429.")
     max_stop_strings: int = Field(default=8, ge=0, description="Most stop strings a job may give.")
+    max_n: int = Field(
+        default=16, ge=1, le=128, description="Most choices (`n`) a job may ask (each takes an engine slot)."
+    )
     rate_limit: int = Field(
         default=0,
         ge=0,
@@ -152,6 +160,13 @@ class Settings(BaseSettings):
     )
     wait_max_seconds: float = Field(default=60.0, gt=0, description="Upper bound of `?wait=`.")
     compat_timeout: float = Field(default=600.0, gt=0, description="How long `POST /` waits for its job.")
+
+    # --- client commands (tnllm submit, jobs, status, wait, stream, cancel, chat) -------------
+    url: str | None = Field(
+        default=None,
+        description="The server the client commands talk to. Unset: `http://127.0.0.1:<port>`.",
+    )
+    api_key: str | None = Field(default=None, description="Bearer key the client commands send.")
 
     # --- jobs and Celery --------------------------------------------------------------------
     result_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Seconds a job record is kept.")
@@ -281,6 +296,12 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Worker Prometheus port; 0: a free one (logged, in the heartbeat)."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Worker Prometheus bind address.")
+    api_processes: int = Field(
+        default=0,
+        ge=0,
+        description="uvicorn worker processes of `tnllm api` (sharing its port); "
+        "0: one per 4 CPU cores, 1 to 8.",
+    )
     metrics_token: str | None = Field(
         default=None,
         min_length=16,
@@ -319,6 +340,10 @@ class Settings(BaseSettings):
         if self.lease_renew_interval >= self.lease_ttl:
             raise ValueError("lease_renew_interval must be below lease_ttl")
         return self
+
+    def client_url(self) -> str:
+        """Where the client commands connect: ``url``, else this machine's API on ``port``."""
+        return self.url or f"http://127.0.0.1:{self.port}"
 
     def redis_socket_options(self) -> dict[str, Any]:
         """The socket options of every Redis connection (job store clients and the broker), in the

@@ -19,6 +19,7 @@ TnllmError
 │   │   └── ConfigError                  config.json unusable
 │   ├── TokenizerError (ValueError)      tokenizer files or chat template unusable
 │   └── ModelResolutionError (RuntimeError)   not found / not downloadable / not recognised
+│       └── ModelUnavailable             missing or not downloadable: another model would do
 ├── EngineError (RuntimeError)           the engine failed while running a request
 │   ├── EngineLost                       its process died: requests abandoned, not failed
 │   └── EngineLoadFailed                 the engine process could not load the model
@@ -90,6 +91,11 @@ class TokenizerError(ModelError, ValueError):
 
 class ModelResolutionError(ModelError, RuntimeError):
     """The model cannot be found, downloaded or recognised; the message says why and what to do."""
+
+
+class ModelUnavailable(ModelResolutionError):
+    """The model is not here and cannot be fetched; the command that caught it names the way out
+    in its own spelling (``--model demo``, ``make run MODEL=demo``)."""
 
 
 class EngineError(TnllmError, RuntimeError):

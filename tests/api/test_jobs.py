@@ -18,7 +18,7 @@ from tnllm.api.main import create_app
 from tnllm.config import Settings
 from tnllm.protocol.celery import broker_lists
 from tnllm.protocol.tasks import GENERATE_QUEUE
-from tnllm.store import JobStatus, JobStore
+from tnllm.store import JobResult, JobStatus, JobStore, Usage
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -68,6 +68,7 @@ async def test_worker_lifecycle_visible(client: httpx.AsyncClient, worker_store:
         "text": "Hello",
         "finish_reason": "stop",
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "cached_tokens": 0},
+        "choices": [],  # this fake worker writes none; the real one writes one per choice
     }
     assert done["error"] is None
 
@@ -101,6 +102,29 @@ async def test_wait_returns_when_job_finishes(client: httpx.AsyncClient, worker_
     assert r.status_code == 200 and r.json()["status"] == "succeeded"
     assert r.json()["result"]["text"] == "ok"
     assert 0.3 < elapsed < 4  # woken by the notification, not by the 8 s timeout
+
+
+async def test_wait_reads_the_record_twice(client: httpx.AsyncClient, worker_store: JobStore) -> None:
+    """A ``?wait=`` GET of a running job reads the record once before it waits (that read is also
+    the ownership check) and once when woken: two HGETALLs (INFO commandstats), no more."""
+    job = await submit(client)
+    assert worker_store.claim(job["id"], "w").won
+
+    def hgetalls() -> int:
+        return int(worker_store.client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        result = JobResult(text="ok", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1))
+        assert worker_store.finish(job["id"], "w", JobStatus.SUCCEEDED, result=result)
+
+    before = hgetalls()
+    thread = threading.Thread(target=finish_later)
+    thread.start()
+    r = await client.get(f"/v1/jobs/{job['id']}", params={"wait": 8})
+    thread.join()
+    assert r.status_code == 200 and r.json()["status"] == "succeeded"
+    assert hgetalls() - before == 2
 
 
 async def test_wait_times_out_with_current_state(client: httpx.AsyncClient) -> None:

@@ -42,11 +42,15 @@ async def test_live_stream_through_uvicorn(live_server: LiveServer, worker_store
             events = sse_events(response)
             ids = run.emit("Hel")
             first = await anext(events)  # arrives while the job is still running
-            assert (first.event, json.loads(first.data), first.id) == ("token", {"text": "Hel"}, ids[0])
+            assert (first.event, json.loads(first.data), first.id) == (
+                "token",
+                {"text": "Hel", "index": 0},
+                ids[0],
+            )
             ids = run.emit("lo", " world")
             second, third = await anext(events), await anext(events)
             assert [second.id, third.id] == ids
-            assert json.loads(third.data) == {"text": " world"}
+            assert json.loads(third.data) == {"text": " world", "index": 0}
             run.succeed()
             done = await anext(events)
             assert done.event == "done"
@@ -101,9 +105,9 @@ async def test_late_join_while_running_then_live(live_server: LiveServer, worker
         run.emit("early ")
         async with client.stream("GET", f"/v1/jobs/{job['id']}/stream") as response:
             events = sse_events(response)
-            assert json.loads((await anext(events)).data) == {"text": "early "}  # replayed
+            assert json.loads((await anext(events)).data) == {"text": "early ", "index": 0}  # replayed
             run.emit("late")
-            assert json.loads((await anext(events)).data) == {"text": "late"}  # live
+            assert json.loads((await anext(events)).data) == {"text": "late", "index": 0}  # live
             run.succeed()
             assert (await anext(events)).event == "done"
 

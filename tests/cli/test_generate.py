@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.model import TINY_A
 from tnllm.cli.main import main
+from tnllm.cli.supervisor import tnllm_argv
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams
 from tnllm.text.prompt import render_prompt
@@ -97,6 +99,46 @@ def test_out_of_range_flags_are_refused_as_the_api_words_it(capsys: pytest.Captu
     assert "tnllm generate: temperature: Input should be less than or equal to 5" in capsys.readouterr().err
     assert main([*argv, "--stop", ""]) == 2
     assert "tnllm generate: stop: stop[0] must not be empty" in capsys.readouterr().err
+    assert main([*argv, "--max-new-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tnllm generate: max_new_tokens: Input should be greater than or equal to 1\n"
+
+
+def test_an_empty_prompt_is_refused_as_the_api_refuses_it(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in ([], ["--raw"]):
+        assert main(["generate", "--model", str(TINY_A), *extra, "--prompt", "ok", "--prompt", ""]) == 2
+        assert capsys.readouterr().err == "tnllm generate: prompt: String should have at least 1 character\n"
+    assert main(["generate", "--model", str(TINY_A), "--prompt-ids", ""]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_be_used_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A missing folder (as a real process: no traceback), a file, a folder without a checkpoint."""
+    argv = tnllm_argv("generate", "--model", "/nonexistent", "--prompt", "hi")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "model folder '/nonexistent' does not exist; run `tnllm generate --model demo`" in proc.stderr
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for model, words in [("file", "is a file; give the checkpoint folder"), ("empty", "no config.json")]:
+        assert main(["generate", "--model", str(tmp_path / model), "--prompt", "hi"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("tnllm generate: ") and words in err and len(err.splitlines()) == 1
+
+
+def test_the_demo_model_is_written_into_the_data_dir(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not into the current folder: where TNLLM_DATA_DIR says, and the command says so once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TNLLM_DATA_DIR", str(tmp_path / "data"))
+    argv = ["generate", "--model", "demo", "--prompt", "hi", "--max-new-tokens", "2", "--json"]
+    assert main(argv) == 0
+    where = tmp_path / "data" / "demo-model"
+    said = f"tnllm generate: writing the demo checkpoint to {where} (in TNLLM_DATA_DIR)\n"
+    assert capsys.readouterr().err == said
+    assert (where / "config.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert main(argv) == 0 and capsys.readouterr().err == ""  # written once
 
 
 def test_the_sampling_flags_are_the_contract() -> None:
@@ -116,3 +158,23 @@ def test_the_sampling_flags_are_the_contract() -> None:
         stop=("a", "b"), seed=5, ignore_eos=True,
     )  # fmt: skip
     assert set(SamplingParams.model_fields) <= set(vars(build_parser().parse_args(argv)))
+
+
+def test_the_new_flags_take_numbers_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """n, penalties, logprobs, and the dict/model fields as JSON; n > 1 prints every choice."""
+    from tnllm.cli.generate import sampling_from_args
+    from tnllm.cli.main import build_parser
+    from tnllm.protocol.sampling import SamplingParams
+
+    argv = ["generate", "--prompt-ids", "1,2,3", "--model", str(TINY_A), "--n", "2", "--logprobs"]
+    argv += ["--top-logprobs", "2", "--frequency-penalty", "0.5", "--logit-bias", '{"5": 1.5}']
+    argv += ["--response-format", '{"type": "json_object"}', "--max-new-tokens", "3"]
+    got = sampling_from_args(build_parser().parse_args(argv), 7)
+    assert got == SamplingParams.model_validate(
+        {"max_new_tokens": 3, "n": 2, "logprobs": True, "top_logprobs": 2, "frequency_penalty": 0.5,
+         "logit_bias": {"5": 1.5}, "response_format": {"type": "json_object"}}
+    )  # fmt: skip
+    plain = [a for a in argv if a not in ("--response-format", '{"type": "json_object"}')]
+    assert main([*plain, "--json", "--temperature", "1", "--seed", "3"]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert [c["index"] for c in out["choices"]] == [0, 1] and out["choices"][0]["ids"] == out["ids"]

@@ -109,9 +109,11 @@ def _run_python(code: str, api: str, env: dict[str, str]) -> str:
 def test_tnllm_up_demo_end_to_end(up: dict) -> None:
     api, flower = up["api"], up["flower"]
 
-    # The README's Python example (submit, poll with ?wait, stream) and the tutorial's requests code.
-    printed = _run_python(_readme_block("The same in Python", "python"), api, up["env"])
-    assert printed.startswith("succeeded ") and "\n-> succeeded" in printed, printed
+    # The README's Python client example (submit, wait, stream, list, cancel) and the tutorial's code.
+    printed = _run_python(_readme_block("In Python, `tnllm.client`", "python"), api, up["env"]).splitlines()
+    assert printed[0].split()[1:] in (["queued", "0"], ["running", "None"]), printed
+    assert printed[1].startswith("succeeded length prompt_tokens=97 completion_tokens=64"), printed
+    assert printed[-1] == "job already succeeded succeeded", printed
     tutorial = _readme_block("### The tutorial's endpoint", "python")
     assert _run_python(tutorial, api, up["env"]).strip()  # prints the model's answer
     if shutil.which("curl"):
@@ -125,6 +127,12 @@ def test_tnllm_up_demo_end_to_end(up: dict) -> None:
         )
         job = json.loads(out.stdout)
         assert job["object"] == "job" and job["status"] in ("queued", "running", "succeeded")
+        keep = _readme_block("kept from the answer", "bash")
+        kept = subprocess.run(
+            ["bash", "-c", keep.replace(README_URL, api) + 'echo "$JOB_ID"'],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        assert re.fullmatch(r"[\w-]{20,}\n", kept.stdout), kept
         with httpx.Client(timeout=60) as client:
             done = client.get(f"{api}/v1/jobs/{job['id']}", params={"wait": 30}).json()
         assert done["status"] == "succeeded"
@@ -146,7 +154,7 @@ def test_tnllm_up_demo_end_to_end(up: dict) -> None:
                 break
             time.sleep(0.5)
         assert len(done_tasks) >= 3, tasks
-        assert all(re.fullmatch(r"job=\S+ prompt_tokens=\d+ priority=0", t["args"]) for t in done_tasks)
+        assert all(re.fullmatch(r"job=\S+ prompt_tokens=\d+ priority=\d", t["args"]) for t in done_tasks)
         assert all(t["worker"].startswith("gpu0@") for t in done_tasks)
 
     # /metrics on the API: HTTP, submit latency, jobs by state, histograms; then the worker's.

@@ -186,3 +186,39 @@ def test_cancel_a_running_generation_keeps_partial_text(stack: Stack, jobs: Jobs
     assert final["result"]["finish_reason"] == "cancelled"
     assert 0 < final["result"]["usage"]["completion_tokens"] < 4000
     assert final["result"]["text"]
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_api_in_two_processes_serves_jobs_and_sums_metrics(stack: Stack) -> None:
+    """TNLLM_API_PROCESSES=2: two uvicorn workers on one port run jobs to the end (each with its own
+    producer and finish watcher), and /metrics, served by either, counts every process's jobs."""
+    child, url = stack.start_api("api-x2", TNLLM_API_PROCESSES="2")
+    assert child.process is not None
+    deadline = time.monotonic() + 60
+    while len(_children(child.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_children(child.process.pid)) >= 2
+
+    def run_one(i: int) -> str:
+        with httpx.Client(base_url=url, timeout=60) as c:  # a new connection: either process
+            job = c.post("/v1/jobs", json={"prompt": f"x{i}", "max_new_tokens": 2}).json()
+            return str(c.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()["status"])
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(run_one, range(12))) == ["succeeded"] * 12
+    for _ in range(3):  # whichever process answers
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        line = next(x for x in text.splitlines() if x.startswith("tnllm_api_jobs_submitted_total"))
+        assert float(line.split()[-1]) == 12

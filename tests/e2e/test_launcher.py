@@ -61,7 +61,11 @@ def test_up_with_demo_model_serves_and_stops_cleanly(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "".join(lines)
         output = "".join(lines)
         assert f"http://127.0.0.1:{port}" in output and f":{flower_port}" in output
-        assert "append-only" in output and (tmp_path / "data" / "demo-model" / "config.json").exists()
+        assert "AOF and password" in output and (tmp_path / "data" / "demo-model" / "config.json").exists()
+        # the worker's model preparation is shown between `model:` and `api:`, as it happens
+        steps = [line for line in lines if line.startswith("worker-0: ")]
+        assert any("loaded" in line for line in steps) and any("engine ready" in line for line in steps)
+        assert lines.index(steps[0]) > next(i for i, line in enumerate(lines) if line.startswith("model:"))
         children = _children_of(proc.pid)
         assert len(children) >= 5  # worker, webhook worker, api, flower, redis-server
         answer = requests.post(f"http://127.0.0.1:{port}/", json={"prompt": "Hello"}, timeout=120)

@@ -26,8 +26,7 @@ def _requests(eos_stop_text: str) -> list[EngineRequest]:
     for i, p in enumerate(prompts):
         kw: dict[str, Any] = {"max_new_tokens": 6 + 3 * i}
         if i % 3 == 1:
-            # seeds for which r7 meets its stop string mid-run (the draws are counter-based)
-            kw.update(temperature=0.8, top_p=0.9, top_k=40, seed=300 + i)
+            kw.update(temperature=0.8, top_p=0.9, top_k=40, seed=500 + i)
         if i == 4:
             kw.update(repetition_penalty=1.3)
         if i in (2, 7):

@@ -167,3 +167,19 @@ def test_states_on_disk_serve_the_engine_after_a_restart(
         build_state_store(config.model_copy(update={"state_cache": False}), engine_model, cpu, torch.float32)
         is None
     )
+
+
+def test_n_choices_start_from_a_saved_prefix_and_equal_the_recompute(
+    engine_model: Any, engine_tokenizer: Any
+) -> None:
+    """A request with n = 3 whose prompt extends a saved one: choice 0 starts from the saved state,
+    prefills only the rest, and the forked choices equal their runs without any reuse."""
+    base = prompts(1, engine_model.config.vocab_size, seed=21, min_len=20, max_len=20)[0]
+    e = engine(engine_model, engine_tokenizer, states(engine_model))
+    run(e, greedy(base, 4, "first"))  # saves the states of the prompt's chunks
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=5, n=3, ignore_eos=True)
+    got = run(e, EngineRequest("again", [*base, 7, 8], params))
+    want = run(engine(engine_model, engine_tokenizer, None), EngineRequest("plain", [*base, 7, 8], params))
+    assert got.cached_tokens > 0 and want.cached_tokens == 0
+    assert [c.token_ids for c in got.choices] == [c.token_ids for c in want.choices]
+    assert e.stats().forked_choices == 2

@@ -3,11 +3,14 @@ tiny model: the result and the deltas after the cut equal the uninterrupted run'
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jsonschema
 import pytest
 
 from tests.engine.conftest import prompts
+from tests.engine.test_grammar import SCHEMA
 from tnllm.engine import Engine, EngineRequest, SamplingParams
 from tnllm.engine.types import TokenEvent
 from tnllm.errors import RequestRejected
@@ -16,6 +19,14 @@ CASES = {
     "greedy": {"temperature": 0.0},
     "seeded": {"temperature": 0.9, "top_p": 0.9, "top_k": 40, "seed": 1234},
     "penalised": {"temperature": 0.7, "seed": 5, "repetition_penalty": 1.3},
+    # the count pool row of a resumed choice starts with its earlier tokens counted
+    "counted": {
+        "temperature": 0.8,
+        "seed": 7,
+        "presence_penalty": 0.9,
+        "frequency_penalty": 0.7,
+        "logit_bias": {5: 3.0},
+    },
 }
 
 
@@ -64,6 +75,35 @@ def test_resuming_mid_text_keeps_the_held_back_text_and_stop_strings(make_engine
         assert "".join(e.text for e in tail) == "".join(e.text for e in events[cut:])
 
 
+def test_a_resumed_choice_counts_its_earlier_tokens_for_its_penalties(make_engine: Any) -> None:
+    """Presence/frequency penalties: the resumed slot's count row starts with the earlier ids."""
+    prompt = prompts(3, 1024, seed=22, min_len=10, max_len=20)[0]
+    free = SamplingParams(max_new_tokens=40, ignore_eos=True, temperature=0.8, top_p=0.95, seed=99)
+    params = free.model_copy(update={"presence_penalty": 2.0, "frequency_penalty": 1.5})
+    full, _ = run(make_engine(), EngineRequest("full", prompt, params))
+    plain, _ = run(make_engine(), EngineRequest("free", prompt, free))
+    assert plain.token_ids != full.token_ids  # the penalties change this run
+    for cut in range(1, 40, 3):
+        again, _ = run(make_engine(), EngineRequest("r", prompt, params, resume_ids=full.token_ids[:cut]))
+        assert again.token_ids == full.token_ids, cut
+
+
+def test_a_resumed_grammar_goes_on_where_it_was(make_engine: Any) -> None:
+    """response_format: the earlier ids are replayed through the matcher, so the masks after the cut
+    are the uninterrupted run's (seeded draws, every few cut points)."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA, "strict": True}}
+    params = SamplingParams.model_validate(
+        {"max_new_tokens": 120, "temperature": 1.2, "seed": 3, "response_format": fmt}
+    )
+    prompt = prompts(1, 1024, seed=5, min_len=8, max_len=8)[0]
+    full, _ = run(make_engine(), EngineRequest("g", prompt, params))
+    assert full.finish_reason == "stop" and len(full.token_ids) > 6
+    jsonschema.validate(json.loads(full.text), SCHEMA)
+    for cut in (1, len(full.token_ids) // 2, len(full.token_ids) - 1):
+        again, _ = run(make_engine(), EngineRequest("r", prompt, params, resume_ids=full.token_ids[:cut]))
+        assert (again.token_ids, again.text, again.finish_reason) == (full.token_ids, full.text, "stop"), cut
+
+
 def test_resume_ids_are_checked(make_engine: Any) -> None:
     engine = make_engine()
     params = SamplingParams(max_new_tokens=2)
@@ -71,3 +111,5 @@ def test_resume_ids_are_checked(make_engine: Any) -> None:
         engine.submit(EngineRequest("a", [5, 6], params, resume_ids=[7, 8, 9]))
     with pytest.raises(RequestRejected, match="outside the vocabulary"):
         engine.submit(EngineRequest("b", [5, 6], params, resume_ids=[10**6]))
+    with pytest.raises(RequestRejected, match="n > 1"):
+        engine.submit(EngineRequest("c", [5, 6], params.model_copy(update={"n": 2}), resume_ids=[7]))

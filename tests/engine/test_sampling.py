@@ -11,8 +11,8 @@ import torch
 from tests.engine.conftest import greedy
 from tnllm.engine import EngineRequest, SamplingParams
 from tnllm.engine.sampling import (
+    BatchSampler,
     RowSampling,
-    TokenDraws,
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
@@ -111,7 +111,7 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
     logits = torch.randn(6, 50, generator=g)
 
     def row(seed: int, **kw: Any) -> RowSampling:
-        return RowSampling(SamplingParams(**kw), generator=TokenDraws(seed))
+        return RowSampling(SamplingParams(**kw), seed=seed)
 
     alone = [sample(logits[2:3], [row(7, temperature=0.9, top_p=0.8)]) for _ in range(3)]
     others = [row(1, temperature=2.0), RowSampling(), row(3, temperature=1.0, top_k=3)]
@@ -125,14 +125,13 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
 
 
 def test_the_draw_of_token_t_is_a_pure_function_of_seed_and_t() -> None:
-    """Counter-based draws: a request resumed at token t draws what it would have drawn."""
+    """Counter-based draws: a request resumed at token t (``RowSampling.step``) draws what it would
+    have drawn, and a sampler reused step after step advances its counters the same way."""
     logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
     params = SamplingParams(temperature=1.5)
-    through = TokenDraws(11)
-    run = [sample(logits, [RowSampling(params, generator=through)])[0] for _ in range(8)]
-    resumed = [sample(logits, [RowSampling(params, generator=TokenDraws(11, t))])[0] for t in range(8)]
+    through = BatchSampler([RowSampling(params, seed=11)], logits.device)
+    run = [int(through(logits)[0][0]) for _ in range(8)]
+    resumed = [sample(logits, [RowSampling(params, seed=11, step=t)])[0] for t in range(8)]
     assert run == resumed and len(set(run)) > 1  # the draws differ token to token
-    assert through.t == 8
-    assert sample(logits, [RowSampling(params, generator=TokenDraws(12))]) != [run[0]] or run[1:3] != [
-        sample(logits, [RowSampling(params, generator=TokenDraws(12, t))])[0] for t in (1, 2)
-    ]
+    other = [sample(logits, [RowSampling(params, seed=12, step=t)])[0] for t in range(8)]
+    assert other != run  # another seed, other draws

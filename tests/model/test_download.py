@@ -14,7 +14,7 @@ import pytest
 
 from tnllm.cli.main import main
 from tnllm.config import Settings
-from tnllm.errors import ModelResolutionError
+from tnllm.errors import ModelResolutionError, ModelUnavailable
 from tnllm.model.demo import is_demo_checkpoint
 from tnllm.model.download import COMPLETE_MARKER, resolve_model_path
 
@@ -96,9 +96,13 @@ def test_offline_is_one_clear_line(
     assert main(["download"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    err = captured.err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    assert "offline or unreachable" in err and "--model demo" in err and MODEL_ID in err
+    *steps, err = captured.err.strip().splitlines()
+    assert steps == [f"tnllm download: downloading {MODEL_ID} (revision default) from ModelScope into "
+                     f"{data_dir.resolve() / 'models' / MODEL_ID}"]  # fmt: skip
+    assert err.startswith("tnllm download: error: ") and "Traceback" not in captured.err
+    assert "offline or unreachable" in err and MODEL_ID in err
+    # download has no --model flag: the hint names the command that has one
+    assert "`tnllm up --model demo`" in err and "tnllm download --model" not in err
 
 
 def test_interrupted_download_says_how_to_resume(
@@ -141,7 +145,7 @@ def test_resolve_existing_folder_and_missing_path(
     demo_model_dir: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     assert resolve_model_path(Settings(model=str(demo_model_dir))) == demo_model_dir
-    with pytest.raises(ModelResolutionError, match=r"does not exist.*--model demo"):
+    with pytest.raises(ModelUnavailable, match=r"does not exist$"):  # the command adds its own hint
         resolve_model_path(Settings(model=str(tmp_path / "no" / "such" / "dir")))
     with pytest.raises(ModelResolutionError, match="is a file"):
         resolve_model_path(Settings(model=str(demo_model_dir / "config.json")))

@@ -10,7 +10,14 @@ import redis
 
 from tnllm.api.producer import JobProducer
 from tnllm.config import Settings
-from tnllm.protocol.celery import broker_lists, make_celery, send_generate, task_display, transport_options
+from tnllm.protocol.celery import (
+    broker_lists,
+    generate_commands,
+    make_celery,
+    send_generate,
+    task_display,
+    transport_options,
+)
 from tnllm.protocol.tasks import ECHO_TASK, GENERATE_QUEUE, GENERATE_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
 from tnllm.worker.orphans import message_job_id
 
@@ -114,3 +121,34 @@ def test_broker_lists_are_the_lists_kombu_creates(redis_url: str, queue: str) ->
     finally:
         app.close()
         client.close()
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_generate_commands_are_what_kombu_sends(redis_url: str, events: bool) -> None:
+    """The commands built for the store's CREATE are the ones send_generate makes kombu send: the
+    same message on the same priority list (only kombu's random delivery tag differs) and, with
+    task events, the task-sent event; without the queue declaration (the first build's) no Redis I/O."""
+    settings = Settings(redis_url=redis_url, task_events=events)
+    app = make_celery(settings)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with app.producer_pool.acquire(block=True) as producer:
+            generate_commands(app, producer, "warm", 0, declare=True)
+            calls = sum(v["calls"] for v in client.info("commandstats").values())
+            commands = generate_commands(app, producer, "job-1", 7, 3)
+            assert sum(v["calls"] for v in client.info("commandstats").values()) == calls + 1  # INFO only
+        send_generate(app, "job-1", 7, 3)
+        sent = _waiting(client, broker_lists(GENERATE_QUEUE)[2])
+    finally:
+        app.close()
+        client.close()
+    pushes = [c for c in commands if c[0] == "lpush"]
+    assert [c[1] for c in pushes] == [broker_lists(GENERATE_QUEUE)[2]] and len(sent) == 1
+    built = json.loads(pushes[0][2])
+    for message in (built, sent[0]):
+        del message["properties"]["delivery_tag"]
+    assert built == sent[0]
+    events_sent = [c for c in commands if c[0] == "publish"]
+    assert len(events_sent) == (1 if events else 0)
+    if events:
+        assert events_sent[0][1].endswith("celeryev/task.sent")

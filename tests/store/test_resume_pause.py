@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from tnllm.config import Settings
+from tnllm.protocol.jobs import JobRecord
+from tnllm.protocol.outputs import ChoiceDelta, TokenLogprob
 from tnllm.store import AsyncJobStore, GenerationParams, JobStatus, JobStore, async_redis_client, keys
+from tnllm.store.entries import pack_deltas
 from tnllm.store.pause import PauseKind
-from tnllm.store.resume import streamed_ids
+from tnllm.store.resume import job_sampling, resumable, streamed_ids
 
 
 @pytest.fixture
@@ -48,6 +52,39 @@ def test_token_ids_travel_with_their_text_and_survive_a_requeue(store: JobStore)
     assert store.claim("j", "w2").won
     assert store.reset_stream("j", "w2", "not_resumable") and not store.reset_stream("j", "w1", "x")
     assert streamed_ids(store.streamed("j")) == []  # a reset voids what came before
+
+
+def test_an_entry_keeps_choice_0s_ids_beside_its_per_choice_deltas(store: JobStore) -> None:
+    _create(store, "n2")
+    assert store.claim("n2", "w1").won
+    lp = TokenLogprob(token="a", token_id=5, logprob=-0.5, bytes=[97], top_logprobs=[])
+    parts = [ChoiceDelta(index=0, text="a", logprobs=[lp]), ChoiceDelta(index=1, text="b")]
+    text, deltas = pack_deltas(parts)
+    store.append("n2", "w1", text, seq=1, deltas=deltas, ids=[5])
+    text, deltas = pack_deltas([ChoiceDelta(index=1, text="c")])
+    store.append_many("w1", {"n2": text}, {"n2": 2}, {"n2": [6]}, {"n2": deltas})
+    first, second = store.streamed("n2")
+    assert first.ids == (5,) and first.deltas == tuple(parts) and first.text == "a"
+    assert second.ids == (6,) and second.deltas == (ChoiceDelta(index=1, text="c"),) and second.text == ""
+    assert streamed_ids([first, second]) == [5, 6]
+
+
+def test_which_jobs_resume_and_with_which_seed() -> None:
+    def record(job_id: str, **kw: object) -> JobRecord:
+        params = GenerationParams.model_validate({"prompt": "p", **kw})
+        return JobRecord(
+            id=job_id, owner="o", status=JobStatus.QUEUED, created_at=datetime.now(UTC), params=params
+        )
+
+    assert resumable(record("a")) and resumable(record("a", temperature=0.7))
+    assert not resumable(record("a", n=2)) and not resumable(record("a", logprobs=True))
+    hot = record("job-1", temperature=0.7)
+    seed = job_sampling(hot).seed
+    assert seed is not None and 0 <= seed < 2**63 and job_sampling(hot).seed == seed  # every attempt
+    assert job_sampling(record("job-2", temperature=0.7)).seed != seed
+    assert job_sampling(record("job-1", temperature=0.7, seed=4)).seed == 4
+    assert job_sampling(record("job-1")).seed is None  # greedy: no draws
+    assert hot.params.seed is None  # the record keeps what the client sent
 
 
 def test_a_stream_without_ids_cannot_be_resumed(store: JobStore) -> None:

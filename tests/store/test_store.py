@@ -363,6 +363,32 @@ def test_idempotency_replay_and_conflict(store: JobStore) -> None:
     assert 0 < store.client.ttl(keys.idempotency("o", "k1")) <= 600  # min(24 h, result_ttl)
 
 
+def _broker(job_id: str) -> list[tuple[str, str, str]]:
+    return [("lpush", "generate:9", f"msg-{job_id}"), ("publish", "bench-events", f"sent-{job_id}")]
+
+
+def test_create_writes_its_broker_message_once(store: JobStore) -> None:
+    """CREATE runs the publish commands with the record: a created job has exactly one message; a
+    replay, a conflict, a refusal (queue full) and a retried create (same id) push none."""
+    events = store.client.pubsub()
+    events.subscribe("bench-events")
+    assert events.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    kw = {"owner": "o", "params": GenerationParams(prompt="x"), "idempotency_key": "k1", "max_queued": 2}
+    assert store.create(job_id="a", body_hash="h1", broker=_broker("a"), **kw).kind == "created"  # type: ignore[arg-type]
+    assert store.create(job_id="a", body_hash="h1", broker=_broker("a"), **kw).kind == "created"  # type: ignore[arg-type]
+    assert store.create(job_id="b", body_hash="h1", broker=_broker("b"), **kw).kind == "replayed"  # type: ignore[arg-type]
+    assert store.create(job_id="c", body_hash="h2", broker=_broker("c"), **kw).kind == "conflict"  # type: ignore[arg-type]
+    plain = {"owner": "o", "params": GenerationParams(prompt="x"), "max_queued": 2}
+    assert store.create(job_id="d", broker=_broker("d"), **plain).kind == "created"  # type: ignore[arg-type]
+    assert store.create(job_id="e", broker=_broker("e"), **plain).kind == "full"  # type: ignore[arg-type]
+    assert store.client.lrange("generate:9", 0, -1) == ["msg-d", "msg-a"]
+    got = [m["data"] for m in iter(lambda: events.get_message(timeout=0.5), None) if m["type"] == "message"]
+    events.close()
+    assert got == ["sent-a", "sent-d"]
+    with pytest.raises(ValueError, match="unsupported"):
+        store.create(job_id="f", broker=[("del", "tnllm:queue", "")], **plain)  # type: ignore[arg-type]
+
+
 def test_list_jobs_pagination_and_filter(store: JobStore) -> None:
     for i in range(7):
         _create(store, f"j{i}")
@@ -575,3 +601,24 @@ def test_one_retry_policy_for_both_clients(asyncio_client: bool) -> None:
     assert options["retry"]._supported_errors == (RedisConnectionError,)
     assert options["retry_on_error"] == [RedisConnectionError] and not options.get("retry_on_timeout")
     assert options["decode_responses"] and client.connection_pool.max_connections == 4096
+
+
+def test_claim_and_finish_statistics_read_nothing_more(store: JobStore) -> None:
+    """CLAIM answers created_at and FINISH started_at, so the queue-wait and run-time statistics
+    cost no read of the record (only the scripts' own HMGETs run: INFO commandstats)."""
+    _create(store, "st")
+
+    def calls() -> dict[str, int]:
+        info = store.client.info("commandstats")
+        return {k: int(info.get(f"cmdstat_{k}", {}).get("calls", 0)) for k in ("hget", "hmget", "hincrby")}
+
+    before = calls()
+    assert store.claim("st", "w").won
+    result = JobResult(text="x", finish_reason="length", usage=Usage(prompt_tokens=2, completion_tokens=1))
+    assert store.finish("st", "w", JobStatus.SUCCEEDED, result=result)
+    after = calls()
+    assert after["hget"] - before["hget"] == 0
+    assert after["hmget"] - before["hmget"] == 2  # one inside each script
+    stats = store.client.hgetall("tnllm:metrics:jobs")
+    assert stats["queued:count"] == "1" and stats["duration:count"] == "1"
+    assert stats["tokens:prompt"] == "2" and stats["tokens:completion"] == "1"

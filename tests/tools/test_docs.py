@@ -93,6 +93,8 @@ def test_operations_lists_exactly_the_metrics_the_code_defines() -> None:
         "tnllm_engine_busy_seconds",
         "tnllm_engine_device_wait_seconds",
         "tnllm_engine_device_busy_seconds",
+        "tnllm_engine_prefills",
+        "tnllm_engine_forked_choices",
         "tnllm_engine_prefill_tokens",
         "tnllm_engine_cached_tokens",
         "tnllm_state_cache_hits",

@@ -29,7 +29,7 @@ from fastapi.openapi.utils import get_openapi
 from tnllm.api.body import BODY_METHODS
 from tnllm.api.schemas import METADATA_MAX_KEYS, ErrorResponse
 from tnllm.config import Settings
-from tnllm.protocol.sampling import STOP_MAX_CHARS
+from tnllm.protocol.sampling import LOGIT_BIAS_MAX, STOP_MAX_CHARS
 
 _REF = "#/components/schemas/"
 _ERROR_REF = {"$ref": _REF + "ErrorResponse"}
@@ -152,6 +152,10 @@ def _bound_body(body: dict[str, Any], settings: Settings) -> None:
         props["stop"]["items"].update(minLength=1, maxLength=STOP_MAX_CHARS)
     if props.get("metadata", {}).get("type") == "object":
         props["metadata"]["maxProperties"] = METADATA_MAX_KEYS
+    if props.get("n", {}).get("type") == "integer":
+        props["n"]["maximum"] = settings.max_n
+    if props.get("logit_bias", {}).get("type") == "object":  # keys: token ids, as JSON strings
+        props["logit_bias"].update(propertyNames={"pattern": r"^[0-9]{1,9}$"}, maxProperties=LOGIT_BIAS_MAX)
 
 
 def _link_jobs(schema: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -95,13 +95,22 @@ class FinishWatcher:
 
 
 async def wait_for_terminal(
-    store: AsyncJobStore, watcher: FinishWatcher, job_id: str, timeout: float
+    store: AsyncJobStore,
+    watcher: FinishWatcher,
+    job_id: str,
+    timeout: float,
+    read: Callable[[str], Awaitable[JobRecord | None]] | None = None,
 ) -> JobRecord | None:
-    """The job record once terminal, or as it is after ``timeout`` seconds (None if unknown)."""
+    """The job record once terminal, or as it is after ``timeout`` seconds (None if unknown).
+
+    ``read`` (default ``store.get``) reads the record, first right after the watch is registered:
+    a caller's own first read (an ownership check) can be that one instead of one more round trip.
+    """
     deadline = time.monotonic() + timeout
+    read = read or store.get
     with watcher.watch(job_id) as event:
         while True:
-            record = await store.get(job_id)
+            record = await read(job_id)
             remaining = deadline - time.monotonic()
             if record is None or record.terminal or remaining <= 0:
                 return record

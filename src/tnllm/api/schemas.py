@@ -1,176 +1,47 @@
-"""HTTP models of the API: request bodies and list/compat answers. The job object itself is
-``tnllm.store.JobPublic`` (shared with webhook payloads)."""
+"""HTTP models of the API: the compat and health answers. The job API's bodies (``JobCreate`` and
+its ``WebhookSpec``, ``JobList``, ``ErrorResponse``) are protocol contracts shared with the Python
+client (``tnllm.protocol.http``), and the job object is ``JobPublic`` (shared with webhook payloads);
+all are re-exported here."""
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal, get_origin
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tnllm.errors import WebhookURLError
-from tnllm.protocol.jobs import Timestamp
-from tnllm.protocol.sampling import SamplingParams
-from tnllm.protocol.tasks import MAX_PRIORITY, MIN_PRIORITY
-from tnllm.protocol.webhooks import Event
-from tnllm.store import ChatMessage, JobPublic
-from tnllm.webhooks.ssrf import AddressPolicy, parse_url
+from tnllm.protocol.http import (
+    METADATA_MAX_BYTES,
+    METADATA_MAX_KEYS,
+    ErrorDetail,
+    ErrorResponse,
+    JobCreate,
+    JobList,
+    StrictBody,
+    check_unicode,
+)
+from tnllm.protocol.jobs import ChatMessage, Timestamp
+from tnllm.protocol.webhooks import MAX_URL_LENGTH, WebhookSpec
+from tnllm.store import JobPublic
 
-MAX_URL_LENGTH = 2048
-
-
-def _default_events() -> list[Event]:
-    return ["job.succeeded", "job.failed", "job.cancelled"]
-
-
-class WebhookSpec(BaseModel):
-    """A job's callback: events are POSTed to `url`, signed per Standard Webhooks (docs/WEBHOOKS.md).
-
-    `url` must be http(s) with a host whose addresses are public (internal, loopback and metadata
-    addresses are refused with 422 unless the server's allow-list admits them).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(max_length=MAX_URL_LENGTH, description="http(s) callback URL.")
-    events: list[Event] = Field(
-        default_factory=_default_events,
-        min_length=1,
-        description="Events to send: job.running, job.succeeded, job.failed, job.cancelled "
-        "(default: the three terminal ones).",
-    )
-
-    # Syntax only here; the address check needs DNS and runs in the route (ssrf.acheck_url).
-    @field_validator("url")
-    @classmethod
-    def _url_syntax(cls, value: str) -> str:
-        try:
-            parse_url(value, AddressPolicy())  # allow-list-free: names it admits pass the DNS check later
-        except WebhookURLError as exc:
-            if "refused" in str(exc):
-                return value  # name rules depend on the allow-list: decided by the address check
-            raise ValueError(str(exc)) from exc
-        return value
-
-    @field_validator("events")
-    @classmethod
-    def _dedupe(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
-
-
-def _check_unicode(value: Any, where: str = "") -> Any:
-    """Refuse lone UTF-16 surrogates (``"\\ud800"`` is valid JSON but not encodable text), anywhere
-    in ``value``; the error names the path inside the field."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"invalid text{' at ' + where if where else ''}: lone surrogate") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(key, where)
-            _check_unicode(item, f"{where}.{key}" if where else str(key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_unicode(item, f"{where}[{i}]")
-    return value
-
-
-class StrictBody(BaseModel):
-    """Base of every request body: strict types (``true``, ``"4"`` or ``4.0`` is no integer), no
-    unknown fields, no lone surrogates. Routes added later subclass it to get the same rules."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _json_values(cls, value: Any, info: ValidationInfo) -> Any:
-        value = _check_unicode(value)
-        # strict mode takes only a tuple for a tuple field; a JSON array arrives as a list
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, list) and field is not None and get_origin(field.annotation) is tuple:
-            return tuple(value)
-        return value
-
-
-#: Bounds of the ``metadata`` object (echoed back, so kept small).
-METADATA_MAX_BYTES = 4096
-METADATA_MAX_KEYS = 32
-
-
-# The sampling options are the one contract's (``SamplingParams``), inherited so the body stays flat.
-class JobCreate(SamplingParams, StrictBody):
-    """Body of ``POST /v1/jobs``: exactly one of ``prompt`` / ``messages``, plus sampling options.
-
-    Limits that depend on the deployment (``max_new_tokens`` ≤ TNLLM_MAX_NEW_TOKENS_LIMIT, prompt
-    tokens ≤ TNLLM_MAX_PROMPT_TOKENS, at most TNLLM_MAX_STOP_STRINGS stop strings) are checked after
-    parsing and answered with 422 / 413 naming the field.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "examples": [{"prompt": "What is linear attention?", "max_new_tokens": 128}],
-            # exactly one of the two (the other absent or null)
-            "oneOf": [
-                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
-                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
-            ],
-        },
-    )
-
-    prompt: str | None = Field(
-        default=None,
-        min_length=1,
-        description="User text, wrapped in the chat template after the default system message.",
-    )
-    messages: list[ChatMessage] | None = Field(
-        default=None,
-        min_length=1,
-        validate_default=True,
-        description="A conversation instead of `prompt`: [{role: system|user|assistant, content}].",
-    )
-    continue_from: str | None = Field(
-        default=None,
-        max_length=128,
-        description="Continue this earlier succeeded job of yours: the conversation is its conversation, "
-        "its reply, then `messages` (the new turns only) or `prompt` (raw text appended as it is). "
-        "Only the new tokens are prefilled where its state is kept (docs/STATE.md).",
-    )
-    state_cache: bool = Field(
-        default=True,
-        description="False: neither resume from nor save any recurrent state (a full recompute).",
-    )
-    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="0-9; higher runs first.")
-    metadata: dict[str, Any] = Field(
-        default_factory=dict, description=f"Small object echoed back (≤ {METADATA_MAX_BYTES} bytes of JSON)."
-    )
-    webhook: WebhookSpec | None = Field(
-        default=None,
-        description="Callback `{url, events}` for this job's events, signed (docs/WEBHOOKS.md).",
-    )
-
-    @field_validator("messages")
-    @classmethod
-    def _prompt_xor_messages(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> Any:
-        if "prompt" not in info.data:  # prompt itself was invalid: that error is enough
-            return value
-        has_prompt = info.data["prompt"] is not None
-        if value is not None and has_prompt:
-            raise ValueError("give either 'prompt' or 'messages', not both")
-        if value is None and not has_prompt:
-            raise ValueError("one of 'prompt' or 'messages' is required")
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > METADATA_MAX_KEYS:
-            raise ValueError(f"at most {METADATA_MAX_KEYS} keys")
-        if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
-            raise ValueError(f"at most {METADATA_MAX_BYTES} bytes of JSON")
-        return value
+__all__ = [
+    "MAX_URL_LENGTH",
+    "METADATA_MAX_BYTES",
+    "METADATA_MAX_KEYS",
+    "CancelAnswer",
+    "CompatRequest",
+    "CompatResponse",
+    "ErrorDetail",
+    "ErrorResponse",
+    "HealthStatus",
+    "JobCreate",
+    "JobList",
+    "JobPublic",
+    "PrefixCreate",
+    "PrefixPublic",
+    "StrictBody",
+    "WebhookSpec",
+    "check_unicode",
+]
 
 
 class CancelAnswer(JobPublic):
@@ -219,14 +90,6 @@ class PrefixPublic(BaseModel):
     messages: list[ChatMessage] | None = None
 
 
-class JobList(BaseModel):
-    """A page of the caller's jobs, newest first."""
-
-    object: str = "list"
-    data: list[JobPublic]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
-
-
 class CompatRequest(StrictBody):
     """Body of the tutorial's ``POST /`` (unknown fields ignored, as the tutorial's server did)."""
 
@@ -241,21 +104,6 @@ class CompatResponse(BaseModel):
     response: str
     status: int = 200
     time: str = Field(description="Local time `YYYY-mm-dd HH:MM:SS`.")
-
-
-class ErrorDetail(BaseModel):
-    """The ``error`` object of every error answer."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    """Every error answer: ``{"error": {"type", "message", ...}}``."""
-
-    error: ErrorDetail
 
 
 class HealthStatus(BaseModel):

@@ -1,14 +1,16 @@
 """Server-Sent Events of one job, read from its Redis stream.
 
-Events: ``token`` (data ``{"text": delta}``), ``reset`` (data ``{"reason"}``: text so far is void;
+Events: ``token`` (data ``{"text": delta, "index": choice}``, plus ``"logprobs"``: the delta's tokens'
+entries, when the job asked for logprobs), ``reset`` (data ``{"reason"}``: text so far is void;
 only when a requeued job could not resume from its stream, which holds its token ids: a job that
 goes back to the queue normally continues its stream, with no reset and no repeated text) and
-finally ``done`` (data = the job object). Token entries without text (ids whose text is still
-held back) send nothing. While the job is queued or running, an ``eta`` event (data
-``{"queue_position", "estimated_start_at", "estimated_finish_at"}``, no id) comes first and again
-whenever the stream was quiet for ``BLOCK_MS``. Event ids are the stream
-entry ids, so ``Last-Event-ID`` resumes exactly after the last event a client saw. The stream is only
-read, so a client that goes away never affects the job.
+finally ``done`` (data = the job object). One stream entry may hold deltas of several choices: they
+go out as consecutive ``token`` events, and only the last carries the entry's id, so
+``Last-Event-ID`` resumes exactly after the last entry a client saw whole; deltas without text or
+logprobs (ids whose text is still held back) send nothing. While the job is queued or running, an
+``eta`` event (data ``{"queue_position", "estimated_start_at", "estimated_finish_at"}``, no id)
+comes first and again whenever the stream was quiet for ``BLOCK_MS``. The stream is only read, so a
+client that goes away never affects the job.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import ServerSentEvent
 
 from tnllm.api.submit import to_public
-from tnllm.store import AsyncJobStore, JobStatus
+from tnllm.store import AsyncJobStore, JobStatus, StreamEntry
 
 #: How long one XREAD waits for new entries before the record is checked (must stay below the
 #: Redis client's socket_timeout).
@@ -57,9 +59,8 @@ async def job_events(store: AsyncJobStore, job_id: str, after: str = "0-0") -> A
         for entry in entries:
             after = entry.id
             if entry.type == "token":
-                if not entry.text:
-                    continue
-                yield ServerSentEvent(data=json.dumps({"text": entry.text}), event="token", id=entry.id)
+                for event in token_events(entry):
+                    yield event
             elif entry.type == "reset":
                 yield ServerSentEvent(data=json.dumps({"reason": entry.reason}), event="reset", id=entry.id)
             else:
@@ -77,6 +78,17 @@ async def _eta(store: AsyncJobStore, job_id: str) -> ServerSentEvent | None:
         return None  # no live worker: nothing to estimate from
     fields = {"queue_position", "estimated_start_at", "estimated_finish_at"}
     return ServerSentEvent(data=public.model_dump_json(include=fields), event="eta")
+
+
+def token_events(entry: StreamEntry) -> list[ServerSentEvent]:
+    """The ``token`` events of one stream entry, one per choice delta; the last carries its id."""
+    events = []
+    deltas = [d for d in entry.deltas if d.text or d.logprobs]
+    for i, delta in enumerate(deltas):
+        data = delta.model_dump(mode="json", exclude_none=True)
+        last = i == len(deltas) - 1
+        events.append(ServerSentEvent(data=json.dumps(data), event="token", id=entry.id if last else None))
+    return events
 
 
 async def _public_json(store: AsyncJobStore, job_id: str) -> str:

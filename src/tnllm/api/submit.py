@@ -1,8 +1,9 @@
 """Job submission, shared by ``POST /v1/jobs`` and the tutorial's ``POST /``.
 
 Order matters for "never hand out an ID that was not stored": validate → count prompt tokens →
-store the record (with its idempotency key, atomically) → send the Celery message → answer. If the
-message cannot be sent, the stored job is discarded again and the client gets 503.
+store the record (with its idempotency key and, on kombu's Redis transport, its Celery message:
+one atomic script) → answer. Where the message cannot go with the record it is sent after the
+create; if that fails, the stored job is discarded again and the client gets 503.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tnllm.api.schemas import JobCreate
 from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
+from tnllm.protocol.formats import ResponseFormat, grammar_of
 from tnllm.protocol.jobs import from_epoch
 from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
@@ -56,6 +58,9 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         )
     if len(body.stop) > settings.max_stop_strings:
         raise ApiError(422, f"stop: at most {settings.max_stop_strings} strings", field="stop")
+    if body.n > settings.max_n:
+        raise ApiError(422, f"n: at most {settings.max_n} (got {body.n})", field="n")
+    check_response_format(body.response_format)
     return GenerationParams(
         **sampling.model_dump(),
         prompt=body.prompt,
@@ -63,6 +68,17 @@ def generation_params(body: JobCreate, settings: Settings) -> GenerationParams:
         continue_from=body.continue_from,
         state_cache=body.state_cache,
     )
+
+
+def check_response_format(fmt: ResponseFormat | None) -> None:
+    """422 naming why when a ``response_format`` grammar cannot be compiled (llguidance, without the
+    model's tokenizer: the worker compiles it again against the vocabulary)."""
+    if fmt is None or fmt.type == "text":
+        return
+    try:
+        grammar_of(fmt)
+    except ValueError as exc:
+        raise ApiError(422, f"response_format: {exc}", field="response_format") from None
 
 
 async def check_prompt_size(services: Services, params: GenerationParams, earlier: int = 0) -> int:
@@ -170,6 +186,7 @@ async def submit_job(
     limit_headers = await check_key_limits(services, owner, job_id)
     if response is not None:
         response.headers.update(limit_headers)
+    broker = await services.producer.broker_commands(job_id, body.priority, prompt_tokens, route.queue)
     outcome = await store.create(
         job_id=job_id,
         owner=owner,
@@ -180,6 +197,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
         webhook=webhook,
+        broker=broker or (),
     )
     if outcome.kind in ("full", "conflict"):
         services.metrics.jobs_rejected.labels(reason=outcome.kind).inc()
@@ -203,9 +221,10 @@ async def submit_job(
         if original is None:
             raise ApiError(422, "Idempotency-Key: the job of this key has expired", field="Idempotency-Key")
         return await to_public(store, original), True
-    await _enqueue(
-        services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
-    )
+    if broker is None:  # the message could not go with the record: send it now
+        await _enqueue(
+            services, job_id, owner, body.priority, idempotency_key, fingerprint, prompt_tokens, route.queue
+        )
     services.metrics.jobs_submitted.inc()
     # The record as written (a worker may already run it; the snapshot at creation is what we answer).
     assert outcome.record is not None

@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 
 from tnllm.cli.gpus import visible_gpus, worker_env
-from tnllm.cli.supervisor import Child, child_env, stop_all, tnllm_argv
+from tnllm.cli.progress import LogFollower
+from tnllm.cli.shutdown import shutdown
+from tnllm.cli.supervisor import Child, child_env, tnllm_argv
 from tnllm.config import Settings, environment
 from tnllm.store.server import PASSWORD_FILE, RedisServer, embedded_password
 
@@ -123,22 +125,11 @@ def cmd_flower(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the HTTP API under uvicorn."""
-    import uvicorn
+    """Run the HTTP API under uvicorn (``api_processes`` worker processes, ``tnllm.cli.api_server``)."""
+    from tnllm.cli.api_server import run_api
 
-    from tnllm.api.main import create_app
-
-    host = args.host or settings.host
-    port = args.port or settings.port
     _setup_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,  # keep our handler (JSON lines when log_format=json)
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
+    run_api(settings, args.host or settings.host, args.port or settings.port)
     return 0
 
 
@@ -148,23 +139,26 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 # The child prints one line (no traceback) and exits with this code when the model cannot be
 # resolved (unknown id offline, missing folder...): the parent then adds nothing of its own.
 _MODEL_ERROR_EXIT = 3
-_RESOLVE_CODE = f"""\
+_RESOLVE_CODE = """\
 import sys
-from tnllm.config import Settings, environment
+from tnllm.cli.hints import model_error
+from tnllm.cli.model_cmds import say_model_steps
+from tnllm.config import Settings
 from tnllm.model.download import ModelResolutionError, resolve_model_path
+say_model_steps("model:   ")  # writing the demo checkpoint, downloading (then ModelScope's bars)
 try:
     print(resolve_model_path(Settings()))
 except ModelResolutionError as exc:
-    print(f"tnllm up: error: {{exc}}", file=sys.stderr)
-    raise SystemExit({_MODEL_ERROR_EXIT})
+    print(f"tnllm up: error: {{model_error(exc, 'up', from_make={from_make})}}", file=sys.stderr)
+    raise SystemExit({exit})
 """
 
 
-def _resolve_model(env: dict[str, str]) -> str:
+def _resolve_model(env: dict[str, str], from_make: bool = False) -> str:
     """Resolve/prepare the model once in a child (downloads or writes the demo checkpoint)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _RESOLVE_CODE], env=env, check=False, stdout=subprocess.PIPE, text=True
-    )
+    code = _RESOLVE_CODE.format(from_make=from_make, exit=_MODEL_ERROR_EXIT)
+    argv = [sys.executable, "-c", code]
+    out = subprocess.run(argv, env=env, check=False, stdout=subprocess.PIPE, text=True)
     if out.returncode == _MODEL_ERROR_EXIT:
         raise SystemExit(1)  # the child already said why, in one line
     if out.returncode != 0:
@@ -172,9 +166,19 @@ def _resolve_model(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def _wait_ready(url: str, children: list[Child], stop: threading.Event, timeout: float) -> bool:
+def _echo_steps(followers: list[LogFollower]) -> None:
+    """The workers' model preparation steps logged since the last look."""
+    for follower in followers:
+        for step in follower.steps():
+            print(step, flush=True)
+
+
+def _wait_ready(
+    url: str, children: list[Child], stop: threading.Event, timeout: float, followers: list[LogFollower]
+) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop.is_set():
+        _echo_steps(followers)
         dead = [c for c in children if not c.alive]
         if dead:
             for child in dead:
@@ -214,26 +218,29 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     env = _up_env(settings)
     children: list[Child] = []
     try:
-        model_path = _resolve_model(env)
+        model_path = _resolve_model(env, getattr(args, "from_make", False))
         env["TNLLM_MODEL"] = model_path
         print(f"model:   {model_path}", flush=True)
         workers, others = _up_children(settings, env, logs)
         children = [*workers, *others]
+        followers = [LogFollower(w.name, w.log_path) for w in workers]
         for child in children:
             child.start()
+        print(f"workers: {len(workers)} loading the model (log in {logs})", flush=True)
         api_url = f"http://{settings.host}:{settings.port}"
-        if not _wait_ready(f"{api_url}/readyz", children, stop, READY_TIMEOUT):
+        if not _wait_ready(f"{api_url}/readyz", children, stop, READY_TIMEOUT, followers):
             if stop.is_set():
                 return 0
             print(f"tnllm did not become ready; logs in {logs}", file=sys.stderr, flush=True)
             return 1
+        _echo_steps(followers)
         print(f"api:     {api_url}  (docs {api_url}/docs)", flush=True)
         print(f"flower:  http://{settings.flower_address}:{settings.flower_port}", flush=True)
         print(f"logs:    {logs}", flush=True)
         print("ready. Ctrl-C stops everything.", flush=True)
         return _supervise(workers, others, stop)
     finally:
-        _shutdown(children, redis)
+        shutdown(children, redis, settings)
 
 
 def _up_env(settings: Settings) -> dict[str, str]:
@@ -288,16 +295,3 @@ def _supervise(workers: list[Child], others: list[Child], stop: threading.Event)
                 log.error("%s exited with %s:\n%s", child.name, child.returncode, child.log_tail())
                 return 1
     return 0
-
-
-def _shutdown(children: list[Child], redis: RedisServer | None) -> None:
-    """API first (no new jobs), then workers (warm shutdown), then the rest, Redis last."""
-    by_name = {c.name: c for c in children}
-    if "api" in by_name:
-        by_name["api"].stop(15)
-    workers = [c for c in children if c.name.startswith("worker-")]
-    stop_all(workers, WORKER_STOP_TIMEOUT)
-    stop_all([c for c in children if c not in workers and c.name != "api"], 15)
-    if redis is not None:
-        redis.stop()
-    print("stopped.", flush=True)

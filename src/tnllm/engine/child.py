@@ -32,6 +32,7 @@ from tnllm.engine.wire import (
     encode,
     request_from_wire,
     result_to_wire,
+    token_to_wire,
 )
 from tnllm.errors import EngineError
 
@@ -103,7 +104,7 @@ class EngineHost:
 
     # engine-thread callbacks: a queue put each, never I/O
     def _token(self, event: TokenEvent) -> None:
-        self._out.put(["t", event.request_id, event.text, event.token_ids])
+        self._out.put(token_to_wire(event))
 
     def _done(self, handle: RequestHandle) -> None:
         if handle.error is None:

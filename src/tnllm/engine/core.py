@@ -29,13 +29,15 @@ from typing import Any
 import torch
 
 from tnllm.engine.backend import ModelBackend
+from tnllm.engine.grammar import Grammars
 from tnllm.engine.handle import RequestHandle
+from tnllm.engine.logprobs import token_logprob
 from tnllm.engine.output import OutputProcessor, eos_ids
 from tnllm.engine.prefix import PrefixCache
-from tnllm.engine.request import LiveRequest, OnToken
+from tnllm.engine.request import LiveRequest, OnToken, new_sequences
 from tnllm.engine.runner import ModelRunner, Pending, Seq
-from tnllm.engine.sampling import BatchSampler, RowSampling, make_generator
-from tnllm.engine.scheduler import Scheduler, Sequence, StepPlan
+from tnllm.engine.sampling import BatchSampler, RowSampling
+from tnllm.engine.scheduler import Scheduler, StepPlan
 from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
@@ -69,6 +71,7 @@ class Engine:
         self.vocab_size = int(model.config.vocab_size)
         self.runner = ModelRunner(model, slots, backend, state_dtype)
         self.output = OutputProcessor(eos_ids(model, tokenizer))
+        self.grammars = Grammars(tokenizer, self.output.eos_ids, self.vocab_size)
         #: prefix and conversation states (``states``: the engine's store, None for none)
         self.prefix = PrefixCache(states)
         self.sched: Scheduler[LiveRequest] = Scheduler(
@@ -129,20 +132,8 @@ class Engine:
         (keep them short: the batch waits)."""
         self._validate(req)
         handle = RequestHandle(self, req.request_id, on_done)
-        live = LiveRequest(
-            req.params,
-            handle,
-            on_token,
-            state_cache=req.state_cache,
-            pin=req.pin,
-            prior_ids=list(req.resume_ids),
-        )
-        live.prompt_len = len(req.prompt_ids)
-        # a resumed request prefills its earlier tokens after the prompt and samples only the rest
-        prompt = [*req.prompt_ids, *req.resume_ids]
-        seq = Sequence(req.request_id, prompt, req.max_new_tokens - len(req.resume_ids), live)
-        seq.priority = req.priority
-        seq.cache_points = tuple(p for p in req.cache_points if 0 < p < len(req.prompt_ids))
+        # each choice walks its own copy of the format's matcher (RequestRejected: cannot compile)
+        seq = new_sequences(req, handle, on_token, self.grammars.matcher(req.params))
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -262,14 +253,23 @@ class Engine:
             self._complete(seq, "cancelled")
         if plan.empty:
             return None
-        rows = [ch.seq for ch in plan.prefill if ch.completes_prompt] + plan.decode
+        completing = [ch.seq for ch in plan.prefill if ch.completes_prompt]
+        # choices 1..n-1 sample their first token from choice 0's prompt logits
+        forks = [(i, sib) for i, s in enumerate(completing) for sib in s.siblings]
+        rows = completing + [sib for _, sib in forks] + plan.decode
         # staged before the launches: building it copies parameters to the device
-        sampler = BatchSampler([self._row_sampling(s) for s in rows], self.device) if rows else None
+        sampler = self._sampler(rows) if rows else None
         started = self.runner.mark()
         self._move_states(plan)
         self.runner.swap_slots(plan.swaps)
         logits = self.runner.prefill(plan.prefill, self.prefix)
         self.prefix.after_prefill(plan.prefill, self.pool)
+        self._stats.record_prefills(len(completing), len(forks))
+        for seq in completing:
+            ready = self.sched.fork(seq)
+            self.runner.fork(seq.slot, [sib.slot for sib in ready])
+        if forks:
+            logits.insert(1, logits[0][torch.tensor([i for i, _ in forks], device=self.device)])
         if plan.decode:
             logits.append(self.runner.decode(plan.decode, [s.next_position for s in plan.decode]))
         if sampler is None:
@@ -313,15 +313,15 @@ class Engine:
         """Read a launched step's ids and do its host work; returns the tokens appended."""
         appended = 0
         t0 = time.perf_counter()
-        ids = pending.read()
+        ids, payload = pending.read()
         # busy minus this is host work: near zero under load means the host, not the GPU, paces steps
         self._stats.record_device_wait(time.perf_counter() - t0)
         if pending.started is not None:  # the step's GPU time, from its first launch to its ids' copy
             self._stats.record_device_busy(pending.started.elapsed_time(pending.copied) / 1e3)
-        for seq, tok in zip(pending.rows, ids, strict=True):
+        for r, (seq, tok) in enumerate(zip(pending.rows, ids, strict=True)):
             if seq.finished:  # finished on the step before: this token was speculative
                 continue
-            self._append(seq, tok)
+            self._append(seq, tok, payload[r] if payload is not None else None)
             appended += 1
         return appended
 
@@ -338,14 +338,12 @@ class Engine:
             self.sched.cancel(rid)
 
     def _start_sequence(self, seq: Seq) -> FinishReason | None:
-        """Set up streaming and draws; a resumed request replays its earlier tokens (the finish
-        reason if they had ended it)."""
+        """Set up streaming; a resumed request replays its earlier tokens (the finish reason if
+        they had ended it)."""
+        for s in (seq, *seq.siblings):
+            if self.tokenizer is not None:
+                s.request.stream = TextStream(self.tokenizer, s.request.params.stop)
         live = seq.request
-        p = live.params
-        if self.tokenizer is not None:
-            live.stream = TextStream(self.tokenizer, p.stop)
-        if p.temperature > 0:
-            live.generator = make_generator(p.seed, start=len(live.prior_ids))
         if not live.prior_ids:
             return None
         self._stats.resumed_tokens += len(live.prior_ids)
@@ -356,22 +354,41 @@ class Engine:
         live = seq.request
         p = live.params
         seen = [*seq.prompt_ids, *seq.output_ids] if p.repetition_penalty != 1.0 else ()
-        return RowSampling(p, seen, live.generator)
+        step = len(live.prior_ids) + len(seq.output_ids)  # a resumed choice's draws go on where they were
+        return RowSampling(p, seen, live.shared.seed, live.index, step, seq.slot)
 
-    def _append(self, seq: Seq, tok: int) -> None:
-        """Record a sampled token, stream its text, and retire the sequence if it is done."""
-        reason = self.output.append(seq, tok)
+    def _sampler(self, rows: list[Seq]) -> BatchSampler:
+        """The step's sampler: per-row parameters, the count pool, this step's grammar masks."""
+        samplings = [self._row_sampling(s) for s in rows]
+        counts = self.runner.counts() if any(r.counts_tokens for r in samplings) else None
+        constrained = [i for i, s in enumerate(rows) if s.request.matcher is not None]
+        mask = self.grammars.masks([rows[i].request.matcher for i in constrained]) if constrained else None
+        return BatchSampler(samplings, self.device, counts=counts, mask_rows=constrained, mask=mask)
+
+    def _append(self, seq: Seq, tok: int, payload: list[float] | None = None) -> None:
+        """Record a sampled token, stream its text, and retire the choice if it is done."""
+        entry = None
+        if payload is not None and seq.request.params.logprobs:
+            entry = token_logprob(self.grammars.vocab, payload, seq.request.params.top_logprobs)
+        reason = self.output.append(seq, tok, entry)
         if reason is not None:
             self._complete(seq, reason)
 
     def _complete(self, seq: Seq, reason: FinishReason) -> None:
+        """Retire one choice; the request's result is set once its last choice has ended."""
         self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
         self._parked.pop(seq.request_id, None)
-        result = self.output.result(seq, reason)
+        live = seq.request
+        live.end([*live.prior_ids, *seq.output_ids], reason)
+        if live.index == 0:
+            # of the prompt only (a resumed request's saved state may cover its earlier tokens too)
+            live.shared.cached_tokens = min(seq.cached, live.prompt_len) if live.prior_ids else seq.cached
+        if not live.shared.done:
+            return
         self._stats.record_finished()
         self._release(seq.request_id)
-        seq.request.handle.set_result(result)
+        live.handle.set_result(live.shared.result())
 
     def _release(self, request_id: str) -> None:
         with self._lock:
@@ -383,4 +400,5 @@ class Engine:
             vocab_size=self.vocab_size,
             max_context=self.max_context,
             has_tokenizer=self.tokenizer is not None,
+            slots=self.slots,
         )

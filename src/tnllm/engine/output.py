@@ -1,7 +1,8 @@
-"""Output processing: append a sampled token, detokenise, check EOS / length / stop strings, emit.
+"""Output processing: append a sampled token, detokenise, check EOS / length / stop strings /
+the grammar, emit.
 
-``OutputProcessor`` turns each sampled id into a ``TokenEvent`` for the request's ``on_token`` and
-tells the core loop when a sequence is done; ``result`` builds the final ``EngineResult``.
+``OutputProcessor`` turns each sampled id into a ``TokenEvent`` (choice index, text delta, logprob
+entry) for the request's ``on_token`` and tells the core loop when a choice is done.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 from tnllm.engine.request import LiveRequest
 from tnllm.engine.scheduler import Sequence
-from tnllm.engine.types import EngineResult, FinishReason, TokenEvent
+from tnllm.engine.types import FinishReason, TokenEvent
+from tnllm.protocol.outputs import TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +36,37 @@ class OutputProcessor:
     def __init__(self, eos: frozenset[int]) -> None:
         self.eos_ids = eos
 
-    def append(self, seq: Seq, tok: int) -> FinishReason | None:
-        """Record a sampled token and stream its text; the finish reason when the sequence is done."""
+    def append(self, seq: Seq, tok: int, logprob: TokenLogprob | None = None) -> FinishReason | None:
+        """Record a sampled token and stream its text; the finish reason when the choice is done."""
+        live = seq.request
         seq.output_ids.append(tok)
-        reason, delta = self._advance(seq.request, tok, len(seq.output_ids) >= seq.max_new_tokens)
-        self.emit(seq, delta, [tok])
+        if live.logprobs is not None and logprob is not None:
+            live.logprobs.append(logprob)
+        reason, delta = self._advance(seq, tok, len(seq.output_ids) >= seq.max_new_tokens)
+        self.emit(seq, delta, [tok], [logprob] if logprob is not None else None)
         return reason
 
     def replay(self, seq: Seq) -> FinishReason | None:
         """Take back a resumed request's earlier tokens (``prior_ids``) as ``append`` would have
-        taken them, text and stop strings included, but without emitting them again (the client
-        has them). The finish reason when the earlier run had already ended (it died before
-        writing its result)."""
+        taken them (text, stop strings and the grammar's matcher included) but without emitting
+        them again (the client has them). The finish reason when the earlier run had already ended
+        (it died before writing its result)."""
         live = seq.request
         total = len(live.prior_ids) + seq.max_new_tokens
         for i, tok in enumerate(live.prior_ids, 1):
-            reason, delta = self._advance(live, tok, i >= total)
+            reason, delta = self._advance(seq, tok, i >= total)
             live.text_parts.append(delta)
             if reason is not None:
                 return reason
         return None
 
-    def _advance(self, live: LiveRequest, tok: int, at_limit: bool) -> tuple[FinishReason | None, str]:
-        """One token through EOS, the length limit, the detokeniser and the stop strings."""
+    def _advance(self, seq: Seq, tok: int, at_limit: bool) -> tuple[FinishReason | None, str]:
+        """One token through EOS, the grammar, the length limit, the detokeniser and stop strings."""
+        live = seq.request
         reason: FinishReason | None = None
-        if tok in self.eos_ids and not live.params.ignore_eos:
+        if tok in self.eos_ids and (not live.params.ignore_eos or live.matcher is not None):
+            reason = "stop"  # a grammar's mask allows EOS only where the grammar accepts
+        elif live.matcher is not None and _grammar_done(seq, tok):
             reason = "stop"
         elif at_limit:
             reason = "length"
@@ -72,28 +80,21 @@ class OutputProcessor:
         return reason, delta
 
     @staticmethod
-    def emit(seq: Seq, text: str, ids: list[int]) -> None:
+    def emit(seq: Seq, text: str, ids: list[int], logprobs: list[TokenLogprob] | None = None) -> None:
         live = seq.request
         live.text_parts.append(text)
         if live.on_token is not None:
             try:
-                live.on_token(TokenEvent(seq.request_id, text, ids))
+                live.on_token(TokenEvent(seq.request_id, text, ids, live.index, logprobs))
             except Exception:  # a consumer's bug must not stop the batch
                 log.exception("on_token callback of %s raised", seq.request_id)
 
-    @staticmethod
-    def result(seq: Seq, reason: FinishReason) -> EngineResult:
-        """The finished request's result (its text is every emitted delta, in order, after the
-        text of a resumed request's earlier tokens)."""
-        live = seq.request
-        ids = [*live.prior_ids, *seq.output_ids]
-        return EngineResult(
-            request_id=seq.request_id,
-            text="".join(live.text_parts),
-            token_ids=ids,
-            finish_reason=reason,
-            prompt_tokens=live.prompt_len if live.prior_ids else len(seq.prompt_ids),
-            completion_tokens=len(ids),
-            # of the prompt only (a resumed request's saved state may cover its earlier tokens too)
-            cached_tokens=min(seq.cached, live.prompt_len) if live.prior_ids else seq.cached,
-        )
+
+def _grammar_done(seq: Seq, tok: int) -> bool:
+    """Feed the token to the choice's grammar; True once the grammar admits nothing more (the JSON
+    is complete), or if it refused the token (the mask forbids that: logged, the choice ends)."""
+    matcher = seq.request.matcher
+    if not matcher.consume_token(tok):
+        log.error("request %s: grammar refused token %d: %s", seq.request_id, tok, matcher.get_error())
+        return True
+    return bool(matcher.is_stopped())

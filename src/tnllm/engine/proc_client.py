@@ -35,6 +35,7 @@ from tnllm.engine.wire import (
     request_to_wire,
     result_from_wire,
     stats_from_wire,
+    token_from_wire,
 )
 from tnllm.errors import EngineError, EngineLoadFailed, EngineLost, RequestRejected
 
@@ -178,7 +179,11 @@ class ProcessEngineClient:
         EngineLost when the engine process is gone."""
         info = self.engine_info
         check_request(
-            req, vocab_size=info.vocab_size, max_context=info.max_context, has_tokenizer=info.has_tokenizer
+            req,
+            vocab_size=info.vocab_size,
+            max_context=info.max_context,
+            has_tokenizer=info.has_tokenizer,
+            slots=info.slots,
         )
         handle = RequestHandle(self, req.request_id, on_done)
         with self._lock:
@@ -263,7 +268,7 @@ class ProcessEngineClient:
                 running = self._running.get(event[1])
             if running is not None and running.on_token is not None:
                 try:
-                    running.on_token(TokenEvent(event[1], event[2], event[3]))
+                    running.on_token(token_from_wire(event))
                 except Exception:  # a consumer's bug must not stop the other requests
                     log.exception("on_token callback of %s raised", event[1])
         elif kind == "d":

@@ -12,7 +12,12 @@ beats the lowest running one's by at least the gap, that running sequence is *pa
 lists it in ``preempted`` (the engine moves its slot's state to host memory before the slot is
 reused) and it waits at the head of its priority; when readmitted it is in ``restore`` (the engine
 copies its state back; ``on_admit`` does not see it again) and goes on where it stopped, with no
-recompute.
+recompute. Only a request running as one sequence is parked (n > 1 choices: all or none, so none).
+
+A request with ``n`` choices is one sequence (choice 0) carrying ``n - 1`` ``siblings``: it is
+admitted only when ``n`` slots are free (the queue waits otherwise), its siblings take the other
+slots at once and wait there (``parent`` set) while choice 0 prefills the prompt; ``fork`` then
+hands them to the engine, which copies choice 0's state into their slots. One prefill, n slots.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ class Sequence(Generic[R]):
     admitted: int = -1  # admission counter: prefill goes first-come first-served
     priority: int = 0  # 0..9, higher first
     parked: bool = False  # preempted: its state waits in host memory for a slot
+    siblings: list[Sequence[R]] = field(default_factory=list)  # choices 1..n-1 until the fork
+    parent: Sequence[R] | None = None  # a sibling waiting for its parent's prefilled state
+
+    @property
+    def width(self) -> int:
+        """Slots the sequence needs to be admitted (itself and its unforked siblings)."""
+        return 1 + len(self.siblings)
+
     cached: int = 0  # prompt tokens taken from a saved state instead of prefilled
     consumed: int = 0  # tokens (prompt, then output) that the slot's state has taken in
     cache_points: tuple[int, ...] = ()  # prompt positions where a chunk must end (sorted)
@@ -108,16 +121,20 @@ class Scheduler(Generic[R]):
         self.waiting: deque[Sequence[R]] = deque()
         self.running: dict[int, Sequence[R]] = {}  # slot -> sequence, in admission order
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
-        self._by_id: dict[str, Sequence[R]] = {}
+        self._by_id: dict[str, list[Sequence[R]]] = {}  # request id -> its live choices
         self._admissions = 0
         self._on_admit = on_admit
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def add(self, seq: Sequence[R]) -> None:
-        """Queue a new sequence (request ids must be unique among live sequences)."""
+        """Queue a new sequence and its siblings (request ids must be unique among live requests)."""
         if seq.request_id in self._by_id:
             raise ValueError(f"request id {seq.request_id!r} is already in the engine")
-        self._by_id[seq.request_id] = seq
+        if seq.width > self.num_slots:
+            raise ValueError(f"{seq.width} choices need more than the engine's {self.num_slots} slots")
+        for sib in seq.siblings:
+            sib.parent = seq
+        self._by_id[seq.request_id] = [seq, *seq.siblings]
         self._enqueue(seq)
 
     def _enqueue(self, seq: Sequence[R], *, first: bool = False) -> None:
@@ -130,33 +147,52 @@ class Scheduler(Generic[R]):
         self.waiting.insert(at, seq)
 
     def get(self, request_id: str) -> Sequence[R] | None:
-        """The live sequence with this id, if any."""
-        return self._by_id.get(request_id)
+        """A live sequence (the lowest choice still running) with this id, if any."""
+        live = self._by_id.get(request_id)
+        return live[0] if live else None
 
     def cancel(self, request_id: str) -> bool:
-        """Mark a live sequence cancelled; it is retired by the next ``schedule()``."""
-        seq = self._by_id.get(request_id)
-        if seq is None or seq.finished:
+        """Mark a request's live choices cancelled; they are retired by the next ``schedule()``."""
+        live = self._by_id.get(request_id)
+        if not live:
             return False
-        seq.cancelled = True
+        for seq in live:
+            seq.cancelled = True
         return True
+
+    def fork(self, seq: Sequence[R]) -> list[Sequence[R]]:
+        """``seq``'s prompt is in its state: its siblings are ready once the caller has copied that
+        state into their slots (returned; they sample their first token from ``seq``'s logits)."""
+        ready, seq.siblings = seq.siblings, []
+        for sib in ready:
+            sib.parent = None
+            sib.prefilled, sib.consumed, sib.cached = seq.prefilled, seq.consumed, seq.cached
+        return ready
 
     def finish(self, seq: Sequence[R]) -> None:
         """Retire a sequence now and free its slot."""
         if seq.finished:
             return
         seq.finished = True
-        self._by_id.pop(seq.request_id, None)
+        live = self._by_id.get(seq.request_id, [])
+        if seq in live:
+            live.remove(seq)
+        if not live:
+            self._by_id.pop(seq.request_id, None)
         if seq.slot >= 0:
             del self.running[seq.slot]
             self._free.append(seq.slot)
             seq.slot = -1
-        else:
+        elif seq in self.waiting:
             self.waiting.remove(seq)
+
+    def _live(self) -> list[Sequence[R]]:
+        """Every live sequence: running, waiting, and the siblings of waiting ones."""
+        return [*self.running.values(), *self.waiting, *(s for w in self.waiting for s in w.siblings)]
 
     def drain(self) -> list[Sequence[R]]:
         """Retire every live sequence (engine failure or shutdown); returns them."""
-        live = [*self.running.values(), *self.waiting]
+        live = self._live()
         for seq in live:
             self.finish(seq)
         return live
@@ -180,15 +216,18 @@ class Scheduler(Generic[R]):
     def schedule(self) -> StepPlan[R]:
         """Retire cancelled sequences, admit waiting ones, and plan prefill chunks and decodes."""
         plan: StepPlan[R] = StepPlan()
-        for seq in [s for s in (*self.running.values(), *self.waiting) if s.cancelled]:
+        for seq in [s for s in self._live() if s.cancelled]:
             self.finish(seq)
             plan.cancelled.append(seq)
         self._admit(plan)
-        while self.waiting and not self._free and (victim := self._victim()) is not None:
-            self._preempt(victim, plan)
+        while self.waiting and len(self._free) < self.waiting[0].width and (victims := self._victims()):
+            for victim in victims:
+                self._preempt(victim, plan)
             self._admit(plan)
         budget = self.budget
         for seq in sorted(self.running.values(), key=lambda s: s.admitted):
+            if seq.parent is not None:  # waits for its parent's prompt state
+                continue
             if not seq.prefill_done:
                 if budget <= 0:
                     continue
@@ -205,31 +244,43 @@ class Scheduler(Generic[R]):
         return plan
 
     def _admit(self, plan: StepPlan[R]) -> None:
-        while self.waiting and self._free:
+        while self.waiting and len(self._free) >= self.waiting[0].width:
             seq = self.waiting.popleft()
-            seq.slot = self._free.pop()
-            seq.admitted = self._admissions
+            for member in (seq, *seq.siblings):
+                member.slot = self._free.pop()
+                member.admitted = self._admissions
+                self.running[member.slot] = member
             self._admissions += 1
-            self.running[seq.slot] = seq
             if seq.parked:
                 seq.parked = False
                 plan.restore.append(seq)
             elif self._on_admit is not None:
-                self._on_admit(seq)
+                self._on_admit(seq)  # choice 0 only: its siblings get its state by the fork
 
-    def _victim(self) -> Sequence[R] | None:
-        """The running sequence the first waiting one may preempt: the lowest priority at least
-        ``preempt_gap`` below it, the latest admitted among equals (it has done the least)."""
+    def _victims(self) -> list[Sequence[R]]:
+        """The running sequences the first waiting one preempts to get its ``width`` slots: the
+        lowest priorities at least ``preempt_gap`` below it, the latest admitted among equals (they
+        have done the least); none unless that frees enough slots. Only a request running as one
+        sequence is preempted (a request's n > 1 choices are never parked: all or none, so none)."""
         if self.preempt_gap is None or not self.waiting:
-            return None
-        ceiling = self.waiting[0].priority - self.preempt_gap
-        candidates = [s for s in self.running.values() if s.priority <= ceiling]
-        return min(candidates, key=lambda s: (s.priority, -s.admitted), default=None)
+            return []
+        head = self.waiting[0]
+        ceiling = head.priority - self.preempt_gap
+        candidates = sorted(
+            (s for s in self.running.values() if s.priority <= ceiling and self._parkable(s)),
+            key=lambda s: (s.priority, -s.admitted),
+        )
+        need = head.width - len(self._free)
+        return candidates[:need] if len(candidates) >= need else []
+
+    def _parkable(self, seq: Sequence[R]) -> bool:
+        """The sequence is its request's only live choice (no siblings, no parent, no other choice)."""
+        return seq.parent is None and not seq.siblings and len(self._by_id.get(seq.request_id, ())) == 1
 
     @property
     def wants_preempt(self) -> bool:
         """The next ``schedule()`` would preempt a running sequence."""
-        return not self._free and self._victim() is not None
+        return bool(self.waiting) and len(self._free) < self.waiting[0].width and bool(self._victims())
 
     def _preempt(self, seq: Sequence[R], plan: StepPlan[R]) -> None:
         plan.preempted.append((seq, seq.slot))

@@ -29,6 +29,8 @@ class StatsTracker:
         self.device_busy = 0.0
         self.preemptions = 0
         self.resumed_tokens = 0
+        self.prefills = 0
+        self.forks = 0
 
     def record_step(self, seconds: float, tokens: int, overlapped: bool = False) -> None:
         """One step ran for ``seconds`` and sampled ``tokens`` tokens; ``overlapped``: it launched the
@@ -55,6 +57,13 @@ class StatsTracker:
         the GPU idling inside the step (the host launching its work late) is."""
         with self._lock:
             self.device_busy += seconds
+
+    def record_prefills(self, prompts: int, forks: int) -> None:
+        """``prompts`` prompts were prefilled, and ``forks`` choices started from copies of them."""
+        if prompts or forks:
+            with self._lock:
+                self.prefills += prompts
+                self.forks += forks
 
     def record_finished(self) -> None:
         """A request left the engine."""
@@ -85,6 +94,8 @@ class StatsTracker:
                 device_busy_seconds=self.device_busy,
                 preemptions=self.preemptions,
                 resumed_tokens=self.resumed_tokens,
+                prefills=self.prefills,
+                forked_choices=self.forks,
             )
 
     def _trim(self, now: float) -> None:

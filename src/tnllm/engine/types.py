@@ -7,16 +7,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
 from tnllm.errors import RequestRejected
+from tnllm.protocol.outputs import FinishReason, TokenLogprob
 from tnllm.protocol.sampling import SamplingParams, error_message
 
-__all__ = ["EngineRequest", "EngineResult", "EngineStats", "FinishReason", "SamplingParams", "TokenEvent"]
-
-FinishReason = Literal["stop", "length", "cancelled"]
+__all__ = [
+    "EngineChoice",
+    "EngineRequest",
+    "EngineResult",
+    "EngineStats",
+    "FinishReason",
+    "SamplingParams",
+    "TokenEvent",
+]
 
 
 @dataclass
@@ -79,16 +86,31 @@ class EngineRequest:
 
 @dataclass
 class TokenEvent:
-    """A streamed delta: the new text (may be empty while bytes or a stop prefix are held back)."""
+    """A streamed delta of choice ``index``: the new text (may be empty while bytes or a stop prefix
+    are held back) and, when the request asked for logprobs, one entry per token of ``token_ids``."""
 
     request_id: str
     text: str
     token_ids: list[int]
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineChoice:
+    """One choice of a finished request; ``text`` equals the concatenation of its deltas."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
 class EngineResult:
-    """The outcome of one request. ``text`` equals the concatenation of its TokenEvent deltas."""
+    """The outcome of one request: ``text``, ``token_ids`` and ``finish_reason`` are choice 0's,
+    ``completion_tokens`` counts every choice's tokens, ``choices`` has the request's ``n``."""
 
     request_id: str
     text: str
@@ -96,6 +118,7 @@ class EngineResult:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    choices: list[EngineChoice] = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens taken from a saved state (not prefilled)
 
 
@@ -118,6 +141,8 @@ class EngineStats:
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
     preemptions: int = 0  # sequences whose state moved to host memory for a higher-priority one
     resumed_tokens: int = 0  # generated tokens of resumed requests taken back without sampling
+    prefills: int = 0  # prompts prefilled (once per request, whatever its n)
+    forked_choices: int = 0  # choices started from a copy of a prefilled state (n > 1)
     prefill_tokens: int = 0  # prompt tokens run through the model
     cached_tokens: int = 0  # prompt tokens taken from saved states instead
     state_cache: dict[str, dict[str, int]] = field(default_factory=dict)  # per tier (StateStore.stats)

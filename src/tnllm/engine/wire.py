@@ -3,7 +3,8 @@
 Worker → engine: ``start`` (the ``EngineConfig``, first), ``submit`` (a request), ``cancel`` (an id),
 ``unpin`` (a pin tag of the state store), ``stop``. Engine → worker: ``ready`` (``EngineInfo``) or
 ``load_failed`` (an error), then
-``events`` frames: an ordered list of ``["t", id, text, token_ids]`` (a delta), ``["d", result]``
+``events`` frames: an ordered list of ``["t", id, text, token_ids, choice, logprobs]`` (a delta;
+logprobs a list of ``TokenLogprob`` dumps or null), ``["d", result]``
 (a request finished) and ``["f", id, message]`` (a request failed), with the engine's stats and
 GPU memory every ``STATS_INTERVAL_S``. Order within and across frames is the engine's order, so a
 request's deltas always come before its end.
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tnllm.config import EngineConfig
-from tnllm.engine.types import EngineRequest, EngineResult, EngineStats
+from tnllm.engine.types import EngineChoice, EngineRequest, EngineResult, EngineStats, TokenEvent
+from tnllm.protocol.outputs import TokenLogprob
 
 #: How often the engine process reports its stats (the worker's metrics and heartbeat read them).
 STATS_INTERVAL_S = 0.25
@@ -76,14 +78,41 @@ def request_from_wire(data: dict[str, Any]) -> EngineRequest:
     )
 
 
+def _logprobs_to_wire(entries: list[TokenLogprob] | None) -> list[dict[str, Any]] | None:
+    return None if entries is None else [e.model_dump(mode="json") for e in entries]
+
+
+def _logprobs_from_wire(data: list[dict[str, Any]] | None) -> list[TokenLogprob] | None:
+    return None if data is None else [TokenLogprob.model_validate(e) for e in data]
+
+
+def token_to_wire(event: TokenEvent) -> list[Any]:
+    """A delta event: ``["t", id, text, token_ids, choice, logprobs]``."""
+    logprobs = _logprobs_to_wire(event.logprobs)
+    return ["t", event.request_id, event.text, event.token_ids, event.index, logprobs]
+
+
+def token_from_wire(event: list[Any]) -> TokenEvent:
+    """The delta ``token_to_wire`` encoded."""
+    return TokenEvent(event[1], event[2], list(event[3]), int(event[4]), _logprobs_from_wire(event[5]))
+
+
 def result_to_wire(result: EngineResult) -> dict[str, Any]:
     """A result as JSON-ready data."""
-    return dataclasses.asdict(result)
+    data = dataclasses.asdict(result)
+    data["choices"] = [
+        {**dataclasses.asdict(c), "logprobs": _logprobs_to_wire(c.logprobs)} for c in result.choices
+    ]
+    return data
 
 
 def result_from_wire(data: dict[str, Any]) -> EngineResult:
     """The result ``result_to_wire`` encoded."""
-    return EngineResult(**data)
+    choices = [
+        EngineChoice(**{**c, "logprobs": _logprobs_from_wire(c.get("logprobs"))})
+        for c in data.get("choices", [])
+    ]
+    return EngineResult(**{**data, "choices": choices})
 
 
 def stats_from_wire(data: dict[str, Any]) -> EngineStats:

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from tnllm.config import DEMO_MODEL, is_model_id, model_folder
-from tnllm.errors import ModelResolutionError
+from tnllm.errors import ModelResolutionError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "tnllm_download.json"
-_HINT = "use `--model demo` for a random demo checkpoint, or `--model /path/to/checkpoint` for a local folder"
 
 
 def model_dir_for(model_id: str, data_dir: str | Path) -> Path:
@@ -46,7 +45,7 @@ def resolve_model_path(settings: Any) -> Path:
     if folder is None:
         if Path(model).expanduser().exists():
             raise ModelResolutionError(f"model {model!r} is a file; give the checkpoint folder")
-        raise ModelResolutionError(f"model folder {model!r} does not exist; {_HINT}")
+        raise ModelUnavailable(f"model folder {model!r} does not exist")
     if folder == Path(model).expanduser():  # an existing folder, named as itself
         return folder
     return download_model(model, folder, settings.model_revision)
@@ -67,7 +66,7 @@ def download_model(model_id: str, target: str | Path, revision: str | None = Non
     try:
         snapshot_download(model_id, revision=revision, local_dir=str(folder))
     except Exception as exc:  # modelscope raises many types; all mean "no checkpoint"
-        raise ModelResolutionError(_download_failure(model_id, exc)) from exc
+        raise ModelUnavailable(_download_failure(model_id, exc)) from exc
     validate_checkpoint_folder(folder)
     marker.write_text(json.dumps({"model_id": model_id, "revision": revision}) + "\n", encoding="utf-8")
     return folder
@@ -78,8 +77,8 @@ def _snapshot_download() -> Any:
     try:
         module = importlib.import_module("modelscope.hub.snapshot_download")
     except ImportError as exc:
-        raise ModelResolutionError(
-            f"downloading needs the `modelscope` package (pip install 'tnllm[worker]'); {_HINT}"
+        raise ModelUnavailable(
+            "downloading needs the `modelscope` package (pip install 'tnllm[worker]')"
         ) from exc
     return module.snapshot_download
 
@@ -98,8 +97,8 @@ def _download_failure(model_id: str, exc: BaseException) -> str:
     if len(reason) > 200:
         reason = reason[:199] + "…"
     if isinstance(exc, OSError):  # ConnectionError, timeouts, modelscope's NetworkError
-        return f"cannot download {model_id} from ModelScope (offline or unreachable: {reason}); {_HINT}"
-    return f"cannot download {model_id} from ModelScope ({reason}); {_HINT}"
+        return f"cannot download {model_id} from ModelScope (offline or unreachable: {reason})"
+    return f"cannot download {model_id} from ModelScope ({reason})"
 
 
 def validate_checkpoint_folder(folder: str | Path) -> None:

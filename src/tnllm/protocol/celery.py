@@ -137,7 +137,13 @@ def task_display(job_id: str, prompt_tokens: int | None, priority: int) -> dict[
 
 
 def send_generate(
-    app: Celery, job_id: str, priority: int, prompt_tokens: int | None = None, queue: str = GENERATE_QUEUE
+    app: Celery,
+    job_id: str,
+    priority: int,
+    prompt_tokens: int | None = None,
+    queue: str = GENERATE_QUEUE,
+    producer: Any = None,
+    declare: list[Any] | None = None,
 ) -> None:
     """Enqueue one GENERATE_TASK message for ``job_id`` at the job's priority (0..9, higher first).
 
@@ -153,5 +159,63 @@ def send_generate(
         priority=broker_priority(priority),
         ignore_result=True,
         task_id=job_id,
+        producer=producer,
+        declare=declare,  # None: Celery declares the queue (cached per connection, checked each time)
         **task_display(job_id, prompt_tokens, priority),
     )
+
+
+#: One Redis command of a publish, as kombu's Redis transport would send it: (name, key or channel,
+#: value) with name ``lpush`` (a queue list), ``pexpire`` (a list's expiry) or ``publish`` (fanout).
+BrokerCommand = tuple[str, str, str]
+BROKER_COMMANDS = ("lpush", "pexpire", "publish")
+
+
+class _Collect:
+    """Stands in for a kombu producer batch (``kombu.messaging._ProducerBatchState``): kombu routes
+    and serializes each publish itself and hands the final Redis commands to ``add``, as it does for
+    its own ``PublishBatch``; they are kept instead of sent."""
+
+    def __init__(self) -> None:
+        self.commands: list[BrokerCommand] = []
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        return channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        if name not in BROKER_COMMANDS or len(args) != 2:
+            raise ValueError(f"unexpected broker command {name!r}")
+        self.commands.append((name, str(args[0]), str(args[1])))
+
+
+def generate_commands(
+    app: Celery,
+    producer: Any,
+    job_id: str,
+    priority: int,
+    prompt_tokens: int | None = None,
+    *,
+    declare: bool = False,
+) -> list[BrokerCommand]:
+    """The Redis commands by which ``send_generate`` would publish ``job_id`` (its message and, with
+    task events, the task-sent event), built by Celery and kombu but not sent: a caller runs them
+    in its own script (the job store's CREATE, so the record and its message are one write).
+
+    ``producer``: a kombu Producer of ``app`` on the Redis transport, used by one thread at a time.
+    With ``declare`` (the first call on a producer) the queue is declared (Redis I/O, once);
+    without, no I/O at all. ValueError when the transport cannot batch (not kombu's Redis transport).
+    """
+    channel = producer.channel
+    if not hasattr(channel, "create_publish_batch"):
+        raise ValueError("the broker transport is not kombu's Redis transport")
+    collect = _Collect()
+    producer._batch_local.current = collect
+    try:
+        send_generate(
+            app, job_id, priority, prompt_tokens, producer=producer, declare=None if declare else []
+        )
+    finally:
+        del producer._batch_local.current
+    if not any(name == "lpush" for name, _, _ in collect.commands):
+        raise ValueError("kombu routed the generate message to no queue")
+    return collect.commands

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from tnllm.protocol.outputs import Choice, FinishReason
 from tnllm.protocol.sampling import SamplingParams, resolved_schema
 from tnllm.protocol.webhooks import WebhookPublic
 
@@ -98,11 +99,16 @@ class Conversation(BaseModel):
 
 
 class JobResult(BaseModel):
-    """What a finished job produced (also the partial text of a cancelled running job)."""
+    """What a finished job produced (also the partial text of a cancelled running job).
+
+    ``text`` and ``finish_reason`` are choice 0's; ``usage.completion_tokens`` counts the tokens
+    of every choice (the prompt once); ``choices`` has ``n`` entries (empty in records written
+    before choices existed)."""
 
     text: str
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: FinishReason
     usage: Usage = Field(default_factory=Usage)
+    choices: list[Choice] = Field(default_factory=list)
 
 
 class JobErrorType(StrEnum):

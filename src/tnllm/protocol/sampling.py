@@ -12,12 +12,23 @@ engine-process wire is its JSON dump. Torch-free, so every process can import it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator
 
+from tnllm.protocol.formats import ResponseFormat
+
+#: A token id as a key of ``logit_bias``: JSON object keys are strings ("17"), so parsed from one even
+#: where the body is otherwise strict.
+TokenId = Annotated[int, Strict(False)]
 #: Longest stop string, in characters.
 STOP_MAX_CHARS = 256
+#: The contract's bound on ``n`` (deployments lower it: TNLLM_MAX_N).
+N_MAX = 128
+#: Most ``logit_bias`` entries (OpenAI's limit).
+LOGIT_BIAS_MAX = 300
+#: Most ``top_logprobs`` (OpenAI's limit).
+TOP_LOGPROBS_MAX = 20
 
 
 class SamplingParams(BaseModel):
@@ -39,6 +50,26 @@ class SamplingParams(BaseModel):
     ignore_eos: bool = Field(
         default=False, description="Keep generating past the end-of-sequence token, up to max_new_tokens."
     )
+    n: int = Field(
+        default=1, ge=1, le=N_MAX, description="Choices generated from the one prompt (at most TNLLM_MAX_N)."
+    )
+    presence_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token generated so far."
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2.0, le=2.0, description="Times a token's count so far, subtracted from its logit."
+    )
+    logit_bias: dict[TokenId, float] = Field(
+        default_factory=dict,
+        description="Token id → bias (-100..100) added to its logit; JSON keys are strings of ints.",
+    )
+    logprobs: bool = Field(default=False, description="Return each generated token's log probability.")
+    top_logprobs: int = Field(
+        default=0, ge=0, le=TOP_LOGPROBS_MAX, description="The likeliest tokens per step (needs logprobs)."
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None, description="Constrain the output: text, any JSON object, or JSON matching a schema."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -48,6 +79,25 @@ class SamplingParams(BaseModel):
                 raise ValueError(f"stop[{i}] must not be empty")
             if len(s) > STOP_MAX_CHARS:
                 raise ValueError(f"stop[{i}] is longer than {STOP_MAX_CHARS} characters")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[int, float]) -> dict[int, float]:
+        if len(value) > LOGIT_BIAS_MAX:
+            raise ValueError(f"at most {LOGIT_BIAS_MAX} entries (got {len(value)})")
+        for token, bias in value.items():
+            if token < 0:
+                raise ValueError(f"token id {token} is negative")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"bias of token {token} must be within -100..100 (got {bias:g})")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
         return value
 
     def resolved(self, default_max_new_tokens: int) -> Self:

@@ -1,5 +1,5 @@
-"""Webhook event names and the delivery log's shape, as stored in the job hash and shown in the job
-object (pure, no I/O).
+"""Webhook event names, a job's callback (``WebhookSpec``, part of the job body) and the delivery
+log's shape, as stored in the job hash and shown in the job object (pure, no I/O).
 
 The job object's ``"webhook"`` is ``{"url", "events", "deliveries": [{"event", "webhook_id",
 "state": "pending"|"delivered"|"failed", "attempts": [{"at", "status_code", "error", "duration_ms"}],
@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tnllm.errors import WebhookURLError
 
 Event = Literal["job.running", "job.succeeded", "job.failed", "job.cancelled"]
 ALL_EVENTS: tuple[str, ...] = ("job.running", "job.succeeded", "job.failed", "job.cancelled")
@@ -26,6 +29,62 @@ EVENT_FOR_STATUS: dict[str, str] = {
     "failed": "job.failed",
     "cancelled": "job.cancelled",
 }
+
+
+#: Longest callback URL a job may give.
+MAX_URL_LENGTH = 2048
+
+
+def _default_events() -> list[Event]:
+    return ["job.succeeded", "job.failed", "job.cancelled"]
+
+
+def parse_webhook_url(url: str) -> httpx.URL:
+    """A callback URL's syntax (no DNS, no address rules): http(s) with a host, else
+    ``WebhookURLError`` naming the fault. The SSRF guard (``tnllm.webhooks.ssrf``) builds on it."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise WebhookURLError(f"webhook URL is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise WebhookURLError(f"webhook URL must use http or https, not {parsed.scheme or 'no scheme'!r}")
+    if not parsed.host.strip().strip("[]").rstrip("."):
+        raise WebhookURLError("webhook URL has no host")
+    return parsed
+
+
+class WebhookSpec(BaseModel):
+    """A job's callback: events are POSTed to `url`, signed per Standard Webhooks (docs/WEBHOOKS.md).
+
+    `url` must be http(s) with a host whose addresses are public (internal, loopback and metadata
+    addresses are refused with 422 unless the server's allow-list admits them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=MAX_URL_LENGTH, description="http(s) callback URL.")
+    events: list[Event] = Field(
+        default_factory=_default_events,
+        min_length=1,
+        description="Events to send: job.running, job.succeeded, job.failed, job.cancelled "
+        "(default: the three terminal ones).",
+    )
+
+    # Syntax only here; the address rules depend on the server's allow-list and need DNS: the API
+    # checks them on submit (tnllm.webhooks.ssrf.acheck_url).
+    @field_validator("url")
+    @classmethod
+    def _url_syntax(cls, value: str) -> str:
+        try:
+            parse_webhook_url(value)
+        except WebhookURLError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _dedupe(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
 
 class WebhookAttempt(BaseModel):

@@ -16,6 +16,7 @@ from tnllm.protocol.jobs import (
 )
 from tnllm.store.aio import AsyncJobStore
 from tnllm.store.clients import async_redis_client, redis_client
+from tnllm.store.entries import StreamEntry
 from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
     CancelKind,
@@ -26,7 +27,6 @@ from tnllm.store.ops import (
     LeaseStatus,
     ReapAction,
     ReapOutcome,
-    StreamEntry,
     WorkerInfo,
 )
 from tnllm.store.sync import JobStore

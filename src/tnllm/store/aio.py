@@ -20,8 +20,9 @@ from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
 from tnllm.store import eta, flow, keys, listing, ops, quotas, scripts
 from tnllm.store import pause as pausing
 from tnllm.store.codec import record_from_hash
+from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
-from tnllm.store.ops import CancelOutcome, CreateOutcome, StreamEntry, WorkerInfo
+from tnllm.store.ops import CancelOutcome, CreateOutcome, WorkerInfo
 
 
 class AsyncJobStore:
@@ -52,10 +53,13 @@ class AsyncJobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
         webhook: Mapping[str, Any] | None = None,
+        broker: Sequence[tuple[str, str, str]] = (),
     ) -> CreateOutcome:
         """Store a queued job, its index entries and idempotency key in one atomic step.
 
-        ``max_queued`` > 0 refuses (``full``) when that many jobs are queued.
+        ``max_queued`` > 0 refuses (``full``) when that many jobs are queued. ``broker``: the
+        commands publishing its Celery message (``protocol.celery.generate_commands``), run only
+        when the job is created, in the same step.
         """
         call = ops.create_call(
             job_id=job_id,
@@ -69,6 +73,7 @@ class AsyncJobStore:
             body_hash=body_hash,
             webhook=webhook,
             now=time.time(),
+            broker=broker,
         )
         return ops.parse_create(await self._run(call), call, body_hash)
 
@@ -130,7 +135,7 @@ class AsyncJobStore:
     ) -> list[StreamEntry]:
         """Stream entries after entry id ``after``, waiting up to ``block_ms`` when there are none."""
         answer = await self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
-        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+        return [parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
 
     async def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None

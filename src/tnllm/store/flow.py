@@ -131,13 +131,20 @@ def replayed_on_timeout(call: ScriptCall) -> Flow:
     raise AssertionError("unreachable")
 
 
-def record_finished(job_key: str | None, status: str, now: float, reason: str | None = None) -> Flow:
+def record_finished(
+    job_key: str | None,
+    status: str,
+    now: float,
+    reason: str | None = None,
+    known: tuple[str | None, str | None, str | None] | None = None,
+) -> Flow:
     """Count a terminal write in the cluster stats (``stats``), with run time and tokens read from
-    the record (``job_key`` None: the job never ran), and add its completion tokens to its owner's
-    day (``quotas``). Best effort: a Redis error is logged."""
+    the record (``job_key`` None: the job never ran) or ``known`` = (started_at, result JSON,
+    owner) when the caller has them, and add its completion tokens to its owner's day
+    (``quotas``). Best effort: a Redis error is logged."""
     try:
-        started, result, owner = (None, None, None)
-        if job_key is not None:
+        started, result, owner = known or (None, None, None)
+        if job_key is not None and known is None:
             started, result, owner = yield Call("hmget", (job_key, ["started_at", "result", "owner"]))
         prompt, completion = jobstats.usage(result)
         batch = Batch()
@@ -151,10 +158,13 @@ def record_finished(job_key: str | None, status: str, now: float, reason: str | 
         jobstats.log_failure("end", exc)
 
 
-def record_started(job_key: str, now: float) -> Flow:
-    """Observe a claimed job's time from submission to this start. Best effort, as above."""
+def record_started(job_key: str, now: float, created: str | None = None) -> Flow:
+    """Observe a claimed job's time from submission (``created``, else read) to this start. Best
+    effort, as above."""
     try:
-        queued = jobstats.since((yield Call("hget", (job_key, "created_at"))), now)
+        if created is None:
+            created = yield Call("hget", (job_key, "created_at"))
+        queued = jobstats.since(created, now)
         if queued is not None:
             batch = Batch()
             jobstats.add_job_started(batch, queued)

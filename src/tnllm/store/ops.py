@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from tnllm.protocol.jobs import (
     GenerationParams,
@@ -114,19 +114,6 @@ class ReapOutcome:
     attempt: int = 0
 
 
-@dataclass(frozen=True)
-class StreamEntry:
-    """One entry of ``stream:{id}``; ``id`` doubles as the SSE event id."""
-
-    id: str
-    type: Literal["token", "reset", "done"]
-    text: str = ""
-    status: JobStatus | None = None
-    reason: str | None = None
-    #: a token entry's token ids (None: an entry of a version that did not store them)
-    ids: tuple[int, ...] | None = None
-
-
 @dataclass
 class WorkerInfo:
     """A worker's heartbeat (hash ``tnllm:workers:{id}``), written every few seconds with a TTL."""
@@ -198,8 +185,10 @@ def create_call(
     body_hash: str,
     webhook: Mapping[str, Any] | None,
     now: float,
+    broker: Sequence[tuple[str, str, str]] = (),
 ) -> ScriptCall:
-    """Arguments of the CREATE script."""
+    """Arguments of the CREATE script; ``broker``: the commands that publish the job's Celery
+    message (``protocol.celery.generate_commands``), run in the same script."""
     created_ms = int(now * 1000)
     score = keys.queue_score(priority, created_ms, MAX_PRIORITY)
     fields = new_record_fields(
@@ -217,9 +206,11 @@ def create_call(
         flat += [name, value]
     idem_key = keys.idempotency(owner, idempotency_key) if idempotency_key else _placeholder_idem(owner)
     idem_value = f"{job_id}|{body_hash}" if idempotency_key else ""
+    call_keys = [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key]
+    commands = _broker_args(broker, call_keys)
     return ScriptCall(
         "create",
-        [keys.job(job_id), keys.owner_jobs(owner), keys.QUEUE, idem_key],
+        call_keys,
         [
             job_id,
             ttl,
@@ -229,10 +220,25 @@ def create_call(
             idem_value,
             min(keys.IDEMPOTENCY_TTL, ttl),
             int((now - ttl) * 1_000_000),
+            len(broker),
+            *commands,
             *flat,
         ],
         record_fields=fields,
     )
+
+
+def _broker_args(broker: Sequence[tuple[str, str, str]], call_keys: list[str]) -> list[str]:
+    """CREATE's command triples; list keys are appended to ``call_keys`` and named by index."""
+    out: list[str] = []
+    for name, target, value in broker:
+        if name in ("lpush", "pexpire"):
+            call_keys.append(target)
+            target = str(len(call_keys))
+        elif name != "publish":
+            raise ValueError(f"unsupported broker command {name!r}")
+        out += [name, target, value]
+    return out
 
 
 def parse_create(raw: Sequence[str], call: ScriptCall, body_hash: str) -> CreateOutcome:
@@ -301,11 +307,21 @@ def encode_ids(ids: Sequence[int]) -> str:
 
 
 def append_call(
-    job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0, ids: Sequence[int] = ()
+    job_id: str,
+    worker_id: str,
+    texts: Sequence[str],
+    ttl: int,
+    seq: int = 0,
+    deltas: str = "",
+    ids: Sequence[int] = (),
 ) -> ScriptCall:
-    """Arguments of APPEND (``seq`` 0 = unnumbered, always written; ``ids`` go with the last text)."""
-    argv: list[str | int | float] = [worker_id, ttl, seq, encode_ids(ids), *texts]
-    return ScriptCall("append", [keys.job(job_id), keys.stream(job_id)], argv)
+    """Arguments of APPEND (``seq`` 0 = unnumbered, always written; ``deltas``, the packed
+    per-choice deltas of a single text's entry, ``pack_deltas``; ``ids``, choice 0's token ids,
+    go with the last text)."""
+    if deltas and len(texts) != 1:
+        raise ValueError("per-choice deltas go with exactly one text")
+    stream_keys = [keys.job(job_id), keys.stream(job_id)]
+    return ScriptCall("append", stream_keys, [worker_id, ttl, seq, deltas, encode_ids(ids), *texts])
 
 
 @dataclass(frozen=True)
@@ -324,17 +340,21 @@ def append_many_call(
     ttl: int,
     seqs: Mapping[str, int] | None = None,
     ids: Mapping[str, Sequence[int]] | None = None,
+    deltas: Mapping[str, str] | None = None,
 ) -> ScriptCall:
     """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the flags;
-    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``ids`` {job_id: the token
-    ids of its text})."""
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``ids`` {job_id: choice 0's
+    token ids of its text}; ``deltas`` {job_id: the entry's packed per-choice deltas}
+    (``pack_deltas``), a job without them writes plain text)."""
     job_keys: list[str] = []
     for job_id in texts:
         job_keys += [keys.job(job_id), keys.stream(job_id)]
     numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
     tokens = [encode_ids((ids or {}).get(job_id, ())) for job_id in texts]
-    argv: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers, *tokens]
-    return ScriptCall("append_many", job_keys, argv)
+    args: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers, *tokens]
+    if deltas:
+        args += [deltas.get(job_id, "") for job_id in texts]
+    return ScriptCall("append_many", job_keys, args)
 
 
 def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, AppendAck]:
@@ -421,18 +441,6 @@ def parse_reap(raw: Sequence[str]) -> ReapOutcome:
     """Decode the REAP / RELEASE answer."""
     attempt = int(raw[1]) if raw[1].lstrip("-").isdigit() else 0
     return ReapOutcome(ReapAction(raw[0]), attempt)
-
-
-def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
-    """Decode one stream entry."""
-    kind = fields.get("t", "token")
-    if kind == "done":
-        return StreamEntry(entry_id, "done", status=JobStatus(fields["status"]))
-    if kind == "reset":
-        return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
-    raw = fields.get("ids")
-    ids = None if raw is None else tuple(int(i) for i in raw.split(",") if i)
-    return StreamEntry(entry_id, "token", text=fields.get("text", ""), ids=ids)
 
 
 def check_decoded(client: Any) -> None:

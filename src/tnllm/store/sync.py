@@ -18,6 +18,7 @@ from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRec
 from tnllm.store import eta, flow, keys, listing, ops, pause, scripts
 from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
+from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
 from tnllm.store.ops import (
     AppendAck,
@@ -27,7 +28,6 @@ from tnllm.store.ops import (
     LeaseStatus,
     ReapAction,
     ReapOutcome,
-    StreamEntry,
     WorkerInfo,
 )
 
@@ -88,8 +88,10 @@ class JobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
         webhook: Mapping[str, Any] | None = None,
+        broker: Sequence[tuple[str, str, str]] = (),
     ) -> CreateOutcome:
-        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``."""
+        """Store a queued job (and its idempotency key) atomically; see ``ops.CreateOutcome``.
+        ``broker``: commands publishing its Celery message, run in the same step when created."""
         call = ops.create_call(
             job_id=job_id,
             owner=owner,
@@ -102,6 +104,7 @@ class JobStore:
             body_hash=body_hash,
             webhook=webhook,
             now=time.time(),
+            broker=broker,
         )
         return ops.parse_create(self._run(call), call, body_hash)
 
@@ -133,7 +136,7 @@ class JobStore:
     ) -> list[StreamEntry]:
         """Stream entries after entry id ``after`` (waiting up to ``block_ms`` when there are none)."""
         answer = self.client.xread({keys.stream(job_id): after}, count=count, block=block_ms)
-        return [ops.parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
+        return [parse_entry(eid, f) for _, entries in answer or [] for eid, f in entries]
 
     def list_jobs(
         self, owner: str, *, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None
@@ -151,9 +154,11 @@ class JobStore:
         already run answers "won" again instead of "lost".
         """
         now = time.time() if now is None else now
-        outcome = ops.parse_claim(self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now)))
+        raw = self._run(ops.claim_call(job_id, worker_id, self.lease_ttl, self.ttl, now))
+        outcome = ops.parse_claim(raw)
         if outcome.won:
-            self._drive(flow.record_started(keys.job(job_id), now))
+            created = raw[2] if len(raw) > 2 else None  # CLAIM answers it: no read for the statistic
+            self._drive(flow.record_started(keys.job(job_id), now, created))
         return outcome
 
     def renew_lease(self, job_id: str, worker_id: str) -> LeaseStatus:
@@ -174,7 +179,13 @@ class JobStore:
         return bool(self.client.exists(keys.lease(job_id)))
 
     def append(
-        self, job_id: str, worker_id: str, *texts: str, seq: int = 0, ids: Sequence[int] = ()
+        self,
+        job_id: str,
+        worker_id: str,
+        *texts: str,
+        seq: int = 0,
+        deltas: str = "",
+        ids: Sequence[int] = (),
     ) -> list[str]:
         """Append token deltas to the job's stream; returns the entry ids, or [] when the caller no
         longer owns the running job (then it must stop generating).
@@ -182,12 +193,13 @@ class JobStore:
         ``seq`` > 0 numbers the flush (per attempt, increasing; the same number on every retry of
         the same text): a number applied already writes nothing and answers
         ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
-        ``ids``: the token ids the texts came from (stored with the last entry; a requeued job
-        resumes from them).
+        ``deltas`` (with one text: choice 0's) gives the entry its per-choice deltas
+        (``entries.pack_deltas``); ``ids``: choice 0's token ids the texts came from (stored with
+        the last entry; a requeued job resumes from them).
         """
         if not texts:
             return []
-        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq, ids)))
+        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq, deltas, ids)))
 
     def append_many(
         self,
@@ -195,16 +207,18 @@ class JobStore:
         texts: Mapping[str, str],
         seqs: Mapping[str, int] | None = None,
         ids: Mapping[str, Sequence[int]] | None = None,
+        deltas: Mapping[str, str] | None = None,
     ) -> dict[str, AppendAck]:
         """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
         per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
         whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
         job's flush as for ``append``: a number applied already counts as written (nothing written
-        again), so a retried call is safe; ``ids`` {job_id: token ids of its text} (a job with ids
-        but no text is written too). Raises when Redis is unreachable."""
+        again), so a retried call is safe; ``ids`` {job_id: choice 0's token ids of its text} (a job
+        with ids but no text is written too). ``deltas`` gives a job's entry its per-choice deltas
+        (``entries.pack_deltas``; its text is then choice 0's). Raises when Redis is unreachable."""
         if not texts:
             return {}
-        call = ops.append_many_call(worker_id, texts, self.ttl, seqs, ids)
+        call = ops.append_many_call(worker_id, texts, self.ttl, seqs, ids, deltas)
         return ops.parse_append_many(self._run(call), list(texts))
 
     def park(self, job_id: str, worker_id: str) -> ReapOutcome:
@@ -218,7 +232,7 @@ class JobStore:
 
     def streamed(self, job_id: str) -> list[StreamEntry]:
         """Every entry of the job's stream (a new attempt resumes from its token entries)."""
-        return [ops.parse_entry(eid, f) for eid, f in self.client.xrange(keys.stream(job_id))]
+        return [parse_entry(eid, f) for eid, f in self.client.xrange(keys.stream(job_id))]
 
     def reset_stream(self, job_id: str, worker_id: str, reason: str) -> bool:
         """The owner voids the text streamed so far (SSE ``reset``); False when not the owner."""
@@ -241,10 +255,13 @@ class JobStore:
         ``claim``, a retry with the same ``now`` answers True for a write that had already run."""
         now = time.time() if now is None else now
         call = ops.finish_call(job_id, worker_id, status, result, error, self.ttl, now)
-        done = bool(int(self._run(call)[0]))
+        raw = self._run(call)
+        done = bool(int(raw[0]))
         if done:
             reason = error.type if error else None
-            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason))
+            # FINISH answers started_at and owner, and we wrote the result: the statistics read nothing
+            known = (raw[2] or None, str(call.args[4]) or None, raw[3] or None) if len(raw) > 3 else None
+            self._drive(flow.record_finished(keys.job(job_id), status.value, now, reason, known))
         return done
 
     def cancel(self, job_id: str) -> CancelOutcome:

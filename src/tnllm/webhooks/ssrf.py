@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from tnllm.errors import ResolutionError, WebhookURLError
+from tnllm.protocol.webhooks import parse_webhook_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -144,15 +145,8 @@ def vet_addresses(host: str, addresses: list[IPAddress], policy: AddressPolicy) 
 
 def parse_url(url: str, policy: AddressPolicy) -> tuple[httpx.URL, str, int]:
     """Syntax and host-name rules (no DNS): returns the parsed URL, its host and port."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise WebhookURLError(f"webhook URL is not a valid URL: {exc}") from exc
-    if parsed.scheme not in ("http", "https"):
-        raise WebhookURLError(f"webhook URL must use http or https, not {parsed.scheme or 'no scheme'!r}")
+    parsed = parse_webhook_url(url)
     host = _norm_host(parsed.host)
-    if not host:
-        raise WebhookURLError("webhook URL has no host")
     if not policy.admits_host(host) and _literal_ip(host) is None:
         if host == "localhost" or host.endswith(".localhost"):
             raise WebhookURLError(f"webhook URL refused: host {host!r} is a loopback name")

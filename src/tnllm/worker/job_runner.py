@@ -22,7 +22,8 @@ from tnllm.engine.handle import RequestHandle
 from tnllm.engine.types import EngineRequest, EngineResult, TokenEvent
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
-from tnllm.store.resume import streamed_ids
+from tnllm.protocol.outputs import Choice
+from tnllm.store.resume import job_sampling, resumable, streamed_ids, streamed_since_reset
 from tnllm.store.states import save_conversation
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
@@ -31,7 +32,7 @@ from tnllm.worker.faults import crash_after, crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
 from tnllm.worker.states import JobPrompt, conversation_of
 
-__all__ = ["WAIT_S", "JobOutcome", "build_request", "resume_ids", "retry_transient", "run_job"]
+__all__ = ["WAIT_S", "JobOutcome", "build_request", "job_result", "resume_ids", "retry_transient", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def build_request(
     return EngineRequest(
         f"{record.id}:{record.attempt}",
         prompt.ids,
-        p.sampling(),
+        job_sampling(record),
         resume_ids=list(resume_ids or []),
         priority=record.priority,
         state_cache=p.state_cache,
@@ -137,15 +138,15 @@ def build_request(
 def resume_ids(rt: WorkerRuntime, record: JobRecord) -> list[int]:
     """The token ids the job's stream already holds (earlier attempts: a crash, a release, a pause).
 
-    A stream this version cannot resume from (text without ids) is voided with a ``reset`` entry
-    and the job starts over, as it always did before token ids were stored."""
+    A stream this version cannot resume from (text without ids, or a job that is not
+    ``resumable``) is voided with a ``reset`` entry and the job starts over."""
     store = rt.store
     deadline = rt.settings.lease_ttl
     what = f"read the stream of {record.id}"
     entries = retry_transient(lambda: store.streamed(record.id), what=what, deadline_s=deadline)
     ids = streamed_ids(entries)
-    if ids is None:
-        log.warning("job %s: its stream has no token ids; starting over", record.id)
+    if ids is None or (not resumable(record) and streamed_since_reset(entries)):
+        log.warning("job %s: its stream cannot be resumed from; starting over", record.id)
         retry_transient(
             lambda: store.reset_stream(record.id, rt.worker_id, "not_resumable"),
             what=f"reset {record.id}",
@@ -196,8 +197,10 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
         if early is _Interrupt.RELEASE:
             return _release(rt, record)
         if early is _Interrupt.CANCEL:
-            empty = JobResult(text="", finish_reason="cancelled", usage=Usage())
-            return _finish(rt, record, JobStatus.CANCELLED, result=empty)
+            n = record.params.n
+            empty = [Choice(index=i, text="", finish_reason="cancelled") for i in range(n)]
+            result = JobResult(text="", finish_reason="cancelled", usage=Usage(), choices=empty)
+            return _finish(rt, record, JobStatus.CANCELLED, result=result)
     if time.monotonic() >= deadline:
         return _timed_out(rt, record)
     try:
@@ -237,12 +240,7 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
 def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome: EngineResult) -> JobOutcome:
     """Write the result of a run that ended in the engine (its conversation first, if it succeeded)."""
     status = JobStatus.CANCELLED if outcome.finish_reason == "cancelled" else JobStatus.SUCCEEDED
-    usage = Usage(
-        prompt_tokens=outcome.prompt_tokens,
-        completion_tokens=outcome.completion_tokens,
-        cached_tokens=outcome.cached_tokens,
-    )
-    result = JobResult(text=outcome.text, finish_reason=outcome.finish_reason, usage=usage)
+    result = job_result(outcome)
     if status is JobStatus.SUCCEEDED:  # before the terminal write: a succeeded job can be continued
         conv = conversation_of(prompt, outcome, rt.worker_id)
         retry_transient(
@@ -251,6 +249,24 @@ def _finish_run(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt, outcome
             deadline_s=rt.finish_retry_s,
         )
     return _finish(rt, record, status, result=result)
+
+
+def job_result(outcome: EngineResult) -> JobResult:
+    """The job's result: choice 0 on top, usage over every choice, the choices in order."""
+    usage = Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        cached_tokens=outcome.cached_tokens,
+    )
+    return JobResult(
+        text=outcome.text,
+        finish_reason=outcome.finish_reason,
+        usage=usage,
+        choices=[
+            Choice(index=c.index, text=c.text, finish_reason=c.finish_reason, logprobs=c.logprobs)
+            for c in outcome.choices
+        ],
+    )
 
 
 def _hold(active: ActiveJob, until: float) -> _Interrupt | None:

@@ -96,6 +96,12 @@ class EngineCollector(Collector):
                 "Tokens of resumed jobs taken back from their stream (prefilled, not generated again).",
                 snap.resumed_tokens,
             ),
+            ("tnllm_engine_prefills", "Prompts prefilled (once per request, whatever its n).", snap.prefills),
+            (
+                "tnllm_engine_forked_choices",
+                "Choices started from a copy of a prefilled prompt state (requests with n > 1).",
+                snap.forked_choices,
+            ),
             ("tnllm_engine_prefill_tokens", "Prompt tokens run through the model.", snap.prefill_tokens),
             (
                 "tnllm_engine_cached_tokens",

@@ -93,8 +93,9 @@ class StreamPump:
                 texts[job.job_id] = self._take(job, held)
             seqs = {job_id: writer.seq for job_id, writer in held.items()}
             ids = {job_id: writer.ids for job_id, writer in held.items()}
+            deltas = {job_id: writer.deltas for job_id, writer in held.items() if writer.deltas}
             try:
-                acks = self.store.append_many(self.worker_id, texts, seqs, ids)
+                acks = self.store.append_many(self.worker_id, texts, seqs, ids, deltas)
             except Exception as exc:
                 for writer in held.values():
                     writer.write_failed(exc)
@@ -113,18 +114,21 @@ class StreamPump:
 
     @staticmethod
     def _take(job: ActiveJob, held: dict[str, DeltaWriter]) -> str:
-        """The job's pending text ('' if none), keeping its writer locked in ``held`` until written.
+        """The job's pending text ('' if none, or only other choices' deltas: ``writer.deltas``),
+        keeping its writer locked in ``held`` while it has an entry to write.
 
         A writer busy with its task's final flush is skipped: that flush writes its text.
         """
         writer = job.writer
         if writer is None or not writer.lock.acquire(blocking=False):
             return ""
-        text = None
+        text = ""
+        pending = False
         try:
             text = writer.take()
+            pending = writer.has_pending
         finally:
-            if text is not None:
+            if pending:
                 held[job.job_id] = writer
             else:
                 writer.lock.release()

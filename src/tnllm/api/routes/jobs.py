@@ -15,7 +15,7 @@ from tnllm.api.schemas import CancelAnswer, ErrorResponse, JobCreate, JobList
 from tnllm.api.sse import job_events, valid_event_id
 from tnllm.api.submit import owned_job, submit_job, to_public
 from tnllm.api.webhooks import notify_transition_async, redeliver
-from tnllm.store import CancelKind, JobPublic, JobStatus
+from tnllm.store import CancelKind, JobPublic, JobRecord, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -99,9 +99,15 @@ async def get_job(
     store = services.store
     if wait > services.settings.wait_max_seconds:
         raise ApiError(422, f"wait: at most {services.settings.wait_max_seconds:g} seconds", field="wait")
-    record = await owned_job(store, job_id, owner)
-    if wait > 0 and not record.terminal:
-        record = await wait_for_terminal(store, services.watcher, job_id, wait) or record
+
+    async def read(_: str) -> JobRecord:  # 404 unless the caller's: also the waiter's first read
+        return await owned_job(store, job_id, owner)
+
+    if wait > 0:
+        record = await wait_for_terminal(store, services.watcher, job_id, wait, read=read)
+    else:
+        record = await read(job_id)
+    assert record is not None  # read raises instead
     return await to_public(store, record)
 
 
@@ -113,9 +119,10 @@ async def get_job(
         **_ERRORS,
         200: {
             "content": {"text/event-stream": {}},
-            "description": "`token` events `{text}`, `reset` events `{reason}` (the job restarted on "
-            "another worker: drop the text so far), then one `done` event with the job object. "
-            "Event ids are stream ids; reconnect with `Last-Event-ID` to resume.",
+            "description": "`token` events `{text, index}` (index: the choice; `logprobs` too when "
+            "asked), `reset` events `{reason}` (the job restarted on another worker: drop the text "
+            "so far), then one `done` event with the job object. Event ids are stream ids; "
+            "reconnect with `Last-Event-ID` to resume.",
         },
     },
 )

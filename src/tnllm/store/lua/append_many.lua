@@ -1,8 +1,9 @@
 -- The worker's stream pump: APPEND (and the cancel and pause reads) for all its running jobs in one call.
 -- KEYS: job_1, stream_1, ..., job_n, stream_n
--- ARGV: worker_id, ttl, n, text_1 .. text_n, seq_1 .. seq_n (see _seen.lua), ids_1 .. ids_n (the
---       token ids of each text, comma-separated; text and ids both '' = nothing to write, only the
---       fence and the flag reads)
+-- ARGV: worker_id, ttl, n, text_1 .. text_n, seq_1 .. seq_n (see _seen.lua), ids_1 .. ids_n (choice
+--       0's token ids of each text, comma-separated; text and ids both '' = nothing to write, only
+--       the fence and the flag reads), then optionally deltas_1 .. deltas_n (the entry's 'd' field:
+--       per-choice deltas as JSON, entries.pack_deltas; '' = a plain text entry)
 -- Per job: 0 = not the owner (nothing written); else 1 (written, nothing to write, or its seq was
 -- applied already) or 2 (its XADD failed: nothing written), plus 4 when a cancel was requested and
 -- 8 when a pause was requested.
@@ -19,13 +20,18 @@ for j = 1, n do
     local text = ARGV[j + 3]
     local seq = tonumber(ARGV[j + 3 + n])
     local tokens = ARGV[j + 3 + 2 * n] or ''
-    if (text ~= '' or tokens ~= '') and not seen(job, seq) then
-      local id
-      if tokens ~= '' then
-        id = redis.pcall('XADD', KEYS[2 * j], '*', 't', 'token', 'text', text, 'ids', tokens)
-      else
-        id = redis.pcall('XADD', KEYS[2 * j], '*', 't', 'token', 'text', text)
+    local deltas = ARGV[j + 3 + 3 * n] or ''
+    if (text ~= '' or tokens ~= '' or deltas ~= '') and not seen(job, seq) then
+      local fields = {'t', 'token', 'text', text}
+      if deltas ~= '' then
+        fields[#fields + 1] = 'd'
+        fields[#fields + 1] = deltas
       end
+      if tokens ~= '' then
+        fields[#fields + 1] = 'ids'
+        fields[#fields + 1] = tokens
+      end
+      local id = redis.pcall('XADD', KEYS[2 * j], '*', unpack(fields))
       if type(id) == 'table' and id.err then
         code = 2
       else
