@@ -249,6 +249,22 @@ class Settings(BaseSettings):
     prefill_token_budget: int = Field(
         default=512, ge=1, description="Prompt tokens prefilled per engine step (bounds decode stalls)."
     )
+    preemption: bool = Field(
+        default=True,
+        description="When every slot is busy, a job whose priority beats a running one's by "
+        "`preempt_priority_gap` takes its slot; the preempted sequence's state waits in host memory "
+        "and it goes on later with no recompute (docs/STATE.md).",
+    )
+    preempt_priority_gap: int = Field(
+        default=1, ge=1, le=9, description="The least priority difference that preempts a running job."
+    )
+    worker_preempt_reserve: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Task threads a GPU worker runs beyond its slots when preemption is on, so a "
+        "higher-priority job can enter a full engine (each preempts one running job).",
+    )
     state_cache: bool = Field(
         default=True,
         description="Keep the recurrent states of prompts, prefixes and finished sequences (docs/STATE.md): "
@@ -403,6 +419,8 @@ class EngineConfig(BaseModel):
     engine_slots: int
     prefill_token_budget: int
     max_context: int
+    preemption: bool
+    preempt_priority_gap: int
     state_cache: bool
     state_cache_device_bytes: int
     state_cache_host_bytes: int

@@ -120,16 +120,29 @@ async def test_cancelled_queued_job_stream_ends(client: httpx.AsyncClient) -> No
     assert json.loads(events[0].data)["status"] == "cancelled"
 
 
-async def test_requeued_job_emits_reset(client: httpx.AsyncClient, worker_store: JobStore) -> None:
+async def test_requeued_job_continues_its_stream(client: httpx.AsyncClient, worker_store: JobStore) -> None:
+    """A requeue writes no reset: the next attempt continues the stream (it resumes from its ids)."""
     job = (await client.post("/v1/jobs", json={"prompt": "hi"})).json()
     first = FakeWorkerRun(worker_store, job["id"], "w1").claim()
-    first.emit("lost")
+    first.emit("Hel")
     worker_store.client.delete(f"tnllm:lease:{job['id']}")  # w1 died
     assert worker_store.reap(job["id"]).action == "requeued"
     second = FakeWorkerRun(worker_store, job["id"], "w2").claim()
-    second.emit("fresh")
+    second.emit("lo")
     second.succeed()
     events = [e async for e in sse_events(await client.get(f"/v1/jobs/{job['id']}/stream"))]
+    assert [e.event for e in events] == ["token", "token", "done"]
+
+
+async def test_a_stream_that_cannot_resume_emits_reset(
+    client: httpx.AsyncClient, worker_store: JobStore
+) -> None:
+    job = (await client.post("/v1/jobs", json={"prompt": "hi"})).json()
+    run = FakeWorkerRun(worker_store, job["id"], "w1").claim()
+    run.emit("void")
+    assert worker_store.reset_stream(job["id"], "w1", "not_resumable")
+    run.emit("fresh")
+    run.succeed()
+    events = [e async for e in sse_events(await client.get(f"/v1/jobs/{job['id']}/stream"))]
     assert [e.event for e in events] == ["token", "reset", "token", "done"]
-    assert json.loads(events[1].data) == {"reason": "worker_lost"}
-    assert json.loads(events[-1].data)["result"]["text"] == "fresh"
+    assert json.loads(events[1].data) == {"reason": "not_resumable"}

@@ -36,7 +36,11 @@ def stack(
     module_redis: RedisServer, demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """One worker with 16 slots for the module (it lives through every outage)."""
-    stack = Stack(module_redis.url, demo_model_dir, tmp_path_factory.mktemp("outage"), TNLLM_DEBUG_FAULTS="1")
+    # no preemption reserve thread: a worker takes exactly as many jobs as it has slots
+    stack = Stack(
+        module_redis.url, demo_model_dir, tmp_path_factory.mktemp("outage"),
+        TNLLM_DEBUG_FAULTS="1", TNLLM_WORKER_PREEMPT_RESERVE="0",
+    )  # fmt: skip
     try:
         stack.start_worker("w1", TNLLM_ENGINE_SLOTS="16")
         yield stack
@@ -194,7 +198,8 @@ def test_a_15s_outage_keeps_live_jobs_and_a_worker_killed_in_it_is_recovered(
     for record in records:
         _, resets = stream_text(producer, record.id)
         if record.id in victims:
-            assert record.attempt == 2 and resets == ["worker_lost"], record
+            # requeued, and resumed from its stream: no reset (docs/STATE.md, crash resume)
+            assert record.attempt == 2 and resets == [], record
         else:
             assert record.attempt == 1 and resets == [], record
         assert (record.lease_owner or "").startswith("w1@")

@@ -10,7 +10,14 @@ import torch
 
 from tests.engine.conftest import greedy
 from tnllm.engine import EngineRequest, SamplingParams
-from tnllm.engine.sampling import RowSampling, apply_repetition_penalty, apply_top_k, apply_top_p, sample
+from tnllm.engine.sampling import (
+    BatchSampler,
+    RowSampling,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    sample,
+)
 
 PROMPT = [17, 4, 99, 23, 8]
 DRAWS = 240
@@ -115,3 +122,16 @@ def test_a_seeded_row_draws_the_same_whatever_shares_the_batch() -> None:
     crowd = sample(logits, [*others[:2], row(7, temperature=0.9, top_p=0.8), *others[2:]])
     assert alone[0] == alone[1] == alone[2] == [crowd[2]]
     assert crowd[1] == int(logits[1].argmax()) and crowd[5] == int(logits[5].argmax())
+
+
+def test_the_draw_of_token_t_is_a_pure_function_of_seed_and_t() -> None:
+    """Counter-based draws: a request resumed at token t (``RowSampling.step``) draws what it would
+    have drawn, and a sampler reused step after step advances its counters the same way."""
+    logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(1))
+    params = SamplingParams(temperature=1.5)
+    through = BatchSampler([RowSampling(params, seed=11)], logits.device)
+    run = [int(through(logits)[0][0]) for _ in range(8)]
+    resumed = [sample(logits, [RowSampling(params, seed=11, step=t)])[0] for t in range(8)]
+    assert run == resumed and len(set(run)) > 1  # the draws differ token to token
+    other = [sample(logits, [RowSampling(params, seed=12, step=t)])[0] for t in range(8)]
+    assert other != run  # another seed, other draws

@@ -100,6 +100,8 @@ def test_operations_lists_exactly_the_metrics_the_code_defines() -> None:
         "tnllm_state_cache_hits",
         "tnllm_state_cache_misses",
         "tnllm_state_cache_evictions",
+        "tnllm_engine_preemptions",
+        "tnllm_engine_resumed_tokens",
     }
     exposed = {f"{m}_total" if m in counters else m for m in defined}
     ops = (root / "docs" / "OPERATIONS.md").read_text()

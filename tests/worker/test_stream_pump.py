@@ -27,7 +27,7 @@ from tnllm.store import GenerationParams, JobStatus, JobStore, keys
 from tnllm.store.server import RedisServer
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import DeltaWriter
-from tnllm.worker.job_runner import run_job
+from tnllm.worker.job_runner import build_request, run_job
 from tnllm.worker.runtime import WorkerRuntime
 from tnllm.worker.stream_pump import StreamPump
 
@@ -455,8 +455,8 @@ def test_a_job_claimed_again_by_the_same_process_abandons_its_earlier_attempt(
 ) -> None:
     """This process stalled past its lease, the job went back to the queue and came back here: the
     owner fence (per process) cannot tell the two attempts apart, so the process itself must drop the
-    earlier one, keep serving the new one (lease, stream) and leave only the new one's text after the
-    reset marker."""
+    earlier one, keep serving the new one (lease, stream); the new one resumes from what the earlier
+    one streamed, so the whole stream is the result's text (no reset, no repeat)."""
     store = runtime.store
     _submit(store, "again", 600)
     outcomes: dict[str, str] = {}
@@ -494,7 +494,34 @@ def test_a_job_claimed_again_by_the_same_process_abandons_its_earlier_attempt(
     done = store.get("again")
     assert done is not None and done.result is not None and done.attempt == 2
     entries = store.client.xrange(keys.stream("again"))
-    kinds = [f.get("t") for _, f in entries]
-    after_reset = entries[len(kinds) - 1 - kinds[::-1].index("reset") + 1 :]
-    assert "".join(f["text"] for _, f in after_reset if f.get("t") == "token") == done.result.text
+    assert "reset" not in [f.get("t") for _, f in entries]
+    assert "".join(f["text"] for _, f in entries if f.get("t") == "token") == done.result.text
     assert runtime.active.snapshot() == [] and runtime.pump.jobs() == []
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_unseeded_sampled_job_resumes_exactly_and_n_choices_start_over(
+    runtime: WorkerRuntime, engine: Engine, n: int
+) -> None:
+    """Attempt 1 streamed 5 tokens and died. An unseeded n = 1 job goes on from them with the seed
+    derived from its id (the text equals one uninterrupted run); n = 2 gets a reset and starts over."""
+    store = runtime.store
+    job_id = f"hot{n}"
+    params = GenerationParams(
+        prompt=f"a story {job_id}", max_new_tokens=20, temperature=1.0, n=n, ignore_eos=True
+    )
+    assert store.create(job_id=job_id, owner="o", params=params).kind == "created"
+    record = store.get(job_id)
+    assert record is not None and record.params.seed is None
+    ref_req = build_request(runtime, record)
+    ref = engine.generate([EngineRequest("ref", ref_req.prompt_ids, ref_req.params)])[0]
+    assert store.claim(job_id, "dead-worker").won
+    store.append(job_id, "dead-worker", "earlier", seq=1, ids=ref.token_ids[:5])
+    store.client.delete(keys.lease(job_id))
+    assert store.reap(job_id).action == "requeued"
+    assert run_job(runtime, job_id) == "succeeded"
+    done = store.get(job_id)
+    assert done is not None and done.result is not None and done.attempt == 2
+    assert [c.text for c in done.result.choices] == [c.text for c in ref.choices]
+    kinds = [e.type for e in store.streamed(job_id)]
+    assert ("reset" in kinds) == (n == 2)

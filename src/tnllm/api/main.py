@@ -24,7 +24,7 @@ from tnllm.api.notify import FinishWatcher
 from tnllm.api.openai.batching import Batches, BatchFinalizer
 from tnllm.api.openai.errors import malformed_refusal, oversize_refusal
 from tnllm.api.producer import JobProducer
-from tnllm.api.routes import batches, compat, health, jobs, openai, prefixes, ui
+from tnllm.api.routes import batches, compat, health, jobs, openai, pause, prefixes, ui
 from tnllm.config import Settings
 from tnllm.store import AsyncJobStore, async_redis_client
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees 413s too
     app.include_router(jobs.router)
+    app.include_router(pause.router)
     app.include_router(prefixes.router)
     app.include_router(health.router)
     app.include_router(compat.router)

@@ -37,7 +37,7 @@ from tnllm.protocol.tasks import (
     MIN_PRIORITY,
     WEBHOOK_QUEUE,
 )
-from tnllm.store import keys
+from tnllm.store import eta, flow, keys
 from tnllm.store import stats as jobstats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -245,5 +245,23 @@ async def render(
     broker = await read_broker_depths(redis, queues)
     stats = jobstats.parse(await redis.hgetall(jobstats.KEY))
     cluster = CollectorRegistry()
-    cluster.register(_Static(_cluster_families(stats, queued, broker)))
+    families = _cluster_families(stats, queued, broker)
+    families.append(await _queue_wait(redis))
+    cluster.register(_Static(families))
     return metrics.render_local() + generate_latest(cluster)
+
+
+async def _queue_wait(redis: Any) -> Metric:
+    """The estimated wait of the last queued job (``store.eta``): how long a job sent now waits."""
+    wait = GaugeMetricFamily(
+        "tnllm_queue_estimated_wait_seconds",
+        "Estimated seconds until the last queued job starts (0: nothing queued; absent: no live worker).",
+    )
+    last = await redis.zrange(keys.QUEUE, -1, -1)
+    if not last:
+        wait.add_metric([], 0.0)
+        return wait
+    estimate = await flow.run_async(eta.estimate(last[0]), redis, {})
+    if estimate is not None and estimate.start_s is not None:
+        wait.add_metric([], estimate.start_s)
+    return wait

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from tnllm.api.webhooks import validate_webhook
 from tnllm.config import Settings
 from tnllm.errors import WebhookRefused
 from tnllm.protocol.formats import ResponseFormat, grammar_of
+from tnllm.protocol.jobs import from_epoch
 from tnllm.protocol.tasks import GENERATE_QUEUE
 from tnllm.store import AsyncJobStore, GenerationParams, JobPublic, JobRecord, JobStatus
 from tnllm.store.quotas import Verdict
@@ -260,9 +262,18 @@ async def _enqueue(
 
 
 async def to_public(store: AsyncJobStore, record: JobRecord) -> JobPublic:
-    """The job object, with ``queue_position`` while queued."""
+    """The job object, with ``queue_position`` while queued and its ETAs while queued or running."""
     position = await store.queue_position(record.id) if record.status is JobStatus.QUEUED else None
-    return record.to_public(position)
+    public = record.to_public(position)
+    if record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        estimate = await store.eta(record.id)
+        if estimate is not None:
+            now = time.time()
+            if record.status is JobStatus.QUEUED and estimate.start_s is not None:
+                public.estimated_start_at = from_epoch(now + estimate.start_s)
+            if estimate.finish_s is not None:
+                public.estimated_finish_at = from_epoch(now + estimate.finish_s)
+    return public
 
 
 async def owned_job(store: AsyncJobStore, job_id: str, owner: str) -> JobRecord:

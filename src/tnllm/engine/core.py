@@ -20,7 +20,6 @@ extra token is dropped and its slot is reset before reuse. Results are identical
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,10 +34,10 @@ from tnllm.engine.handle import RequestHandle
 from tnllm.engine.logprobs import token_logprob
 from tnllm.engine.output import OutputProcessor, eos_ids
 from tnllm.engine.prefix import PrefixCache
-from tnllm.engine.request import LiveRequest, OnToken, RequestState
+from tnllm.engine.request import LiveRequest, OnToken, new_sequences
 from tnllm.engine.runner import ModelRunner, Pending, Seq
 from tnllm.engine.sampling import BatchSampler, RowSampling
-from tnllm.engine.scheduler import Scheduler, Sequence
+from tnllm.engine.scheduler import Scheduler, StepPlan
 from tnllm.engine.states import StateStore
 from tnllm.engine.stats import StatsTracker
 from tnllm.engine.types import EngineRequest, EngineResult, EngineStats, FinishReason
@@ -63,6 +62,7 @@ class Engine:
         overlap: bool = True,
         state_dtype: torch.dtype = torch.float32,
         backend: ModelBackend | None = None,
+        preempt_gap: int | None = None,
         states: StateStore | None = None,
     ) -> None:
         self.tokenizer = tokenizer
@@ -74,7 +74,10 @@ class Engine:
         self.grammars = Grammars(tokenizer, self.output.eos_ids, self.vocab_size)
         #: prefix and conversation states (``states``: the engine's store, None for none)
         self.prefix = PrefixCache(states)
-        self.sched: Scheduler[LiveRequest] = Scheduler(slots, prefill_token_budget, self.prefix.admit)
+        self.sched: Scheduler[LiveRequest] = Scheduler(
+            slots, prefill_token_budget, self.prefix.admit, preempt_gap=preempt_gap
+        )
+        self._parked: dict[str, list[torch.Tensor]] = {}  # preempted sequences' states (host)
         self._stats = StatsTracker()
         self._lock = threading.Condition()
         self._inbox: list[Seq] = []
@@ -128,8 +131,9 @@ class Engine:
         ``on_token`` gets each delta and ``on_done`` the finished handle, both on the engine thread
         (keep them short: the batch waits)."""
         self._validate(req)
-        seq = self._sequences(req, RequestHandle(self, req.request_id, on_done), on_token)
-        handle = seq.request.handle
+        handle = RequestHandle(self, req.request_id, on_done)
+        # each choice walks its own copy of the format's matcher (RequestRejected: cannot compile)
+        seq = new_sequences(req, handle, on_token, self.grammars.matcher(req.params))
         with self._lock:
             if self._stopping:
                 raise EngineError("the engine is stopping")
@@ -211,6 +215,7 @@ class Engine:
         self._pending = None
         with self._lock:
             pending, self._inbox = self._inbox, []
+        self._parked.clear()
         for seq in [*pending, *self.sched.drain()]:
             self._release(seq.request_id)
             seq.request.handle.set_error(err)
@@ -255,6 +260,7 @@ class Engine:
         # staged before the launches: building it copies parameters to the device
         sampler = self._sampler(rows) if rows else None
         started = self.runner.mark()
+        self._move_states(plan)
         self.runner.swap_slots(plan.swaps)
         logits = self.runner.prefill(plan.prefill, self.prefix)
         self.prefix.after_prefill(plan.prefill, self.pool)
@@ -271,12 +277,23 @@ class Engine:
         batch_logits = logits[0] if len(logits) == 1 else torch.cat(logits)
         return self.runner.pend(rows, sampler(batch_logits), sampler, not plan.prefill, started)
 
+    def _move_states(self, plan: StepPlan[LiveRequest]) -> None:
+        """Preempted sequences' states to host memory, readmitted ones' back (before any slot is
+        reused or packed)."""
+        for seq, slot in plan.preempted:
+            self._parked[seq.request_id] = self.runner.save_slot(slot)
+            self._stats.preemptions += 1
+        for seq in plan.restore:
+            self.runner.load_slot(seq.slot, self._parked.pop(seq.request_id))
+
     def _can_chain(self, prev: Pending) -> bool:
         """Would the next ``schedule()`` decode exactly ``prev.rows`` in the same slots, and nothing else?"""
         if not (self.overlap and prev.chainable and prev.sampler.reusable):
             return False
         n = len(prev.rows)
         if len(self.sched.running) != n or (self.sched.num_waiting and n < self.slots):
+            return False
+        if self.sched.wants_preempt:
             return False
         # a row whose prev token is its last (max_new_tokens) leaves the batch: repack instead
         return not any(
@@ -313,39 +330,32 @@ class Engine:
             new, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, []
         for seq in new:
-            self._start_sequence(seq)
+            done = self._start_sequence(seq)
             self.sched.add(seq)
+            if done is not None:  # a resumed run that had already ended: only its result was lost
+                self._complete(seq, done)
         for rid in cancels:
             self.sched.cancel(rid)
 
-    def _sequences(self, req: EngineRequest, handle: RequestHandle, on_token: OnToken | None) -> Seq:
-        """Choice 0's sequence, the other choices as its siblings; each choice has its own text
-        stream and grammar matcher (RequestRejected when the format cannot be compiled)."""
-        p = req.params
-        seed = p.seed if p.seed is not None else secrets.randbits(63)
-        shared = RequestState(req.request_id, p, handle, on_token, seed, len(req.prompt_ids))
-        seqs = []
-        matcher = self.grammars.matcher(p)  # compiled once; each choice walks its own copy
-        for i in range(p.n):
-            live = LiveRequest(shared, i, matcher=matcher.deep_copy() if i and matcher else matcher)
-            live.state_cache, live.pin = req.state_cache, req.pin if i == 0 else None
-            if p.logprobs:
-                live.logprobs = []
-            seqs.append(Sequence(req.request_id, list(req.prompt_ids), req.max_new_tokens, live))
-        seqs[0].siblings = seqs[1:]
-        seqs[0].cache_points = tuple(c for c in req.cache_points if 0 < c < len(req.prompt_ids))
-        return seqs[0]
-
-    def _start_sequence(self, seq: Seq) -> None:
+    def _start_sequence(self, seq: Seq) -> FinishReason | None:
+        """Set up streaming; a resumed request replays its earlier tokens (the finish reason if
+        they had ended it)."""
         for s in (seq, *seq.siblings):
             if self.tokenizer is not None:
                 s.request.stream = TextStream(self.tokenizer, s.request.params.stop)
+        live = seq.request
+        if not live.prior_ids:
+            return None
+        self._stats.resumed_tokens += len(live.prior_ids)
+        done = self.output.replay(seq)
+        return done if done is not None or seq.max_new_tokens > 0 else "length"
 
     def _row_sampling(self, seq: Seq) -> RowSampling:
         live = seq.request
         p = live.params
         seen = [*seq.prompt_ids, *seq.output_ids] if p.repetition_penalty != 1.0 else ()
-        return RowSampling(p, seen, live.shared.seed, live.index, len(seq.output_ids), seq.slot)
+        step = len(live.prior_ids) + len(seq.output_ids)  # a resumed choice's draws go on where they were
+        return RowSampling(p, seen, live.shared.seed, live.index, step, seq.slot)
 
     def _sampler(self, rows: list[Seq]) -> BatchSampler:
         """The step's sampler: per-row parameters, the count pool, this step's grammar masks."""
@@ -368,10 +378,12 @@ class Engine:
         """Retire one choice; the request's result is set once its last choice has ended."""
         self.prefix.finished(seq, self.pool)  # while it still holds its slot
         self.sched.finish(seq)
+        self._parked.pop(seq.request_id, None)
         live = seq.request
-        live.end(list(seq.output_ids), reason)
+        live.end([*live.prior_ids, *seq.output_ids], reason)
         if live.index == 0:
-            live.shared.cached_tokens = seq.cached
+            # of the prompt only (a resumed request's saved state may cover its earlier tokens too)
+            live.shared.cached_tokens = min(seq.cached, live.prompt_len) if live.prior_ids else seq.cached
         if not live.shared.done:
             return
         self._stats.record_finished()

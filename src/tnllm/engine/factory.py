@@ -140,6 +140,7 @@ def build_engine(config: EngineConfig) -> Engine:
         max_context=config.max_context,
         state_dtype=state_dtype,
         backend=select_backend(model),
+        preempt_gap=config.preempt_priority_gap if config.preemption else None,
         states=build_state_store(config, model, device, state_dtype),
     )
     # the fast backend tunes every kernel variant now and captures the decode graphs for this pool

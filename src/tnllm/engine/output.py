@@ -42,12 +42,33 @@ class OutputProcessor:
         seq.output_ids.append(tok)
         if live.logprobs is not None and logprob is not None:
             live.logprobs.append(logprob)
+        reason, delta = self._advance(seq, tok, len(seq.output_ids) >= seq.max_new_tokens)
+        self.emit(seq, delta, [tok], [logprob] if logprob is not None else None)
+        return reason
+
+    def replay(self, seq: Seq) -> FinishReason | None:
+        """Take back a resumed request's earlier tokens (``prior_ids``) as ``append`` would have
+        taken them (text, stop strings and the grammar's matcher included) but without emitting
+        them again (the client has them). The finish reason when the earlier run had already ended
+        (it died before writing its result)."""
+        live = seq.request
+        total = len(live.prior_ids) + seq.max_new_tokens
+        for i, tok in enumerate(live.prior_ids, 1):
+            reason, delta = self._advance(seq, tok, i >= total)
+            live.text_parts.append(delta)
+            if reason is not None:
+                return reason
+        return None
+
+    def _advance(self, seq: Seq, tok: int, at_limit: bool) -> tuple[FinishReason | None, str]:
+        """One token through EOS, the grammar, the length limit, the detokeniser and stop strings."""
+        live = seq.request
         reason: FinishReason | None = None
         if tok in self.eos_ids and (not live.params.ignore_eos or live.matcher is not None):
             reason = "stop"  # a grammar's mask allows EOS only where the grammar accepts
         elif live.matcher is not None and _grammar_done(seq, tok):
             reason = "stop"
-        elif len(seq.output_ids) >= seq.max_new_tokens:
+        elif at_limit:
             reason = "length"
         delta = ""
         if live.stream is not None:
@@ -56,8 +77,7 @@ class OutputProcessor:
                 reason = "stop"
             elif reason is not None:
                 delta += live.stream.finish()
-        self.emit(seq, delta, [tok], [logprob] if logprob is not None else None)
-        return reason
+        return reason, delta
 
     @staticmethod
     def emit(seq: Seq, text: str, ids: list[int], logprobs: list[TokenLogprob] | None = None) -> None:

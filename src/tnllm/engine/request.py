@@ -7,17 +7,27 @@ handle, the callback, the results gathered until the last choice ends).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tnllm.engine.handle import RequestHandle
-from tnllm.engine.types import EngineChoice, EngineResult, FinishReason, SamplingParams, TokenEvent
+from tnllm.engine.scheduler import Sequence
+from tnllm.engine.types import (
+    EngineChoice,
+    EngineRequest,
+    EngineResult,
+    FinishReason,
+    SamplingParams,
+    TokenEvent,
+)
 from tnllm.protocol.outputs import TokenLogprob
 from tnllm.text.stop import TextStream
 
 if TYPE_CHECKING:
     import torch
+
 
 OnToken = Callable[[TokenEvent], None]
 
@@ -69,6 +79,9 @@ class LiveRequest:
     text_parts: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None  # when the request asked for them
     matcher: Any = None  # the llguidance matcher of a response_format (None: unconstrained)
+    #: a resumed request's tokens of the earlier run (prefilled after the prompt, never re-emitted)
+    prior_ids: list[int] = field(default_factory=list)
+    prompt_len: int = 0  # the prompt's own length (the sequence's prompt_ids hold prompt + prior_ids)
     state_cache: bool = True  # read and write the engine's state store (EngineRequest.state_cache)
     pin: str | None = None  # pin the prompt's state under this tag (EngineRequest.pin)
     restore: list[torch.Tensor] | None = None  # the saved state the first chunk starts from
@@ -90,3 +103,28 @@ class LiveRequest:
         choice = EngineChoice(self.index, "".join(self.text_parts), token_ids, reason, self.logprobs)
         self.shared.choices[self.index] = choice
         return choice
+
+
+def new_sequences(
+    req: EngineRequest, handle: RequestHandle, on_token: OnToken | None, matcher: Any
+) -> Sequence[LiveRequest]:
+    """Choice 0's sequence, the other choices as its siblings; each choice has its own grammar
+    ``matcher`` copy. A resumed request (``resume_ids``, n == 1) prefills its earlier tokens after
+    the prompt and samples only the rest, its draws going on at step ``len(resume_ids)``."""
+    p = req.params
+    seed = p.seed if p.seed is not None else secrets.randbits(63)
+    shared = RequestState(req.request_id, p, handle, on_token, seed, len(req.prompt_ids))
+    seqs = []
+    prompt = [*req.prompt_ids, *req.resume_ids]
+    for i in range(p.n):
+        live = LiveRequest(shared, i, matcher=matcher.deep_copy() if i and matcher else matcher)
+        live.state_cache, live.pin = req.state_cache, req.pin if i == 0 else None
+        live.prior_ids, live.prompt_len = list(req.resume_ids), len(req.prompt_ids)
+        if p.logprobs:
+            live.logprobs = []
+        seq = Sequence(req.request_id, list(prompt), req.max_new_tokens - len(req.resume_ids), live)
+        seq.priority = req.priority
+        seqs.append(seq)
+    seqs[0].siblings = seqs[1:]
+    seqs[0].cache_points = tuple(c for c in req.cache_points if 0 < c < len(req.prompt_ids))
+    return seqs[0]

@@ -75,6 +75,17 @@ class ModelRunner:
             self._counts = torch.zeros(self.slots, vocab, device=self.device)
         return self._counts
 
+    def _count_prior(self, seq: Seq) -> None:
+        """A resumed choice's earlier tokens count for its presence/frequency penalties, as they
+        did when they were sampled."""
+        live = seq.request
+        p = live.params
+        if not live.prior_ids or (p.presence_penalty == 0.0 and p.frequency_penalty == 0.0):
+            return
+        counts = self.counts()
+        ids = torch.tensor(live.prior_ids, dtype=torch.long, device=self.device)
+        counts[seq.slot].index_put_((ids,), torch.ones(ids.shape, device=self.device), accumulate=True)
+
     def prepare(self, max_batch: int) -> bool:
         """Serving start-up of the backend on this pool (kernels tuned, graphs captured)."""
         return self.backend.prepare(self.pool, max_batch)
@@ -121,6 +132,7 @@ class ModelRunner:
                     self.model.reset_slot(self.pool, ch.seq.slot)
                 if self._counts is not None:
                     self._counts[ch.seq.slot].zero_()
+                self._count_prior(ch.seq)
         logits = self.backend.prefill_many(
             [(ch.seq.prompt_ids[ch.start : ch.start + ch.length], ch.start, ch.seq.slot) for ch in chunks],
             self.pool,
@@ -148,6 +160,26 @@ class ModelRunner:
         idx = torch.tensor([a + b, b + a], device=self.device)  # row 0: targets, row 1: sources
         for layer_state in self._pools():  # [slots, H, dk, d]
             layer_state.index_copy_(0, idx[0], layer_state.index_select(0, idx[1]))
+
+    def save_slot(self, slot: int) -> list[torch.Tensor]:
+        """A host copy of one slot's state, every layer (and its presence/frequency counts once the
+        count pool exists), bit for bit in the pool's dtype (pinned on CUDA so it comes back with one
+        asynchronous copy)."""
+        pinned = self.device.type == "cuda"
+        saved = []
+        for layer_state in self._pools():
+            host = torch.empty(layer_state.shape[1:], dtype=layer_state.dtype, pin_memory=pinned)
+            host.copy_(layer_state[slot], non_blocking=pinned)
+            saved.append(host)
+        return saved
+
+    def load_slot(self, slot: int, saved: list[torch.Tensor]) -> None:
+        """Put a state ``save_slot`` took back into ``slot``."""
+        pools = self._pools()
+        if len(saved) < len(pools):  # saved before the count pool existed: its counts were zero
+            pools[-1][slot].zero_()
+        for layer_state, host in zip(pools, saved, strict=False):
+            layer_state[slot].copy_(host, non_blocking=True)
 
     def fork(self, src: int, dsts: list[int]) -> None:
         """Copy slot ``src``'s state (its prompt, prefilled once) into each of ``dsts``."""

@@ -1,10 +1,18 @@
 """Which sequences run in the next engine step (pure Python, no tensors).
 
 Owns the waiting queue and the slot pool. Each ``schedule()`` retires cancelled sequences, admits
-waiting ones into free slots (FIFO), hands out prompt chunks up to the per-step prefill token
-budget, and lists the sequences that decode one token this step. A prompt chunk never crosses
-one of its sequence's ``cache_points`` (so the engine can save the state there), and ``on_admit``
-sees each sequence as it gets its slot (the engine starts it from a saved prefix state).
+waiting ones into free slots (higher priority first, then FIFO), hands out prompt chunks up to the
+per-step prefill token budget, and lists the sequences that decode one token this step. A prompt
+chunk never crosses one of its sequence's ``cache_points`` (so the engine can save the state
+there), and ``on_admit`` sees each sequence as it gets its slot (the engine starts it from a saved
+prefix state).
+
+Preemption (``preempt_gap`` set): when no slot is free and the first waiting sequence's priority
+beats the lowest running one's by at least the gap, that running sequence is *parked*: the plan
+lists it in ``preempted`` (the engine moves its slot's state to host memory before the slot is
+reused) and it waits at the head of its priority; when readmitted it is in ``restore`` (the engine
+copies its state back; ``on_admit`` does not see it again) and goes on where it stopped, with no
+recompute. Only a request running as one sequence is parked (n > 1 choices: all or none, so none).
 
 A request with ``n`` choices is one sequence (choice 0) carrying ``n - 1`` ``siblings``: it is
 admitted only when ``n`` slots are free (the queue waits otherwise), its siblings take the other
@@ -37,6 +45,8 @@ class Sequence(Generic[R]):
     cancelled: bool = False
     finished: bool = False
     admitted: int = -1  # admission counter: prefill goes first-come first-served
+    priority: int = 0  # 0..9, higher first
+    parked: bool = False  # preempted: its state waits in host memory for a slot
     siblings: list[Sequence[R]] = field(default_factory=list)  # choices 1..n-1 until the fork
     parent: Sequence[R] | None = None  # a sibling waiting for its parent's prefilled state
 
@@ -82,6 +92,8 @@ class StepPlan(Generic[R]):
     prefill: list[PrefillChunk[R]] = field(default_factory=list)
     decode: list[Sequence[R]] = field(default_factory=list)  # holding slots 0 .. len(decode)-1, in order
     swaps: list[tuple[int, int]] = field(default_factory=list)  # slot states to exchange before running
+    preempted: list[tuple[Sequence[R], int]] = field(default_factory=list)  # (seq, slot it left): save first
+    restore: list[Sequence[R]] = field(default_factory=list)  # parked seqs admitted again: state back in
 
     @property
     def empty(self) -> bool:
@@ -93,12 +105,19 @@ class Scheduler(Generic[R]):
     """Waiting queue + slot pool + chunked-prefill budget."""
 
     def __init__(
-        self, slots: int, prefill_token_budget: int, on_admit: Callable[[Sequence[R]], None] | None = None
+        self,
+        slots: int,
+        prefill_token_budget: int,
+        on_admit: Callable[[Sequence[R]], None] | None = None,
+        preempt_gap: int | None = None,
     ) -> None:
         if slots < 1 or prefill_token_budget < 1:
             raise ValueError("slots and prefill_token_budget must be >= 1")
+        if preempt_gap is not None and preempt_gap < 1:
+            raise ValueError("preempt_gap must be >= 1 (or None: no preemption)")
         self.num_slots = slots
         self.budget = prefill_token_budget
+        self.preempt_gap = preempt_gap
         self.waiting: deque[Sequence[R]] = deque()
         self.running: dict[int, Sequence[R]] = {}  # slot -> sequence, in admission order
         self._free: list[int] = list(range(slots - 1, -1, -1))  # pop() hands out low slots first
@@ -116,7 +135,16 @@ class Scheduler(Generic[R]):
         for sib in seq.siblings:
             sib.parent = seq
         self._by_id[seq.request_id] = [seq, *seq.siblings]
-        self.waiting.append(seq)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence[R], *, first: bool = False) -> None:
+        """Wait behind every sequence of higher priority (and, unless ``first``, of the same)."""
+        at = len(self.waiting)
+        for i, other in enumerate(self.waiting):
+            if other.priority < seq.priority or (first and other.priority == seq.priority):
+                at = i
+                break
+        self.waiting.insert(at, seq)
 
     def get(self, request_id: str) -> Sequence[R] | None:
         """A live sequence (the lowest choice still running) with this id, if any."""
@@ -191,15 +219,11 @@ class Scheduler(Generic[R]):
         for seq in [s for s in self._live() if s.cancelled]:
             self.finish(seq)
             plan.cancelled.append(seq)
-        while self.waiting and len(self._free) >= self.waiting[0].width:
-            seq = self.waiting.popleft()
-            for member in (seq, *seq.siblings):
-                member.slot = self._free.pop()
-                member.admitted = self._admissions
-                self.running[member.slot] = member
-            self._admissions += 1
-            if self._on_admit is not None:
-                self._on_admit(seq)  # choice 0 only: its siblings get its state by the fork
+        self._admit(plan)
+        while self.waiting and len(self._free) < self.waiting[0].width and (victims := self._victims()):
+            for victim in victims:
+                self._preempt(victim, plan)
+            self._admit(plan)
         budget = self.budget
         for seq in sorted(self.running.values(), key=lambda s: s.admitted):
             if seq.parent is not None:  # waits for its parent's prompt state
@@ -218,6 +242,53 @@ class Scheduler(Generic[R]):
         plan.swaps = self._pack(plan.decode)
         plan.decode.sort(key=lambda s: s.slot)
         return plan
+
+    def _admit(self, plan: StepPlan[R]) -> None:
+        while self.waiting and len(self._free) >= self.waiting[0].width:
+            seq = self.waiting.popleft()
+            for member in (seq, *seq.siblings):
+                member.slot = self._free.pop()
+                member.admitted = self._admissions
+                self.running[member.slot] = member
+            self._admissions += 1
+            if seq.parked:
+                seq.parked = False
+                plan.restore.append(seq)
+            elif self._on_admit is not None:
+                self._on_admit(seq)  # choice 0 only: its siblings get its state by the fork
+
+    def _victims(self) -> list[Sequence[R]]:
+        """The running sequences the first waiting one preempts to get its ``width`` slots: the
+        lowest priorities at least ``preempt_gap`` below it, the latest admitted among equals (they
+        have done the least); none unless that frees enough slots. Only a request running as one
+        sequence is preempted (a request's n > 1 choices are never parked: all or none, so none)."""
+        if self.preempt_gap is None or not self.waiting:
+            return []
+        head = self.waiting[0]
+        ceiling = head.priority - self.preempt_gap
+        candidates = sorted(
+            (s for s in self.running.values() if s.priority <= ceiling and self._parkable(s)),
+            key=lambda s: (s.priority, -s.admitted),
+        )
+        need = head.width - len(self._free)
+        return candidates[:need] if len(candidates) >= need else []
+
+    def _parkable(self, seq: Sequence[R]) -> bool:
+        """The sequence is its request's only live choice (no siblings, no parent, no other choice)."""
+        return seq.parent is None and not seq.siblings and len(self._by_id.get(seq.request_id, ())) == 1
+
+    @property
+    def wants_preempt(self) -> bool:
+        """The next ``schedule()`` would preempt a running sequence."""
+        return bool(self.waiting) and len(self._free) < self.waiting[0].width and bool(self._victims())
+
+    def _preempt(self, seq: Sequence[R], plan: StepPlan[R]) -> None:
+        plan.preempted.append((seq, seq.slot))
+        del self.running[seq.slot]
+        self._free.append(seq.slot)
+        seq.slot = -1
+        seq.parked = True
+        self._enqueue(seq, first=True)
 
     def _pack(self, decode: list[Sequence[R]]) -> list[tuple[int, int]]:
         """Move the decoding sequences into slots 0..n-1 so the model updates one contiguous block

@@ -27,6 +27,8 @@ class StatsTracker:
         self.busy = 0.0
         self.device_wait = 0.0
         self.device_busy = 0.0
+        self.preemptions = 0
+        self.resumed_tokens = 0
         self.prefills = 0
         self.forks = 0
 
@@ -90,6 +92,8 @@ class StatsTracker:
                 busy_seconds=self.busy,
                 device_wait_seconds=self.device_wait,
                 device_busy_seconds=self.device_busy,
+                preemptions=self.preemptions,
+                resumed_tokens=self.resumed_tokens,
                 prefills=self.prefills,
                 forked_choices=self.forks,
             )

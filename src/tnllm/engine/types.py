@@ -34,6 +34,11 @@ class EngineRequest:
     ``RequestRejected`` worded as the HTTP API words its 422. ``max_new_tokens`` must be resolved
     (an int) before the engine takes the request (``check_request``).
 
+    ``resume_ids``: tokens this request already generated in an earlier run (a crashed or released
+    attempt streamed them): the engine prefills prompt + those ids, replays them through the
+    detokeniser and stop strings without emitting them again, and goes on from token
+    ``len(resume_ids)`` (the seeded draw of token t depends on (seed, t) only), so the result is the
+    uninterrupted run's. ``priority`` (0..9) orders admission and drives preemption.
     State reuse (``tnllm.engine.prefix``): ``state_cache`` lets the request start from the longest
     saved state of a prefix of its prompt and save its own; ``cache_points`` are prompt positions
     where a state is saved too (turn boundaries); ``pin`` pins the whole prompt's state under a tag.
@@ -42,6 +47,8 @@ class EngineRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
+    resume_ids: list[int] = field(default_factory=list)
+    priority: int = 0
     state_cache: bool = True
     cache_points: tuple[int, ...] = ()
     pin: str | None = None
@@ -51,7 +58,7 @@ class EngineRequest:
         cls, request_id: str, prompt_ids: list[int], params: Mapping[str, Any], **state: Any
     ) -> EngineRequest:
         """A request whose params come as JSON data; RequestRejected naming the first bad field.
-        ``state``: the state-reuse fields, as JSON data."""
+        ``state``: the other fields (state reuse, ``resume_ids``, ``priority``), as JSON data."""
         try:
             sampling = SamplingParams.model_validate(params)
         except ValidationError as exc:
@@ -62,6 +69,8 @@ class EngineRequest:
             request_id,
             prompt_ids,
             sampling,
+            resume_ids=[int(t) for t in state.get("resume_ids") or ()],
+            priority=int(state.get("priority", 0)),
             state_cache=bool(state.get("state_cache", True)),
             cache_points=points,
             pin=None if pin is None else str(pin),
@@ -130,6 +139,8 @@ class EngineStats:
     busy_seconds: float = 0.0  # total time spent in steps (the rest of the wall time: idle)
     device_wait_seconds: float = 0.0  # part of busy_seconds blocked on the device's sampled ids
     device_busy_seconds: float = 0.0  # CUDA: time from each step's first launch to its ids' copy
+    preemptions: int = 0  # sequences whose state moved to host memory for a higher-priority one
+    resumed_tokens: int = 0  # generated tokens of resumed requests taken back without sampling
     prefills: int = 0  # prompts prefilled (once per request, whatever its n)
     forked_choices: int = 0  # choices started from a copy of a prefilled state (n > 1)
     prefill_tokens: int = 0  # prompt tokens run through the model

@@ -28,6 +28,13 @@ def check_request(
             f"prompt ({len(req.prompt_ids)} tokens) + max_new_tokens ({max_new}) = {total} "
             f"exceeds the context limit of {max_context} tokens"
         )
+    if len(req.resume_ids) > max_new:
+        raise RequestRejected(f"resume_ids ({len(req.resume_ids)}) exceed max_new_tokens ({max_new})")
+    if req.resume_ids and p.n > 1:
+        raise RequestRejected("resume_ids resume one choice: a request with n > 1 restarts from its prompt")
+    bad = [t for t in req.resume_ids if not 0 <= int(t) < vocab_size]
+    if bad:
+        raise RequestRejected(f"resumed token id {bad[0]} is outside the vocabulary 0..{vocab_size - 1}")
     if p.stop and not has_tokenizer:
         raise RequestRejected("stop strings need a tokenizer, and this model has none")
     if p.n > slots:

@@ -60,6 +60,8 @@ def request_to_wire(req: EngineRequest) -> dict[str, Any]:
         "id": req.request_id,
         "prompt_ids": [int(t) for t in req.prompt_ids],
         "params": params,
+        "resume_ids": [int(t) for t in req.resume_ids],
+        "priority": req.priority,
         "state": {"state_cache": req.state_cache, "cache_points": list(req.cache_points), "pin": req.pin},
     }
 
@@ -67,7 +69,12 @@ def request_to_wire(req: EngineRequest) -> dict[str, Any]:
 def request_from_wire(data: dict[str, Any]) -> EngineRequest:
     """The request ``request_to_wire`` encoded (the params validated again: RequestRejected if bad)."""
     return EngineRequest.from_json(
-        data["id"], list(data["prompt_ids"]), data["params"], **data.get("state", {})
+        data["id"],
+        list(data["prompt_ids"]),
+        data["params"],
+        resume_ids=data.get("resume_ids"),
+        priority=data.get("priority", 0),
+        **data.get("state", {}),
     )
 
 

@@ -19,10 +19,12 @@ from tnllm.protocol.webhooks import WebhookPublic
 
 
 class JobStatus(StrEnum):
-    """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``."""
+    """Lifecycle of a job: ``queued → running → succeeded | failed | cancelled``; ``paused`` (out
+    of the queue and of any slot) between ``queued``/``running`` and ``queued`` again."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -146,6 +148,16 @@ class JobPublic(SamplingParams):
     finished_at: Timestamp | None = None
     queue_position: int | None = Field(
         default=None, description="Queued jobs that run before this one (0 = next); only while queued."
+    )
+    estimated_start_at: Timestamp | None = Field(
+        default=None,
+        description="While queued: when it should start, from the workers' measured step times and "
+        "the tokens of the jobs ahead and running (docs/STATE.md). Null when no worker is live.",
+    )
+    estimated_finish_at: Timestamp | None = Field(
+        default=None,
+        description="While queued or running: when it should finish (its `max_new_tokens` bound: "
+        "an early stop only makes it sooner).",
     )
     priority: int
     prompt: str | None = None

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobRecord, JobStatus
-from tnllm.store import flow, keys, listing, ops, quotas, scripts
+from tnllm.store import eta, flow, keys, listing, ops, quotas, scripts
+from tnllm.store import pause as pausing
 from tnllm.store.codec import record_from_hash
 from tnllm.store.entries import StreamEntry, parse_entry
 from tnllm.store.listing import ListPage
@@ -114,6 +115,20 @@ class AsyncJobStore:
         """Queued → cancelled at once; running → ``cancel_requested`` (the worker stops it)."""
         outcome: CancelOutcome = await self._drive(flow.cancel(job_id, self.ttl))
         return outcome
+
+    async def pause(self, job_id: str) -> pausing.PauseOutcome:
+        """Queued → paused; running → pause requested (its worker parks it); see ``store.pause``."""
+        return pausing.parse(await self._run(pausing.pause_call(job_id)))
+
+    async def resume(self, job_id: str) -> pausing.PauseOutcome:
+        """Paused → queued (then send a Celery message); a pending pause request is withdrawn."""
+        return pausing.parse(await self._run(pausing.resume_call(job_id, self.ttl)))
+
+    async def eta(self, job_id: str) -> eta.Eta | None:
+        """The job's queue position and estimated start/finish (``store.eta``); None: not queued or
+        running, or no live worker."""
+        result: eta.Eta | None = await self._drive(eta.estimate(job_id))
+        return result
 
     async def read_stream(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None

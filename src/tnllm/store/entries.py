@@ -28,6 +28,8 @@ class StreamEntry:
     status: JobStatus | None = None
     reason: str | None = None
     deltas: tuple[ChoiceDelta, ...] = ()
+    #: choice 0's token ids of a token entry (None: an entry of a version that did not store them)
+    ids: tuple[int, ...] | None = None
 
 
 def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
@@ -38,11 +40,13 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> StreamEntry:
     if kind == "reset":
         return StreamEntry(entry_id, "reset", reason=fields.get("reason"))
     text = fields.get("text", "")
+    raw = fields.get("ids")
+    ids = None if raw is None else tuple(int(i) for i in raw.split(",") if i)
     packed = fields.get("d")
     if packed is None:
-        return StreamEntry(entry_id, "token", text=text, deltas=(ChoiceDelta(text=text),))
+        return StreamEntry(entry_id, "token", text=text, deltas=(ChoiceDelta(text=text),), ids=ids)
     deltas = tuple(ChoiceDelta.model_validate(d) for d in json.loads(packed))
-    return StreamEntry(entry_id, "token", text=text, deltas=deltas)
+    return StreamEntry(entry_id, "token", text=text, deltas=deltas, ids=ids)
 
 
 def pack_deltas(deltas: Sequence[ChoiceDelta]) -> tuple[str, str]:

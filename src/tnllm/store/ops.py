@@ -103,6 +103,7 @@ class ReapAction(StrEnum):
     SKIPPED = "skipped"  # not running any more
     MISSING = "missing"
     NOT_OWNER = "not_owner"  # the releasing worker does not own it (release only)
+    PAUSED = "paused"  # its pause was requested: now paused (park only)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class WorkerInfo:
     metrics_port: int = 0  # the worker's Prometheus port (on `hostname`); 0 = not serving
     served_model: str = ""  # the name the OpenAI routes list it under (Settings.served_name())
     started_at: float = 0.0  # when the worker process started (epoch seconds)
+    step_time_s: float = 0.0  # seconds per token of one slot under the recent load (ETAs)
 
     def to_hash(self) -> dict[str, str]:
         """Hash fields (strings) as stored."""
@@ -147,6 +149,7 @@ class WorkerInfo:
             "metrics_port": str(self.metrics_port),
             "served_model": self.served_model,
             "started_at": repr(float(self.started_at)),
+            "step_time_s": repr(float(self.step_time_s)),
         }
 
     @classmethod
@@ -166,6 +169,7 @@ class WorkerInfo:
             metrics_port=int(h.get("metrics_port") or 0),
             served_model=h.get("served_model", ""),
             started_at=float(h.get("started_at") or 0.0),
+            step_time_s=float(h.get("step_time_s") or 0.0),
         )
 
 
@@ -303,15 +307,27 @@ def parse_renew(raw: Sequence[int]) -> LeaseStatus:
 ALREADY_APPLIED = "applied"
 
 
+def encode_ids(ids: Sequence[int]) -> str:
+    """Token ids as a stream entry stores them (comma-separated)."""
+    return ",".join(str(int(i)) for i in ids)
+
+
 def append_call(
-    job_id: str, worker_id: str, texts: Sequence[str], ttl: int, seq: int = 0, deltas: str = ""
+    job_id: str,
+    worker_id: str,
+    texts: Sequence[str],
+    ttl: int,
+    seq: int = 0,
+    deltas: str = "",
+    ids: Sequence[int] = (),
 ) -> ScriptCall:
     """Arguments of APPEND (``seq`` 0 = unnumbered, always written; ``deltas``, the packed
-    per-choice deltas of a single text's entry, ``pack_deltas``)."""
+    per-choice deltas of a single text's entry, ``pack_deltas``; ``ids``, choice 0's token ids,
+    go with the last text)."""
     if deltas and len(texts) != 1:
         raise ValueError("per-choice deltas go with exactly one text")
     stream_keys = [keys.job(job_id), keys.stream(job_id)]
-    return ScriptCall("append", stream_keys, [worker_id, ttl, seq, deltas, *texts])
+    return ScriptCall("append", stream_keys, [worker_id, ttl, seq, deltas, encode_ids(ids), *texts])
 
 
 @dataclass(frozen=True)
@@ -321,6 +337,7 @@ class AppendAck:
     owned: bool
     written: bool
     cancel_requested: bool
+    pause_requested: bool = False
 
 
 def append_many_call(
@@ -328,16 +345,19 @@ def append_many_call(
     texts: Mapping[str, str],
     ttl: int,
     seqs: Mapping[str, int] | None = None,
+    ids: Mapping[str, Sequence[int]] | None = None,
     deltas: Mapping[str, str] | None = None,
 ) -> ScriptCall:
-    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the cancel flag;
-    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``deltas`` {job_id: the
-    entry's packed per-choice deltas} (``pack_deltas``), a job without them writes plain text)."""
+    """Arguments of APPEND_MANY ({job_id: text}; '' = only check the fence and the flags;
+    ``seqs`` {job_id: flush number}, a job without one is unnumbered; ``ids`` {job_id: choice 0's
+    token ids of its text}; ``deltas`` {job_id: the entry's packed per-choice deltas}
+    (``pack_deltas``), a job without them writes plain text)."""
     job_keys: list[str] = []
     for job_id in texts:
         job_keys += [keys.job(job_id), keys.stream(job_id)]
     numbers = [(seqs or {}).get(job_id, 0) for job_id in texts]
-    args: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers]
+    tokens = [encode_ids((ids or {}).get(job_id, ())) for job_id in texts]
+    args: list[str | int | float] = [worker_id, ttl, len(texts), *texts.values(), *numbers, *tokens]
     if deltas:
         args += [deltas.get(job_id, "") for job_id in texts]
     return ScriptCall("append_many", job_keys, args)
@@ -348,7 +368,12 @@ def parse_append_many(raw: Sequence[int], job_ids: Sequence[str]) -> dict[str, A
     acks: dict[str, AppendAck] = {}
     for job_id, value in zip(job_ids, raw, strict=True):
         code = int(value)
-        acks[job_id] = AppendAck(owned=code != 0, written=code & 3 == 1, cancel_requested=bool(code & 4))
+        acks[job_id] = AppendAck(
+            owned=code != 0,
+            written=code & 3 == 1,
+            cancel_requested=bool(code & 4),
+            pause_requested=bool(code & 8),
+        )
     return acks
 
 

@@ -15,7 +15,7 @@ import redis
 
 from tnllm.config import Settings
 from tnllm.protocol.jobs import GenerationParams, JobError, JobErrorType, JobRecord, JobResult, JobStatus
-from tnllm.store import flow, keys, listing, ops, scripts
+from tnllm.store import eta, flow, keys, listing, ops, pause, scripts
 from tnllm.store.clients import redis_client
 from tnllm.store.codec import record_from_hash
 from tnllm.store.entries import StreamEntry, parse_entry
@@ -126,6 +126,11 @@ class JobStore:
         """True once a cancel was asked for this job."""
         return self.client.hget(keys.job(job_id), "cancel_requested") == "1"
 
+    def eta(self, job_id: str) -> eta.Eta | None:
+        """The job's queue position and estimated start/finish (``store.eta``)."""
+        result: eta.Eta | None = self._drive(eta.estimate(job_id))
+        return result
+
     def read_stream(
         self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int | None = None
     ) -> list[StreamEntry]:
@@ -173,7 +178,15 @@ class JobStore:
         """True while the job's lease key exists."""
         return bool(self.client.exists(keys.lease(job_id)))
 
-    def append(self, job_id: str, worker_id: str, *texts: str, seq: int = 0, deltas: str = "") -> list[str]:
+    def append(
+        self,
+        job_id: str,
+        worker_id: str,
+        *texts: str,
+        seq: int = 0,
+        deltas: str = "",
+        ids: Sequence[int] = (),
+    ) -> list[str]:
         """Append token deltas to the job's stream; returns the entry ids, or [] when the caller no
         longer owns the running job (then it must stop generating).
 
@@ -181,29 +194,51 @@ class JobStore:
         the same text): a number applied already writes nothing and answers
         ``[ops.ALREADY_APPLIED]``, so a replay after a lost reply cannot write the text twice.
         ``deltas`` (with one text: choice 0's) gives the entry its per-choice deltas
-        (``entries.pack_deltas``).
+        (``entries.pack_deltas``); ``ids``: choice 0's token ids the texts came from (stored with
+        the last entry; a requeued job resumes from them).
         """
         if not texts:
             return []
-        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq, deltas)))
+        return list(self._run(ops.append_call(job_id, worker_id, texts, self.ttl, seq, deltas, ids)))
 
     def append_many(
         self,
         worker_id: str,
         texts: Mapping[str, str],
         seqs: Mapping[str, int] | None = None,
+        ids: Mapping[str, Sequence[int]] | None = None,
         deltas: Mapping[str, str] | None = None,
     ) -> dict[str, AppendAck]:
         """One fenced append per job in ONE script call ({job_id: text}, '' = nothing to write):
         per job, whether ``worker_id`` still owns it (if not, nothing was written: stop generating),
         whether its text is in the stream, and whether a cancel was requested. ``seqs`` numbers each
         job's flush as for ``append``: a number applied already counts as written (nothing written
-        again), so a retried call is safe. ``deltas`` gives a job's entry its per-choice deltas
+        again), so a retried call is safe; ``ids`` {job_id: choice 0's token ids of its text} (a job
+        with ids but no text is written too). ``deltas`` gives a job's entry its per-choice deltas
         (``entries.pack_deltas``; its text is then choice 0's). Raises when Redis is unreachable."""
         if not texts:
             return {}
-        call = ops.append_many_call(worker_id, texts, self.ttl, seqs, deltas)
+        call = ops.append_many_call(worker_id, texts, self.ttl, seqs, ids, deltas)
         return ops.parse_append_many(self._run(call), list(texts))
+
+    def park(self, job_id: str, worker_id: str) -> ReapOutcome:
+        """Take a running job whose pause was requested out of its slot (``paused``); ``requeued``
+        when the pause was withdrawn meanwhile (the caller sends a new Celery message)."""
+        now = time.time()
+        outcome = ops.parse_reap(self._run(pause.park_call(job_id, worker_id, self.ttl, now)))
+        if outcome.action is ReapAction.CANCELLED:
+            self._drive(flow.record_finished(keys.job(job_id), JobStatus.CANCELLED.value, now))
+        return outcome
+
+    def streamed(self, job_id: str) -> list[StreamEntry]:
+        """Every entry of the job's stream (a new attempt resumes from its token entries)."""
+        return [parse_entry(eid, f) for eid, f in self.client.xrange(keys.stream(job_id))]
+
+    def reset_stream(self, job_id: str, worker_id: str, reason: str) -> bool:
+        """The owner voids the text streamed so far (SSE ``reset``); False when not the owner."""
+        stream_keys = [keys.job(job_id), keys.stream(job_id)]
+        call = ops.ScriptCall("reset_stream", stream_keys, [worker_id, self.ttl, reason])
+        return bool(self._run(call))
 
     def finish(
         self,

@@ -1,15 +1,17 @@
 """The jobs running in this worker process: one ``ActiveJob`` per attempt, and their registry.
 
 An ``ActiveJob`` carries the flags that the stream pump, the heartbeat and a warm shutdown set for
-its task thread (lost, cancel, release) and, once submitted, its engine request and delta writer.
+its task thread (lost, cancel, release, pause) and, once submitted, its engine request and delta writer.
 ``ActiveJobs`` is what the heartbeat renews leases for and what a warm shutdown releases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tnllm.engine.handle import Cancels
@@ -24,10 +26,12 @@ class ActiveJob:
     task, and (once submitted) its engine request and delta writer, which the stream pump serves."""
 
     job_id: str
+    priority: int = 0  # the job's priority (what a delivered job may preempt: worker/admission.py)
     started: float = field(default_factory=time.monotonic)
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    pause: threading.Event = field(default_factory=threading.Event)
     request_id: str | None = None
     writer: DeltaWriter | None = None
     engine: Cancels | None = None
@@ -48,6 +52,12 @@ class ActiveJob:
             self.cancel.set()
             self.stop_engine()
 
+    def request_pause(self) -> None:
+        """A pause was requested: flag it for the task, which stops generating and parks the job."""
+        if not self.pause.is_set():
+            self.pause.set()
+            self.stop_engine()
+
     def mark_lost(self) -> None:
         """Another owner has the job now (another worker, or a newer attempt in this process): flag
         it for the task and stop generating."""
@@ -62,6 +72,31 @@ class ActiveJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
+        #: set at a warm shutdown: deliveries waiting for room hand their message back
+        self.closing = threading.Event()
+        #: deliveries waiting for room (worker/admission.py): job id -> (-priority, arrival)
+        self._waiting: dict[str, tuple[int, int]] = {}
+        self._arrivals = 0
+
+    @contextlib.contextmanager
+    def waiting(self, job_id: str, priority: int) -> Iterator[Callable[[], bool]]:
+        """Register a delivery waiting for room while the block runs; yields ``first_in_line()``:
+        no other delivery waiting here comes first (higher priority, then earlier arrival: the
+        broker's order)."""
+        with self._lock:
+            self._arrivals += 1
+            key = (-priority, self._arrivals)
+            self._waiting[job_id] = key
+
+        def first_in_line() -> bool:
+            with self._lock:
+                return key <= min(self._waiting.values())
+
+        try:
+            yield first_in_line
+        finally:
+            with self._lock:
+                self._waiting.pop(job_id, None)
 
     def track(self, job_id: str) -> ActiveJob:
         """Register a job this process just claimed.

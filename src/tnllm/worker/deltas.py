@@ -1,11 +1,12 @@
 """A job's token deltas on their way from the engine thread to its Redis stream (no tensor code).
 
 ``DeltaWriter`` is what one attempt of a job hands the engine as its ``on_token``: the engine thread
-only puts each delta (choice index, text, logprob entries) on a queue; the stream pump
+only puts each delta (choice index, text, logprob entries, choice 0's token ids) on a queue; the stream pump
 (``tnllm/worker/stream_pump.py``) and the task's final flush take it from there, numbered so a write
 whose answer was lost is never applied twice. A flush is one stream entry: its ``text`` is choice
 0's, and when the job has several choices or logprobs its per-choice deltas ride along packed
-(``store.entries.pack_deltas``), merged per choice.
+(``store.entries.pack_deltas``), merged per choice. Choice 0's token ids go with the entry too
+(``ids``), so a requeued job resumes from them (docs/STATE.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from tnllm.protocol.outputs import ChoiceDelta, TokenLogprob
 from tnllm.store.entries import pack_deltas
 from tnllm.store.sync import JobStore
 
-#: One delta as the engine thread queues it: (choice index, text, logprob entries or None).
-Piece = tuple[int, str, list[TokenLogprob] | None]
+#: One delta as the engine thread queues it: (choice index, text, logprob entries or None, token ids).
+Piece = tuple[int, str, list[TokenLogprob] | None, list[int]]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class DeltaWriter:
         self._pending = ""  # the text of the entry to write (choice 0's)
         self._deltas = ""  # its packed per-choice deltas ('' = a plain text entry)
         self._parts: dict[int, ChoiceDelta] = {}  # what ``_pending`` / ``_deltas`` were packed from
+        self._ids: list[int] = []  # choice 0's token ids of ``_pending``
         self._seq = 0  # the number of the last text taken (``_pending``'s while it is set)
         self._in_doubt = False  # ``_pending``'s write failed unanswered: resend it unchanged
         self._failing = False
@@ -65,10 +67,16 @@ class DeltaWriter:
         """The packed per-choice deltas that go with what ``take`` returned ('' = plain text)."""
         return self._deltas
 
+    @property
+    def ids(self) -> list[int]:
+        """Choice 0's token ids that go with what ``take`` returned."""
+        return self._ids
+
     def on_token(self, event: TokenEvent) -> None:
-        """Engine-thread callback: never blocks."""
-        if event.text or event.logprobs:
-            self._inbox.put((event.index, event.text, event.logprobs))
+        """Engine-thread callback: never blocks (choice 0's tokens whose text is held back count)."""
+        ids = list(event.token_ids) if event.index == 0 else []
+        if event.text or event.logprobs or ids:
+            self._inbox.put((event.index, event.text, event.logprobs, ids))
 
     def take(self) -> str:
         """The text to write next ('' if none; see ``deltas`` for the rest of the entry), numbered
@@ -80,9 +88,10 @@ class DeltaWriter:
         fresh = not self._parts
         while True:
             try:
-                index, text, logprobs = self._inbox.get_nowait()
+                index, text, logprobs, ids = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            self._ids.extend(ids)
             part = self._parts.setdefault(index, ChoiceDelta(index=index))
             part.text += text
             if logprobs:
@@ -102,6 +111,7 @@ class DeltaWriter:
         self._pending = ""
         self._deltas = ""
         self._parts = {}
+        self._ids = []
         self._in_doubt = False
         self._failing = False
 
@@ -135,7 +145,12 @@ class DeltaWriter:
                     return True
                 try:
                     ids = self.store.append(
-                        self.job_id, self.worker_id, self._pending, seq=self._seq, deltas=self._deltas
+                        self.job_id,
+                        self.worker_id,
+                        self._pending,
+                        seq=self._seq,
+                        deltas=self._deltas,
+                        ids=self._ids,
                     )
                 except Exception as exc:  # no answer: it may have been applied
                     self.write_failed(exc)

@@ -19,19 +19,20 @@ from enum import Enum, StrEnum
 from typing import TypeVar
 
 from tnllm.engine.handle import RequestHandle
-from tnllm.engine.types import EngineRequest, EngineResult
+from tnllm.engine.types import EngineRequest, EngineResult, TokenEvent
 from tnllm.errors import EngineError, EngineLost, LeaseLost
 from tnllm.protocol.jobs import JobError, JobErrorType, JobRecord, JobResult, JobStatus, Usage
 from tnllm.protocol.outputs import Choice
+from tnllm.store.resume import job_sampling, resumable, streamed_ids, streamed_since_reset
 from tnllm.store.states import save_conversation
 from tnllm.worker.active import ActiveJob
 from tnllm.worker.deltas import TRANSIENT, DeltaWriter
 from tnllm.worker.events import notify_transition
-from tnllm.worker.faults import crash_now, faults_for
+from tnllm.worker.faults import crash_after, crash_now, faults_for
 from tnllm.worker.runtime import WorkerRuntime
 from tnllm.worker.states import JobPrompt, conversation_of
 
-__all__ = ["WAIT_S", "JobOutcome", "build_request", "job_result", "retry_transient", "run_job"]
+__all__ = ["WAIT_S", "JobOutcome", "build_request", "job_result", "resume_ids", "retry_transient", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class JobOutcome(StrEnum):
     RELEASED_REQUEUED = "released:requeued"
     RELEASED_CANCELLED = "released:cancelled"
     RELEASED_NOT_OWNER = "released:not_owner"
+    #: A pause was requested: the job left the engine and waits, paused, for its resume.
+    PAUSED = "paused"
+    SKIPPED_PAUSED = "skipped:paused"
 
     @classmethod
     def finished(cls, status: JobStatus) -> JobOutcome:
@@ -109,18 +113,49 @@ def retry_transient(fn: Callable[[], T], *, what: str, deadline_s: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def build_request(rt: WorkerRuntime, record: JobRecord, prompt: JobPrompt | None = None) -> EngineRequest:
+def build_request(
+    rt: WorkerRuntime,
+    record: JobRecord,
+    prompt: JobPrompt | None = None,
+    resume_ids: list[int] | None = None,
+) -> EngineRequest:
     """The engine request of a job: its prompt (``rt.job_prompt``: rendered, or continuing an
-    earlier job), the turn ends to save states at, and its stored sampling params, as they are."""
+    earlier job), the turn ends to save states at, its stored sampling params, as they are, its
+    priority, and the tokens earlier attempts streamed (``resume_ids``: it goes on from them)."""
     p = record.params
     prompt = prompt or rt.job_prompt(p)
     return EngineRequest(
         f"{record.id}:{record.attempt}",
         prompt.ids,
-        p.sampling(),
+        job_sampling(record),
+        resume_ids=list(resume_ids or []),
+        priority=record.priority,
         state_cache=p.state_cache,
         cache_points=prompt.points,
     )
+
+
+def resume_ids(rt: WorkerRuntime, record: JobRecord) -> list[int]:
+    """The token ids the job's stream already holds (earlier attempts: a crash, a release, a pause).
+
+    A stream this version cannot resume from (text without ids, or a job that is not
+    ``resumable``) is voided with a ``reset`` entry and the job starts over."""
+    store = rt.store
+    deadline = rt.settings.lease_ttl
+    what = f"read the stream of {record.id}"
+    entries = retry_transient(lambda: store.streamed(record.id), what=what, deadline_s=deadline)
+    ids = streamed_ids(entries)
+    if ids is None or (not resumable(record) and streamed_since_reset(entries)):
+        log.warning("job %s: its stream cannot be resumed from; starting over", record.id)
+        retry_transient(
+            lambda: store.reset_stream(record.id, rt.worker_id, "not_resumable"),
+            what=f"reset {record.id}",
+            deadline_s=deadline,
+        )
+        return []
+    if ids:
+        log.info("job %s: resuming after %d streamed tokens", record.id, len(ids))
+    return ids
 
 
 def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:
@@ -142,6 +177,7 @@ def run_job(rt: WorkerRuntime, job_id: str) -> JobOutcome:
         record = store.get(job_id)
         if record is None:
             return JobOutcome.MISSING
+        active.priority = record.priority
         notify_transition(store, record, "job.running")
         return _run_claimed(rt, record, active)
     finally:
@@ -169,10 +205,13 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
         return _timed_out(rt, record)
     try:
         prompt = rt.job_prompt(record.params)
-        request = build_request(rt, record, prompt)
+        request = build_request(rt, record, prompt, resume_ids(rt, record))
         writer = DeltaWriter(rt.store, record.id, rt.worker_id)
+        on_token: Callable[[TokenEvent], None] = writer.on_token
+        if faults.crash_after_tokens and record.attempt == 1:
+            on_token = crash_after(record.id, writer, faults.crash_after_tokens)
         engine = rt.running_engine()
-        handle = engine.submit(request, on_token=writer.on_token)
+        handle = engine.submit(request, on_token=on_token)
     except EngineLost as exc:
         return _engine_lost(record, exc)
     except ValueError as exc:  # RequestRejected, malformed conversation, template errors
@@ -185,6 +224,9 @@ def _run_claimed(rt: WorkerRuntime, record: JobRecord, active: ActiveJob) -> Job
     if active.lost.is_set():  # the pump or heartbeat found another owner (and ended the request)
         log.warning("job %s: lease lost; abandoning this run", record.id)
         return JobOutcome.LEASE_LOST
+    if outcome.finish_reason == "cancelled" and active.pause.is_set() and not active.cancel.is_set():
+        _flush_quietly(active)  # the pump stopped the request for a pause: park it, keep its stream
+        return _park(rt, record)
     try:
         # Redis may be down right now: keep trying a while (the result itself holds the full text).
         end = time.monotonic() + rt.finish_retry_s
@@ -279,10 +321,11 @@ def _wait(
             engine.cancel(request_id)
             _drain(handle)
             return _timed_out(rt, record)
-        if active.release.is_set():
+        if active.release.is_set() or active.pause.is_set():
             engine.cancel(request_id)
             _drain(handle)
-            return _release(rt, record)
+            _flush_quietly(active)  # the next attempt resumes from what the stream holds
+            return _park(rt, record) if not active.release.is_set() else _release(rt, record)
         if not cancel_sent and active.cancel.is_set():
             engine.cancel(request_id)  # the engine retires it next step; result says "cancelled"
             cancel_sent = True
@@ -327,6 +370,30 @@ def _finish(
         return JobOutcome.LEASE_LOST
     notify_transition(store, store.get(record.id), f"job.{status.value}")
     return JobOutcome.finished(status)
+
+
+def _flush_quietly(active: ActiveJob) -> None:
+    """Write what the engine emitted before it stopped (best effort: an outage or a lost lease
+    only means the next attempt regenerates those tokens)."""
+    if active.writer is not None:
+        with contextlib.suppress(LeaseLost, *TRANSIENT):
+            active.writer.flush()
+
+
+def _park(rt: WorkerRuntime, record: JobRecord) -> JobOutcome:
+    """A pause was requested: the job leaves its slot and waits, ``paused``, for its resume."""
+    rt.pump.discard(record.id)
+    outcome = retry_transient(
+        lambda: rt.store.park(record.id, rt.worker_id),
+        what=f"pause {record.id}",
+        deadline_s=rt.finish_retry_s,
+    )
+    if outcome.action == "paused":
+        log.info("job %s: paused", record.id)
+        return JobOutcome.PAUSED
+    if outcome.action == "requeued":  # the pause was withdrawn before it took effect
+        rt.send_generate(record.id, record.priority)
+    return JobOutcome.released(outcome.action)
 
 
 def _release(rt: WorkerRuntime, record: JobRecord) -> JobOutcome:

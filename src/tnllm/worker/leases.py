@@ -66,10 +66,16 @@ class Heartbeat:
     def info(self, busy: int, engine: EngineClient | None, metrics_port: int) -> WorkerInfo:
         """This worker's heartbeat record, with ``busy`` jobs running."""
         slots = int(engine.slots) if engine is not None else 0
-        tokens_per_s = 0.0
+        tokens_per_s = step_time_s = 0.0
         if engine is not None:
             try:
-                tokens_per_s = float(engine.stats().tokens_per_s)
+                stats = engine.stats()
+                tokens_per_s, step_time_s = float(stats.tokens_per_s), float(stats.step_time_s)
+                # what one slot really takes per token under this load, gaps between jobs included
+                # (the last 10 s of throughput; steadier than the step-time average): ETAs
+                rows = min(slots, stats.active + stats.waiting)
+                if rows and tokens_per_s > 0:
+                    step_time_s = rows / tokens_per_s
             except Exception:  # stats are best effort; a heartbeat must still go out
                 log.debug("engine stats unavailable", exc_info=True)
         return WorkerInfo(
@@ -85,4 +91,5 @@ class Heartbeat:
             metrics_port=metrics_port,
             served_model=self.settings.served_name(),
             started_at=self.started_at,
+            step_time_s=step_time_s,
         )

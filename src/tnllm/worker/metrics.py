@@ -86,6 +86,16 @@ class EngineCollector(Collector):
                 "GPU time of the engine's steps, from CUDA events (0 on CPU).",
                 snap.device_busy_seconds,
             ),
+            (
+                "tnllm_engine_preemptions",
+                "Sequences whose state moved to host memory for a higher-priority job.",
+                snap.preemptions,
+            ),
+            (
+                "tnllm_engine_resumed_tokens",
+                "Tokens of resumed jobs taken back from their stream (prefilled, not generated again).",
+                snap.resumed_tokens,
+            ),
             ("tnllm_engine_prefills", "Prompts prefilled (once per request, whatever its n).", snap.prefills),
             (
                 "tnllm_engine_forked_choices",

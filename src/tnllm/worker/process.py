@@ -60,8 +60,11 @@ def run_worker(settings: Settings, *, concurrency: int | None = None, hostname: 
     runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     runtime.start_background()
     threads = concurrency or settings.worker_concurrency or runtime.running_engine().slots
+    if settings.preemption and not (concurrency or settings.worker_concurrency):
+        threads += settings.worker_preempt_reserve  # room for a job that preempts (admission.py)
 
     def on_shutdown(**_: Any) -> None:
+        runtime.active.closing.set()
         # Celery's warm shutdown waits for running tasks; bound that wait, then requeue the rest.
         timer = threading.Timer(settings.worker_shutdown_grace, runtime.active.release_all)
         timer.daemon = True

@@ -92,9 +92,10 @@ class StreamPump:
             for job in jobs:
                 texts[job.job_id] = self._take(job, held)
             seqs = {job_id: writer.seq for job_id, writer in held.items()}
+            ids = {job_id: writer.ids for job_id, writer in held.items()}
             deltas = {job_id: writer.deltas for job_id, writer in held.items() if writer.deltas}
             try:
-                acks = self.store.append_many(self.worker_id, texts, seqs, deltas)
+                acks = self.store.append_many(self.worker_id, texts, seqs, ids, deltas)
             except Exception as exc:
                 for writer in held.values():
                     writer.write_failed(exc)
@@ -131,7 +132,7 @@ class StreamPump:
                 held[job.job_id] = writer
             else:
                 writer.lock.release()
-        return text
+        return text or ""
 
     def _apply(self, job: ActiveJob, ack: AppendAck, writer: DeltaWriter | None) -> None:
         if not ack.owned:
@@ -150,3 +151,5 @@ class StreamPump:
                 writer.write_refused(RuntimeError("XADD failed"))
         if ack.cancel_requested:
             job.request_cancel()
+        elif ack.pause_requested:
+            job.request_pause()

@@ -31,7 +31,7 @@ ECHO_REPLY_TTL = 300
 #: elsewhere, or went back to the queue): the task ends without a state of its own.
 _ELSEWHERE = frozenset(
     {"lease_lost", "engine_lost", "skipped:queued", "skipped:running", "released:requeued",
-     "released:not_owner"}
+     "released:not_owner", "paused", "skipped:paused"}
 )  # fmt: skip
 _CANCELLED = frozenset({"cancelled", "skipped:cancelled", "released:cancelled"})
 _FAILED = frozenset({"failed", "skipped:failed"})
@@ -40,13 +40,19 @@ _FAILED = frozenset({"failed", "skipped:failed"})
 @shared_task(name=GENERATE_TASK, bind=True, ignore_result=True, acks_late=True, throws=(JobFailed,))
 def generate(self: Task, job_id: str) -> str:
     """Run job ``job_id``; returns what happened (a ``JobOutcome`` value: ``succeeded``,
-    ``skipped:succeeded``, ...) when the task ends SUCCESS (``report`` says when it does not)."""
+    ``skipped:succeeded``, ...) when the task ends SUCCESS (``report`` says when it does not).
+    A delivery that may not enter the engine yet waits first (``worker/admission.py``)."""
+    from celery.exceptions import Reject
+
     from tnllm.logging import job_context
+    from tnllm.worker.admission import Admission, admit
     from tnllm.worker.job_runner import run_job
     from tnllm.worker.runtime import get_runtime
 
     with job_context(job_id):  # every log line of this job carries its id
         rt = get_runtime()
+        if admit(rt, job_id) is Admission.HAND_BACK:  # a warm shutdown: it runs elsewhere
+            raise Reject("the worker is shutting down", requeue=True)
         return report(self, rt, job_id, run_job(rt, job_id))
 
 

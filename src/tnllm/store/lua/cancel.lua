@@ -7,7 +7,7 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'finished_at')
 local status = f[1]
 if not status then return {'missing', ''} end
 if status == 'cancelled' and f[2] == ARGV[2] then return {'cancelled', 'cancelled'} end
-if status == 'queued' then
+if status == 'queued' or status == 'paused' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   redis.call('ZREM', KEYS[2], ARGV[1])
   finish(KEYS[1], KEYS[3], ARGV[1], 'cancelled', ARGV[2], ARGV[3], ARGV[4])

@@ -18,4 +18,4 @@ if f[3] ~= '1' and tonumber(f[2] or '0') >= tonumber(ARGV[5]) then
   finish(KEYS[1], KEYS[5], ARGV[1], 'failed', ARGV[2], ARGV[3], ARGV[4])
   return {'failed', f[2] or '0'}
 end
-return back_to_queue(f, 'worker_lost')
+return back_to_queue(f)
