@@ -20,8 +20,10 @@ async def test_a_rerun_after_a_reset_adds_only_the_new_text(app: FastAPI, worker
     make_job(worker_store, "j-rerun")
     first = FakeWorkerRun(worker_store, "j-rerun", "w1").claim()
     first.emit("Hel", "lo")
-    assert worker_store.release("j-rerun", "w1")  # back to the queue: a `reset` entry
+    assert worker_store.release("j-rerun", "w1")  # back to the queue
     second = FakeWorkerRun(worker_store, "j-rerun", "w2").claim()
+    # a job that cannot resume from its stream (n > 1, logprobs) starts over behind a `reset`
+    assert worker_store.reset_stream("j-rerun", "w2", "not_resumable")
     second.emit("He", "llo", " wor", "ld")
     second.succeed()
     deltas = await _deltas(app, "j-rerun")
@@ -35,6 +37,7 @@ async def test_a_rerun_that_differs_ends_the_stream(app: FastAPI, worker_store: 
     first.emit("Hello")
     assert worker_store.release("j-diverge", "w1")
     second = FakeWorkerRun(worker_store, "j-diverge", "w2").claim()
+    assert worker_store.reset_stream("j-diverge", "w2", "not_resumable")
     second.emit("Help")
     second.succeed()
     seen: list[str] = []

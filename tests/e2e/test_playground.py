@@ -191,16 +191,16 @@ def test_prompt_streams_tokens_and_succeeds(page: Page, urls: dict[str, str]) ->
         "[...document.querySelectorAll('input, textarea')].filter(e => !e.labels.length).map(e => e.id)"
     )
     assert unlabelled == [], f"form controls without a label: {unlabelled}"
-    _submit(page, "Tell me about linear attention.", max_new_tokens="120", ignore_eos="on", seed="7")
+    _submit(page, "Tell me about linear attention.", max_new_tokens="400", ignore_eos="on", seed="7")
     job = _check_streamed(page, base)
-    assert job["max_new_tokens"] == 120 and job["seed"] == 7 and job["ignore_eos"] is True
+    assert job["max_new_tokens"] == 400 and job["seed"] == 7 and job["ignore_eos"] is True
     # the job list shows it; its details show the job's usage and timings
     row = page.locator(f'#jobs tr[data-id="{job["id"]}"]')
     expect(row.locator("td.status")).to_have_text("succeeded")
     row.get_by_role("button").first.click()
     usage = job["result"]["usage"]  # type: ignore[index]
     details = page.locator("#details")
-    expect(details.locator('dd[data-field="completion tokens"]')).to_have_text("120")
+    expect(details.locator('dd[data-field="completion tokens"]')).to_have_text("400")
     expect(details.locator('dd[data-field="prompt tokens"]')).to_have_text(str(usage["prompt_tokens"]))
     expect(details.locator('dd[data-field="finish reason"]')).to_have_text("length")
     expect(details.locator("#deliveries")).to_contain_text("no webhook")
@@ -304,7 +304,7 @@ def test_api_keys(page: Page, browser: Browser, urls: dict[str, str]) -> None:
     assert page.get_by_label("API key").input_value() == ""  # not left in the field
     storage = page.evaluate("[{...sessionStorage}, {...localStorage}, document.cookie]")
     assert storage == [{"tnllm.apiKey": API_KEY}, {}, ""]
-    _submit(page, "Tell me a story.", max_new_tokens="120", ignore_eos="on")
+    _submit(page, "Tell me a story.", max_new_tokens="400", ignore_eos="on")
     _check_streamed(page, base, key=API_KEY)
     page.get_by_role("button", name="Forget").click()
     assert page.evaluate("sessionStorage.length") == 0

@@ -16,6 +16,7 @@ TnllmError
         ├── Conflict                         409 conflict
         │   ├── JobTerminal                  409 job_terminal (``.job_status``: how it ended)
         │   ├── NotContinuable               409 not_continuable (``continue_from`` a job that cannot be)
+        │   ├── JobNotPaused                 409 job_not_paused (resume of a job that is not paused)
         │   └── NoWebhookEvent               409 no_webhook_event
         ├── RateLimited                      429 rate_limited (``.retry_after``)
         │   ├── QuotaExceeded                429 quota_exceeded (the key's tokens of the day)
@@ -114,6 +115,10 @@ class NotContinuable(Conflict):
     """409: ``continue_from`` names a job that did not succeed or kept no conversation."""
 
 
+class JobNotPaused(Conflict):
+    """409: ``resume`` of a job that is not paused (``body["status"]`` says what it is)."""
+
+
 class NoWebhookEvent(Conflict):
     """409: the job has no webhook, or no event happened yet."""
 
@@ -153,6 +158,7 @@ ERROR_TYPES: dict[str, type[ApiStatusError]] = {
     "job_terminal": JobTerminal,
     "no_webhook_event": NoWebhookEvent,
     "not_continuable": NotContinuable,
+    "job_not_paused": JobNotPaused,
     "payload_too_large": PayloadTooLarge,
     "prompt_too_long": PayloadTooLarge,
     "unsupported_media_type": InvalidRequest,
