@@ -234,7 +234,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             print(f"tnllm did not become ready; logs in {logs}", file=sys.stderr, flush=True)
             return 1
         _echo_steps(followers)
-        print(f"api:     {api_url}  (docs {api_url}/docs)", flush=True)
+        print(f"api:     {api_url}  (playground {api_url}/ui, docs {api_url}/docs)", flush=True)
         print(f"flower:  http://{settings.flower_address}:{settings.flower_port}", flush=True)
         print(f"logs:    {logs}", flush=True)
         print("ready. Ctrl-C stops everything.", flush=True)
