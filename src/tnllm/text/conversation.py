@@ -95,9 +95,9 @@ def prompt_and_points(
     """A fresh job's prompt ids (as ``render_prompt``), its turn boundaries and its conversation.
     A ``raw_prompt`` job's ids are its text's (no template, so no turn boundaries)."""
     turns = conversation(job, system_prompt)
+    ids = render_prompt(tokenizer, job, system_prompt)
     if job.raw_prompt and job.prompt is not None:
-        return render_prompt(tokenizer, job, system_prompt), (), turns
-    ids = list(tokenizer.encode(tokenizer.apply_chat_template(turns, add_generation_prompt=True)))
+        return ids, (), turns
     return ids, turn_points(tokenizer, turns, ids), turns
 
 
